@@ -1,0 +1,1 @@
+"""HTTP API: health, studies (and later routing, feedback, observatory)."""

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+
+from cds.api.deps import get_node
+from cds.api.schemas import Problem, StudyDetailOut, StudyOut
+from cds.domain import StudyState
+from cds.orchestrator import Node
+
+router = APIRouter(prefix="/api/studies", tags=["studies"])
+
+
+@router.get("", summary="Received studies, newest first")
+def list_studies(
+    node: Annotated[Node, Depends(get_node)],
+    state: Annotated[StudyState | None, Query(description="only studies in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[StudyOut]:
+    return [StudyOut.of(s) for s in node.store.list_studies(state, limit, offset)]
+
+
+@router.get(
+    "/{study_key}",
+    summary="One study: series, counts and history",
+    responses={404: {"model": Problem}},
+)
+def get_study(study_key: str, node: Annotated[Node, Depends(get_node)]) -> StudyDetailOut:
+    detail = node.store.get_study(study_key)
+    if detail is None:
+        raise HTTPException(404, f"no study with key {study_key!r}")
+    return StudyDetailOut.of_detail(detail)

@@ -1,0 +1,125 @@
+"""Small immutable records handed between stages.
+
+They carry DICOM UIDs and technical attributes only: never patient names,
+IDs, birth dates or accession numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class StudyState(enum.StrEnum):
+    """Life cycle of a study on the node.
+
+    receiving -> complete (quiet time elapsed) -> processing -> done | failed.
+    A late instance moves a study in any later state back to receiving
+    (``reopened_count`` goes up) so that later stages re-run it.
+    """
+
+    RECEIVING = "receiving"
+    COMPLETE = "complete"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class StoreOutcome(enum.StrEnum):
+    """What recording an instance did."""
+
+    NEW = "new"  # first time this SOP Instance UID is seen
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: nothing changes
+    REPLACED = "replaced"  # same SOP Instance UID, other bytes: newest wins, old kept
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceRecord:
+    """One received, durably spooled SOP instance."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    series_number: int | None
+    study_key: str  # pseudonymous key, safe for logs
+    path: str  # relative to the spool root
+    size: int
+    sha256: str  # of the data set bytes as received
+    calling_ae: str
+    received_at: float  # epoch seconds
+    quiet_time_s: float  # completeness quiet time that applies to this sender
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    outcome: StoreOutcome
+    study_key: str
+    reopened: bool  # the study had completed and is receiving again
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesSummary:
+    series_uid: str
+    modality: str
+    series_number: int | None
+    instance_count: int
+    first_received_at: float
+    last_received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StudySummary:
+    study_key: str
+    study_uid: str
+    state: StudyState
+    series_count: int
+    instance_count: int
+    modalities: tuple[str, ...]
+    calling_ae: str
+    first_received_at: float
+    last_received_at: float
+    complete_due_at: float | None
+    completed_at: float | None
+    reopened_count: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StudyDetail:
+    summary: StudySummary
+    series: tuple[SeriesSummary, ...]
+    events: tuple[StudyEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyEvent:
+    """One line of a study's history (received, completed, reopened, ...)."""
+
+    at: float
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    study_key: str
+    kind: str
+    state: JobState
+    created_at: float
+    updated_at: float
+    attempts: int
+    error: str | None

@@ -1,0 +1,1 @@
+"""Ingest: the DICOM listener, the durable spool and study assembly."""

@@ -1,0 +1,76 @@
+"""Study assembly: a study is complete when no instance arrived for its quiet time.
+
+The deadline of each study lives in the state store (``complete_due_at``,
+pushed back by every new instance, whatever the association), so a restart
+resumes every timer where it stood. One thread polls the store for due
+studies and hands each completed study to the orchestrator's callback.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from cds.logging import get_logger
+from cds.store.base import StateStore
+
+log = get_logger("cds.assembly")
+
+StudyCompleteCallback = Callable[[str], None]
+
+
+class Assembler:
+    def __init__(
+        self,
+        store: StateStore,
+        on_complete: StudyCompleteCallback,
+        interval_s: float = 0.5,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._on_complete = on_complete
+        self._interval = interval_s
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[str]:
+        """Complete every due study once; returns the keys completed."""
+        now = self._clock()
+        done = []
+        for key in self._store.studies_due(now):
+            if self._store.complete_study(key, now):
+                log.info("assembly.study_complete", study_key=key)
+                done.append(key)
+                try:
+                    self._on_complete(key)
+                except Exception as exc:  # a failing consumer must not stop assembly
+                    log.error(
+                        "assembly.on_complete_failed",
+                        study_key=key,
+                        error_type=type(exc).__name__,
+                    )
+        return done
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.tick()
+            except Exception as exc:
+                log.error("assembly.tick_failed", error_type=type(exc).__name__, error=str(exc))
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cds-assembler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()

@@ -1,0 +1,137 @@
+"""Accept one instance: check, spool durably, record. No pynetdicom in here.
+
+The C-STORE handler (``scp.py``) and start-up reconciliation both go through
+``Receiver``; what it returns is only ever produced after the instance is
+fsync'd on disk and recorded in the state store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+
+from cds.config import Settings
+from cds.domain import InstanceRecord, RecordResult, StoreOutcome
+from cds.errors import IngestError, StoreError
+from cds.ingest.instance import (
+    STATUS_INVALID_UID,
+    STATUS_SOP_CLASS_MISMATCH,
+    STATUS_UID_MISMATCH,
+    encode_file_meta,
+    is_valid_uid,
+    read_header,
+)
+from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
+from cds.logging import get_logger, study_key
+from cds.store.base import StateStore
+
+log = get_logger("cds.ingest")
+
+#: called after an instance is recorded NEW or REPLACED (not for duplicates)
+InstanceListener = Callable[[InstanceRecord, RecordResult], None]
+
+
+class Receiver:
+    def __init__(
+        self,
+        settings: Settings,
+        spool: Spool,
+        store: StateStore,
+        secret: bytes,
+        listeners: list[InstanceListener] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._spool = spool
+        self._store = store
+        self._secret = secret
+        self._listeners = listeners or []
+
+    def add_listener(self, fn: InstanceListener) -> None:
+        self._listeners.append(fn)
+
+    def key(self, uid: str) -> str:
+        return study_key(self._secret, uid)
+
+    def receive(
+        self,
+        *,
+        sop_class_uid: str,
+        sop_uid: str,
+        transfer_syntax_uid: str,
+        dataset: bytes,
+        calling_ae: str,
+        received_at: float | None = None,
+    ) -> RecordResult:
+        """Spool and record one data set, as received in a C-STORE request.
+
+        Raises IngestError carrying the DIMSE status to answer.
+        """
+        sop_class_uid = sop_class_uid.strip()
+        sop_uid = sop_uid.strip()
+        if not is_valid_uid(sop_uid):
+            raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Instance UID in request")
+        if not is_valid_uid(sop_class_uid):
+            raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Class UID in request")
+        self._spool.check_space(len(dataset))
+
+        meta = encode_file_meta(sop_class_uid, sop_uid, transfer_syntax_uid, calling_ae)
+        header = read_header(meta, dataset)
+        if header.sop_uid != sop_uid:
+            raise IngestError(
+                STATUS_UID_MISMATCH,
+                "(0008,0018) SOPInstanceUID differs from the C-STORE request",
+            )
+        if header.sop_class_uid and header.sop_class_uid != sop_class_uid:
+            raise IngestError(
+                STATUS_SOP_CLASS_MISMATCH,
+                "(0008,0016) SOPClassUID differs from the C-STORE request",
+            )
+
+        digest = hashlib.sha256(dataset).hexdigest()
+        skey = self.key(header.study_uid)
+        rel = self._spool.relative_path(skey, self.key(header.series_uid), sop_uid, digest)
+        known = self._store.find_instance(sop_uid)
+        if not (known and known[0] == digest and self._spool.exists(known[1])):
+            self._spool.write(rel, meta, dataset)
+        else:
+            rel = known[1]
+
+        rec = InstanceRecord(
+            study_uid=header.study_uid,
+            series_uid=header.series_uid,
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax_uid=transfer_syntax_uid,
+            modality=header.modality,
+            series_number=header.series_number,
+            study_key=skey,
+            path=rel,
+            size=len(dataset),
+            sha256=digest,
+            calling_ae=calling_ae.strip(),
+            received_at=time.time() if received_at is None else received_at,
+            quiet_time_s=self._settings.quiet_time_for(calling_ae),
+        )
+        try:
+            result = self._store.record_instance(rec)
+        except StoreError as exc:
+            # The file is durable and will be re-indexed at start; the sender retries.
+            log.error("ingest.store_failed", study_key=skey, error=str(exc))
+            raise IngestError(STATUS_OUT_OF_RESOURCES, "state store unavailable") from exc
+
+        if result.outcome is StoreOutcome.DUPLICATE:
+            log.info("ingest.duplicate_ignored", study_key=skey, sop_uid=sop_uid)
+            return result
+        if result.outcome is StoreOutcome.REPLACED:
+            log.info(
+                "ingest.instance_replaced",
+                study_key=skey,
+                sop_uid=sop_uid,
+                version=result.version,
+            )
+        if result.reopened:
+            log.info("assembly.study_reopened", study_key=skey, calling_ae=rec.calling_ae)
+        for fn in self._listeners:
+            fn(rec, result)
+        return result

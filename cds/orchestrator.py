@@ -1,0 +1,156 @@
+"""The one place where the stages are wired together.
+
+``Node`` owns the spool, the state store, the DICOM listener, the study
+assembler and the executor. Later stages (routing, inference, results,
+delivery) subscribe to completed studies with ``on_study_complete``; they run
+on the executor, never in a network thread.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+
+from cds import __version__
+from cds.config import Settings
+from cds.errors import CdsError, IngestError
+from cds.executor import Executor, InProcessExecutor
+from cds.ingest.assembler import Assembler
+from cds.ingest.receiver import Receiver
+from cds.ingest.scp import DicomListener
+from cds.ingest.spool import Spool
+from cds.logging import get_logger
+from cds.store import StateStore, open_store
+
+log = get_logger("cds.node")
+
+StudyConsumer = Callable[[str], None]
+
+
+def load_secret(home: Path) -> bytes:
+    """The node's pseudonymisation key (created once, mode 0600, never logged)."""
+    path = home / "node.key"
+    if path.exists():
+        return path.read_bytes()
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return key
+
+
+class Node:
+    def __init__(self, settings: Settings, executor: Executor | None = None) -> None:
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.secret = load_secret(settings.home)
+        self.spool = Spool(settings.spool_path, settings.spool.min_free_mb * 2**20)
+        self.store: StateStore = open_store(settings)
+        self.executor: Executor = executor or InProcessExecutor()
+        self.receiver = Receiver(settings, self.spool, self.store, self.secret)
+        self.listener = DicomListener(settings, self.receiver)
+        self.assembler = Assembler(
+            self.store, self._study_complete, settings.assembly.check_interval_s
+        )
+        self._consumers: list[StudyConsumer] = []
+        self.started_at: float | None = None
+
+    # --- wiring ----------------------------------------------------------
+    def on_study_complete(self, consumer: StudyConsumer) -> None:
+        """Register a stage to run (on the executor) for every completed study."""
+        self._consumers.append(consumer)
+
+    def _study_complete(self, study_key: str) -> None:
+        for consumer in self._consumers:
+            self.executor.submit(consumer, study_key)
+
+    # --- life cycle ------------------------------------------------------
+    def start(self) -> None:
+        self.spool.open()
+        self.reconcile()
+        self.listener.start()
+        self.assembler.start()
+        self.started_at = time.time()
+        log.info("node.started", version=__version__, home=str(self.settings.home))
+
+    def stop(self) -> None:
+        self.assembler.stop()
+        self.listener.stop()
+        self.executor.shutdown(wait=True)
+        self.store.close()
+        log.info("node.stopped")
+
+    def reconcile(self) -> int:
+        """Index spooled files the store does not know (after a power loss).
+
+        Returns how many files were re-indexed.
+        """
+        known = self.store.known_paths()
+        count = 0
+        for path in self.spool.iter_files():
+            rel = path.relative_to(self.spool.root).as_posix()
+            if rel in known:
+                continue
+            try:
+                self._reindex(path)
+                count += 1
+            except (CdsError, OSError, ValueError) as exc:
+                log.error("node.reconcile_failed", file=rel, error=str(exc))
+        if count:
+            log.warning("node.reconciled", files=count)
+        return count
+
+    def _reindex(self, path: Path) -> None:
+        raw = path.read_bytes()
+        if raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
+            raise ValueError("not a Part 10 file written by cds")
+        (group_len,) = struct.unpack("<I", raw[140:144])
+        meta_end = 144 + group_len
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        try:
+            self.receiver.receive(
+                sop_class_uid=str(meta.MediaStorageSOPClassUID),
+                sop_uid=str(meta.MediaStorageSOPInstanceUID),
+                transfer_syntax_uid=str(meta.TransferSyntaxUID),
+                dataset=raw[meta_end:],
+                calling_ae=str(meta.get("SourceApplicationEntityTitle", "UNKNOWN")),
+                received_at=path.stat().st_mtime,
+            )
+        except IngestError as exc:
+            raise ValueError(str(exc)) from exc
+
+    # --- status ----------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        space = self.spool.space()
+        store_ok = self.store.ping()
+        dicom: dict[str, Any] = {
+            "listening": self.listener.listening,
+            "ae_title": self.settings.dicom.ae_title,
+            "active_associations": self.listener.active_associations(),
+        }
+        if self.listener.listening:
+            dicom["port"] = self.listener.address[1]
+        ok = self.listener.listening and store_ok and not space.below_watermark
+        return {
+            "status": "ok" if ok else "degraded",
+            "version": __version__,
+            "dicom": dicom,
+            "store": {"backend": self.settings.store.backend, "reachable": store_ok},
+            "spool": {
+                "free_bytes": space.free_bytes,
+                "total_bytes": space.total_bytes,
+                "min_free_bytes": space.min_free_bytes,
+                "below_watermark": space.below_watermark,
+            },
+            "assembly": {"running": self.assembler.running},
+        }

@@ -1,0 +1,492 @@
+"""SQLite implementation of the state store (the embedded default).
+
+One connection shared by every thread behind a lock, WAL journal. Commits use
+``synchronous=NORMAL``: a commit survives a crash of the node process (kill -9);
+after a power loss the last commits may be lost, and the node re-indexes
+every spooled file the store does not know at start (see
+``orchestrator.Node.reconcile``), so an acknowledged instance is never lost:
+the fsync'd spool file is the source of truth.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cds.domain import (
+    InstanceRecord,
+    Job,
+    JobState,
+    RecordResult,
+    SeriesSummary,
+    StoreOutcome,
+    StudyDetail,
+    StudyEvent,
+    StudyState,
+    StudySummary,
+)
+from cds.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    study_key TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    complete_due_at REAL,
+    completed_at REAL,
+    reopened_count INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_state_due ON studies (state, complete_due_at);
+CREATE INDEX IF NOT EXISTS studies_last ON studies (last_received_at);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL REFERENCES studies (study_key),
+    modality TEXT NOT NULL,
+    series_number INTEGER,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_study ON series (study_key);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL REFERENCES studies (study_key),
+    series_uid TEXT NOT NULL REFERENCES series (series_uid),
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    duplicates_received INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_key);
+CREATE TABLE IF NOT EXISTS instance_versions (
+    sop_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    superseded_at REAL NOT NULL,
+    PRIMARY KEY (sop_uid, version)
+);
+CREATE TABLE IF NOT EXISTS study_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_key TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS study_events_study ON study_events (study_key, at);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_key);
+"""
+
+_STUDY_SUMMARY_SQL = """
+SELECT s.study_key, s.study_uid, s.state, s.calling_ae, s.first_received_at,
+       s.last_received_at, s.complete_due_at, s.completed_at, s.reopened_count,
+       s.updated_at,
+       (SELECT COUNT(*) FROM series r WHERE r.study_key = s.study_key),
+       (SELECT COUNT(*) FROM instances i WHERE i.study_key = s.study_key),
+       (SELECT group_concat(DISTINCT r.modality) FROM series r WHERE r.study_key = s.study_key)
+FROM studies s
+"""
+
+_ACTIVE = StudyState.RECEIVING.value
+
+
+class SqliteStore:
+    """StateStore on one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(
+                path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open state store {path}: {exc}") from exc
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"state store error: {exc}") from exc
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                raise StoreError(f"state store error: {exc}") from exc
+
+    def ping(self) -> bool:
+        try:
+            return self._query("SELECT 1") == [(1,)]
+        except StoreError:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- instances -------------------------------------------------------
+    def find_instance(self, sop_uid: str) -> tuple[str, str] | None:
+        rows = self._query("SELECT sha256, path FROM instances WHERE sop_uid = ?", (sop_uid,))
+        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+
+    def known_paths(self) -> set[str]:
+        rows = self._query("SELECT path FROM instances UNION SELECT path FROM instance_versions")
+        return {str(r[0]) for r in rows}
+
+    def record_instance(self, rec: InstanceRecord) -> RecordResult:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT sha256, version, path, size, received_at FROM instances WHERE sop_uid = ?",
+                (rec.sop_uid,),
+            ).fetchone()
+            if row is not None and row[0] == rec.sha256:
+                db.execute(
+                    "UPDATE instances SET duplicates_received = duplicates_received + 1 "
+                    "WHERE sop_uid = ?",
+                    (rec.sop_uid,),
+                )
+                return RecordResult(StoreOutcome.DUPLICATE, rec.study_key, False, int(row[1]))
+
+            reopened = self._touch_study(db, rec)
+            self._touch_series(db, rec)
+            if row is None:
+                outcome, version = StoreOutcome.NEW, 1
+                db.execute(
+                    "INSERT INTO instances (sop_uid, study_key, series_uid, sop_class_uid, "
+                    "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        rec.sop_uid,
+                        rec.study_key,
+                        rec.series_uid,
+                        rec.sop_class_uid,
+                        rec.transfer_syntax_uid,
+                        rec.path,
+                        rec.size,
+                        rec.sha256,
+                        1,
+                        rec.calling_ae,
+                        rec.received_at,
+                    ),
+                )
+            else:
+                outcome, version = StoreOutcome.REPLACED, int(row[1]) + 1
+                db.execute(
+                    "INSERT INTO instance_versions (sop_uid, version, path, sha256, size, "
+                    "received_at, superseded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (rec.sop_uid, row[1], row[2], row[0], row[3], row[4], rec.received_at),
+                )
+                db.execute(
+                    "UPDATE instances SET study_key = ?, series_uid = ?, sop_class_uid = ?, "
+                    "transfer_syntax_uid = ?, path = ?, size = ?, sha256 = ?, version = ?, "
+                    "calling_ae = ?, received_at = ? WHERE sop_uid = ?",
+                    (
+                        rec.study_key,
+                        rec.series_uid,
+                        rec.sop_class_uid,
+                        rec.transfer_syntax_uid,
+                        rec.path,
+                        rec.size,
+                        rec.sha256,
+                        version,
+                        rec.calling_ae,
+                        rec.received_at,
+                        rec.sop_uid,
+                    ),
+                )
+                self._event(
+                    db,
+                    rec.study_key,
+                    rec.received_at,
+                    "instance_replaced",
+                    f"SOP Instance {rec.sop_uid} version {version} (newest wins, "
+                    f"version {row[1]} kept)",
+                )
+            return RecordResult(outcome, rec.study_key, reopened, version)
+
+    def _touch_study(self, db: sqlite3.Connection, rec: InstanceRecord) -> bool:
+        due = rec.received_at + rec.quiet_time_s
+        row = db.execute(
+            "SELECT state, last_received_at, complete_due_at FROM studies WHERE study_key = ?",
+            (rec.study_key,),
+        ).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO studies (study_key, study_uid, state, calling_ae, "
+                "first_received_at, last_received_at, complete_due_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.study_key,
+                    rec.study_uid,
+                    _ACTIVE,
+                    rec.calling_ae,
+                    rec.received_at,
+                    rec.received_at,
+                    due,
+                    rec.received_at,
+                ),
+            )
+            self._event(db, rec.study_key, rec.received_at, "receiving", f"from {rec.calling_ae}")
+            return False
+        reopened = row[0] != _ACTIVE
+        db.execute(
+            "UPDATE studies SET state = ?, calling_ae = ?,"
+            " last_received_at = MAX(?, last_received_at),"
+            " complete_due_at = MAX(?, COALESCE(complete_due_at, 0)), updated_at = ?,"
+            " reopened_count = reopened_count + ? WHERE study_key = ?",
+            (
+                _ACTIVE,
+                rec.calling_ae,
+                rec.received_at,
+                due,
+                rec.received_at,
+                1 if reopened else 0,
+                rec.study_key,
+            ),
+        )
+        if reopened:
+            self._event(
+                db,
+                rec.study_key,
+                rec.received_at,
+                "reopened",
+                f"late instance after state {row[0]}, from {rec.calling_ae}",
+            )
+        return bool(reopened)
+
+    def _touch_series(self, db: sqlite3.Connection, rec: InstanceRecord) -> None:
+        db.execute(
+            "INSERT INTO series (series_uid, study_key, modality, series_number, "
+            "first_received_at, last_received_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (series_uid) DO UPDATE SET "
+            "last_received_at = MAX(excluded.last_received_at, last_received_at)",
+            (
+                rec.series_uid,
+                rec.study_key,
+                rec.modality,
+                rec.series_number,
+                rec.received_at,
+                rec.received_at,
+            ),
+        )
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, study_key: str, at: float, kind: str, detail: str) -> None:
+        db.execute(
+            "INSERT INTO study_events (study_key, at, kind, detail) VALUES (?, ?, ?, ?)",
+            (study_key, at, kind, detail),
+        )
+
+    # --- studies ---------------------------------------------------------
+    @staticmethod
+    def _summary(row: tuple[object, ...]) -> StudySummary:
+        mods = str(row[12]) if row[12] else ""
+        return StudySummary(
+            study_key=str(row[0]),
+            study_uid=str(row[1]),
+            state=StudyState(str(row[2])),
+            calling_ae=str(row[3]),
+            first_received_at=float(row[4]),  # type: ignore[arg-type]
+            last_received_at=float(row[5]),  # type: ignore[arg-type]
+            complete_due_at=None if row[6] is None else float(row[6]),  # type: ignore[arg-type]
+            completed_at=None if row[7] is None else float(row[7]),  # type: ignore[arg-type]
+            reopened_count=int(row[8]),  # type: ignore[call-overload]
+            updated_at=float(row[9]),  # type: ignore[arg-type]
+            series_count=int(row[10]),  # type: ignore[call-overload]
+            instance_count=int(row[11]),  # type: ignore[call-overload]
+            modalities=tuple(sorted(m for m in mods.split(",") if m)),
+        )
+
+    def list_studies(
+        self, state: StudyState | None = None, limit: int = 100, offset: int = 0
+    ) -> list[StudySummary]:
+        where, args = ("WHERE s.state = ?", (state.value,)) if state is not None else ("", ())
+        rows = self._query(
+            f"{_STUDY_SUMMARY_SQL} {where} ORDER BY s.last_received_at DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [self._summary(r) for r in rows]
+
+    def get_study(self, study_key: str) -> StudyDetail | None:
+        rows = self._query(f"{_STUDY_SUMMARY_SQL} WHERE s.study_key = ?", (study_key,))
+        if not rows:
+            return None
+        series = self._query(
+            "SELECT r.series_uid, r.modality, r.series_number, "
+            "(SELECT COUNT(*) FROM instances i WHERE i.series_uid = r.series_uid), "
+            "r.first_received_at, r.last_received_at FROM series r WHERE r.study_key = ? "
+            "ORDER BY r.series_number, r.first_received_at",
+            (study_key,),
+        )
+        events = self._query(
+            "SELECT at, kind, detail FROM study_events WHERE study_key = ? ORDER BY at, id",
+            (study_key,),
+        )
+        return StudyDetail(
+            summary=self._summary(rows[0]),
+            series=tuple(
+                SeriesSummary(
+                    series_uid=str(r[0]),
+                    modality=str(r[1]),
+                    series_number=None if r[2] is None else int(r[2]),  # type: ignore[call-overload]
+                    instance_count=int(r[3]),  # type: ignore[call-overload]
+                    first_received_at=float(r[4]),  # type: ignore[arg-type]
+                    last_received_at=float(r[5]),  # type: ignore[arg-type]
+                )
+                for r in series
+            ),
+            events=tuple(
+                StudyEvent(at=float(e[0]), kind=str(e[1]), detail=str(e[2]))  # type: ignore[arg-type]
+                for e in events
+            ),
+        )
+
+    def studies_due(self, now: float) -> list[str]:
+        rows = self._query(
+            "SELECT study_key FROM studies WHERE state = ? AND complete_due_at <= ? "
+            "ORDER BY complete_due_at",
+            (_ACTIVE, now),
+        )
+        return [str(r[0]) for r in rows]
+
+    def complete_study(self, study_key: str, now: float) -> bool:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE studies SET state = ?, completed_at = ?, complete_due_at = NULL, "
+                "updated_at = ? WHERE study_key = ? AND state = ? AND complete_due_at <= ?",
+                (StudyState.COMPLETE.value, now, now, study_key, _ACTIVE, now),
+            )
+            if cur.rowcount != 1:
+                return False
+            self._event(db, study_key, now, "complete", "quiet time elapsed")
+            return True
+
+    def set_study_state(
+        self, study_key: str, state: StudyState, detail: str = "", now: float | None = None
+    ) -> None:
+        at = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE studies SET state = ?, updated_at = ? WHERE study_key = ?",
+                (state.value, at, study_key),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(f"no study with key {study_key}")
+            self._event(db, study_key, at, state.value, detail)
+
+    def count_studies_by_state(self) -> dict[StudyState, int]:
+        counts = dict.fromkeys(StudyState, 0)
+        for state, n in self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"):
+            counts[StudyState(str(state))] = int(n)  # type: ignore[call-overload]
+        return counts
+
+    # --- jobs ------------------------------------------------------------
+    @staticmethod
+    def _job(row: tuple[object, ...]) -> Job:
+        return Job(
+            job_id=str(row[0]),
+            study_key=str(row[1]),
+            kind=str(row[2]),
+            state=JobState(str(row[3])),
+            created_at=float(row[4]),  # type: ignore[arg-type]
+            updated_at=float(row[5]),  # type: ignore[arg-type]
+            attempts=int(row[6]),  # type: ignore[call-overload]
+            error=None if row[7] is None else str(row[7]),
+        )
+
+    _JOB_COLS = "job_id, study_key, kind, state, created_at, updated_at, attempts, error"
+
+    def create_job(self, study_key: str, kind: str, now: float | None = None) -> Job:
+        at = time.time() if now is None else now
+        job_id = uuid.uuid4().hex
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, study_key, kind, JobState.QUEUED.value, at, at),
+            )
+            self._event(db, study_key, at, "job_queued", f"{kind} job {job_id}")
+        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None)
+
+    def set_job_state(
+        self, job_id: str, state: JobState, error: str | None = None, now: float | None = None
+    ) -> Job:
+        at = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, error = ?, "
+                "attempts = attempts + ? WHERE job_id = ?",
+                (state.value, at, error, 1 if state is JobState.RUNNING else 0, job_id),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(f"no job with id {job_id}")
+            row = db.execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
+            job = self._job(row.fetchone())
+            self._event(db, job.study_key, at, f"job_{state.value}", f"{job.kind} job {job_id}")
+        return job
+
+    def list_jobs(
+        self, study_key: str | None = None, state: JobState | None = None, limit: int = 100
+    ) -> list[Job]:
+        clauses, args = [], []
+        if study_key is not None:
+            clauses.append("study_key = ?")
+            args.append(study_key)
+        if state is not None:
+            clauses.append("state = ?")
+            args.append(state.value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT {self._JOB_COLS} FROM jobs {where} ORDER BY created_at DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [self._job(r) for r in rows]

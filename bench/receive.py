@@ -1,0 +1,464 @@
+"""Receive benchmark: DCMTK storescu -> storescp vs the cds node, one association.
+
+Run from the repository root::
+
+    python bench/receive.py --rounds 5
+
+What it does:
+
+1. Generates once (cached in ``bench/out/ct300``, which git ignores) a synthetic
+   CT series: 300 slices of 512 x 512, 16 bit, Explicit VR Little Endian, a
+   realistic CT header, about 525 KB per file.
+2. Starts, once each, three receivers on free ports of 127.0.0.1:
+   ``storescp`` with its defaults, ``storescp +B -pdu 131072`` (its fastest
+   options: bit-preserving, PDVs written straight to disk, 128 KiB PDUs),
+   and the cds node (``python -m cds serve`` with a fresh home).
+3. For every round, gives the series fresh Study/Series/SOP Instance UIDs (a
+   fixed-width token in every UID is rewritten in place, outside the timing),
+   so the node really stores every instance instead of answering duplicates;
+   then times ``/usr/bin/storescu +sd DIR`` (one association, all 300 files)
+   into each receiver, in an order rotated per round.
+4. Checks each receiver got every file, and prints median/min wall times,
+   instances/s, MB/s and the ratio node / storescp.
+
+storescp does not fsync what it writes; the node fsyncs every file and its
+directory before it answers Success. Every DCMTK process runs with
+``TCP_NODELAY=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+
+#: every UID of the series is ``<root>.<token>.<kind>.<n>``; the 14-digit token
+#: is rewritten in place to give the series fresh UIDs without re-encoding it
+UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root, as its generate_uid uses
+TOKEN_DIGITS = 14
+_TOKEN_RE = re.compile(rb"1\.2\.826\.0\.1\.3680043\.8\.498\.([1-9][0-9]{13})\.")
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+# --- the synthetic series ---------------------------------------------------
+def _new_token() -> str:
+    return str(10 ** (TOKEN_DIGITS - 1) + secrets.randbelow(9 * 10 ** (TOKEN_DIGITS - 1)))
+
+
+def _phantom(rows: int, cols: int) -> np.ndarray:
+    """A water cylinder in air with a little noise, as stored values (HU + 1024)."""
+    y, x = np.ogrid[:rows, :cols]
+    r = np.hypot(y - rows / 2, x - cols / 2)
+    img = np.where(r < rows * 0.42, 1024, 24).astype(np.int32)
+    img += np.where(r < rows * 0.1, 60, 0)
+    return img
+
+
+#: header attributes every slice shares (a plausible CT chest/abdomen/pelvis)
+_CT_STATIC: dict[str, object] = {
+    "SpecificCharacterSet": "ISO_IR 100",
+    "ImageType": ["ORIGINAL", "PRIMARY", "AXIAL"],
+    "SOPClassUID": CTImageStorage,
+    "StudyDate": "20240501",
+    "SeriesDate": "20240501",
+    "AcquisitionDate": "20240501",
+    "ContentDate": "20240501",
+    "StudyTime": "101500",
+    "SeriesTime": "101500",
+    "AccessionNumber": "BENCH0001",
+    "Modality": "CT",
+    "Manufacturer": "SYNTHETIC",
+    "InstitutionName": "Bench Hospital",
+    "ReferringPhysicianName": "Referrer^Bench",
+    "StationName": "CT01",
+    "StudyDescription": "CT CHEST ABDOMEN PELVIS",
+    "SeriesDescription": "AXIAL 1.0 B30f",
+    "ManufacturerModelName": "BenchScan 300",
+    "PatientName": "Bench^Synthetic",
+    "PatientID": "BENCH-0001",
+    "PatientBirthDate": "19700101",
+    "PatientSex": "O",
+    "PatientAge": "054Y",
+    "BodyPartExamined": "CHEST",
+    "SliceThickness": "1.0",
+    "KVP": "120",
+    "DataCollectionDiameter": "500",
+    "SoftwareVersions": "bench-1",
+    "ReconstructionDiameter": "380",
+    "GantryDetectorTilt": "0",
+    "TableHeight": "150",
+    "RotationDirection": "CW",
+    "ExposureTime": "500",
+    "XRayTubeCurrent": "200",
+    "Exposure": "100",
+    "FilterType": "BODY",
+    "ConvolutionKernel": "B30f",
+    "PatientPosition": "HFS",
+    "StudyID": "1",
+    "SeriesNumber": 2,
+    "AcquisitionNumber": 1,
+    "ImageOrientationPatient": ["1", "0", "0", "0", "1", "0"],
+    "PositionReferenceIndicator": "",
+    "SamplesPerPixel": 1,
+    "PhotometricInterpretation": "MONOCHROME2",
+    "Rows": 512,
+    "Columns": 512,
+    "PixelSpacing": ["0.742188", "0.742188"],
+    "BitsAllocated": 16,
+    "BitsStored": 12,
+    "HighBit": 11,
+    "PixelRepresentation": 0,
+    "WindowCenter": "40",
+    "WindowWidth": "400",
+    "RescaleIntercept": "-1024",
+    "RescaleSlope": "1",
+    "RescaleType": "HU",
+}
+
+
+def generate_series(folder: Path, count: int) -> None:
+    """Write ``count`` CT slices into ``folder`` (atomically: a .tmp folder then rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    token = _new_token()
+    study, series, frame = (f"{UID_ROOT}{token}.{k}.1" for k in (1, 2, 4))
+    rng = np.random.default_rng(20240501)
+    base = _phantom(512, 512)
+    for i in range(count):
+        sop = f"{UID_ROOT}{token}.3.{i + 1}"
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds = Dataset()
+        ds.file_meta = meta
+        for keyword, value in _CT_STATIC.items():
+            setattr(ds, keyword, value)
+        z = -150.0 + i * 1.0
+        ds.update(
+            {
+                "SOPInstanceUID": sop,
+                "StudyInstanceUID": study,
+                "SeriesInstanceUID": series,
+                "FrameOfReferenceUID": frame,
+                "AcquisitionTime": f"1016{i % 60:02d}",
+                "ContentTime": f"1016{i % 60:02d}",
+                "InstanceNumber": i + 1,
+                "ImagePositionPatient": ["-190.0", "-190.0", f"{z:.1f}"],
+                "SliceLocation": f"{z:.1f}",
+            }
+        )
+        noise = rng.integers(0, 40, size=base.shape, dtype=np.int32)
+        ds.PixelData = np.clip(base + noise, 0, 4095).astype("<u2").tobytes()
+        ds.save_as(tmp / f"CT{i + 1:04d}.dcm", enforce_file_format=True)
+    os.replace(tmp, folder)
+
+
+def ensure_series(count: int) -> Path:
+    folder = OUT / f"ct{count}"
+    if folder.is_dir() and len(list(folder.glob("*.dcm"))) == count:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    print(f"generating {count} CT slices in {folder.relative_to(REPO)} (once) ...", flush=True)
+    generate_series(folder, count)
+    return folder
+
+
+@dataclass
+class UidRewriter:
+    """Gives the series fresh UIDs per round by rewriting the token in place."""
+
+    files: list[Path]
+    offsets: dict[Path, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for path in self.files:
+            with path.open("rb") as f:
+                head = f.read(8192)
+            end = head.find(_PIXEL_DATA_TAG)
+            head = head[: end if end > 0 else len(head)]
+            offs = [m.start(1) for m in _TOKEN_RE.finditer(head)]
+            if len(offs) < 5:  # meta SOP UID, SOP UID, study, series, frame of reference
+                raise SystemExit(f"{path}: UID token not found; delete {OUT} and rerun")
+            self.offsets[path] = offs
+
+    def fresh(self) -> None:
+        token = _new_token().encode()
+        for path, offs in self.offsets.items():
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                for off in offs:
+                    os.pwrite(fd, token, off)
+            finally:
+                os.close(fd)
+
+
+# --- processes --------------------------------------------------------------
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def _kill_children() -> None:
+    for proc in _CHILDREN:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for proc in _CHILDREN:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    _CHILDREN.clear()
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def dcmtk_env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,  # its own process group: killed whole at exit
+        )
+    _CHILDREN.append(proc)
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"receiver exited ({proc.returncode}):\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"receiver not listening on {port} after {timeout} s")
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"node exited ({proc.returncode}):\n{log.read_text()[-2000:]}")
+        with (
+            contextlib.suppress(OSError, urllib.error.URLError),
+            urllib.request.urlopen(url, timeout=1) as resp,
+        ):
+            if resp.status == 200:
+                return
+        time.sleep(0.1)
+    raise SystemExit(f"node not healthy at {url} after {timeout} s:\n{log.read_text()[-2000:]}")
+
+
+# --- receivers --------------------------------------------------------------
+@dataclass
+class Receiver:
+    name: str
+    ae_title: str
+    port: int
+    fsync: str
+    out_dir: Path | None = None
+    spool: Path | None = None
+    times: list[float] = field(default_factory=list)
+
+    def stored(self) -> int:
+        root = self.out_dir if self.out_dir is not None else self.spool
+        assert root is not None
+        return sum(1 for p in root.rglob("*") if p.is_file() and p.suffix != ".part")
+
+    def after_round(self) -> None:
+        if self.out_dir is not None:  # storescp: keep the disk from filling
+            for p in self.out_dir.iterdir():
+                p.unlink()
+        # let the page cache write back what this round left dirty, so the next
+        # receiver is not timed against another one's write-back
+        os.sync()
+
+
+def start_storescp(run: Path, name: str, extra: list[str]) -> Receiver:
+    port = free_port()
+    out = run / name
+    out.mkdir()
+    log = run / f"{name}.log"
+    argv = [STORESCP, "-aet", "STORESCP", *extra, "-od", str(out), str(port)]
+    proc = spawn(argv, log, dcmtk_env())
+    wait_listening(port, proc, log, 10)
+    return Receiver(f"storescp {' '.join(extra)}".strip(), "STORESCP", port, "no", out_dir=out)
+
+
+def start_node(run: Path) -> Receiver:
+    port, http = free_port(), free_port()
+    home = run / "cds-home"
+    cfg = run / "cds.yaml"
+    cfg.write_text(
+        f"dicom: {{ae_title: CDS, host: 127.0.0.1, port: {port}}}\n"
+        f"http: {{host: 127.0.0.1, port: {http}}}\n"
+        "spool: {min_free_mb: 100}\n"
+        "log: {level: warning}\n"
+    )
+    log = run / "node.log"
+    argv = [sys.executable, "-m", "cds", "serve", "--config", str(cfg), "--home", str(home)]
+    proc = spawn(argv, log)
+    wait_healthy(f"http://127.0.0.1:{http}/health", proc, log, 60)
+    rx = Receiver("cds node", "CDS", port, "yes: file + dir per instance")
+    rx.spool = home / "spool" / "studies"
+    print(f"node pid {proc.pid} (py-spy record --pid {proc.pid} ...)", flush=True)
+    return rx
+
+
+def storescu_argv(rx: Receiver, series: Path) -> list[str]:
+    return [
+        STORESCU, "-aet", "BENCH", "-aec", rx.ae_title, "127.0.0.1", str(rx.port),
+        "+sd", str(series),
+    ]  # fmt: skip
+
+
+def send(rx: Receiver, series: Path) -> float:
+    argv = storescu_argv(rx, series)
+    t0 = time.perf_counter()
+    res = subprocess.run(argv, env=dcmtk_env(), capture_output=True, timeout=300, check=False)
+    elapsed = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(
+            f"storescu -> {rx.name} failed ({res.returncode}):\n"
+            f"{res.stdout.decode(errors='replace')[-2000:]}{res.stderr.decode(errors='replace')}"
+        )
+    return elapsed
+
+
+# --- main -------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    parser.add_argument("--files", type=int, default=300, help="slices in the series (300)")
+    parser.add_argument(
+        "--only", choices=["node", "storescp"], help="time only these receivers (for profiling)"
+    )
+    args = parser.parse_args()
+
+    for tool in (STORESCU, STORESCP):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} not found: apt-get install dcmtk")
+    atexit.register(_kill_children)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+
+    series = ensure_series(args.files)
+    files = sorted(series.glob("*.dcm"))
+    total_bytes = sum(p.stat().st_size for p in files)
+    rewriter = UidRewriter(files)
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    run = Path(tempfile.mkdtemp(prefix="run-", dir=OUT))  # same disk as a real spool
+    try:
+        receivers: list[Receiver] = []
+        if args.only != "node":
+            receivers.append(start_storescp(run, "storescp-default", []))
+            receivers.append(start_storescp(run, "storescp-fast", ["+B", "-pdu", "131072"]))
+        if args.only != "storescp":
+            receivers.append(start_node(run))
+
+        for r in range(args.warmup + args.rounds):
+            rewriter.fresh()  # fresh UIDs for every round: the node stores, never dedups
+            order = receivers[r % len(receivers) :] + receivers[: r % len(receivers)]
+            seen: dict[str, float] = {}
+            for rx in order:
+                before = rx.stored()
+                seen[rx.name] = send(rx, series)
+                got = rx.stored() - before
+                if got != len(files):
+                    raise SystemExit(f"{rx.name}: stored {got} of {len(files)} files")
+                rx.after_round()
+                if r >= args.warmup:
+                    rx.times.append(seen[rx.name])
+            label = "warm-up" if r < args.warmup else f"round {r - args.warmup + 1}"
+            line = "  ".join(f"{rx.name} {seen[rx.name]:.3f} s" for rx in receivers)
+            print(f"{label:>8}: {line}", flush=True)
+        report(receivers, len(files), total_bytes, series, args)
+    finally:
+        _kill_children()
+        shutil.rmtree(run, ignore_errors=True)
+    return 0
+
+
+def report(
+    receivers: list[Receiver], n: int, total_bytes: int, series: Path, args: argparse.Namespace
+) -> None:
+    print()
+    print(
+        f"{n} files, {total_bytes / 1e6:.1f} MB ({total_bytes // n} B each), one association, "
+        f"{args.rounds} rounds after {args.warmup} warm-up, order rotated per round"
+    )
+    print(f"{'receiver':<30} {'median s':>9} {'min s':>7} {'inst/s':>7} {'MB/s':>7}  fsync")
+    for rx in receivers:
+        med = statistics.median(rx.times)
+        print(
+            f"{rx.name:<30} {med:>9.3f} {min(rx.times):>7.3f} {n / med:>7.0f} "
+            f"{total_bytes / 1e6 / med:>7.1f}  {rx.fsync}"
+        )
+    node = next((rx for rx in receivers if rx.ae_title == "CDS"), None)
+    if node is not None:
+        for rx in receivers:
+            if rx is node:
+                continue
+            ratio_med = statistics.median(node.times) / statistics.median(rx.times)
+            ratio_min = min(node.times) / min(rx.times)
+            print(f"ratio node / {rx.name}: median {ratio_med:.2f}x, min {ratio_min:.2f}x")
+    print()
+    print(f"command: python bench/receive.py {shlex.join(sys.argv[1:])}")
+    for rx in receivers:
+        print(f"  {rx.name}: TCP_NODELAY=1 {shlex.join(storescu_argv(rx, series))}")
+    print(
+        "  storescp is started as: TCP_NODELAY=1 /usr/bin/storescp -aet STORESCP [+B -pdu 131072]"
+        " -od DIR PORT; the node as: python -m cds serve --config CFG --home FRESH_HOME"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,7 +18,7 @@ import hmac
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 from pydicom.valuerep import PersonName
@@ -62,8 +62,8 @@ def study_key(secret: bytes, study_uid: str) -> str:
     return hmac.new(secret, study_uid.encode("ascii", "replace"), hashlib.sha256).hexdigest()[:16]
 
 
-def configure_logging(fmt: str = "json", level: str = "info") -> None:
-    """Configure structlog and the stdlib root logger to write one line per event to stderr."""
+def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog and the stdlib root logger: one line per event, to stderr by default."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -93,7 +93,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -8,6 +8,7 @@ on the executor, never in a network thread.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import struct
@@ -117,10 +118,11 @@ class Node:
         (group_len,) = struct.unpack("<I", raw[140:144])
         meta_end = 144 + group_len
         meta = dcmread(path, stop_before_pixels=True).file_meta
+        sop_uid = str(meta.MediaStorageSOPInstanceUID)
         try:
             self.receiver.receive(
                 sop_class_uid=str(meta.MediaStorageSOPClassUID),
-                sop_uid=str(meta.MediaStorageSOPInstanceUID),
+                sop_uid=sop_uid,
                 transfer_syntax_uid=str(meta.TransferSyntaxUID),
                 dataset=raw[meta_end:],
                 calling_ae=str(meta.get("SourceApplicationEntityTitle", "UNKNOWN")),
@@ -128,6 +130,16 @@ class Node:
             )
         except IngestError as exc:
             raise ValueError(str(exc)) from exc
+        # The receiver stored the same bytes under their canonical name: drop the stray copy.
+        rel = path.relative_to(self.spool.root).as_posix()
+        current = self.store.find_instance(sop_uid)
+        if (
+            current is not None
+            and current[1] != rel
+            and self.spool.exists(current[1])
+            and current[0] == hashlib.sha256(raw[meta_end:]).hexdigest()
+        ):
+            self.spool.remove(rel)
 
     # --- status ----------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -127,6 +127,7 @@ class DicomListener:
         )
         assert isinstance(server, _HardenedServer)
         self._server = server
+        self.ae._servers.append(server)  # as AE.start_server does; shutdown() removes it
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.2},
@@ -139,8 +140,7 @@ class DicomListener:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.shutdown()  # also closes the socket
             for assoc in list(self.ae.active_associations):
                 assoc.abort()
             self._server = None

@@ -1,0 +1,75 @@
+"""Shared fixtures of the unit tests: settings on free loopback ports, a running node."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from io import StringIO
+from pathlib import Path
+
+import pytest
+
+from cds.config import Settings, load_settings
+from cds.logging import configure_logging
+from cds.orchestrator import Node
+
+REPO = Path(__file__).resolve().parent.parent
+DICOM = REPO.parent / "shared" / "dicom"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_settings(home: Path, **sections: dict[str, object]) -> Settings:
+    data: dict[str, dict[str, object]] = {
+        "dicom": {"host": "127.0.0.1", "port": free_port()},
+        "http": {"port": free_port()},
+        "spool": {"min_free_mb": 1},
+        "assembly": {"quiet_time_s": 0.5, "check_interval_s": 0.05},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return Settings(home=home, **data)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture
+def node(settings: Settings) -> Iterator[Node]:
+    n = Node(settings)
+    n.start()
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[StringIO]:
+    """Route every log line (structlog and stdlib) as JSON into a buffer for the test."""
+    import logging
+
+    buf = StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    configure_logging("json", "debug", stream=buf)
+    try:
+        yield buf
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not DICOM.is_dir():
+        pytest.skip(f"shared DICOM corpus not found at {DICOM}")
+    return DICOM
+
+
+__all__ = ["DICOM", "REPO", "free_port", "load_settings", "make_settings"]

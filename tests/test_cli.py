@@ -1,0 +1,68 @@
+"""issue 2: `cds studies` / `cds study` read the store; errors name the file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cds.cli import app
+from cds.domain import InstanceRecord
+from cds.store.sqlite import SqliteStore
+
+from .store.test_sqlite import rec
+
+
+def seeded_home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    store = SqliteStore(home / "state.db")
+    for n in range(3):
+        store.record_instance(rec(n))
+    r: InstanceRecord = rec(7, series_uid="1.2.3.9", modality="SR")
+    store.record_instance(r)
+    store.close()
+    return home
+
+
+def test_studies_table_and_json(tmp_path: Path) -> None:
+    home = seeded_home(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["studies", "--home", str(home)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[0].split()[:4] == ["STUDY", "KEY", "STATE", "SERIES"]
+    assert lines[1].split()[:5] == ["k1", "receiving", "2", "4", "CT,SR"]
+
+    res = runner.invoke(app, ["studies", "--home", str(home), "--json"])
+    assert res.exit_code == 0
+    assert '"instance_count": 4' in res.output
+
+    res = runner.invoke(app, ["study", "k1", "--home", str(home)])
+    assert res.exit_code == 0
+    assert "2 series, 4 instances" in res.output
+    assert "receiving" in res.output
+
+
+def test_studies_without_store_names_the_path(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["studies", "--home", str(tmp_path / "none")])
+    assert res.exit_code == 1
+    assert "state.db" in res.output
+    assert "store.sqlite_path" in res.output
+
+
+def test_unknown_study_and_bad_state(tmp_path: Path) -> None:
+    home = seeded_home(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["study", "zzz", "--home", str(home)])
+    assert res.exit_code == 1
+    assert "no study with key 'zzz'" in res.output
+    res = runner.invoke(app, ["studies", "--home", str(home), "--state", "bogus"])
+    assert res.exit_code == 2
+
+
+def test_serve_refuses_invalid_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dicom:\n  port: 99999\n")
+    res = CliRunner().invoke(app, ["serve", "--config", str(bad), "--home", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "dicom.port: must be 1..65535" in res.output

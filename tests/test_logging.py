@@ -1,0 +1,49 @@
+"""issue 2: logs are JSON events; patient data never reaches them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from io import StringIO
+
+from pydicom.valuerep import PersonName
+
+from cds.logging import get_logger, scrub_patient_data, study_key
+
+
+def test_scrubber_removes_patient_keys_and_person_names() -> None:
+    out = scrub_patient_data(
+        None,
+        "info",
+        {
+            "event": "x",
+            "PatientName": "DOE^J",
+            "patient_id": "123",
+            "accession_number": "A1",
+            "who": PersonName("DOE^JANE"),
+            "study_key": "abc",
+        },
+    )
+    assert out["PatientName"] == out["patient_id"] == out["accession_number"] == "[removed]"
+    assert out["who"] == "[removed]"
+    assert out["study_key"] == "abc"
+
+
+def test_json_lines_through_structlog_and_stdlib(json_logs: StringIO) -> None:
+    get_logger("cds.test").info("test.event", study_key="k", PatientName="CANARY^X")
+    logging.getLogger("pynetdicom").info("identifiers CANARY")  # held at WARNING
+    logging.getLogger("other").warning("plain %s", "message")
+    lines = [json.loads(x) for x in json_logs.getvalue().splitlines()]
+    assert lines[0]["event"] == "test.event"
+    assert lines[0]["PatientName"] == "[removed]"
+    assert lines[0]["level"] == "info"
+    assert lines[1]["event"] == "plain message"
+    assert "CANARY" not in json_logs.getvalue()
+
+
+def test_study_key_is_stable_keyed_and_opaque() -> None:
+    a = study_key(b"secret-a", "1.2.3")
+    assert a == study_key(b"secret-a", "1.2.3")
+    assert a != study_key(b"secret-b", "1.2.3")
+    assert len(a) == 16
+    assert "1.2.3" not in a

@@ -62,12 +62,11 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     import uvicorn
 
     from cds.api.app import create_app
-    from cds.logging import configure_logging, get_logger
+    from cds.logging import configure_logging
     from cds.orchestrator import Node
 
     settings = _settings(config, home)
     configure_logging(settings.log.format, settings.log.level)
-    log = get_logger("cds.cli")
     try:
         node = Node(settings)
         node.start()
@@ -89,8 +88,7 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
             access_log=False,
         )
     finally:
-        node.stop()
-        log.info("node.exit")
+        node.stop()  # normally already done by the app's shutdown
 
 
 @config_app.command("check")

@@ -65,6 +65,7 @@ class Node:
         )
         self._consumers: list[StudyConsumer] = []
         self.started_at: float | None = None
+        self._stopped = False
 
     # --- wiring ----------------------------------------------------------
     def on_study_complete(self, consumer: StudyConsumer) -> None:
@@ -85,6 +86,10 @@ class Node:
         log.info("node.started", version=__version__, home=str(self.settings.home))
 
     def stop(self) -> None:
+        """Stop accepting, finish queued work, close the store. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.assembler.stop()
         self.listener.stop()
         self.executor.shutdown(wait=True)

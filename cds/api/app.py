@@ -14,20 +14,23 @@ from cds.orchestrator import Node
 
 
 def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
-    """Build the HTTP app. Without ``node``, one is created and run for the app's lifetime."""
-    owned = node is None
+    """Build the HTTP app; the node stops when the app shuts down.
+
+    Without ``node``, one is created and started with the app. (``cds serve``
+    starts the node first, so that a port in use is reported before HTTP starts.)
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         running = node if node is not None else Node(settings)
-        if owned:
+        if node is None:
             running.start()
         app.state.node = running
         try:
             yield
         finally:
-            if owned:
-                running.stop()
+            # uvicorn re-raises SIGTERM/SIGINT after shutdown: stop the node here, not later.
+            running.stop()
 
     app = FastAPI(
         title="cds",

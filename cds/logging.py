@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import sys
+import warnings
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
@@ -100,7 +101,10 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     root.setLevel(level.upper())
     # pynetdicom logs identifiers of every request at INFO/DEBUG: keep it to problems.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    logging.getLogger("pydicom").setLevel(logging.WARNING)
+    # pydicom's parse warnings quote element values (a patient's name among them):
+    # silence them in logs and on stderr; ingest reports problems in its own words.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

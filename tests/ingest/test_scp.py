@@ -245,15 +245,22 @@ def test_watermark_answers_a700_with_comment(tmp_path: Path) -> None:
         n.stop()
 
 
-def test_no_patient_data_in_logs(node: Node, assoc: Association, json_logs: StringIO) -> None:
-    ds = ct()
-    assoc.send_c_store(ds)
-    bad = ct()
-    del bad.StudyInstanceUID
-    assoc.send_c_store(bad)
+def test_no_patient_data_in_logs(
+    node: Node, assoc: Association, json_logs: StringIO, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Canaries in patient fields (and in a value pydicom warns about) reach no log or stderr."""
+    assoc.send_c_store(ct())
+    bad = ct(PatientBirthDate="CANARY-DATE", SeriesInstanceUID="1.2.CANARY")
+    assert assoc.send_c_store(bad).Status == 0xC221
+    no_study = ct(AccessionNumber="CANARY-ACC")
+    del no_study.StudyInstanceUID
+    assert assoc.send_c_store(no_study).Status == 0xC220
     assoc.release()
     time.sleep(0.2)
     out = json_logs.getvalue()
     assert "ingest.instance_refused" in out
     assert "ingest.association_closed" in out
     assert "CANARY" not in out
+    captured = capfd.readouterr()
+    assert "CANARY" not in captured.err
+    assert "CANARY" not in captured.out

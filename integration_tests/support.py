@@ -90,6 +90,27 @@ def run_tool(
     )
 
 
+def dcmsend(
+    port: int, called_ae: str, files: list[Path], *extra: str, calling_ae: str = "DCMSEND"
+) -> subprocess.CompletedProcess[str]:
+    """One DCMTK dcmsend run (one association) sending ``files`` as they are."""
+    return run_tool(
+        [
+            require_dcmtk("dcmsend"),
+            "-v",
+            "--decompress-never",
+            "-aet",
+            calling_ae,
+            "-aec",
+            called_ae,
+            *extra,
+            "127.0.0.1",
+            str(port),
+            *(str(f) for f in files),
+        ]
+    )
+
+
 def tool_env() -> dict[str, str]:
     """Environment for DCMTK and Orthanc processes."""
     return {**os.environ, "TCP_NODELAY": "1"}

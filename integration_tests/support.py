@@ -375,7 +375,7 @@ def write_ct_series(
         ds.BitsStored = 12
         ds.HighBit = 11
         ds.PixelRepresentation = 0
-        ds.PixelData = bytes((n + i) % 251 for i in range(rows * rows * 2))
+        ds.PixelData = (n % 4096).to_bytes(2, "little") * (rows * rows)
         path = folder / f"ct_{n:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         out.append((path, sop_uid))

@@ -305,6 +305,7 @@ class Receiver:
     out_dir: Path | None = None
     spool: Path | None = None
     times: list[float] = field(default_factory=list)
+    pid: int | None = None
 
     def stored(self) -> int:
         root = self.out_dir if self.out_dir is not None else self.spool
@@ -345,10 +346,33 @@ def start_node(run: Path) -> Receiver:
     argv = [sys.executable, "-m", "cds", "serve", "--config", str(cfg), "--home", str(home)]
     proc = spawn(argv, log)
     wait_healthy(f"http://127.0.0.1:{http}/health", proc, log, 60)
-    rx = Receiver("cds node", "CDS", port, "yes: file + dir per instance")
+    rx = Receiver("cds node", "CDS", port, "yes: file + dir per instance", pid=proc.pid)
     rx.spool = home / "spool" / "studies"
-    print(f"node pid {proc.pid} (py-spy record --pid {proc.pid} ...)", flush=True)
     return rx
+
+
+_PROFILER: list[subprocess.Popen[bytes]] = []
+
+
+def start_profiler(node: Receiver, out: Path, run: Path) -> None:
+    if node.pid is None:
+        raise SystemExit("--profile needs the node (not --only storescp)")
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    argv = [py_spy, "record", "--pid", str(node.pid), "--idle", "--threads", "--rate", "200",
+            "--format", "raw", "--output", str(out.resolve())]  # fmt: skip
+    _PROFILER.append(spawn(argv, run / "py-spy.log"))
+    time.sleep(1.0)  # let it attach
+
+
+def stop_profiler() -> None:
+    for proc in _PROFILER:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)  # py-spy writes its file on SIGINT
+        proc.wait(timeout=30)
+        print(f"py-spy profile written (rc {proc.returncode})")
+    _PROFILER.clear()
 
 
 def storescu_argv(rx: Receiver, series: Path) -> list[str]:
@@ -380,6 +404,13 @@ def main() -> int:
     parser.add_argument(
         "--only", choices=["node", "storescp"], help="time only these receivers (for profiling)"
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE",
+        help="record the node with py-spy (--idle --threads, collapsed stacks) "
+        "during the timed rounds into FILE",
+    )
     args = parser.parse_args()
 
     for tool in (STORESCU, STORESCP):
@@ -405,6 +436,8 @@ def main() -> int:
             receivers.append(start_node(run))
 
         for r in range(args.warmup + args.rounds):
+            if r == args.warmup and args.profile is not None:
+                start_profiler(receivers[-1], args.profile, run)
             rewriter.fresh()  # fresh UIDs for every round: the node stores, never dedups
             order = receivers[r % len(receivers) :] + receivers[: r % len(receivers)]
             seen: dict[str, float] = {}
@@ -420,6 +453,7 @@ def main() -> int:
             label = "warm-up" if r < args.warmup else f"round {r - args.warmup + 1}"
             line = "  ".join(f"{rx.name} {seen[rx.name]:.3f} s" for rx in receivers)
             print(f"{label:>8}: {line}", flush=True)
+        stop_profiler()
         report(receivers, len(files), total_bytes, series, args)
     finally:
         _kill_children()

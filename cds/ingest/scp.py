@@ -28,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from cds.config import Settings
 from cds.errors import IngestError
+from cds.ingest import fastpath
 from cds.ingest.instance import STATUS_PROCESSING_FAILURE, safe_message
 from cds.ingest.receiver import Receiver
 from cds.logging import get_logger
@@ -126,6 +127,7 @@ class DicomListener:
             (cfg.host, cfg.port), evt_handlers=handlers, server_class=_HardenedServer
         )
         assert isinstance(server, _HardenedServer)
+        fastpath.install(server)  # the receive hot path (cds/ingest/fastpath.py)
         self._server = server
         self.ae._servers.append(server)  # as AE.start_server does; shutdown() removes it
         self._thread = threading.Thread(

@@ -63,6 +63,29 @@ def study_key(secret: bytes, study_uid: str) -> str:
     return hmac.new(secret, study_uid.encode("ascii", "replace"), hashlib.sha256).hexdigest()[:16]
 
 
+_ROUTINE_NETWORK_ERRORS = (TimeoutError, ConnectionError)
+
+
+def quiet_routine_network_errors(record: logging.LogRecord) -> bool:
+    """Handler filter: a peer that times out or drops the connection is routine.
+
+    pynetdicom logs those at ERROR with a full traceback; keep one WARNING line.
+    """
+    if not record.name.startswith("pynetdicom"):
+        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    routine = isinstance(exc, _ROUTINE_NETWORK_ERRORS) or (
+        record.getMessage() == "Connection closed before the entire PDU was received"
+    )
+    if routine:
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if exc is not None:
+            record.msg, record.args = f"peer connection: {type(exc).__name__}", None
+    return True
+
+
 def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog and the stdlib root logger: one line per event, to stderr by default."""
     shared: list[Any] = [
@@ -96,6 +119,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     )
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(quiet_routine_network_errors)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -31,10 +31,10 @@ def send_ok(node: CdsNode, files: list[Path], calling_ae: str) -> None:
 
 
 @pytest.mark.skipif(not SERIES.is_dir(), reason=f"corpus series missing: {SERIES}")
-def test_issue4_study_over_three_associations_completes_and_reopens(
+def test_i2_r4_study_over_three_associations_completes_and_reopens(
     node_factory: Callable[..., CdsNode], tmp_path: Path
 ) -> None:
-    """issue 4: 28 CT slices in 3 dcmsend runs -> 1 study of 28 instances, complete
+    """issue 2, req. 4: 28 CT slices in 3 dcmsend runs -> 1 study of 28 instances, complete
     only after the quiet time; an identical re-send does not re-open it, a late new
     instance does (receiving, reopened_count 1) and it completes again."""
     node = node_factory({"assembly": {"quiet_time_s": QUIET_S}})

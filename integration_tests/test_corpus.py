@@ -200,10 +200,10 @@ def assert_api_counts(node: CdsNode, accepted: list[SourceFile]) -> None:
     assert sum(s["series_count"] for s in api) == n_series
 
 
-def test_issue2_dcmsend_corpus_stored_as_sent(
+def test_i2_r2_dcmsend_corpus_stored_as_sent(
     node_factory: Callable[..., CdsNode], tmp_path: Path
 ) -> None:
-    """issue 2: dcmsend of the whole corpus: each data set stored byte for byte as sent.
+    """issue 2, req. 2: dcmsend of the whole corpus: each data set stored byte for byte as sent.
 
     Refused exactly: REFUSED (failure status + Error Comment on the wire);
     DCMTK itself does not send NOT_SENDABLE_BY_DCMTK (sent raw below).
@@ -328,10 +328,10 @@ def assert_cli_lists_the_same(node: CdsNode) -> None:
             assert cli[key][field] == s[field], (key, field)
 
 
-def test_issue2_corpus_data_sets_byte_identical_to_source_files(
+def test_i2_r2_corpus_data_sets_byte_identical_to_source_files(
     node_factory: Callable[..., CdsNode],
 ) -> None:
-    """issue 2: each corpus data set, sent unchanged in its own transfer syntax, is
+    """issue 2, req. 2: each corpus data set, sent unchanged in its own transfer syntax, is
     spooled byte-identical to the source file (after the File Meta)."""
     node = node_factory()
     files = [SourceFile.read(rel) for rel in corpus_files()]

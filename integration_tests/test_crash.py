@@ -74,10 +74,10 @@ def spooled_sops(node: CdsNode) -> set[str]:
     return {p.name.rsplit(".", 2)[0] for p in (node.home / "spool" / "studies").glob("*/*/*.dcm")}
 
 
-def test_issue6_kill9_mid_transfer_keeps_every_acknowledged_instance(
+def test_i2_r6_kill9_mid_transfer_keeps_every_acknowledged_instance(
     node_factory: Callable[..., CdsNode], tmp_path: Path
 ) -> None:
-    """issue 6: kill -9 while storescu sends 200 instances; after restart every
+    """issue 2, req. 6: kill -9 while storescu sends 200 instances; after restart every
     acknowledged SOP Instance is spooled and counted, the study completes, and a full
     re-send by the modality ends with exactly 200 instances."""
     node = node_factory({"assembly": {"quiet_time_s": QUIET_S}})

@@ -23,8 +23,8 @@ def send_one(node: CdsNode, path: Path) -> None:
 
 
 @pytest.mark.skipif(not SOURCE.is_file(), reason=f"corpus file missing: {SOURCE}")
-def test_issue7_duplicate_then_changed_instance(node: CdsNode, tmp_path: Path) -> None:
-    """issue 7: the same file twice -> both Success, 1 instance, 1 file, study untouched;
+def test_i2_r7_duplicate_then_changed_instance(node: CdsNode, tmp_path: Path) -> None:
+    """issue 2, req. 7: the same file twice -> both Success, 1 instance, 1 file, study untouched;
     a changed version with the same SOP Instance UID -> Success, still 1 instance,
     2 files on disk (old kept), history records instance_replaced."""
     ds = pydicom.dcmread(SOURCE)

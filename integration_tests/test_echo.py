@@ -19,8 +19,8 @@ def echo(node: CdsNode, *extra: str) -> tuple[int, str]:
     return r.returncode, r.stdout
 
 
-def test_issue1_dcmtk_echoscu_gets_success(node: CdsNode) -> None:
-    """issue 1: DCMTK echoscu calling our AE title gets a C-ECHO Success."""
+def test_i2_r1_dcmtk_echoscu_gets_success(node: CdsNode) -> None:
+    """issue 2, req. 1: DCMTK echoscu calling our AE title gets a C-ECHO Success."""
     rc, out = echo(node, "-aec", node.ae_title)
     assert rc == 0, out
     assert "Received Echo Response (Success)" in out
@@ -29,8 +29,8 @@ def test_issue1_dcmtk_echoscu_gets_success(node: CdsNode) -> None:
     assert not node.log_problems()
 
 
-def test_issue1_wrong_called_ae_title_is_rejected(node: CdsNode) -> None:
-    """issue 1: an association calling another AE title is rejected, and the node stays up."""
+def test_i2_r1_wrong_called_ae_title_is_rejected(node: CdsNode) -> None:
+    """issue 2, req. 1: an association calling another AE title is rejected; node stays up."""
     rc, out = echo(node, "-aec", "NOT_CDS")
     assert rc != 0
     assert "Association Rejected" in out
@@ -42,10 +42,10 @@ def test_issue1_wrong_called_ae_title_is_rejected(node: CdsNode) -> None:
     assert node.health().status_code == 200
 
 
-def test_issue1_calling_ae_title_not_allowed_is_rejected(
+def test_i2_r1_calling_ae_title_not_allowed_is_rejected(
     node_factory: Callable[..., CdsNode],
 ) -> None:
-    """issue 1: with allowed_calling_ae_titles set, other calling AE titles are rejected."""
+    """issue 2, req. 1: with allowed_calling_ae_titles set, other calling AE titles are rejected."""
     node = node_factory({"dicom": {"allowed_calling_ae_titles": ["MODALITY1"]}})
     rc, out = echo(node, "-aec", node.ae_title, "-aet", "INTRUDER")
     assert rc != 0
@@ -54,13 +54,8 @@ def test_issue1_calling_ae_title_not_allowed_is_rejected(
     assert rc == 0, out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cds bug: ingest.association_rejected logs called_ae = our own AE title "
-    "(assoc.acceptor.ae_title) instead of the Called AE Title the peer asked for",
-)
-def test_issue1_rejection_log_names_the_called_ae_title(node: CdsNode) -> None:
-    """issue 1: the rejection log line tells the operator which AE title the peer called."""
+def test_i2_r1_rejection_log_names_the_called_ae_title(node: CdsNode) -> None:
+    """issue 2, req. 1: the rejection log line tells the operator which AE title the peer called."""
     rc, _ = echo(node, "-aec", "NOT_CDS")
     assert rc != 0
     rejected = [e for e in node.events() if e["event"] == "ingest.association_rejected"]

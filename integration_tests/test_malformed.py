@@ -120,8 +120,8 @@ class RawInstance:
         )
 
 
-def test_issue3_malformed_files_get_a_status_over_one_association(node: CdsNode) -> None:
-    """issue 3: each malformed file gets a status (failures with an Error Comment);
+def test_i2_r3_malformed_files_get_a_status_over_one_association(node: CdsNode) -> None:
+    """issue 2, req. 3: each malformed file gets a status (failures with an Error Comment);
     the same association answers a C-ECHO after each one and stores a good file
     at the end; the node stays healthy and logs no traceback."""
     from pynetdicom import AE
@@ -181,8 +181,8 @@ def test_issue3_malformed_files_get_a_status_over_one_association(node: CdsNode)
     assert not node.log_problems()
 
 
-def test_issue3_dcmsend_malformed_folder(node: CdsNode, tmp_path: Path) -> None:
-    """issue 3: dcmsend of malformed/ (what DCMTK can read): each file sent gets a
+def test_i2_r3_dcmsend_malformed_folder(node: CdsNode, tmp_path: Path) -> None:
+    """issue 2, req. 3: dcmsend of malformed/ (what DCMTK can read): each file sent gets a
     status, the association is released normally, the node stays healthy."""
     dcmsend = require_dcmtk("dcmsend")
     report = tmp_path / "report.txt"

@@ -17,8 +17,8 @@ SERIES = CORPUS / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series"
 ORTHANC_QUIET_S = 1.5
 
 
-def test_issue5_orthanc_echo(node: CdsNode, orthanc_factory: Callable[[CdsNode], Orthanc]) -> None:
-    """issue 5: Orthanc's C-ECHO to the node (POST /modalities/cds/echo) succeeds."""
+def test_i2_r5_orthanc_echo(node: CdsNode, orthanc_factory: Callable[[CdsNode], Orthanc]) -> None:
+    """issue 2, req. 5: Orthanc's C-ECHO to the node (POST /modalities/cds/echo) succeeds."""
     orthanc = orthanc_factory(node)
     r = orthanc.http.post("/modalities/cds/echo", json={})
     assert r.status_code == 200, r.text
@@ -27,10 +27,10 @@ def test_issue5_orthanc_echo(node: CdsNode, orthanc_factory: Callable[[CdsNode],
 
 
 @pytest.mark.skipif(not SERIES.is_dir(), reason=f"corpus series missing: {SERIES}")
-def test_issue5_orthanc_sends_study_completes_under_its_quiet_time(
+def test_i2_r5_orthanc_sends_study_completes_under_its_quiet_time(
     node_factory: Callable[..., CdsNode], orthanc_factory: Callable[[CdsNode], Orthanc]
 ) -> None:
-    """issue 5: a study uploaded to Orthanc and sent with /modalities/cds/store arrives
+    """issue 2, req. 5: a study uploaded to Orthanc and sent with /modalities/cds/store arrives
     whole and byte for byte, and completes under ORTHANC's quiet time (the default
     quiet time is 60 s here, so completing in seconds proves the per-AE override)."""
     node = node_factory(

@@ -38,8 +38,8 @@ def encoded(ds: pydicom.Dataset) -> bytes:
 
 
 @pytest.mark.skipif(not SOURCE.is_file(), reason=f"corpus file missing: {SOURCE}")
-def test_issue3_failure_statuses_carry_an_error_comment(node: CdsNode) -> None:
-    """issue 3: 0xA900, 0xC220, 0xC221 (request and data set), 0xC222, 0xC210 each come
+def test_i2_r3_failure_statuses_carry_an_error_comment(node: CdsNode) -> None:
+    """issue 2, req. 3: 0xA900, 0xC220, 0xC221 (request and data set), 0xC222, 0xC210 each come
     back with an Error Comment, nothing is spooled for them, and the association then
     stores the good instance."""
     from pynetdicom import AE

@@ -17,8 +17,8 @@ SOURCE = CORPUS / "ct" / "CT_small.dcm"
 
 
 @pytest.mark.skipif(not SOURCE.is_file(), reason=f"corpus file missing: {SOURCE}")
-def test_issue8_below_watermark_store_gets_a700(node_factory: Callable[..., CdsNode]) -> None:
-    """issue 8: spool.min_free_mb above the free disk -> storescu gets 0xA700 with an
+def test_i2_r8_below_watermark_store_gets_a700(node_factory: Callable[..., CdsNode]) -> None:
+    """issue 2, req. 8: spool.min_free_mb above the free disk -> storescu gets 0xA700 with an
     Error Comment; nothing is stored; echo works; /health is 503 degraded."""
     node = node_factory({"spool": {"min_free_mb": 10**9}})
     storescu = require_dcmtk("storescu")

@@ -47,3 +47,17 @@ def test_study_key_is_stable_keyed_and_opaque() -> None:
     assert a != study_key(b"secret-b", "1.2.3")
     assert len(a) == 16
     assert "1.2.3" not in a
+
+
+def test_peer_timeouts_from_pynetdicom_are_one_warning_line(json_logs: StringIO) -> None:
+    log = logging.getLogger("pynetdicom.dul")
+    log.error("Connection closed before the entire PDU was received")
+    try:
+        raise TimeoutError("timed out")
+    except TimeoutError as exc:
+        log.exception(exc)
+    log.error("Unable to decode the received PDU data")  # not routine: stays an error
+    lines = [json.loads(x) for x in json_logs.getvalue().splitlines()]
+    assert [x["level"] for x in lines] == ["warning", "warning", "error"]
+    assert lines[1]["event"] == "peer connection: TimeoutError"
+    assert "Traceback" not in json_logs.getvalue()

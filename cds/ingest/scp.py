@@ -66,6 +66,12 @@ class _AssocStats:
     bytes: int = 0
 
 
+def _called_ae_title(assoc: Any) -> str:
+    """The AE title the peer called (not ours), from its A-ASSOCIATE-RQ."""
+    primitive = assoc.requestor.primitive
+    return str(primitive.called_ae_title).strip() if primitive is not None else ""
+
+
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
@@ -122,6 +128,7 @@ class DicomListener:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_closed),
             (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         server = self.ae.make_server(
             (cfg.host, cfg.port), evt_handlers=handlers, server_class=_HardenedServer
@@ -167,9 +174,18 @@ class DicomListener:
         log.warning(
             "ingest.association_rejected",
             calling_ae=str(a.requestor.ae_title).strip(),
-            called_ae=str(a.acceptor.ae_title).strip(),
+            called_ae=_called_ae_title(a),
             peer=f"{a.requestor.address}:{a.requestor.port}",
         )
+
+    def _on_conn_close(self, event: Any) -> None:
+        a = event.assoc
+        if a.is_acceptor and a.requestor.primitive is None:
+            # The peer went away (or stalled and hit the socket timeout) before its
+            # A-ASSOCIATE-RQ was complete. pynetdicom's acceptor thread would go on
+            # waiting for that request for acse_timeout_s, holding an association
+            # slot: wake it now (None reads as "no request"), so it ends at once.
+            a.dul.to_user_queue.put(None)
 
     def _on_closed(self, event: Any) -> None:
         with self._stats_lock:

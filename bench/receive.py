@@ -360,7 +360,7 @@ def start_profiler(node: Receiver, out: Path, run: Path) -> None:
     py_spy = shutil.which("py-spy")
     if py_spy is None:
         raise SystemExit("--profile needs py-spy: pip install py-spy")
-    argv = [py_spy, "record", "--pid", str(node.pid), "--idle", "--threads", "--rate", "200",
+    argv = [py_spy, "record", "--pid", str(node.pid), "--threads", "--nonblocking", "--rate", "250",
             "--format", "raw", "--output", str(out.resolve())]  # fmt: skip
     _PROFILER.append(spawn(argv, run / "py-spy.log"))
     time.sleep(1.0)  # let it attach
@@ -408,7 +408,7 @@ def main() -> int:
         "--profile",
         type=Path,
         metavar="FILE",
-        help="record the node with py-spy (--idle --threads, collapsed stacks) "
+        help="record the node with py-spy (on-CPU samples per thread, collapsed stacks) "
         "during the timed rounds into FILE",
     )
     args = parser.parse_args()

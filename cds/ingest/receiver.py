@@ -8,8 +8,11 @@ fsync'd on disk and recorded in the state store.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 from cds.config import Settings
 from cds.domain import InstanceRecord, RecordResult, StoreOutcome
@@ -18,6 +21,7 @@ from cds.ingest.instance import (
     STATUS_INVALID_UID,
     STATUS_SOP_CLASS_MISMATCH,
     STATUS_UID_MISMATCH,
+    Header,
     encode_file_meta,
     is_valid_uid,
     read_header,
@@ -76,26 +80,31 @@ class Receiver:
         self._spool.check_space(len(dataset))
 
         meta = encode_file_meta(sop_class_uid, sop_uid, transfer_syntax_uid, calling_ae)
-        header = read_header(meta, dataset)
-        if header.sop_uid != sop_uid:
-            raise IngestError(
-                STATUS_UID_MISMATCH,
-                "(0008,0018) SOPInstanceUID differs from the C-STORE request",
-            )
-        if header.sop_class_uid and header.sop_class_uid != sop_class_uid:
-            raise IngestError(
-                STATUS_SOP_CLASS_MISMATCH,
-                "(0008,0016) SOPClassUID differs from the C-STORE request",
-            )
-
-        digest = hashlib.sha256(dataset).hexdigest()
-        skey = self.key(header.study_uid)
-        rel = self._spool.relative_path(skey, self.key(header.series_uid), sop_uid, digest)
-        known = self._store.find_instance(sop_uid)
-        if not (known and known[0] == digest and self._spool.exists(known[1])):
-            self._spool.write(rel, meta, dataset)
-        else:
-            rel = known[1]
+        # Overlapped, as they do not depend on each other: the SHA-256 on a worker
+        # thread (hashlib releases the GIL), the write-back of the file by the
+        # kernel, and the header parse here. Errors are still raised in the same
+        # order as when each step ran after the one before.
+        hashing = _hasher().submit(_sha256, dataset)
+        try:
+            known = self._store.find_instance(sop_uid)
+            known_error: StoreError | None = None
+        except StoreError as exc:
+            known, known_error = None, exc
+        # An SOP Instance UID seen before may be an identical re-send: written
+        # only once the digest says it is not.
+        first = known is None and known_error is None
+        with self._spool.begin(meta, dataset) if first else nullcontext() as began:
+            header = _checked_header(meta, dataset, sop_uid, sop_class_uid)
+            digest = hashing.result()
+            if known_error is not None:
+                raise known_error
+            skey = self.key(header.study_uid)
+            rel = self._spool.relative_path(skey, self.key(header.series_uid), sop_uid, digest)
+            if known is not None and known[0] == digest and self._spool.exists(known[1]):
+                rel = known[1]  # an identical re-send: nothing to write
+            else:
+                with began or self._spool.begin(meta, dataset) as pending:
+                    pending.commit(rel)  # durable: fsync, rename, directory fsync
 
         rec = InstanceRecord(
             study_uid=header.study_uid,
@@ -135,3 +144,35 @@ class Receiver:
         for fn in self._listeners:
             fn(rec, result)
         return result
+
+
+def _checked_header(meta: bytes, dataset: bytes, sop_uid: str, sop_class_uid: str) -> Header:
+    """The data set's header, checked against the C-STORE request."""
+    header = read_header(meta, dataset)
+    if header.sop_uid != sop_uid:
+        raise IngestError(
+            STATUS_UID_MISMATCH,
+            "(0008,0018) SOPInstanceUID differs from the C-STORE request",
+        )
+    if header.sop_class_uid and header.sop_class_uid != sop_class_uid:
+        raise IngestError(
+            STATUS_SOP_CLASS_MISMATCH,
+            "(0008,0016) SOPClassUID differs from the C-STORE request",
+        )
+    return header
+
+
+_HASHER: ThreadPoolExecutor | None = None
+_HASHER_LOCK = threading.Lock()
+
+
+def _hasher() -> ThreadPoolExecutor:
+    global _HASHER  # noqa: PLW0603 (one pool per process, made on first use)
+    with _HASHER_LOCK:
+        if _HASHER is None:
+            _HASHER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="cds-ingest-sha256")
+        return _HASHER
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

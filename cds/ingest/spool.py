@@ -9,15 +9,25 @@ name beside the old: no version ever overwrites another.
 Layout under the spool root::
 
     tmp/                                  partial writes, cleared at start
+    spare/                                empty files made ahead of need, cleared at start
     studies/<study_key>/<series_key>/     one folder per series
+
+Creating a file costs 0.3-0.6 ms on ext4, on the critical path of every
+C-STORE; so a background thread keeps a few empty temporary files ready in
+``spare/`` (same file system), and ``write`` fills one of them. Written,
+fsync'd, renamed, directory fsync'd: the durable write is exactly as before,
+only the create happens earlier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +37,8 @@ from cds.errors import IngestError
 STATUS_OUT_OF_RESOURCES = 0xA700
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"  # zeroed preamble (no polyglot files, CVE-2019-11687)
+_SPARES_KEPT = 8  # enough for several concurrent associations
+_SPARES_IDLE_S = 10.0  # the refill thread ends after this long without a write
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +60,16 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self._tmp = root / "tmp"
         self._studies = root / "studies"
+        self._spares = _SpareFiles(root / "spare")
         self._known_dirs: set[Path] = set()
         self._dirs_lock = threading.Lock()
 
     def open(self) -> None:
-        """Create the layout and drop partial writes left by a crash."""
-        for d in (self.root, self._tmp, self._studies):
+        """Create the layout and drop partial writes and spares left by a crash."""
+        self._spares.clear()
+        for d in (self.root, self._tmp, self._spares.folder, self._studies):
             d.mkdir(parents=True, exist_ok=True)
-        for leftover in self._tmp.iterdir():
+        for leftover in (*self._tmp.iterdir(), *self._spares.folder.iterdir()):
             leftover.unlink(missing_ok=True)
         _fsync_dir(self.root)
 
@@ -90,25 +104,45 @@ class Spool:
         Raises IngestError(0xA700) when the disk is full, and lets other OSErrors
         through for the caller to map.
         """
-        final = self.root / rel_path
-        self._ensure_dir(final.parent)
-        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        with self.begin(file_meta, dataset) as pending:
+            pending.commit(rel_path)
+
+    def begin(self, file_meta: bytes, dataset: bytes) -> PendingFile:
+        """Write a Part 10 file to a temporary file and start it on its way to disk.
+
+        Nothing is durable until ``PendingFile.commit``; the caller can do other
+        work meanwhile (the kernel writes back while it does, so the fsync in
+        ``commit`` waits less). Errors are raised by ``commit``, as ``write``
+        raises them; use the result as a context manager so that it is
+        discarded unless committed.
+        """
+        tmp: Path | None = None
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            tmp, fd = self._open_temporary()
             try:
                 _write_all(fd, _PREAMBLE)
                 _write_all(fd, file_meta)
                 _write_all(fd, dataset)
-                os.fsync(fd)
-            finally:
+                _start_writeback(fd)
+            except BaseException:
                 os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(final.parent)
+                raise
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-                raise IngestError(STATUS_OUT_OF_RESOURCES, "spool disk full") from exc
-            raise
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            return PendingFile(self, None, -1, _disk_error(exc))
+        return PendingFile(self, tmp, fd, None)
+
+    def _open_temporary(self) -> tuple[Path, int]:
+        """A new, empty temporary file open for writing: a spare if one is ready."""
+        spare = self._spares.take()
+        if spare is not None:
+            try:
+                return spare, os.open(spare, os.O_WRONLY)
+            except FileNotFoundError:  # dropped by open(): make one here
+                pass
+        tmp = self._tmp / f"{uuid.uuid4().hex}.part"
+        return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
 
     def remove(self, rel_path: str) -> None:
         (self.root / rel_path).unlink(missing_ok=True)
@@ -133,6 +167,131 @@ class Spool:
             for c in created:
                 _fsync_dir(c.parent)
             self._known_dirs.add(d)
+
+
+class PendingFile:
+    """A data set in a temporary file, on its way to disk; see ``Spool.begin``."""
+
+    def __init__(self, spool: Spool, tmp: Path | None, fd: int, error: BaseException | None):
+        self._spool = spool
+        self._tmp = tmp
+        self._fd = fd
+        self._error = error
+
+    def commit(self, rel_path: str) -> None:
+        """fsync the file, rename it into place, fsync its directory: durable on return."""
+        if self._error is not None:
+            raise self._error
+        tmp, fd = self._tmp, self._fd
+        assert tmp is not None, "commit() after discard()"
+        self._tmp, self._fd = None, -1
+        final = self._spool.root / rel_path
+        try:
+            self._spool._ensure_dir(final.parent)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _disk_error(exc)  # noqa: B904 (_disk_error sets the cause)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def discard(self) -> None:
+        """Drop the temporary file (a no-op once committed)."""
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._tmp.unlink(missing_ok=True)
+            self._tmp, self._fd = None, -1
+
+    def __enter__(self) -> PendingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def _disk_error(exc: OSError) -> BaseException:
+    """The error ``write`` raises for ``exc``: 0xA700 when the disk is full."""
+    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        err = IngestError(STATUS_OUT_OF_RESOURCES, "spool disk full")
+        err.__cause__ = exc
+        return err
+    return exc
+
+
+def _start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages now, without waiting.
+
+    On Linux, POSIX_FADV_DONTNEED starts write-back of dirty pages (pages still
+    under write-back stay cached); elsewhere it is a hint that may do nothing.
+    Durability still comes from the fsync in ``PendingFile.commit``.
+    """
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+class _SpareFiles:
+    """Empty temporary files created ahead of need by a background thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._files: deque[Path] = deque()
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> Path | None:
+        """A spare (or None if none is ready), and a refill request."""
+        try:
+            spare: Path | None = self._files.popleft()
+        except IndexError:
+            spare = None
+        with self._lock:
+            self._wanted.set()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=_refill, args=(weakref.ref(self),), name="cds-spool-spares", daemon=True
+                )
+                self._thread.start()
+        return spare
+
+    def clear(self) -> None:
+        self._files.clear()
+
+    def fill(self) -> None:
+        while len(self._files) < _SPARES_KEPT:
+            spare = self.folder / f"{uuid.uuid4().hex}.part"
+            os.close(os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640))
+            self._files.append(spare)
+
+
+def _refill(ref: weakref.ref[_SpareFiles]) -> None:
+    """The refill thread: ends when its spool is gone or no write came for a while."""
+    while True:
+        spares = ref()
+        if spares is None:
+            return
+        wanted = spares._wanted
+        del spares  # hold no reference while waiting
+        wanted.wait(timeout=_SPARES_IDLE_S)
+        spares = ref()
+        if spares is None:
+            return
+        with spares._lock:
+            if not wanted.is_set():
+                spares._thread = None  # the next take() starts another
+                return
+            wanted.clear()
+        with contextlib.suppress(OSError):  # disk full, folder gone: write() makes its own
+            spares.fill()
+        del spares
 
 
 def _write_all(fd: int, data: bytes) -> None:

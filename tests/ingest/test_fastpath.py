@@ -9,6 +9,7 @@ concurrent associations do not mix.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -36,8 +37,14 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from cds.domain import StoreOutcome
+from cds.errors import IngestError, StoreError
 from cds.ingest import fastpath
+from cds.ingest import spool as spool_module
+from cds.ingest.receiver import Receiver
+from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
 from cds.orchestrator import Node
+from cds.store import open_store
 
 from ..conftest import make_settings
 
@@ -608,3 +615,196 @@ def test_the_node_stores_what_storescu_sends(tmp_path: Path) -> None:
         assert stored == sent
     finally:
         node.stop()
+
+
+# --- the spool's spare files ------------------------------------------------------------
+def _spares(root: Path) -> list[Path]:
+    return sorted((root / "spare").iterdir())
+
+
+def test_spool_writes_fill_spares_made_ahead(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, 0)
+    sp.open()
+    first = Spool.relative_path("sk", "rk", "1.2.3.1", "ab" * 32)
+    sp.write(first, b"META", b"DATA1")  # no spare yet: made on the spot, in tmp/
+    assert wait_for(lambda: len(_spares(tmp_path)) == spool_module._SPARES_KEPT)
+    spare = _spares(tmp_path)
+    assert all(p.stat().st_size == 0 and p.suffix == ".part" for p in spare)
+    second = Spool.relative_path("sk", "rk", "1.2.3.2", "cd" * 32)
+    sp.write(second, b"META", b"DATA2")
+    for rel, data in ((first, b"DATA1"), (second, b"DATA2")):
+        assert (tmp_path / rel).read_bytes() == b"\0" * 128 + b"DICM" + b"META" + data
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_spool_open_drops_spares_left_by_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "spare").mkdir(parents=True)
+    (tmp_path / "spare" / "x.part").write_bytes(b"")
+    Spool(tmp_path, 0).open()
+    assert _spares(tmp_path) == []
+
+
+def test_spool_write_survives_a_spare_removed_behind_its_back(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, 0)
+    sp.open()
+    sp.write(Spool.relative_path("sk", "rk", "1.2.3.1", "ab" * 32), b"M", b"D")
+    assert wait_for(lambda: len(_spares(tmp_path)) == spool_module._SPARES_KEPT)
+    for p in _spares(tmp_path):
+        p.unlink()
+    rel = Spool.relative_path("sk", "rk", "1.2.3.2", "cd" * 32)
+    sp.write(rel, b"M", b"D2")
+    assert (tmp_path / rel).read_bytes().endswith(b"MD2")
+
+
+def test_spool_write_into_a_spare_is_durable_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sp = Spool(tmp_path, 0)
+    sp.open()
+    sp.write(Spool.relative_path("sk", "rk", "1.2.3.1", "ab" * 32), b"M", b"D")
+    assert wait_for(lambda: len(_spares(tmp_path)) == spool_module._SPARES_KEPT)
+    calls: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync " + os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append(f"replace {src}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    rel = Spool.relative_path("sk", "rk", "1.2.3.2", "cd" * 32)
+    sp.write(rel, b"M", b"D")
+    spare_dir = str(tmp_path / "spare")
+    assert calls[0].startswith(f"fsync {spare_dir}/")
+    assert calls[0].endswith(".part")
+    assert calls[1].startswith(f"replace {spare_dir}/")
+    assert calls[2] == f"fsync {(tmp_path / rel).parent}"
+
+
+# --- write first, commit after the checks (spool.begin + receiver) ----------------------
+def _temporaries(root: Path) -> list[Path]:
+    return [p for folder in ("tmp", "spare") for p in (root / folder).iterdir() if p.stat().st_size]
+
+
+def test_a_pending_file_is_durable_only_on_commit_and_gone_on_discard(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, 0)
+    sp.open()
+    rel = Spool.relative_path("sk", "rk", "1.2.3", "ab" * 32)
+    with sp.begin(b"META", b"DATA") as pending:
+        assert not (tmp_path / rel).exists()
+        assert len(_temporaries(tmp_path)) == 1  # written, not yet in place
+        pending.commit(rel)
+    assert (tmp_path / rel).read_bytes() == b"\0" * 128 + b"DICM" + b"META" + b"DATA"
+    with sp.begin(b"META", b"OTHER"):
+        pass  # not committed: discarded
+    assert _temporaries(tmp_path) == []
+    assert list((tmp_path / "studies").rglob("*.dcm")) == [tmp_path / rel]
+
+
+def test_a_full_disk_while_writing_is_reported_by_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sp = Spool(tmp_path, 0)
+    sp.open()
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    pending = sp.begin(b"M", b"D")  # no error yet: reported where write() reported it
+    monkeypatch.undo()
+    with pytest.raises(IngestError) as err, pending:
+        pending.commit(Spool.relative_path("sk", "rk", "1.2.3", "ab" * 32))
+    assert err.value.status == STATUS_OUT_OF_RESOURCES
+    assert _temporaries(tmp_path) == []
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    settings = make_settings(tmp_path / "home")
+    spool = Spool(settings.spool_path, 0)
+    spool.open()
+    store = open_store(settings)
+    yield Receiver(settings, spool, store, b"k" * 32)
+    store.close()
+
+
+def _receive(rx: Receiver, ds: Dataset, sop_uid: str | None = None) -> Any:
+    return rx.receive(
+        sop_class_uid=CT,
+        sop_uid=sop_uid or str(ds.SOPInstanceUID),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        dataset=encoded(ds),
+        calling_ae="TESTSCU",
+    )
+
+
+def test_receiver_stores_then_ignores_an_identical_resend_without_writing(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = ct()
+    assert _receive(receiver, ds).outcome is StoreOutcome.NEW
+    begun: list[int] = []
+    real_begin = Spool.begin
+
+    def spy(self: Spool, meta: bytes, data: bytes) -> Any:
+        begun.append(len(data))
+        return real_begin(self, meta, data)
+
+    monkeypatch.setattr(Spool, "begin", spy)
+    assert _receive(receiver, ds).outcome is StoreOutcome.DUPLICATE
+    assert begun == []
+    changed = ct()
+    changed.SOPInstanceUID = ds.SOPInstanceUID
+    changed.StudyInstanceUID = ds.StudyInstanceUID
+    changed.SeriesInstanceUID = ds.SeriesInstanceUID
+    assert _receive(receiver, changed).outcome is StoreOutcome.REPLACED
+    assert len(begun) == 1
+    assert len(list(receiver._spool.iter_files())) == 2
+
+
+def test_receiver_refusal_leaves_no_file(receiver: Receiver) -> None:
+    with pytest.raises(IngestError) as err:
+        _receive(receiver, ct(), sop_uid="1.2.3.4")
+    assert err.value.status == 0xC222  # SOP Instance UID differs from the request
+    assert list(receiver._spool.iter_files()) == []
+    assert _temporaries(receiver._spool.root) == []
+
+
+def test_receiver_reports_a_header_problem_before_a_full_disk(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+
+    def full(fd: int, data: Any) -> int:
+        if len(data) > 100:  # the data set, not a wake-up byte or a log line
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(IngestError) as err:
+        _receive(receiver, ct(), sop_uid="1.2.3.4")
+    assert err.value.status == 0xC222  # as when the file was written after the checks
+    with pytest.raises(IngestError) as err:
+        _receive(receiver, ct())
+    assert err.value.status == STATUS_OUT_OF_RESOURCES
+
+
+def test_receiver_reports_a_header_problem_before_a_store_failure(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(sop_uid: str) -> Any:
+        raise StoreError("state store error: disk I/O error")
+
+    monkeypatch.setattr(receiver._store, "find_instance", down)
+    with pytest.raises(IngestError) as err:
+        _receive(receiver, ct(), sop_uid="1.2.3.4")
+    assert err.value.status == 0xC222
+    with pytest.raises(StoreError):
+        _receive(receiver, ct())
+    assert list(receiver._spool.iter_files()) == []
+    assert _temporaries(receiver._spool.root) == []

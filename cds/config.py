@@ -66,6 +66,11 @@ class DicomSettings(_Section):
     require_called_ae_title: bool = Field(
         True, description="reject associations whose Called AE Title is not ours"
     )
+    fast_receive: bool = Field(
+        True,
+        description="use cds' receive path (cds.ingest.fastpath) instead of pynetdicom's stock "
+        "polling loops; turn off to fall back to stock pynetdicom if a peer misbehaves",
+    )
     allowed_calling_ae_titles: list[AETitle] = Field(
         default_factory=list,
         description="if not empty, only these Calling AE Titles may associate",

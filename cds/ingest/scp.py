@@ -134,7 +134,8 @@ class DicomListener:
             (cfg.host, cfg.port), evt_handlers=handlers, server_class=_HardenedServer
         )
         assert isinstance(server, _HardenedServer)
-        fastpath.install(server)  # the receive hot path (cds/ingest/fastpath.py)
+        if cfg.fast_receive:
+            fastpath.install(server)  # the receive hot path (cds/ingest/fastpath/)
         self._server = server
         self.ae._servers.append(server)  # as AE.start_server does; shutdown() removes it
         self._thread = threading.Thread(

@@ -41,6 +41,7 @@ from cds.domain import StoreOutcome
 from cds.errors import IngestError, StoreError
 from cds.ingest import fastpath
 from cds.ingest import spool as spool_module
+from cds.ingest.fastpath import dul as fastpath_dul
 from cds.ingest.receiver import Receiver
 from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
 from cds.orchestrator import Node
@@ -288,7 +289,7 @@ def test_storescu_series_arrives_byte_for_byte(tmp_path: Path, max_pdu: int) -> 
 
 def test_a_pdu_larger_than_the_preallocation_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     # max PDU 0 = unlimited: pynetdicom sends the whole data set in one PDU
-    monkeypatch.setattr(fastpath, "_PREALLOC_MAX", 64 * 1024)
+    monkeypatch.setattr(fastpath_dul, "_PREALLOC_MAX", 64 * 1024)
     scp = start_scp(max_pdu=0)
     try:
         ds = ct(pixels=200_000)

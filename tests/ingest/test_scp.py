@@ -264,3 +264,23 @@ def test_no_patient_data_in_logs(
     captured = capfd.readouterr()
     assert "CANARY" not in captured.err
     assert "CANARY" not in captured.out
+
+
+def test_stock_pynetdicom_receive_path_still_works(tmp_path: Path) -> None:
+    """dicom.fast_receive: false falls back to pynetdicom's own loops, same behaviour."""
+    from cds.ingest.fastpath import FastRequestHandler
+
+    n = Node(make_settings(tmp_path, dicom={"fast_receive": False}))
+    n.start()
+    try:
+        assert n.listener._server is not None
+        assert n.listener._server.RequestHandlerClass is not FastRequestHandler
+        a = connect(n)
+        assert a.send_c_store(ct()).Status == 0x0000
+        no_study = ct()
+        del no_study.StudyInstanceUID
+        assert a.send_c_store(no_study).Status == 0xC220
+        a.release()
+        assert len(list(n.spool.iter_files())) == 1
+    finally:
+        n.stop()

@@ -1,0 +1,1 @@
+"""Inference: model packages (manifest, registry, validation) and the onnxruntime runtime."""

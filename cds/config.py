@@ -106,6 +106,19 @@ class AssemblySettings(_Section):
     check_interval_s: Seconds = 0.5
 
 
+class InferenceSettings(_Section):
+    model_dirs: list[Path] = Field(
+        default_factory=lambda: [Path("models")],
+        description="folders holding model packages (each sub-folder with a manifest.yaml)",
+    )
+    providers: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
+        "auto", description="auto = TensorRT/CUDA when really available, else CPU"
+    )
+    max_sessions_per_gpu: int = Field(1, ge=1, le=64)
+    max_sessions_cpu: int = Field(1, ge=1, le=64)
+    warm_up: bool = True
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -127,6 +140,7 @@ class Settings(BaseSettings):
     spool: SpoolSettings = SpoolSettings()
     store: StoreSettings = StoreSettings()
     assembly: AssemblySettings = AssemblySettings()
+    inference: InferenceSettings = InferenceSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

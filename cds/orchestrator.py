@@ -23,6 +23,8 @@ from cds import __version__
 from cds.config import Settings
 from cds.errors import CdsError, IngestError
 from cds.executor import Executor, InProcessExecutor
+from cds.inference.registry import ModelRegistry
+from cds.inference.session import DeviceSlots
 from cds.ingest.assembler import Assembler
 from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
@@ -63,6 +65,13 @@ class Node:
         self.assembler = Assembler(
             self.store, self._study_complete, settings.assembly.check_interval_s
         )
+        inf = settings.inference
+        self.models = ModelRegistry(
+            inf.model_dirs,
+            inf.providers,
+            DeviceSlots(inf.max_sessions_per_gpu, inf.max_sessions_cpu),
+            warm=inf.warm_up,
+        )
         self._consumers: list[StudyConsumer] = []
         self.started_at: float | None = None
         self._stopped = False
@@ -80,6 +89,7 @@ class Node:
     def start(self) -> None:
         self.spool.open()
         self.reconcile()
+        self.models.load()  # a broken package is reported and skipped, never fatal
         self.listener.start()
         self.assembler.start()
         self.started_at = time.time()
@@ -170,4 +180,14 @@ class Node:
                 "below_watermark": space.below_watermark,
             },
             "assembly": {"running": self.assembler.running},
+            "models": [
+                {
+                    "name": m.name,
+                    "version": m.version,
+                    "status": m.status,
+                    "provider": m.provider,
+                    "sha256": m.sha256,
+                }
+                for m in self.models.all()
+            ],
         }

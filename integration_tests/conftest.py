@@ -44,6 +44,7 @@ BASE_CONFIG: dict[str, Any] = {
         "quiet_time_by_calling_ae": {"ORTHANC": 3},
         "check_interval_s": 0.2,
     },
+    "inference": {"model_dirs": []},  # model tests point at models/ themselves
     "log": {"format": "json", "level": "info"},
 }
 

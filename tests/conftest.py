@@ -29,6 +29,7 @@ def make_settings(home: Path, **sections: dict[str, object]) -> Settings:
         "http": {"port": free_port()},
         "spool": {"min_free_mb": 1},
         "assembly": {"quiet_time_s": 0.5, "check_interval_s": 0.05},
+        "inference": {"model_dirs": []},  # tests that need models name their folder
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -1,0 +1,150 @@
+"""Decode a series into a stack of 2D images with the geometry the models need.
+
+Pixel data are presented in MONOCHROME2 convention (higher is brighter):
+MONOCHROME1 images are inverted after the modality LUT. Multi-frame
+instances contribute one image per frame. Decoding uses pydicom with the
+pylibjpeg/openjpeg plugins, so every common transfer syntax decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from cds.errors import ModelError
+
+
+@dataclass(frozen=True, slots=True)
+class ImageMeta:
+    """Per-image attributes (one per slice or frame); no patient data."""
+
+    sop_uid: str
+    frame: int  # 1-based frame number within the instance
+    rows: int
+    columns: int
+    slope: float
+    intercept: float
+    photometric: str
+    pixel_spacing: tuple[float, float] | None  # (row spacing, column spacing) in mm
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient (6 values)
+    position: tuple[float, ...] | None  # ImagePositionPatient (3 values)
+
+
+@dataclass(slots=True)
+class ImageStack:
+    """Images of one series, stored (not yet modality-LUT'd) as float32 [S, rows, cols]."""
+
+    series_uid: str
+    modality: str
+    pixels: np.ndarray
+    meta: list[ImageMeta]
+    lut_applied: bool = False
+    #: per image: (flip rows, flip columns) applied by the orient step
+    flips: list[tuple[bool, bool]] = field(default_factory=list)
+    #: the order applied by the orient step (indexes into the original meta)
+    order: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _frame_meta(ds: Dataset, frame_index: int) -> tuple[tuple[float, ...] | None, ...]:
+    """(orientation, position, spacing) of one frame, from per-frame groups when present."""
+    orientation = _floats(ds, "ImageOrientationPatient", 6)
+    position = _floats(ds, "ImagePositionPatient", 3)
+    spacing = _floats(ds, "PixelSpacing", 2)
+    for seq_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        seq = ds.get(seq_kw)
+        if not seq:
+            continue
+        item = seq[0] if seq_kw.startswith("Shared") else seq[min(frame_index, len(seq) - 1)]
+        if "PlaneOrientationSequence" in item:
+            orientation = _floats(item.PlaneOrientationSequence[0], "ImageOrientationPatient", 6)
+        if "PlanePositionSequence" in item:
+            position = _floats(item.PlanePositionSequence[0], "ImagePositionPatient", 3)
+        if "PixelMeasuresSequence" in item:
+            spacing = _floats(item.PixelMeasuresSequence[0], "PixelSpacing", 2) or spacing
+    return orientation, position, spacing
+
+
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
+    for seq_kw in ("SharedFunctionalGroupsSequence",):
+        seq = ds.get(seq_kw)
+        if seq and "PixelValueTransformationSequence" in seq[0]:
+            t = seq[0].PixelValueTransformationSequence[0]
+            slope, intercept = t.get("RescaleSlope", slope), t.get("RescaleIntercept", intercept)
+    try:
+        return float(slope or 1), float(intercept or 0)
+    except (TypeError, ValueError):
+        return 1.0, 0.0
+
+
+def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
+    """Decode instances of one series (in the given order) into an ImageStack."""
+    arrays: list[np.ndarray] = []
+    metas: list[ImageMeta] = []
+    series_uid = modality = ""
+    for item in datasets:
+        ds = item if isinstance(item, Dataset) else dcmread(item)
+        name = getattr(ds, "filename", None) or str(item)[:80]
+        if "PixelData" not in ds:
+            raise ModelError(f"{name}: (7FE0,0010) Pixel Data missing")
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise ModelError(
+                f"{name}: (0028,0004) PhotometricInterpretation {photometric} "
+                "not supported (grayscale only)"
+            )
+        try:
+            px = np.asarray(ds.pixel_array, dtype=np.float32)
+        except Exception as exc:  # decoder errors come in many types
+            raise ModelError(f"{name}: cannot decode Pixel Data ({type(exc).__name__})") from exc
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames == 1 and px.ndim == 2:
+            px = px[None]
+        slope, intercept = _rescale(ds)
+        series_uid = series_uid or str(ds.get("SeriesInstanceUID", ""))
+        modality = modality or str(ds.get("Modality", ""))
+        for f in range(px.shape[0]):
+            orientation, position, spacing = _frame_meta(ds, f)
+            metas.append(
+                ImageMeta(
+                    sop_uid=str(ds.get("SOPInstanceUID", "")),
+                    frame=f + 1,
+                    rows=int(px.shape[1]),
+                    columns=int(px.shape[2]),
+                    slope=slope,
+                    intercept=intercept,
+                    photometric=photometric,
+                    pixel_spacing=spacing,  # type: ignore[arg-type]
+                    orientation=orientation,
+                    position=position,
+                )
+            )
+        arrays.append(px)
+    if not arrays:
+        raise ModelError("no images to decode")
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) != 1:
+        raise ModelError(f"images of different sizes in one series: {sorted(shapes)}")
+    stack = ImageStack(series_uid, modality, np.concatenate(arrays, axis=0), metas)
+    stack.order = list(range(len(metas)))
+    stack.flips = [(False, False)] * len(metas)
+    return stack

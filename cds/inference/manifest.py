@@ -178,7 +178,15 @@ class Label(_Strict):
     code: Code = Field(description="finding (SNOMED CT or RadLex preferred)")
     display: Text
     threshold: float | None = Field(
-        None, ge=0, le=1, description="score at or above which the finding is reported present"
+        None,
+        ge=0,
+        le=1,
+        description="score at or above which the finding is reported present. For "
+        "classification, null means informational: the score is shown, no finding is ever "
+        "reported present. For masks and boxes, null means 0.5",
+    )
+    normal: bool = Field(
+        False, description="this class means 'no finding' (e.g. 'no tumour'): never a finding"
     )
 
 
@@ -225,6 +233,13 @@ class TestVector(_Strict):
     rtol: float = Field(1e-3, ge=0)
 
 
+class FetchSpec(_Strict):
+    """For a model.onnx that is not shipped in the package: how to get it, what it must be."""
+
+    script: str = Field(description="path (in the package) of the script that fetches model.onnx")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 model.onnx must have")
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(description="lower-case identifier, e.g. cds-ref-ct-bone")
@@ -240,6 +255,9 @@ class Manifest(_Strict):
     input: InputSpec
     output: OutputSpec
     test_vector: TestVector
+    fetch: FetchSpec | None = Field(
+        None, description="set when model.onnx is fetched (e.g. from a vendor's wheel)"
+    )
 
     @field_validator("name")
     @classmethod

@@ -64,7 +64,8 @@ def _classification(ctx: Ctx) -> list[Finding]:
         col = scores[:, lb.index]
         best = float(col.max()) if col.size else 0.0
         per = {ref: float(v) for ref, v in zip(images, col, strict=True)}
-        findings.append(Finding(lb, best, best >= _threshold(lb), per))
+        informational = lb.normal or lb.threshold is None
+        findings.append(Finding(lb, best, not informational and best >= _threshold(lb), per))
     return findings
 
 

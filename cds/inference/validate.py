@@ -132,6 +132,34 @@ def run_test_vector(
     return errors
 
 
+def _check_files(package: Path, report: Report, src: str) -> bool:
+    """Files the package needs; the SHA-256 pinned by a fetch step. False: stop here."""
+    onnx_path = package / mf.MODEL_NAME
+    fetch = report.manifest.fetch if report.manifest is not None else None
+    for name in (mf.MODEL_NAME, mf.CARD_NAME):
+        if not (package / name).is_file():
+            how = (
+                f" (fetch it: python {package / fetch.script})"
+                if name == mf.MODEL_NAME and fetch is not None
+                else ""
+            )
+            report.errors.append(f"{package / name}: missing{how}")
+    if report.manifest is not None:
+        for key in ("input", "expected"):
+            rel = getattr(report.manifest.test_vector, key)
+            if not (package / rel).is_file():
+                report.errors.append(f"{src}: test_vector.{key}: file {rel} missing")
+    if onnx_path.is_file():
+        report.sha256 = sha256_file(onnx_path)
+        if fetch is not None and report.sha256 != fetch.sha256:
+            report.errors.append(
+                f"{src}: fetch.sha256: model.onnx has SHA-256 {report.sha256}, the manifest "
+                f"pins {fetch.sha256}"
+            )
+            return False
+    return True
+
+
 def validate_package(
     package: Path, providers: ProviderChoice = "auto", keep_session: bool = False
 ) -> Report:
@@ -147,16 +175,9 @@ def validate_package(
     except mf.ManifestError as exc:
         report.errors.extend(exc.errors)
     onnx_path = package / mf.MODEL_NAME
-    for name in (mf.MODEL_NAME, mf.CARD_NAME):
-        if not (package / name).is_file():
-            report.errors.append(f"{package / name}: missing")
-    if report.manifest is not None:
-        for key in ("input", "expected"):
-            rel = getattr(report.manifest.test_vector, key)
-            if not (package / rel).is_file():
-                report.errors.append(f"{src}: test_vector.{key}: file {rel} missing")
-    if onnx_path.is_file():
-        report.sha256 = sha256_file(onnx_path)
+    if not _check_files(package, report, src):
+        report.seconds = time.perf_counter() - t0
+        return report
     if report.manifest is None or not onnx_path.is_file():
         report.seconds = time.perf_counter() - t0
         return report

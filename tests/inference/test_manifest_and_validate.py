@@ -113,3 +113,28 @@ def test_asking_for_cuda_without_gpu_reports_the_real_provider(tmp_path: Path) -
     if not gpu_runtime_present():
         assert r.provider == "CPU"
     assert yaml.safe_load((tmp_path / "p" / "manifest.yaml").read_text())["name"]
+
+
+def test_fetched_model_is_checked_against_the_pinned_sha256(tmp_path: Path) -> None:
+    p = write_package(tmp_path / "p", manifest(fetch={"script": "fetch.py", "sha256": "0" * 64}))
+    (err,) = validate_package(p, "cpu").errors
+    assert "fetch.sha256: model.onnx has SHA-256" in err
+    assert "the manifest pins " + "0" * 64 in err
+    (p / "model.onnx").unlink()
+    errors = validate_package(p, "cpu").errors
+    assert f"{p / 'model.onnx'}: missing (fetch it: python {p / 'fetch.py'})" in errors
+
+
+def test_informational_and_normal_classes_are_never_findings(tmp_path: Path) -> None:
+    from cds.inference.manifest import parse_manifest
+    from cds.inference.postprocess import ImageRef, postprocess
+
+    m = manifest()
+    m["output"]["labels"][0]["threshold"] = None
+    m["output"]["labels"][1]["normal"] = True
+    out = parse_manifest(m).output
+    images = [ImageRef("1.2", 1)]
+    raw = {"probs": np.array([[0.9, 0.95]], dtype=np.float32)}
+    f0, f1 = postprocess(out, raw, images, [], None)  # type: ignore[arg-type]
+    assert (f0.score, f0.present) == (np.float32(0.9).item(), False)
+    assert (f1.score, f1.present) == (np.float32(0.95).item(), False)

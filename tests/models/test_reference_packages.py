@@ -224,6 +224,8 @@ def test_triage_scores_real_radiographs_as_probabilities() -> None:
     assert np.all((scores >= 0) & (scores <= 1))
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-5)
     assert np.all(scores[:, 1] >= 0.5), scores  # real clinical radiographs are not flat
+    labels = _manifest("cds-ref-cxr-triage").output.labels
+    assert [lb.normal for lb in labels] == [False, True]  # "adequate" is never a finding
     # MONOCHROME1 or MONOCHROME2 makes no difference: std(1 - x) == std(x).
     inverted = _run("cds-ref-cxr-triage", (1 - x).astype(np.float32))["scores"]
     np.testing.assert_allclose(inverted, scores, atol=1e-4)

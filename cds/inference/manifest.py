@@ -8,6 +8,17 @@ people come in French and English (``{en: ..., fr: ...}``).
 Preprocessing is a list of steps chosen from a closed, documented set (see
 ``cds.inference.preprocess``); each step is typed, so an unknown step or a
 misspelt parameter is refused with its path.
+
+Conventions the steps and outputs follow:
+- pixels reach the steps in MONOCHROME2 convention: MONOCHROME1 images are
+  inverted on decoding (higher is always brighter);
+- ``window`` is (x - (center - width/2)) / width clipped to [0, 1] — a plain
+  linear window, deliberately not the DICOM VOI LUT formula (center - 0.5,
+  width - 1);
+- boxes are (row0, col0, row1, col1) as inclusive pixel indices of the input
+  tensor; a box without a ``box_labels`` output belongs to every label;
+- classification scores are taken as given (the model applies softmax or
+  sigmoid itself); one atol/rtol applies to every output of the test vector.
 """
 
 from __future__ import annotations
@@ -193,8 +204,8 @@ class Label(_Strict):
 class OutputTensor(TensorSpec):
     role: Literal["scores", "mask", "boxes", "box_scores", "box_labels", "value"] = Field(
         description="scores [N,C] probabilities; mask [N,C,H,W] probabilities; boxes [N,K,4] "
-        "(row0, col0, row1, col1) in input-tensor pixels; box_scores [N,K]; box_labels [N,K]; "
-        "value [N,M] measurements"
+        "(row0, col0, row1, col1), inclusive pixel indices of the input tensor; "
+        "box_scores [N,K]; box_labels [N,K]; value [N,M] measurements"
     )
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from receive import ensure_series  # noqa: E402
 
-from cds.inference.images import decode  # noqa: E402
+from cds.inference.images import ImageStack, decode  # noqa: E402
 from cds.inference.preprocess import preprocess  # noqa: E402
 from cds.inference.registry import LoadedModel, warm_up  # noqa: E402
 from cds.inference.runner import ModelRunner  # noqa: E402
@@ -118,9 +118,7 @@ def main() -> int:
     return 0
 
 
-def _copy(stack):  # type: ignore[no-untyped-def]
-    from cds.inference.images import ImageStack
-
+def _copy(stack: ImageStack) -> ImageStack:
     out = ImageStack(stack.series_uid, stack.modality, stack.pixels.copy(), list(stack.meta))
     out.order, out.flips = list(stack.order), list(stack.flips)
     return out

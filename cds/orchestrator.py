@@ -82,6 +82,11 @@ class Node:
         self._consumers.append(consumer)
 
     def _study_complete(self, study_key: str) -> None:
+        self.submit_study(study_key)
+
+    def submit_study(self, study_key: str) -> None:
+        """Hand a study to every registered stage (on the executor): on completion,
+        and again when an admin re-runs it."""
         for consumer in self._consumers:
             self.executor.submit(consumer, study_key)
 

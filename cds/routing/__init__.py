@@ -1,0 +1,1 @@
+"""Routing: which studies go to which models, and where the results go."""

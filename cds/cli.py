@@ -91,9 +91,41 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
         node.stop()  # normally already done by the app's shutdown
 
 
+def _check_routing(file: Path) -> int:
+    from cds.routing.rules import RoutingFileError, load_routing
+
+    try:
+        rf = load_routing(file)
+    except RoutingFileError as exc:
+        typer.echo(f"{file}: {len(exc.errors)} error(s)", err=True)
+        for err in exc.errors:
+            typer.echo(f"  {err}", err=True)
+        return 1
+    typer.echo(
+        f"{file}: OK ({len(rf.rules)} rules, {len(rf.pipelines)} pipelines, "
+        f"{len(rf.destinations)} destinations)"
+    )
+    return 0
+
+
+def _is_routing_file(file: Path) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and bool({"rules", "pipelines", "destinations"} & set(data))
+
+
 @config_app.command("check")
-def config_check(file: Annotated[Path, typer.Argument(help="YAML configuration file")]) -> None:
-    """Validate a configuration file; list every error with its path."""
+def config_check(
+    file: Annotated[Path, typer.Argument(help="YAML configuration file, or a routing file")],
+) -> None:
+    """Validate a configuration file (and the routing file it names), or a routing file;
+    list every error with its path."""
+    if _is_routing_file(file):
+        raise typer.Exit(_check_routing(file))
     try:
         settings = load_settings(file)
     except ConfigError as exc:
@@ -101,6 +133,8 @@ def config_check(file: Annotated[Path, typer.Argument(help="YAML configuration f
         for err in exc.errors:
             typer.echo(f"  {err}", err=True)
         raise typer.Exit(1) from None
+    if settings.routing.file is not None and _check_routing(settings.routing.file):
+        raise typer.Exit(1)
     typer.echo(
         f"{file}: OK (DICOM {settings.dicom.ae_title}@{settings.dicom.host}:"
         f"{settings.dicom.port}, HTTP {settings.http.host}:{settings.http.port}, "
@@ -313,6 +347,51 @@ def model_run(
             f"  {f.label.display.en} / {f.label.display.fr}: {state}, score {f.score:.3f}, "
             f"{len(f.per_image)} image(s){extra}"
         )
+
+
+route_app = typer.Typer(help="Routing rules: explain what would run.", no_args_is_help=True)
+app.add_typer(route_app, name="route")
+
+
+@route_app.command("explain")
+def route_explain(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders")],
+    routing: Annotated[
+        Path | None, typer.Option("--routing", help="routing file (default: routing.file)")
+    ] = None,
+    config: ConfigOpt = None,
+    home: HomeOpt = None,
+    calling_ae: Annotated[
+        str, typer.Option("--calling-ae", help="pretend the study came from this AE title")
+    ] = "",
+) -> None:
+    """For each study: which rules matched, which did not and why, which series were
+    selected, and what would be sent where. Nothing is run or sent."""
+    from cds.routing.router import explain_text, read_headers, route
+    from cds.routing.rules import RoutingFileError, load_routing
+
+    settings = _settings(config, home)
+    file = routing or settings.routing.file
+    if file is None:
+        raise _fail("no routing file: give --routing FILE or set routing.file in the config")
+    try:
+        rf = load_routing(file)
+    except RoutingFileError as exc:
+        raise _fail("\n".join(exc.errors), 1) from None
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise _fail(f"no such file or folder: {', '.join(missing)}")
+    studies, skipped = read_headers(paths)
+    disabled = set(settings.routing.disabled_models)
+    for study_series in studies.values():
+        for s in study_series:
+            s.calling_ae = calling_ae
+        for line in explain_text(route(study_series, rf, disabled_models=disabled)):
+            typer.echo(line)
+    for line in skipped:
+        typer.echo(f"skipped {line}")
+    if not studies:
+        raise _fail("no DICOM study found in the given paths", 1)
 
 
 def main() -> None:

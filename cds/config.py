@@ -119,6 +119,16 @@ class InferenceSettings(_Section):
     warm_up: bool = True
 
 
+class RoutingSettings(_Section):
+    file: Path | None = Field(
+        None, description="routing rules (YAML); none = receive only, run no model"
+    )
+    reload_interval_s: Seconds = Field(2.0, description="how often the file is checked for changes")
+    disabled_models: list[str] = Field(
+        default_factory=list, description="kill switch: these models never run (also via the API)"
+    )
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -141,6 +151,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     assembly: AssemblySettings = AssemblySettings()
     inference: InferenceSettings = InferenceSettings()
+    routing: RoutingSettings = RoutingSettings()
     log: LogSettings = LogSettings()
 
     @classmethod

@@ -95,6 +95,7 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], 
     studies: dict[str, dict[str, SeriesHeader]] = defaultdict(dict)
     skipped: list[str] = []
     files: list[Path] = []
+    sops: dict[tuple[str, str], dict[str, Path]] = {}
     for p in paths:
         files.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
     for f in files:
@@ -107,12 +108,21 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], 
         if not study or not series:
             skipped.append(f"{f}: no StudyInstanceUID/SeriesInstanceUID")
             continue
+        sop = str(ds.get("SOPInstanceUID", "")) or str(f)
         known = studies[study].get(series)
         if known is None:
             studies[study][series] = SeriesHeader(study, series, header_attrs(ds), 1, "", [f])
+            sops[(study, series)] = {sop: f}
+        elif sop in sops[(study, series)]:
+            # another version of the same instance (the spool keeps them): the newest counts
+            older = sops[(study, series)][sop]
+            if f.stat().st_mtime >= older.stat().st_mtime:
+                known.files[known.files.index(older)] = f
+                sops[(study, series)][sop] = f
         else:
             known.instance_count += 1
             known.files.append(f)
+            sops[(study, series)][sop] = f
     return {k: list(v.values()) for k, v in studies.items()}, skipped
 
 

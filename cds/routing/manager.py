@@ -1,0 +1,114 @@
+"""The routing rules in force: loaded at start, reloaded when the file changes.
+
+An invalid file is refused — every error is logged by path — and the previous
+rules stay in force. The kill switch (models disabled by config or through
+the API) lives here too; API changes are kept in ``<home>/disabled_models.json``
+so they survive a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from cds.logging import get_logger
+from cds.routing.rules import RoutingFile, RoutingFileError, load_routing
+
+log = get_logger("cds.routing")
+
+
+class RoutingManager:
+    def __init__(
+        self,
+        path: Path | None,
+        disabled_by_config: list[str],
+        state_file: Path,
+        interval_s: float = 2.0,
+    ) -> None:
+        self.path = path
+        self._config_disabled = set(disabled_by_config)
+        self._state_file = state_file
+        self._interval = interval_s
+        self._rules = RoutingFile()
+        self._mtime: float | None = None
+        self.last_errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._api_disabled: set[str] = set()
+        if state_file.exists():
+            try:
+                self._api_disabled = set(json.loads(state_file.read_text()))
+            except (OSError, ValueError):
+                log.error("routing.kill_switch_unreadable", file=str(state_file))
+
+    @property
+    def rules(self) -> RoutingFile:
+        with self._lock:
+            return self._rules
+
+    def reload(self) -> bool:
+        """Load the file if it changed; True when new rules are in force."""
+        if self.path is None:
+            return False
+        try:
+            mtime = self.path.stat().st_mtime
+        except OSError:
+            mtime = None
+        if mtime is not None and mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            rules = load_routing(self.path)
+        except RoutingFileError as exc:
+            self.last_errors = exc.errors
+            log.error(
+                "routing.file_refused",
+                file=str(self.path),
+                errors=exc.errors,
+                kept="previous rules",
+            )
+            return False
+        with self._lock:
+            self._rules = rules
+        self.last_errors = []
+        log.info(
+            "routing.rules_loaded",
+            file=str(self.path),
+            rules=len(rules.rules),
+            pipelines=len(rules.pipelines),
+            destinations=len(rules.destinations),
+        )
+        return True
+
+    # --- kill switch -------------------------------------------------------------
+    def disabled(self) -> set[str]:
+        with self._lock:
+            return self._config_disabled | self._api_disabled | set(self._rules.disabled_models)
+
+    def set_disabled(self, model: str, disabled: bool) -> None:
+        with self._lock:
+            (self._api_disabled.add if disabled else self._api_disabled.discard)(model)
+            data = json.dumps(sorted(self._api_disabled))
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(data)
+        os.replace(tmp, self._state_file)
+        log.warning("routing.model_disabled" if disabled else "routing.model_enabled", model=model)
+
+    # --- life cycle --------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.reload()
+
+    def start(self) -> None:
+        self.reload()
+        if self.path is not None:
+            self._thread = threading.Thread(target=self._run, name="cds-routing", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

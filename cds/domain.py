@@ -16,6 +16,10 @@ class StudyState(enum.StrEnum):
     receiving -> complete (quiet time elapsed) -> processing -> done | failed.
     A late instance moves a study in any later state back to receiving
     (``reopened_count`` goes up) so that later stages re-run it.
+
+    An admin may purge a study from the spool (``cds studies purge``): its files
+    and instance records go, the study row and its history stay (``purged``).
+    An instance re-sent after that re-opens it like any late instance.
     """
 
     RECEIVING = "receiving"
@@ -23,9 +27,17 @@ class StudyState(enum.StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    PURGED = "purged"
 
 
 class JobState(enum.StrEnum):
+    """queued -> running -> done | failed | skipped; queued or running -> cancelled.
+
+    ``cancelled`` is final: the store keeps a cancelled job cancelled whatever
+    a worker reports afterwards, so the worker sees the cancellation (in the job
+    ``set_job_state`` returns) at its next step.
+    """
+
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -123,3 +135,16 @@ class Job:
     updated_at: float
     attempts: int
     error: str | None
+    started_at: float | None = None  # latest move to running
+    finished_at: float | None = None  # move to done, failed, skipped or cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How much work waits, for the admin's queue view."""
+
+    jobs_queued: int
+    jobs_running: int
+    oldest_queued_at: float | None  # created_at of the oldest queued job
+    studies_receiving: int
+    studies_complete_waiting: int  # complete, not yet picked up by processing

@@ -49,3 +49,16 @@ class EncodingError(CdsError):
 
 class DeliveryError(CdsError):
     """A result could not be sent to its destination."""
+
+
+class AdminError(CdsError):
+    """An admin operation (retry, re-run, cancel, purge) is refused.
+
+    ``status`` is the HTTP status the API answers with (404: no such job or
+    study; 409: not allowed in its current state; 503: the node is stopping);
+    the CLI prints the message and exits 1.
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)

@@ -21,7 +21,7 @@ from pydicom import dcmread
 
 from cds import __version__
 from cds.config import Settings
-from cds.errors import CdsError, IngestError
+from cds.errors import CdsError, ConfigError, IngestError
 from cds.executor import Executor, InProcessExecutor
 from cds.inference.registry import ModelRegistry
 from cds.inference.session import DeviceSlots
@@ -30,6 +30,8 @@ from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
+from cds.pipeline import run_study
+from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
 
 log = get_logger("cds.node")
@@ -72,7 +74,13 @@ class Node:
             DeviceSlots(inf.max_sessions_per_gpu, inf.max_sessions_cpu),
             warm=inf.warm_up,
         )
-        self._consumers: list[StudyConsumer] = []
+        self.routing = RoutingManager(
+            settings.routing.file,
+            settings.routing.disabled_models,
+            settings.home / "disabled_models.json",
+            settings.routing.reload_interval_s,
+        )
+        self._consumers: list[StudyConsumer] = [self._run_pipelines]
         self.started_at: float | None = None
         self._stopped = False
 
@@ -80,6 +88,9 @@ class Node:
     def on_study_complete(self, consumer: StudyConsumer) -> None:
         """Register a stage to run (on the executor) for every completed study."""
         self._consumers.append(consumer)
+
+    def _run_pipelines(self, study_key: str) -> None:
+        run_study(self, study_key)
 
     def _study_complete(self, study_key: str) -> None:
         self.submit_study(study_key)
@@ -95,6 +106,9 @@ class Node:
         self.spool.open()
         self.reconcile()
         self.models.load()  # a broken package is reported and skipped, never fatal
+        self.routing.start()
+        if self.routing.last_errors:  # at start there are no previous rules to keep
+            raise ConfigError(self.routing.last_errors, str(self.settings.routing.file))
         self.listener.start()
         self.assembler.start()
         self.started_at = time.time()
@@ -106,6 +120,7 @@ class Node:
             return
         self._stopped = True
         self.assembler.stop()
+        self.routing.stop()
         self.listener.stop()
         self.executor.shutdown(wait=True)
         self.store.close()

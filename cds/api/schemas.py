@@ -6,7 +6,17 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from cds.domain import SeriesSummary, StudyDetail, StudyEvent, StudyState, StudySummary
+from cds.admin import PurgeResult, job_timings
+from cds.domain import (
+    Job,
+    JobState,
+    QueueStats,
+    SeriesSummary,
+    StudyDetail,
+    StudyEvent,
+    StudyState,
+    StudySummary,
+)
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -93,3 +103,90 @@ class StudyDetailOut(StudyOut):
 
 class Problem(BaseModel):
     detail: str
+
+
+# --- admin: jobs, queue, purge -------------------------------------------------
+class JobOut(BaseModel):
+    job_id: str
+    study_key: str
+    kind: str = Field(description="what the job runs, e.g. 'pipeline:model'")
+    state: JobState
+    attempts: int = Field(description="times the job started running")
+    error: str | None
+    created_at: datetime = Field(description="when it was queued")
+    started_at: datetime | None = Field(description="its latest start")
+    finished_at: datetime | None
+    updated_at: datetime
+    waited_s: float | None = Field(description="seconds queued before starting (so far)")
+    ran_s: float | None = Field(description="seconds running (so far)")
+
+    @classmethod
+    def of(cls, j: Job, now: float) -> JobOut:
+        waited, ran = job_timings(j, now)
+        return cls(
+            job_id=j.job_id,
+            study_key=j.study_key,
+            kind=j.kind,
+            state=j.state,
+            attempts=j.attempts,
+            error=j.error,
+            created_at=_ts(j.created_at),
+            started_at=_ts(j.started_at),
+            finished_at=_ts(j.finished_at),
+            updated_at=_ts(j.updated_at),
+            waited_s=None if waited is None else round(waited, 3),
+            ran_s=None if ran is None else round(ran, 3),
+        )
+
+
+class QueueOut(BaseModel):
+    jobs_queued: int
+    jobs_running: int
+    oldest_queued_age_s: float | None = Field(
+        description="seconds the oldest queued job has waited; null when none is queued"
+    )
+    studies_receiving: int
+    studies_complete_waiting: int = Field(
+        description="complete studies that processing has not picked up yet"
+    )
+
+    @classmethod
+    def of(cls, q: QueueStats, now: float) -> QueueOut:
+        age = None if q.oldest_queued_at is None else round(max(now - q.oldest_queued_at, 0.0), 3)
+        return cls(
+            jobs_queued=q.jobs_queued,
+            jobs_running=q.jobs_running,
+            oldest_queued_age_s=age,
+            studies_receiving=q.studies_receiving,
+            studies_complete_waiting=q.studies_complete_waiting,
+        )
+
+
+class RequeuedOut(BaseModel):
+    study_key: str
+    job_id: str | None = Field(description="the failed job retried (null for a re-run)")
+    detail: str
+
+
+class PurgeOut(BaseModel):
+    study_key: str
+    purged: bool = Field(
+        description="false when instances arrived during the purge: they were kept"
+    )
+    files_removed: int
+    instances: int
+    superseded_versions: int
+    unrecorded_files: int = Field(description="files in its folder the store did not know")
+    jobs_cancelled: list[str]
+
+    @classmethod
+    def of(cls, r: PurgeResult) -> PurgeOut:
+        return cls(
+            study_key=r.study_key,
+            purged=r.purged,
+            files_removed=r.files_removed,
+            instances=r.instances,
+            superseded_versions=r.superseded_versions,
+            unrecorded_files=r.unrecorded_files,
+            jobs_cancelled=list(r.jobs_cancelled),
+        )

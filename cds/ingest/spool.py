@@ -28,7 +28,7 @@ import threading
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +147,56 @@ class Spool:
     def remove(self, rel_path: str) -> None:
         (self.root / rel_path).unlink(missing_ok=True)
 
+    def remove_files(self, rel_paths: Iterable[str]) -> int:
+        """Remove spooled files durably (each folder fsync'd once after its unlinks),
+        so that a removed file cannot come back after a power loss and be re-indexed.
+
+        Returns how many of the files existed.
+        """
+        removed = 0
+        folders: set[Path] = set()
+        for rel in rel_paths:
+            path = self._inside(rel)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+            folders.add(path.parent)
+        for folder in folders:
+            _fsync_dir(folder)
+        return removed
+
+    def study_files(self, study_key: str) -> list[str]:
+        """Every file in a study's folder (known to the store or not), relative to the root."""
+        folder = self._study_folder(study_key)
+        return sorted(p.relative_to(self.root).as_posix() for p in folder.glob("*/*.dcm"))
+
+    def remove_study_folder(self, study_key: str) -> None:
+        """Remove a study's series folders and its own folder where they are empty.
+
+        A write into one of them at the same moment makes its folder again (see
+        ``PendingFile.commit``); a folder that is not empty stays.
+        """
+        folder = self._study_folder(study_key)
+        with self._dirs_lock:
+            for d in (*sorted(p for p in folder.glob("*") if p.is_dir()), folder):
+                self._known_dirs.discard(d)
+                with contextlib.suppress(OSError):  # not empty, or already gone
+                    d.rmdir()
+            _fsync_dir(self._studies)
+
+    def _study_folder(self, study_key: str) -> Path:
+        if not study_key or study_key in (".", "..") or "/" in study_key or "\\" in study_key:
+            raise ValueError(f"study_key: not a study folder name: {study_key!r}")
+        return self._studies / study_key
+
+    def _inside(self, rel_path: str) -> Path:
+        rel = Path(rel_path)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"spool path must be relative and inside the spool: {rel_path!r}")
+        return self.root / rel
+
     def iter_files(self) -> Iterator[Path]:
         """Every spooled instance file (used to reconcile the store after a crash)."""
         yield from self._studies.glob("*/*/*.dcm")
@@ -192,7 +242,13 @@ class PendingFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except FileNotFoundError:  # its folder was removed meanwhile (a purge): make it again
+                with self._spool._dirs_lock:
+                    self._spool._known_dirs.discard(final.parent)
+                self._spool._ensure_dir(final.parent)
+                os.replace(tmp, final)
             _fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

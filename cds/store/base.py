@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Protocol
 
 from cds.domain import (
     InstanceRecord,
     Job,
     JobState,
+    QueueStats,
     RecordResult,
     StudyDetail,
     StudyState,
@@ -46,6 +48,10 @@ class StateStore(Protocol):
         """Spool paths of every recorded version (current and superseded)."""
         ...
 
+    def instance_paths(self, study_key: str) -> list[str]:
+        """Spool paths of one study's instances: current and superseded versions."""
+        ...
+
     # --- studies ---------------------------------------------------------
     def list_studies(
         self, state: StudyState | None = None, limit: int = 100, offset: int = 0
@@ -67,13 +73,54 @@ class StateStore(Protocol):
 
     def count_studies_by_state(self) -> dict[StudyState, int]: ...
 
+    def record_event(
+        self, study_key: str, kind: str, detail: str = "", now: float | None = None
+    ) -> None:
+        """Add one line to a study's history (e.g. an admin's ``rerun_requested``)."""
+        ...
+
+    def mark_purged(
+        self, study_key: str, paths: Collection[str], detail: str, now: float | None = None
+    ) -> bool:
+        """Forget a study's spooled instances whose files (``paths``) were removed.
+
+        Deletes the instance and version records of those paths and the series
+        left empty; keeps the study row and its history and records ``purged``.
+        The study becomes ``purged`` unless instances not in ``paths`` remain (they
+        arrived during the purge and are kept): returns whether it did.
+        Raises KeyError for an unknown study.
+        """
+        ...
+
     # --- jobs ------------------------------------------------------------
     def create_job(self, study_key: str, kind: str, now: float | None = None) -> Job: ...
 
     def set_job_state(
         self, job_id: str, state: JobState, error: str | None = None, now: float | None = None
-    ) -> Job: ...
+    ) -> Job:
+        """Move a job to ``state`` and return it; a cancelled job stays cancelled
+        (returned unchanged), so a worker learns of the cancellation here."""
+        ...
 
     def list_jobs(
         self, study_key: str | None = None, state: JobState | None = None, limit: int = 100
-    ) -> list[Job]: ...
+    ) -> list[Job]:
+        """Jobs, newest first."""
+        ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def cancel_job(
+        self, job_id: str, detail: str = "", now: float | None = None
+    ) -> tuple[Job, bool]:
+        """queued or running -> cancelled, atomically.
+
+        Returns the job as it now is and whether this call cancelled it (False
+        when it was already done, failed, skipped or cancelled). Raises KeyError
+        for an unknown job.
+        """
+        ...
+
+    def queue_stats(self) -> QueueStats:
+        """Jobs queued and running, the oldest queued, studies waiting."""
+        ...

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from cds.domain import (
     InstanceRecord,
     Job,
     JobState,
+    QueueStats,
     RecordResult,
     SeriesSummary,
     StoreOutcome,
@@ -32,7 +33,7 @@ from cds.domain import (
 )
 from cds.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.started_at, jobs.finished_at
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -101,7 +102,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    started_at REAL,
+    finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_key);
@@ -119,6 +122,12 @@ FROM studies s
 
 _ACTIVE = StudyState.RECEIVING.value
 
+# Columns added after schema version 1, added in place to an older store file.
+_ADDED_COLUMNS = (("jobs", "started_at", "REAL"), ("jobs", "finished_at", "REAL"))
+
+_OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+_FINAL_JOB_STATES = (JobState.DONE, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
+
 
 class SqliteStore:
     """StateStore on one SQLite file."""
@@ -126,6 +135,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=30
@@ -134,13 +144,25 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from exc
-        self._lock = threading.RLock()
+        with self._tx() as db:
+            self._migrate(db)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring an older store file to SCHEMA_VERSION (in one transaction, so that
+        a CLI and the node opening the same file at once do not both alter it)."""
+        for table, column, decl in _ADDED_COLUMNS:
+            present = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+            "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+            (str(SCHEMA_VERSION),),
+        )
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -181,6 +203,15 @@ class SqliteStore:
     def known_paths(self) -> set[str]:
         rows = self._query("SELECT path FROM instances UNION SELECT path FROM instance_versions")
         return {str(r[0]) for r in rows}
+
+    def instance_paths(self, study_key: str) -> list[str]:
+        rows = self._query(
+            "SELECT path FROM instances WHERE study_key = ? UNION "
+            "SELECT v.path FROM instance_versions v JOIN instances i ON i.sop_uid = v.sop_uid "
+            "WHERE i.study_key = ? ORDER BY 1",
+            (study_key, study_key),
+        )
+        return [str(r[0]) for r in rows]
 
     def record_instance(self, rec: InstanceRecord) -> RecordResult:
         with self._tx() as db:
@@ -429,6 +460,60 @@ class SqliteStore:
             counts[StudyState(str(state))] = int(n)  # type: ignore[call-overload]
         return counts
 
+    def record_event(
+        self, study_key: str, kind: str, detail: str = "", now: float | None = None
+    ) -> None:
+        with self._tx() as db:
+            self._event(db, study_key, time.time() if now is None else now, kind, detail)
+
+    def mark_purged(
+        self, study_key: str, paths: Collection[str], detail: str, now: float | None = None
+    ) -> bool:
+        at = time.time() if now is None else now
+        gone = set(paths)
+        with self._tx() as db:
+            if (
+                db.execute("SELECT 1 FROM studies WHERE study_key = ?", (study_key,)).fetchone()
+                is None
+            ):
+                raise KeyError(f"no study with key {study_key}")
+            current = db.execute(
+                "SELECT sop_uid, path FROM instances WHERE study_key = ?", (study_key,)
+            ).fetchall()
+            for sop_uid, path in current:
+                if path in gone:
+                    # its superseded versions go with it: a re-sent instance starts
+                    # again at version 1, so none may be left behind under its UID
+                    db.execute("DELETE FROM instance_versions WHERE sop_uid = ?", (sop_uid,))
+                    db.execute("DELETE FROM instances WHERE sop_uid = ?", (sop_uid,))
+                else:  # arrived during the purge: keep it, drop only purged old versions
+                    for (version_path,) in db.execute(
+                        "SELECT path FROM instance_versions WHERE sop_uid = ?", (sop_uid,)
+                    ).fetchall():
+                        if version_path in gone:
+                            db.execute(
+                                "DELETE FROM instance_versions WHERE sop_uid = ? AND path = ?",
+                                (sop_uid, version_path),
+                            )
+            db.execute(
+                "DELETE FROM series WHERE study_key = ? AND NOT EXISTS "
+                "(SELECT 1 FROM instances i WHERE i.series_uid = series.series_uid)",
+                (study_key,),
+            )
+            (left,) = db.execute(
+                "SELECT COUNT(*) FROM instances WHERE study_key = ?", (study_key,)
+            ).fetchone()
+            if left:
+                detail += f"; {left} instance(s) received during the purge kept"
+            else:
+                db.execute(
+                    "UPDATE studies SET state = ?, complete_due_at = NULL, updated_at = ? "
+                    "WHERE study_key = ?",
+                    (StudyState.PURGED.value, at, study_key),
+                )
+            self._event(db, study_key, at, "purged", detail)
+            return not left
+
     # --- jobs ------------------------------------------------------------
     @staticmethod
     def _job(row: tuple[object, ...]) -> Job:
@@ -441,9 +526,14 @@ class SqliteStore:
             updated_at=float(row[5]),  # type: ignore[arg-type]
             attempts=int(row[6]),  # type: ignore[call-overload]
             error=None if row[7] is None else str(row[7]),
+            started_at=None if row[8] is None else float(row[8]),  # type: ignore[arg-type]
+            finished_at=None if row[9] is None else float(row[9]),  # type: ignore[arg-type]
         )
 
-    _JOB_COLS = "job_id, study_key, kind, state, created_at, updated_at, attempts, error"
+    _JOB_COLS = (
+        "job_id, study_key, kind, state, created_at, updated_at, attempts, error, "
+        "started_at, finished_at"
+    )
 
     def create_job(self, study_key: str, kind: str, now: float | None = None) -> Job:
         at = time.time() if now is None else now
@@ -455,24 +545,87 @@ class SqliteStore:
                 (job_id, study_key, kind, JobState.QUEUED.value, at, at),
             )
             self._event(db, study_key, at, "job_queued", f"{kind} job {job_id}")
-        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None)
+        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, None, None)
 
     def set_job_state(
         self, job_id: str, state: JobState, error: str | None = None, now: float | None = None
     ) -> Job:
         at = time.time() if now is None else now
         with self._tx() as db:
-            cur = db.execute(
+            before = self._job_in(db, job_id)
+            if before.state is JobState.CANCELLED:
+                return before  # final: the worker reads the cancellation here
+            started = {JobState.RUNNING: at, JobState.QUEUED: None}.get(state, before.started_at)
+            finished = at if state in _FINAL_JOB_STATES else None
+            db.execute(
                 "UPDATE jobs SET state = ?, updated_at = ?, error = ?, "
-                "attempts = attempts + ? WHERE job_id = ?",
-                (state.value, at, error, 1 if state is JobState.RUNNING else 0, job_id),
+                "attempts = attempts + ?, started_at = ?, finished_at = ? WHERE job_id = ?",
+                (
+                    state.value,
+                    at,
+                    error,
+                    1 if state is JobState.RUNNING else 0,
+                    started,
+                    finished,
+                    job_id,
+                ),
             )
-            if cur.rowcount != 1:
-                raise KeyError(f"no job with id {job_id}")
-            row = db.execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
-            job = self._job(row.fetchone())
+            job = self._job_in(db, job_id)
             self._event(db, job.study_key, at, f"job_{state.value}", f"{job.kind} job {job_id}")
         return job
+
+    def _job_in(self, db: sqlite3.Connection, job_id: str) -> Job:
+        row = db.execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
+        found = row.fetchone()
+        if found is None:
+            raise KeyError(f"no job with id {job_id}")
+        return self._job(found)
+
+    def get_job(self, job_id: str) -> Job | None:
+        rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
+        return self._job(rows[0]) if rows else None
+
+    def cancel_job(
+        self, job_id: str, detail: str = "", now: float | None = None
+    ) -> tuple[Job, bool]:
+        at = time.time() if now is None else now
+        with self._tx() as db:
+            before = self._job_in(db, job_id)
+            if before.state not in _OPEN_JOB_STATES:
+                return before, False
+            db.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ? WHERE job_id = ?",
+                (JobState.CANCELLED.value, at, at, job_id),
+            )
+            job = self._job_in(db, job_id)
+            why = f" ({detail})" if detail else ""
+            self._event(
+                db,
+                job.study_key,
+                at,
+                "job_cancelled",
+                f"{job.kind} job {job_id} was {before.state.value}{why}",
+            )
+        return job, True
+
+    def queue_stats(self) -> QueueStats:
+        jobs = {
+            JobState(str(state)): (int(n), oldest)  # type: ignore[call-overload]
+            for state, n, oldest in self._query(
+                "SELECT state, COUNT(*), MIN(created_at) FROM jobs WHERE state IN (?, ?) "
+                "GROUP BY state",
+                (JobState.QUEUED.value, JobState.RUNNING.value),
+            )
+        }
+        queued, oldest = jobs.get(JobState.QUEUED, (0, None))
+        studies = self.count_studies_by_state()
+        return QueueStats(
+            jobs_queued=queued,
+            jobs_running=jobs.get(JobState.RUNNING, (0, None))[0],
+            oldest_queued_at=None if oldest is None else float(oldest),  # type: ignore[arg-type]
+            studies_receiving=studies[StudyState.RECEIVING],
+            studies_complete_waiting=studies[StudyState.COMPLETE],
+        )
 
     def list_jobs(
         self, study_key: str | None = None, state: JobState | None = None, limit: int = 100

@@ -1,0 +1,102 @@
+"""Run the routed pipelines of a completed study (on the executor).
+
+route -> one job per pipeline: skipped (model disabled / not loaded), or run the
+model on each selected series and record the inference. Encoding result
+objects and delivering them (issue 5) plug in after the inference here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cds.domain import JobState, StudyState
+from cds.errors import CdsError
+from cds.inference.images import decode
+from cds.inference.runner import InferenceResult, ModelRunner
+from cds.logging import get_logger
+from cds.routing.router import SeriesHeader, read_headers, route
+
+if TYPE_CHECKING:
+    from cds.orchestrator import Node
+
+log = get_logger("cds.pipeline")
+
+
+def study_series(node: Node, study_key: str) -> list[SeriesHeader]:
+    """The series of a spooled study, with the newest version of each instance."""
+    folder = node.spool.root / "studies" / study_key
+    studies, _ = read_headers([folder]) if folder.is_dir() else ({}, [])
+    detail = node.store.get_study(study_key)
+    calling = detail.summary.calling_ae if detail else ""
+    series = [s for group in studies.values() for s in group]
+    for s in series:
+        s.calling_ae = calling
+        s.files.sort()
+    return series
+
+
+def _summary(result: InferenceResult) -> str:
+    rec = result.record
+    found = ", ".join(
+        f"{f.label.display.en} {'present' if f.present else 'absent'} ({f.score:.2f})"
+        for f in result.findings
+    )
+    return (
+        f"{rec.model} {rec.version} sha256 {rec.sha256[:12]} on {rec.provider}: "
+        f"{rec.images} images in {rec.seconds:.2f} s; {found}"
+    )
+
+
+def run_study(node: Node, study_key: str) -> None:
+    """Route a completed study and run its pipelines; never raises (failures are recorded).
+
+    Without a routing file the node only receives: studies stay ``complete``.
+    """
+    if node.routing.path is None:
+        return
+    series = study_series(node, study_key)
+    loaded = {m.name for m in node.models.all() if m.status == "ready"}
+    plan = route(
+        series, node.routing.rules, disabled_models=node.routing.disabled(), loaded_models=loaded
+    )
+    runs = plan.runs
+    if not runs:
+        node.store.set_study_state(study_key, StudyState.DONE, "routed: no rule matched")
+        log.info("routing.no_match", study_key=study_key)
+        return
+    node.store.set_study_state(
+        study_key,
+        StudyState.PROCESSING,
+        "routed: " + "; ".join(f"rule {r.rule!r} -> {p.pipeline} ({p.status})" for r, p in runs),
+    )
+    failed = 0
+    for rule, p in runs:
+        job = node.store.create_job(study_key, f"{p.pipeline}:{p.model}")
+        if p.status != "run":
+            node.store.set_job_state(job.job_id, JobState.SKIPPED, error=p.status)
+            log.warning("pipeline.skipped", study_key=study_key, model=p.model, reason=p.status)
+            continue
+        model = node.models.get(p.model)
+        node.store.set_job_state(job.job_id, JobState.RUNNING)
+        try:
+            if model is None:
+                raise CdsError(f"model {p.model} is not loaded")
+            runner = ModelRunner(model, node.models.slots)
+            for s in series:
+                if s.series_uid in rule.selected:
+                    result = runner.run(decode(s.files))
+                    node.store.set_study_state(
+                        study_key, StudyState.PROCESSING, f"inferred: {_summary(result)}"
+                    )
+        except Exception as exc:  # recorded on the job; the study goes on
+            failed += 1
+            node.store.set_job_state(
+                job.job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}"[:500]
+            )
+            log.error(
+                "pipeline.failed", study_key=study_key, model=p.model, error_type=type(exc).__name__
+            )
+            continue
+        node.store.set_job_state(job.job_id, JobState.DONE)
+    state = StudyState.FAILED if failed else StudyState.DONE
+    node.store.set_study_state(study_key, state, f"{len(runs)} pipeline(s), {failed} failed")

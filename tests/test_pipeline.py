@@ -1,0 +1,135 @@
+"""issue 4: a completed study is routed and its models run; the kill switch skips them;
+an invalid routing file is refused and the previous rules stay in force."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pynetdicom import AE
+
+from cds.config import Settings
+from cds.domain import JobState, StudyState
+from cds.errors import ConfigError
+from cds.orchestrator import Node
+
+from .conftest import make_settings
+
+REPO = Path(__file__).resolve().parent.parent
+ROUTING = """
+destinations:
+  pacs: {ae_title: ORTHANC, host: 127.0.0.1, port: 4242}
+pipelines:
+  bone: {model: cds-ref-ct-bone, results: [SEG, SR], destinations: [pacs]}
+  blobs: {model: cds-ref-blob-detect, results: [GSPS], destinations: [pacs]}
+rules:
+  - name: head CT
+    match: [{attribute: Modality, equals: CT}]
+    exclude: [{attribute: ImageType, equals: LOCALIZER}]
+    select: thinnest
+    pipelines: [bone, blobs]
+"""
+
+
+def settings_with_routing(tmp_path: Path, routing: str, **routing_over: object) -> Settings:
+    f = tmp_path / "routing.yaml"
+    f.write_text(routing)
+    return make_settings(
+        tmp_path / "home",
+        inference={"model_dirs": [str(REPO / "models")], "providers": "cpu"},
+        routing={"file": str(f), "reload_interval_s": 0.1, **routing_over},
+    )
+
+
+def send_files(node: Node, files: list[Path]) -> None:
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    host, port = node.listener.address
+    assoc = ae.associate(host, port, ae_title="CDS")
+    assert assoc.is_established
+    for f in files:
+        assert assoc.send_c_store(f).Status == 0
+    assoc.release()
+
+
+def wait_state(node: Node, states: set[StudyState], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        studies = node.store.list_studies()
+        if studies and studies[0].state in states:
+            return
+        assert time.monotonic() < deadline, f"study state {studies[0].state if studies else None}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def ct_files(corpus: Path) -> list[Path]:
+    return sorted((corpus / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series").iterdir())[:6]
+
+
+def test_completed_study_runs_its_routed_models(tmp_path: Path, ct_files: list[Path]) -> None:
+    node = Node(settings_with_routing(tmp_path, ROUTING))
+    node.start()
+    try:
+        send_files(node, ct_files)
+        wait_state(node, {StudyState.DONE, StudyState.FAILED})
+        (s,) = node.store.list_studies()
+        assert s.state is StudyState.DONE
+        jobs = {j.kind: j for j in node.store.list_jobs(s.study_key)}
+        assert set(jobs) == {"bone:cds-ref-ct-bone", "blobs:cds-ref-blob-detect"}
+        assert all(j.state is JobState.DONE for j in jobs.values())
+        detail = node.store.get_study(s.study_key)
+        assert detail is not None
+        text = "\n".join(f"{e.kind}: {e.detail}" for e in detail.events)
+        assert "routed: rule 'head CT' -> bone (run)" in text
+        assert "inferred: cds-ref-ct-bone 1.0.0 sha256 140b2b0c37ed on CPU: 6 images" in text
+        assert "Bone structure present" in text
+    finally:
+        node.stop()
+
+
+def test_kill_switch_records_skipped_jobs(tmp_path: Path, ct_files: list[Path]) -> None:
+    node = Node(settings_with_routing(tmp_path, ROUTING, disabled_models=["cds-ref-blob-detect"]))
+    node.start()
+    try:
+        node.routing.set_disabled("cds-ref-ct-bone", True)  # as the API does
+        send_files(node, ct_files[:2])
+        wait_state(node, {StudyState.DONE, StudyState.FAILED})
+        jobs = node.store.list_jobs()
+        assert {j.state for j in jobs} == {JobState.SKIPPED}
+        assert {j.error for j in jobs} == {"skipped: model disabled"}
+    finally:
+        node.stop()
+    # the API's switch survives a restart
+    assert "cds-ref-ct-bone" in Node(node.settings).routing.disabled()
+
+
+def test_invalid_routing_file_refused_at_start(tmp_path: Path) -> None:
+    bad = ROUTING.replace("equals: CT", "contains: CT")
+    with pytest.raises(ConfigError) as err:
+        Node(settings_with_routing(tmp_path, bad)).start()
+    assert "rules.0.match.0.contains: unknown field" in str(err.value)
+
+
+def test_invalid_routing_change_keeps_previous_rules(tmp_path: Path) -> None:
+    node = Node(settings_with_routing(tmp_path, ROUTING))
+    node.start()
+    try:
+        f = tmp_path / "routing.yaml"
+        f.write_text(ROUTING.replace("pipelines: [bone, blobs]", "pipelines: [bone, nope]"))
+        deadline = time.monotonic() + 5
+        while not node.routing.last_errors:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert "rules.0.pipelines.1: unknown pipeline 'nope'" in node.routing.last_errors[0]
+        assert [r.name for r in node.routing.rules.rules] == ["head CT"]
+        assert node.routing.rules.rules[0].pipelines == ["bone", "blobs"]
+        f.write_text(ROUTING.replace("name: head CT", "name: any CT"))
+        deadline = time.monotonic() + 5
+        while node.routing.rules.rules[0].name != "any CT":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert node.routing.last_errors == []
+    finally:
+        node.stop()

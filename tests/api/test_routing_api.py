@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from cds.api.app import create_app
 
-from ..test_pipeline import ROUTING, settings_with_routing  # noqa: TID252
+from ..test_pipeline import ROUTING, settings_with_routing
 
 HEAD_CT = "ct/dcm_qa_ct_GE_HiSpeedDual_series"
 

@@ -22,6 +22,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from cds.routing.rules import ATTRIBUTES, Condition, Range, RoutingFile, Rule
 
@@ -74,7 +75,8 @@ def header_attrs(ds: Dataset) -> dict[str, Any]:
         if v is None or v == "":
             continue
         if kw == "ImageType":
-            out[kw] = [str(x).strip() for x in (v if isinstance(v, list | tuple) else [v])]
+            many = isinstance(v, MultiValue | list | tuple)
+            out[kw] = [str(x).strip() for x in (v if many else [v])]
         elif kw == "PixelSpacing":
             try:
                 out[kw] = [float(x) for x in v]
@@ -100,7 +102,7 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], 
         files.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
     for f in files:
         try:
-            ds = dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
+            ds = _read_header(f)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             skipped.append(f"{f}: not readable as DICOM ({type(exc).__name__})")
             continue
@@ -119,6 +121,8 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], 
             if f.stat().st_mtime >= older.stat().st_mtime:
                 known.files[known.files.index(older)] = f
                 sops[(study, series)][sop] = f
+                if known.files[0] == f:
+                    known.attrs = header_attrs(ds)
         else:
             known.instance_count += 1
             known.files.append(f)
@@ -126,9 +130,22 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], 
     return {k: list(v.values()) for k, v in studies.items()}, skipped
 
 
+def _read_header(f: Path) -> Dataset:
+    """Header of a Part 10 file, or of a bare data set without File Meta (common in the
+    field: tolerant when reading), recognised by a first group of 0008."""
+    try:
+        return dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
+    except InvalidDicomError:
+        with f.open("rb") as fh:
+            head = fh.read(2)
+        if head not in (b"\x08\x00", b"\x00\x08"):
+            raise
+        return dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS, force=True)
+
+
 # --- attribute values -----------------------------------------------------------
-_AGE_RE = re.compile(r"^(\d{1,3})([DWMY])$")
-_AGE_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+_AGE_RE = re.compile(r"^(\d{1,3})([DWMY]?)$")  # a bare number is taken as years
+_AGE_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
 
 
 def _age_years(attrs: dict[str, Any]) -> float | None:

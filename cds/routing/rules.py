@@ -54,6 +54,7 @@ ATTRIBUTES: dict[str, str] = {
 }
 
 _OPERATORS = ("equals", "in_", "regex", "range", "exists")
+_FIELD_NAMES = {"in_": "in", "continue_": "continue"}  # python names of YAML keys
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -106,14 +107,30 @@ class Condition(_Strict):
                 + (f" (found {', '.join(names)})" if names else "")
             )
         kind = ATTRIBUTES[self.attribute]
+        if kind == "number":
+            for v in [self.equals, *(self.in_ or [])]:
+                if isinstance(v, str):
+                    raise ValueError(f"{self.attribute} is a number, not {v!r}")
         if self.range is not None:
+            if self.range.min is None and self.range.max is None:
+                raise ValueError("range needs min or max")
+            lo, hi = self.range.min, self.range.max
+            if (
+                kind == "number"
+                and isinstance(lo, int | float)
+                and isinstance(hi, int | float)
+                and lo > hi
+            ):
+                raise ValueError(f"range min {lo:g} is above max {hi:g}")
             if kind == "text":
                 raise ValueError(f"range does not apply to text attribute {self.attribute}")
             for bound in (self.range.min, self.range.max):
                 if bound is None:
                     continue
                 if kind == "time" and not (isinstance(bound, str) and _TIME_RE.match(bound)):
-                    raise ValueError(f"TimeOfDay range bounds are HH:MM, not {bound!r}")
+                    raise ValueError(
+                        f'TimeOfDay range bounds are "HH:MM" (quoted in YAML), not {bound!r}'
+                    )
                 if kind == "number" and not isinstance(bound, int | float):
                     raise ValueError(f"{self.attribute} range bounds are numbers, not {bound!r}")
         return self
@@ -184,11 +201,7 @@ class RoutingFile(_Strict):
 def _format(exc: ValidationError, source: str) -> list[str]:
     out = []
     for err in exc.errors():
-        loc = (
-            ".".join(str(p) for p in err["loc"])
-            .replace("in_", "in")
-            .replace("continue_", "continue")
-        )
+        loc = ".".join(_FIELD_NAMES.get(str(p), str(p)) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
@@ -228,11 +241,35 @@ def parse_routing(data: Any, source: str = "routing.yaml") -> RoutingFile:
     try:
         rf = RoutingFile.model_validate(data)
     except ValidationError as exc:
-        raise RoutingFileError(_format(exc, source)) from exc
+        raise RoutingFileError(_format(exc, source) + _raw_references(data, source)) from exc
     errors = _references(rf, source)
     if errors:
         raise RoutingFileError(errors)
     return rf
+
+
+def _raw_references(data: dict[str, Any], source: str) -> list[str]:
+    """Unknown pipelines and destinations, found in data that failed the schema."""
+    pipes = data.get("pipelines") if isinstance(data.get("pipelines"), dict) else {}
+    dests = data.get("destinations") if isinstance(data.get("destinations"), dict) else {}
+    errors = []
+    for name, p in (pipes or {}).items():
+        for j, d in enumerate((p.get("destinations") or []) if isinstance(p, dict) else []):
+            if isinstance(d, str) and d not in (dests or {}):
+                errors.append(
+                    f"{source}: pipelines.{name}.destinations.{j}: unknown "
+                    f"destination {d!r} (defined: {sorted(dests or {})})"
+                )
+    rules = data.get("rules") if isinstance(data.get("rules"), list) else []
+    for i, r in enumerate(rules or []):
+        names = r.get("pipelines") if isinstance(r, dict) else None
+        for j, pname in enumerate(names if isinstance(names, list) else []):
+            if isinstance(pname, str) and pname not in (pipes or {}):
+                errors.append(
+                    f"{source}: rules.{i}.pipelines.{j}: unknown pipeline "
+                    f"{pname!r} (defined: {sorted(pipes or {})})"
+                )
+    return errors
 
 
 def load_routing(path: Path) -> RoutingFile:

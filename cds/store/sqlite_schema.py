@@ -1,0 +1,105 @@
+"""Tables of the SQLite state store, and the migration of an older store file.
+
+A new file gets every table as below. A file written by an older cds gets what
+it lacks in place when the store opens it (``migrate``): columns added with a
+guarded ``ALTER TABLE ... ADD COLUMN``, so that no data is copied or lost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 2  # 2: jobs.started_at, jobs.finished_at
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS studies (
+    study_key TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL,
+    complete_due_at REAL,
+    completed_at REAL,
+    reopened_count INTEGER NOT NULL DEFAULT 0,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_state_due ON studies (state, complete_due_at);
+CREATE INDEX IF NOT EXISTS studies_last ON studies (last_received_at);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL REFERENCES studies (study_key),
+    modality TEXT NOT NULL,
+    series_number INTEGER,
+    first_received_at REAL NOT NULL,
+    last_received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS series_study ON series (study_key);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL REFERENCES studies (study_key),
+    series_uid TEXT NOT NULL REFERENCES series (series_uid),
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    calling_ae TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    duplicates_received INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_key);
+CREATE TABLE IF NOT EXISTS instance_versions (
+    sop_uid TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    superseded_at REAL NOT NULL,
+    PRIMARY KEY (sop_uid, version)
+);
+CREATE TABLE IF NOT EXISTS study_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_key TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS study_events_study ON study_events (study_key, at);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_key);
+"""
+
+# Columns added after schema version 1: (table, column, declaration).
+ADDED_COLUMNS = (("jobs", "started_at", "REAL"), ("jobs", "finished_at", "REAL"))
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring an older store file to SCHEMA_VERSION (in one transaction, so that
+    a CLI and the node opening the same file at once do not both alter it)."""
+    for table, column, decl in ADDED_COLUMNS:
+        present = {str(r[1]) for r in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+    db.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value "
+        "WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+        (str(SCHEMA_VERSION),),
+    )

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from cds import __version__
+from cds.cli_admin import jobs_app, queue_cmd, studies_app
 from cds.config import Settings, load_settings
 from cds.domain import StudyState
 from cds.errors import CdsError, ConfigError
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(studies_app, name="studies")
 
 ConfigOpt = Annotated[
     Path | None,
@@ -160,8 +162,10 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@app.command()
+@studies_app.callback(invoke_without_command=True)
 def studies(
+    ctx: typer.Context,
+    *,
     config: ConfigOpt = None,
     home: HomeOpt = None,
     state: Annotated[StudyState | None, typer.Option(help="only studies in this state")] = None,
@@ -169,6 +173,8 @@ def studies(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """List received studies with series and instance counts and their state."""
+    if ctx.invoked_subcommand is not None:
+        return
     from cds.api.schemas import StudyOut
 
     store = _open_store_readonly(_settings(config, home))
@@ -218,6 +224,9 @@ def study(
     for e in detail.events:
         typer.echo(f"  {_when(e.at)}  {e.kind:<18} {e.detail}")
 
+
+app.add_typer(jobs_app, name="jobs")
+app.command("queue")(queue_cmd)
 
 model_app = typer.Typer(help="Model packages: validate, list, schema, run.", no_args_is_help=True)
 app.add_typer(model_app, name="model")

@@ -77,7 +77,8 @@ def run_study(node: Node, study_key: str) -> None:
             log.warning("pipeline.skipped", study_key=study_key, model=p.model, reason=p.status)
             continue
         model = node.models.get(p.model)
-        node.store.set_job_state(job.job_id, JobState.RUNNING)
+        if node.store.set_job_state(job.job_id, JobState.RUNNING).state is JobState.CANCELLED:
+            continue  # an admin cancelled it while it waited
         try:
             if model is None:
                 raise CdsError(f"model {p.model} is not loaded")

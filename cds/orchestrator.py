@@ -21,6 +21,7 @@ from pydicom import dcmread
 
 from cds import __version__
 from cds.config import Settings
+from cds.domain import JobState, StudyState
 from cds.errors import CdsError, ConfigError, IngestError
 from cds.executor import Executor, InProcessExecutor
 from cds.inference.registry import ModelRegistry
@@ -113,6 +114,28 @@ class Node:
         self.assembler.start()
         self.started_at = time.time()
         log.info("node.started", version=__version__, home=str(self.settings.home))
+        self.resume()
+
+    def resume(self) -> int:
+        """Hand back to the stages every study a stop interrupted: completed but not yet
+        routed, or processing when the node went down. Returns how many."""
+        if self.settings.routing.file is None:
+            return 0
+        for state in (JobState.QUEUED, JobState.RUNNING):
+            for job in self.store.list_jobs(state=state, limit=100_000):
+                self.store.set_job_state(
+                    job.job_id, JobState.FAILED, error="interrupted: node stopped"
+                )
+        keys = [
+            s.study_key
+            for state in (StudyState.COMPLETE, StudyState.PROCESSING)
+            for s in self.store.list_studies(state, limit=100_000)
+        ]
+        for key in keys:
+            self.submit_study(key)
+        if keys:
+            log.warning("node.resumed_studies", studies=len(keys))
+        return len(keys)
 
     def stop(self) -> None:
         """Stop accepting, finish queued work, close the store. Safe to call twice."""

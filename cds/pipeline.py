@@ -7,6 +7,8 @@ objects and delivering them (issue 5) plug in after the inference here.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from cds.domain import JobState, StudyState
@@ -14,7 +16,7 @@ from cds.errors import CdsError
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
-from cds.routing.router import SeriesHeader, read_headers, route
+from cds.routing.router import RuleVerdict, SeriesHeader, read_headers, route
 
 if TYPE_CHECKING:
     from cds.orchestrator import Node
@@ -47,6 +49,24 @@ def _summary(result: InferenceResult) -> str:
     )
 
 
+def _quiet_time_left(node: Node, study_key: str, rules: list[RuleVerdict]) -> float:
+    by_name = {r.name: r for r in node.routing.rules.rules}
+    need = max(
+        (
+            c.quiet_time_s
+            for v in rules
+            if (rule := by_name.get(v.rule)) is not None
+            and (c := rule.completeness) is not None
+            and c.quiet_time_s is not None
+        ),
+        default=0.0,
+    )
+    detail = node.store.get_study(study_key)
+    if not need or detail is None:
+        return 0.0
+    return max(0.0, detail.summary.last_received_at + need - time.time())
+
+
 def run_study(node: Node, study_key: str) -> None:
     """Route a completed study and run its pipelines; never raises (failures are recorded).
 
@@ -60,6 +80,17 @@ def run_study(node: Node, study_key: str) -> None:
         series, node.routing.rules, disabled_models=node.routing.disabled(), loaded_models=loaded
     )
     runs = plan.runs
+    wait = _quiet_time_left(node, study_key, [r for r, _ in runs])
+    if wait > 0:
+        # a matched rule asks for a longer quiet time than the node's: look again later
+        # (a restart resumes completed studies, so the wait survives it too)
+        node.store.set_study_state(
+            study_key, StudyState.COMPLETE, f"routed: waiting {wait:.0f} s more (rule quiet time)"
+        )
+        timer = threading.Timer(wait, node.submit_study, args=(study_key,))
+        timer.daemon = True
+        timer.start()
+        return
     if not runs:
         node.store.set_study_state(study_key, StudyState.DONE, "routed: no rule matched")
         log.info("routing.no_match", study_key=study_key)

@@ -133,3 +133,51 @@ def test_invalid_routing_change_keeps_previous_rules(tmp_path: Path) -> None:
         assert node.routing.last_errors == []
     finally:
         node.stop()
+
+
+def test_rule_quiet_time_defers_the_run(tmp_path: Path, ct_files: list[Path]) -> None:
+    """issue 4: a rule's own quiet time (longer than the node's) delays its pipelines."""
+    routing = ROUTING.replace(
+        "    select: thinnest\n", "    select: thinnest\n    completeness: {quiet_time_s: 2.5}\n"
+    )
+    node = Node(settings_with_routing(tmp_path, routing))
+    node.start()
+    try:
+        send_files(node, ct_files[:2])
+        sent = time.monotonic()
+        wait_state(node, {StudyState.DONE, StudyState.FAILED}, timeout=15)
+        assert time.monotonic() - sent >= 2.0
+        (s,) = node.store.list_studies()
+        detail = node.store.get_study(s.study_key)
+        assert detail is not None
+        assert any("waiting" in e.detail and "rule quiet time" in e.detail for e in detail.events)
+        assert {j.state for j in node.store.list_jobs()} == {JobState.DONE}
+    finally:
+        node.stop()
+
+
+def test_restart_resumes_interrupted_studies(tmp_path: Path, ct_files: list[Path]) -> None:
+    """issue 2/4: a study completed (or processing) when the node stopped is run at restart;
+    jobs that were running are recorded as interrupted."""
+    settings = settings_with_routing(tmp_path, ROUTING)
+    node = Node(settings)
+    node.start()
+    try:
+        node._consumers.clear()  # the node goes down before the pipelines run
+        send_files(node, ct_files[:2])
+        wait_state(node, {StudyState.COMPLETE})
+        key = node.store.list_studies()[0].study_key
+        stale = node.store.create_job(key, "bone:cds-ref-ct-bone")
+        node.store.set_job_state(stale.job_id, JobState.RUNNING)
+    finally:
+        node.stop()
+    again = Node(settings)
+    again.start()
+    try:
+        wait_state(again, {StudyState.DONE, StudyState.FAILED})
+        jobs = {j.job_id: j for j in again.store.list_jobs()}
+        assert jobs[stale.job_id].state is JobState.FAILED
+        assert jobs[stale.job_id].error == "interrupted: node stopped"
+        assert sum(j.state is JobState.DONE for j in jobs.values()) == 2
+    finally:
+        again.stop()

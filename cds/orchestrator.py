@@ -82,6 +82,7 @@ class Node:
             settings.routing.reload_interval_s,
         )
         self._consumers: list[StudyConsumer] = [self._run_pipelines]
+        self.listener.on_association_end = self._association_ended
         self.started_at: float | None = None
         self._stopped = False
 
@@ -92,6 +93,15 @@ class Node:
 
     def _run_pipelines(self, study_key: str) -> None:
         run_study(self, study_key)
+
+    def _association_ended(self, study_keys: list[str]) -> None:
+        """A sender finished a batch: rules whose required series are now all present
+        may start before the study's quiet time (routing ``completeness``)."""
+        rules = self.routing.rules.rules
+        if not any(r.completeness and r.completeness.required_series for r in rules):
+            return
+        for key in study_keys:
+            self.executor.submit(run_study, self, key, True)
 
     def _study_complete(self, study_key: str) -> None:
         self.submit_study(study_key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from cds.domain import JobState, StudyState
@@ -16,7 +17,15 @@ from cds.errors import CdsError
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
-from cds.routing.router import RuleVerdict, SeriesHeader, read_headers, route
+from cds.routing.router import (
+    PipelinePlan,
+    RuleVerdict,
+    SeriesHeader,
+    evaluate,
+    read_headers,
+    route,
+)
+from cds.routing.rules import Rule
 
 if TYPE_CHECKING:
     from cds.orchestrator import Node
@@ -67,19 +76,67 @@ def _quiet_time_left(node: Node, study_key: str, rules: list[RuleVerdict]) -> fl
     return max(0.0, detail.summary.last_received_at + need - time.time())
 
 
-def run_study(node: Node, study_key: str) -> None:
-    """Route a completed study and run its pipelines; never raises (failures are recorded).
+def _required_present(rule: Rule, series: list[SeriesHeader]) -> bool:
+    c = rule.completeness
+    if c is None or not c.required_series:
+        return False
+    now = datetime.now()
+    return all(
+        any(all(evaluate(x, s, now)[0] for x in conds) for s in series)
+        for conds in c.required_series
+    )
 
-    Without a routing file the node only receives: studies stay ``complete``.
+
+def _fresh_job(node: Node, study_key: str, kind: str, since: float) -> bool:
+    """A job of this kind, not failed or cancelled, created at or after ``since``."""
+    dead = (JobState.FAILED, JobState.CANCELLED)
+    return any(
+        j.kind == kind and j.created_at >= since and j.state not in dead
+        for j in node.store.list_jobs(study_key=study_key, limit=1000)
+    )
+
+
+def run_study(node: Node, study_key: str, early: bool = False) -> None:
+    """Route a study and run its pipelines; never raises (failures are recorded).
+
+    ``early``: called while the study is still receiving, when a new series arrived;
+    only rules whose required series are all present run, once. Otherwise the study is
+    complete; a pipeline that already ran after the last instance arrived (an early
+    start) is not run again. Without a routing file the node only receives.
     """
     if node.routing.path is None:
         return
     series = study_series(node, study_key)
     loaded = {m.name for m in node.models.all() if m.status == "ready"}
-    plan = route(
-        series, node.routing.rules, disabled_models=node.routing.disabled(), loaded_models=loaded
-    )
-    runs = plan.runs
+    rules = node.routing.rules
+    plan = route(series, rules, disabled_models=node.routing.disabled(), loaded_models=loaded)
+    by_name = {r.name: r for r in rules.rules}
+    detail = node.store.get_study(study_key)
+    if detail is None:
+        return
+    if early:
+        runs = [
+            (v, p)
+            for v, p in plan.runs
+            if (r := by_name.get(v.rule)) is not None
+            and _required_present(r, series)
+            and not _fresh_job(node, study_key, f"{p.pipeline}:{p.model}", 0.0)
+        ]
+        if runs:
+            node.store.record_event(
+                study_key,
+                "early_start",
+                "required series present: " + ", ".join(sorted({v.rule for v, _ in runs})),
+            )
+            _run_jobs(node, study_key, series, runs)
+        return
+    runs = [
+        (v, p)
+        for v, p in plan.runs
+        if not _fresh_job(
+            node, study_key, f"{p.pipeline}:{p.model}", detail.summary.last_received_at
+        )
+    ]
     wait = _quiet_time_left(node, study_key, [r for r, _ in runs])
     if wait > 0:
         # a matched rule asks for a longer quiet time than the node's: look again later
@@ -91,15 +148,29 @@ def run_study(node: Node, study_key: str) -> None:
         timer.daemon = True
         timer.start()
         return
-    if not runs:
+    if not plan.runs:
         node.store.set_study_state(study_key, StudyState.DONE, "routed: no rule matched")
         log.info("routing.no_match", study_key=study_key)
         return
     node.store.set_study_state(
         study_key,
         StudyState.PROCESSING,
-        "routed: " + "; ".join(f"rule {r.rule!r} -> {p.pipeline} ({p.status})" for r, p in runs),
+        "routed: " + "; ".join(f"rule {r.rule!r} -> {p.pipeline} ({p.status})" for r, p in runs)
+        if runs
+        else "routed: every pipeline already ran after the last instance",
     )
+    failed = _run_jobs(node, study_key, series, runs)
+    state = StudyState.FAILED if failed else StudyState.DONE
+    node.store.set_study_state(study_key, state, f"{len(runs)} pipeline(s), {failed} failed")
+
+
+def _run_jobs(
+    node: Node,
+    study_key: str,
+    series: list[SeriesHeader],
+    runs: list[tuple[RuleVerdict, PipelinePlan]],
+) -> int:
+    """One job per pipeline; returns how many failed."""
     failed = 0
     for rule, p in runs:
         job = node.store.create_job(study_key, f"{p.pipeline}:{p.model}")
@@ -117,9 +188,7 @@ def run_study(node: Node, study_key: str) -> None:
             for s in series:
                 if s.series_uid in rule.selected:
                     result = runner.run(decode(s.files))
-                    node.store.set_study_state(
-                        study_key, StudyState.PROCESSING, f"inferred: {_summary(result)}"
-                    )
+                    node.store.record_event(study_key, "inferred", _summary(result))
         except Exception as exc:  # recorded on the job; the study goes on
             failed += 1
             node.store.set_job_state(
@@ -130,5 +199,4 @@ def run_study(node: Node, study_key: str) -> None:
             )
             continue
         node.store.set_job_state(job.job_id, JobState.DONE)
-    state = StudyState.FAILED if failed else StudyState.DONE
-    node.store.set_study_state(study_key, state, f"{len(runs)} pipeline(s), {failed} failed")
+    return failed

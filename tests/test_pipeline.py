@@ -181,3 +181,35 @@ def test_restart_resumes_interrupted_studies(tmp_path: Path, ct_files: list[Path
         assert sum(j.state is JobState.DONE for j in jobs.values()) == 2
     finally:
         again.stop()
+
+
+def test_required_series_start_before_the_quiet_time(tmp_path: Path, ct_files: list[Path]) -> None:
+    """issue 4: a rule whose required series are present runs when the sender's association
+    ends, before the study's quiet time; completion does not run it a second time."""
+    routing = ROUTING.replace(
+        "    select: thinnest\n",
+        "    select: thinnest\n"
+        "    completeness:\n"
+        "      required_series: [[{attribute: Modality, equals: CT}]]\n",
+    )
+    s = settings_with_routing(tmp_path, routing)
+    s = s.model_copy(update={"assembly": s.assembly.model_copy(update={"quiet_time_s": 3.0})})
+    node = Node(s)
+    node.start()
+    try:
+        send_files(node, ct_files[:3])
+        deadline = time.monotonic() + 2.5
+        while len([j for j in node.store.list_jobs() if j.state is JobState.DONE]) < 2:
+            assert time.monotonic() < deadline, "no early start"
+            time.sleep(0.05)
+        assert node.store.list_studies()[0].state is StudyState.RECEIVING
+        wait_state(node, {StudyState.DONE, StudyState.FAILED}, timeout=10)
+        jobs = node.store.list_jobs()
+        assert len(jobs) == 2  # not run again at completion
+        detail = node.store.get_study(node.store.list_studies()[0].study_key)
+        assert detail is not None
+        kinds = [e.kind for e in detail.events]
+        assert "early_start" in kinds
+        assert kinds.index("early_start") < kinds.index("complete")
+    finally:
+        node.stop()

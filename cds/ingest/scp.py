@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,7 @@ class _AssocStats:
     duplicates: int = 0
     failed: int = 0
     bytes: int = 0
+    study_keys: set[str] = field(default_factory=set)
 
 
 def _called_ae_title(assoc: Any) -> str:
@@ -90,6 +92,8 @@ class DicomListener:
         self._thread: threading.Thread | None = None
         self._stats: dict[int, _AssocStats] = {}
         self._stats_lock = threading.Lock()
+        #: called with the study keys an association stored into, when it ends
+        self.on_association_end: Callable[[list[str]], None] | None = None
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -193,6 +197,11 @@ class DicomListener:
             stats = self._stats.pop(id(event.assoc), None)
         if stats is None:
             return
+        if stats.study_keys and self.on_association_end is not None:
+            try:
+                self.on_association_end(sorted(stats.study_keys))
+            except Exception as exc:  # a consumer's bug must not break the association
+                log.error("ingest.association_end_hook_failed", error_type=type(exc).__name__)
         log.info(
             "ingest.association_closed",
             how="released" if event.event is evt.EVT_RELEASED else "aborted",
@@ -240,6 +249,7 @@ class DicomListener:
             return _status(STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
         if stats:
             stats.bytes += len(data)
+            stats.study_keys.add(result.study_key)
             if result.outcome.value == "duplicate":
                 stats.duplicates += 1
             else:

@@ -30,6 +30,7 @@ _HEADER_KEYWORDS = [
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "SOPInstanceUID",
+    "InstanceNumber",
     "SOPClassUID",
     "Modality",
     "BodyPartExamined",
@@ -93,13 +94,20 @@ def header_attrs(ds: Dataset) -> dict[str, Any]:
 
 
 def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], list[str]]:
-    """Group DICOM files (or folders of them) by study and series; also return unread files."""
-    studies: dict[str, dict[str, SeriesHeader]] = defaultdict(dict)
+    """Group DICOM files (or folders of them) by study and series; also return unread files.
+
+    Deterministic whatever the file names or their order: of several versions of one
+    SOP Instance (the spool keeps them) the newest file counts, files are ordered by
+    InstanceNumber, and a series' attributes are those of its first instance (series
+    may vary within, e.g. slice thickness).
+    """
     skipped: list[str] = []
     files: list[Path] = []
-    sops: dict[tuple[str, str], dict[str, Path]] = {}
     for p in paths:
         files.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
+    rank = {f: i for i, f in enumerate(files)}
+    # (study, series) -> sop -> (mtime, instance number, file, dataset)
+    found: dict[tuple[str, str], dict[str, tuple[float, float, Path, Dataset]]] = {}
     for f in files:
         try:
             ds = _read_header(f)
@@ -111,23 +119,25 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], 
             skipped.append(f"{f}: no StudyInstanceUID/SeriesInstanceUID")
             continue
         sop = str(ds.get("SOPInstanceUID", "")) or str(f)
-        known = studies[study].get(series)
-        if known is None:
-            studies[study][series] = SeriesHeader(study, series, header_attrs(ds), 1, "", [f])
-            sops[(study, series)] = {sop: f}
-        elif sop in sops[(study, series)]:
-            # another version of the same instance (the spool keeps them): the newest counts
-            older = sops[(study, series)][sop]
-            if f.stat().st_mtime >= older.stat().st_mtime:
-                known.files[known.files.index(older)] = f
-                sops[(study, series)][sop] = f
-                if known.files[0] == f:
-                    known.attrs = header_attrs(ds)
-        else:
-            known.instance_count += 1
-            known.files.append(f)
-            sops[(study, series)][sop] = f
-    return {k: list(v.values()) for k, v in studies.items()}, skipped
+        try:
+            number = float(ds.get("InstanceNumber", "") or "inf")
+        except (TypeError, ValueError):
+            number = float("inf")
+        item = (f.stat().st_mtime, number, f, ds)
+        versions = found.setdefault((study, series), {})
+        if sop not in versions or item[0] >= versions[sop][0]:
+            versions[sop] = item
+    studies: dict[str, list[SeriesHeader]] = defaultdict(list)
+    for (study, series), versions in found.items():
+        # by InstanceNumber, then by the order the files were given in
+        ordered = sorted(versions.items(), key=lambda kv: (kv[1][1], rank[kv[1][2]]))
+        first = ordered[0][1][3]
+        studies[study].append(
+            SeriesHeader(
+                study, series, header_attrs(first), len(ordered), "", [v[2] for _, v in ordered]
+            )
+        )
+    return dict(studies), skipped
 
 
 def _read_header(f: Path) -> Dataset:

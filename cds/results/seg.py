@@ -1,0 +1,314 @@
+"""DICOM Segmentation (SEG) of a segmentation model's findings, built with highdicom.
+
+One binary segment per finding that has a positive mask; one frame per
+(source image, segment) with positive pixels, referencing its source image
+(highdicom's one-to-one mapping of ``pixel_array`` frames to ``source_images``),
+so each frame lines up with the slice it was computed on.
+
+The object says it is advisory (SeriesDescription prefix, ContentLabel,
+ContentDescription, in the job's language) and names the model: segment
+AlgorithmIdentification (name, version, SHA-256 of model.onnx as an algorithm
+parameter), ManufacturerModelName, and a Contributing Equipment item.
+
+Its Series and SOP Instance UIDs are derived from the study, the source
+series, the model name and version and the result kind, so a re-run or a
+resend replaces the object at the destination instead of adding a copy.
+The source series is part of the derivation (beyond study, model and kind)
+so that one model run on two series of a study gives two objects, not one
+that overwrites the other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from cds.errors import EncodingError
+from cds.inference import manifest as mf
+from cds.inference.postprocess import Finding, ImageRef
+from cds.inference.runner import InferenceResult
+from cds.results.text import texts
+
+RESULT_KIND = "SEG"
+PRIVATE_SCHEME = "99CDS"
+MANUFACTURER = "cds"
+
+_ANATOMY = hd.sr.CodedConcept("91723000", "SCT", "Anatomical structure")
+_ABNORMAL = hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
+_AI = hd.sr.CodedConcept(
+    codes.DCM.ArtificialIntelligence.value,
+    codes.DCM.ArtificialIntelligence.scheme_designator,
+    codes.DCM.ArtificialIntelligence.meaning,
+)
+_LO = 64
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cds.invalid/dicom/result-uid")
+_SEP = "\x1f"  # ASCII unit separator
+#: Type 2 Patient and General Study attributes highdicom copies from the first source image
+_TYPE2_COPIED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+)
+
+
+def result_uids(
+    study_uid: str,
+    series_uids: Sequence[str],
+    model: str,
+    version: str,
+    *,
+    kind: str = RESULT_KIND,
+    seed: str = "",
+) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of a result: the same inputs give the same UIDs.
+
+    ``seed`` (e.g. the node's identity) keeps two installations from minting the
+    same UIDs for their own objects; it defaults to none.
+    """
+    base = [seed, study_uid, *sorted(series_uids), model, version, kind]
+    return _derived_uid([*base, "series"]), _derived_uid([*base, "instance"])
+
+
+def _derived_uid(parts: Sequence[str]) -> str:
+    """A '2.25.' UID from a name-based (SHA-1, version 5) UUID of ``parts``.
+
+    Not ``generate_uid(prefix=None, entropy_srcs=...)``: pydicom ignores the
+    entropy when there is no prefix and returns a random UUID. The parts are
+    joined with a separator no UID or model name holds, so ('ab', 'c') and
+    ('a', 'bc') stay apart.
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, _SEP.join(parts)).int}"
+
+
+def _coded(code: mf.Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def segment_category(code: mf.Code) -> hd.sr.CodedConcept:
+    """SegmentedPropertyCategory of a label's code.
+
+    The manifest does not (yet) say whether a label is anatomy, so SNOMED CT body
+    structures are recognised by their naming ('Bone structure', 'Structure of
+    liver', 'Entire liver'); everything else is a morphologically abnormal structure.
+    """
+    meaning = code.meaning.lower()
+    anatomy = code.scheme == "SCT" and (
+        meaning.startswith(("structure of ", "entire "))
+        or (meaning.endswith(" structure") and "abnormal" not in meaning)
+    )
+    return _ANATOMY if anatomy else _ABNORMAL
+
+
+def _has_mask(finding: Finding) -> bool:
+    return any(isinstance(m, np.ndarray) and m.any() for m in finding.per_image.values())
+
+
+def _tolerant(ds: Dataset) -> Dataset:
+    """``ds``, or a copy with the Type 2 attributes a scanner left out added empty.
+
+    Real series omit some of them (PatientBirthDate, AccessionNumber); the SEG
+    must carry them, empty when unknown. The caller's dataset is not changed.
+    """
+    missing = [kw for kw in _TYPE2_COPIED if kw not in ds]
+    if not missing:
+        return ds
+    fixed = Dataset()
+    fixed.update(ds)
+    if hasattr(ds, "file_meta"):
+        fixed.file_meta = ds.file_meta
+    for kw in missing:
+        setattr(fixed, kw, None)
+    return fixed
+
+
+def _complete(seg: hd.seg.Segmentation, manifest: mf.Manifest) -> None:
+    """Repairs of what highdicom copies or leaves out, keeping the object valid.
+
+    - a source that says PatientIdentityRemoved YES without naming the method
+      (DeidentificationMethod empty) makes the copy invalid (Type 1C): say the
+      method is not stated, rather than invent one;
+    - codes of the cds private scheme (99CDS) are declared in the Coding Scheme
+      Identification Sequence, as PS3.3 C.12.1.1.8 asks of a private scheme.
+    """
+    removed = str(seg.get("PatientIdentityRemoved", "")).upper() == "YES"
+    if (
+        removed
+        and not seg.get("DeidentificationMethod")
+        and not seg.get("DeidentificationMethodCodeSequence")
+    ):
+        seg.DeidentificationMethod = "not stated in the source images"
+    if PRIVATE_SCHEME in _schemes(seg):
+        item = Dataset()
+        item.CodingSchemeDesignator = PRIVATE_SCHEME
+        item.CodingSchemeName = "cds private codes"
+        item.CodingSchemeResponsibleOrganization = manifest.manufacturer[:_LO]
+        declared = [
+            i
+            for i in seg.get("CodingSchemeIdentificationSequence", [])
+            if i.get("CodingSchemeDesignator") != PRIVATE_SCHEME
+        ]
+        seg.CodingSchemeIdentificationSequence = [*declared, item]
+
+
+def _schemes(ds: Dataset) -> set[str]:
+    found: set[str] = set()
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                found |= _schemes(item)
+        elif elem.keyword == "CodingSchemeDesignator":
+            found.add(str(elem.value))
+    return found
+
+
+def _frame_index(sources: Sequence[Dataset]) -> dict[ImageRef, int]:
+    """Where each source image (SOP Instance UID, 1-based frame) lies in ``pixel_array``."""
+    if len(sources) == 1 and int(sources[0].get("NumberOfFrames", 1) or 1) > 1:
+        uid = str(sources[0].SOPInstanceUID)
+        return {ImageRef(uid, f + 1): f for f in range(int(sources[0].NumberOfFrames))}
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in sources):
+        raise EncodingError(
+            "SEG: the source is several multi-frame instances; highdicom references "
+            "either single-frame images or one multi-frame image"
+        )
+    return {ImageRef(str(ds.SOPInstanceUID), 1): i for i, ds in enumerate(sources)}
+
+
+def _pixel_array(
+    sources: Sequence[Dataset], findings: Sequence[Finding]
+) -> tuple[list[Dataset], np.ndarray]:
+    """The source images to reference and the [frames, rows, columns, segments] mask array.
+
+    Single-frame sources are narrowed to those with a positive pixel in some
+    segment (a 500-slice series with a small finding stays small); a
+    multi-frame source keeps all its frames and highdicom omits the empty ones.
+    """
+    index = _frame_index(sources)
+    multiframe = len(sources) == 1 and len(index) > 1
+    positive: set[int] = set()
+    for f in findings:
+        for ref, mask in f.per_image.items():
+            if ref not in index:
+                raise EncodingError(
+                    f"SEG: the mask of {f.label.code.meaning!r} is on image "
+                    f"{ref.sop_uid} frame {ref.frame}, which is not among the source images"
+                )
+            if mask.any():
+                positive.add(index[ref])
+    keep = sorted(positive) if not multiframe else list(range(len(index)))
+    row_of = {frame: row for row, frame in enumerate(keep)}
+    rows, columns = int(sources[0].Rows), int(sources[0].Columns)
+    array = np.zeros((len(keep), rows, columns, len(findings)), dtype=bool)
+    for s, f in enumerate(findings):
+        for ref, mask in f.per_image.items():
+            frame = index[ref]
+            if frame not in row_of:
+                continue
+            if mask.shape != (rows, columns):
+                raise EncodingError(
+                    f"SEG: the mask of {f.label.code.meaning!r} on image {ref.sop_uid} is "
+                    f"{mask.shape[0]}x{mask.shape[1]}, the image is {rows}x{columns}"
+                )
+            array[row_of[frame], :, :, s] = mask
+    referenced = list(sources) if multiframe else [sources[i] for i in keep]
+    return [_tolerant(ds) for ds in referenced], array
+
+
+def build_seg(
+    source_datasets: Sequence[Dataset],
+    result: InferenceResult,
+    manifest: mf.Manifest,
+    lang: str,
+    *,
+    series_number: int = 901,
+    instance_number: int = 1,
+    uid_root_seed: str = "",
+) -> hd.seg.Segmentation:
+    """A binary SEG of ``result``'s masks on ``source_datasets`` (the series the model ran on).
+
+    Raises EncodingError when there is nothing to encode (no positive mask) or the
+    masks do not fit the source images; ValueError for an unknown language or a
+    manifest that is not the result's model.
+    """
+    t = texts(lang)
+    rec = result.record
+    if (manifest.name, manifest.version) != (rec.model, rec.version):
+        raise ValueError(
+            f"manifest {manifest.name} {manifest.version} is not the model that produced "
+            f"the result ({rec.model} {rec.version})"
+        )
+    if not rec.sha256:
+        raise EncodingError(f"SEG: the result of {rec.model} {rec.version} has no model SHA-256")
+    if not source_datasets:
+        raise ValueError("source_datasets is empty")
+    findings = [f for f in result.findings if _has_mask(f)]
+    if not findings:
+        raise EncodingError(f"SEG: {rec.model} {rec.version} found no positive mask to encode")
+
+    referenced, array = _pixel_array(source_datasets, findings)
+    family = _coded(manifest.algorithm_family) if manifest.algorithm_family else _AI
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=rec.model,
+        family=family,
+        version=rec.version,
+        source=manifest.manufacturer,
+        parameters={"sha256": rec.sha256},
+    )
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=f.label.display.get(lang)[:_LO],
+            segmented_property_category=segment_category(f.label.code),
+            segmented_property_type=_coded(f.label.code),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, f in enumerate(findings, start=1)
+    ]
+    produced_by = t.produced_by.format(name=rec.model, version=rec.version, sha256=rec.sha256)
+    equipment = hd.ContributingEquipment(
+        manufacturer=manifest.manufacturer,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=rec.model,
+        software_versions=rec.version,
+        contribution_description=f"{t.banner}. {produced_by}",
+    )
+    study_uid = str(referenced[0].StudyInstanceUID)
+    series_uids = rec.series_uids or (str(referenced[0].SeriesInstanceUID),)
+    series_uid, sop_uid = result_uids(
+        study_uid, series_uids, rec.model, rec.version, kind=RESULT_KIND, seed=uid_root_seed
+    )
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=referenced,
+            pixel_array=array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=rec.model[:_LO],
+            software_versions=rec.cds_version,
+            device_serial_number=rec.sha256[:_LO],
+            content_label=t.content_label,
+            content_description=t.banner[:_LO],
+            contributing_equipment=[equipment],
+            series_description=f"{t.series_prefix}{rec.model} {rec.version}"[:_LO],
+            specific_character_set="ISO_IR 192",  # the banners hold '—' and 'à'
+        )
+    except (ValueError, TypeError) as exc:
+        raise EncodingError(f"SEG of {rec.model} {rec.version} is not valid: {exc}") from exc
+    _complete(seg, manifest)
+    return seg

@@ -1,0 +1,54 @@
+"""The advisory texts every result object carries, in French and English.
+
+Both languages are first-class: builders take every text meant for people
+from here, so nothing is hard-coded in one language elsewhere. Lengths fit
+the DICOM value representations they go into (ContentLabel is a CS of at most
+16 upper-case characters; the prefix leaves room in a 64-character LO).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Lang = Literal["en", "fr"]
+LANGS: tuple[Lang, ...] = ("en", "fr")
+
+
+@dataclass(frozen=True, slots=True)
+class AdvisoryTexts:
+    lang: Lang
+    #: start of SeriesDescription (LO, 64 characters in all)
+    series_prefix: str
+    #: what a person must read first (ContentDescription, SR titles, overlays)
+    banner: str
+    #: ContentLabel (CS: A-Z, 0-9, space, underscore; at most 16 characters)
+    content_label: str
+    #: names the producing model: format with name, version, sha256
+    produced_by: str
+
+
+_TEXTS: dict[str, AdvisoryTexts] = {
+    "en": AdvisoryTexts(
+        lang="en",
+        series_prefix="AI ADVISORY - ",
+        banner="AI — advisory, to be reviewed by a radiologist",
+        content_label="AI_ADVISORY",
+        produced_by="Produced by model {name} {version} (SHA-256 {sha256})",
+    ),
+    "fr": AdvisoryTexts(
+        lang="fr",
+        series_prefix="IA INDICATIF - ",
+        banner="IA — indicatif, à faire valider par un radiologue",
+        content_label="IA_INDICATIF",
+        produced_by="Produit par le modèle {name} {version} (SHA-256 {sha256})",
+    ),
+}
+
+
+def texts(lang: str) -> AdvisoryTexts:
+    """The advisory texts of ``lang`` ('en' or 'fr'); ValueError names the others."""
+    try:
+        return _TEXTS[lang]
+    except KeyError:
+        raise ValueError(f"unknown language {lang!r} (known: {', '.join(LANGS)})") from None

@@ -58,6 +58,20 @@ def _mask(ds: Dataset, i: int) -> np.ndarray:
     return m
 
 
+def record(manifest: mf.Manifest, series_uid: str, version: str | None = None) -> InferenceRecord:
+    return InferenceRecord(
+        model=manifest.name,
+        version=version or manifest.version,
+        sha256=SHA,
+        provider="cpu",
+        cds_version="0.1.0",
+        series_uids=(series_uid,),
+        images=1,
+        seconds=0.1,
+        timings={},
+    )
+
+
 def synthetic_result(
     slices: Sequence[Dataset], manifest: mf.Manifest, version: str | None = None
 ) -> InferenceResult:
@@ -71,18 +85,8 @@ def synthetic_result(
         Finding(LESION, 0.8, True, {refs[3]: lesion_mask}),
         Finding(LESION.model_copy(update={"index": 2}), 0.1, False, {}),  # nothing: no segment
     ]
-    record = InferenceRecord(
-        model=manifest.name,
-        version=version or manifest.version,
-        sha256=SHA,
-        provider="cpu",
-        cds_version="0.1.0",
-        series_uids=(str(slices[0].SeriesInstanceUID),),
-        images=len(slices),
-        seconds=0.1,
-        timings={},
-    )
-    return InferenceResult(record, "segmentation", findings, {}, refs)
+    rec = record(manifest, str(slices[0].SeriesInstanceUID), version)
+    return InferenceResult(rec, "segmentation", findings, {}, refs)
 
 
 def dciodvfy_errors(path: Path) -> tuple[list[str], list[str]]:
@@ -258,3 +262,32 @@ def test_seg_of_the_bundled_bone_model_on_a_real_series(
         uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         assert uid in by_uid
         assert np.array_equal(frame, bone[uid])
+
+
+def test_a_multiframe_source_maps_masks_to_its_frames(
+    manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    """An Enhanced CT instance: the mask of frame 2 lands on a frame referencing frame 2."""
+    path = SERIES.parent / "eCT_Supplemental.dcm"
+    if not path.is_file():
+        pytest.skip(f"test image not found: {path}")
+    src = pydicom.dcmread(path)
+    mask = np.zeros((int(src.Rows), int(src.Columns)), dtype=bool)
+    mask[5:20, 5:30] = True
+    ref = ImageRef(str(src.SOPInstanceUID), 2)
+    finding = Finding(manifest.output.labels[0], 0.9, True, {ref: mask})
+    rec = record(manifest, str(src.SeriesInstanceUID))
+    result = InferenceResult(rec, "segmentation", [finding], {}, [ref])
+    back = write_and_read(build_seg([src], result, manifest, "fr"), tmp_path)
+    assert int(back.NumberOfFrames) == 1
+    item = back.PerFrameFunctionalGroupsSequence[0]
+    source = item.DerivationImageSequence[0].SourceImageSequence[0]
+    assert (source.ReferencedSOPInstanceUID, int(source.ReferencedFrameNumber)) == (
+        src.SOPInstanceUID,
+        2,
+    )
+    expected = src.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0]
+    assert [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] == (
+        pytest.approx([float(v) for v in expected.ImagePositionPatient])
+    )
+    assert np.array_equal(back.pixel_array.astype(bool).reshape(mask.shape), mask)

@@ -75,7 +75,6 @@ RULE_NAMES = ["CT head bone", "chest radiograph triage", "brain MR", "mammograph
 PACS = "pacs (ORTHANC@127.0.0.1:4242)"
 
 
-
 @dataclass
 class Corpus:
     studies: dict[str, list[SeriesHeader]]

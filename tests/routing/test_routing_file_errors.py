@@ -325,11 +325,17 @@ def test_conditions_that_could_never_hold_are_refused() -> None:
     """A number compared with text, an empty or inverted range: refused, not silently dead."""
     rules = {
         "pipelines": {"p": {"model": "m", "results": ["SR"]}},
-        "rules": [{"name": "r", "pipelines": ["p"], "match": [
-            {"attribute": "SliceThickness", "equals": "thin"},
-            {"attribute": "SliceThickness", "range": {}},
-            {"attribute": "PatientAge", "range": {"min": 5, "max": 1}},
-        ]}],
+        "rules": [
+            {
+                "name": "r",
+                "pipelines": ["p"],
+                "match": [
+                    {"attribute": "SliceThickness", "equals": "thin"},
+                    {"attribute": "SliceThickness", "range": {}},
+                    {"attribute": "PatientAge", "range": {"min": 5, "max": 1}},
+                ],
+            }
+        ],
     }
     with pytest.raises(RoutingFileError) as info:
         parse_routing(rules, "r.yaml")

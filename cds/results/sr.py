@@ -1,0 +1,358 @@
+"""TID 1500 Measurement Report (Comprehensive 3D SR) of a model's findings, built with highdicom.
+
+One measurement group per finding, whatever the model kind:
+
+- tracking identifier: the label's display text in the job's language, and a
+  tracking UID derived like the object's UIDs (same inputs, same UID);
+- finding (DCM 121071 "Finding"): the label's code;
+- qualitative evaluation: concept name = the label's code, value SCT 52101004
+  "Present" or SCT 272519000 "Absent" (the finding's ``present``);
+- NUM DCM 122157 "Probability", unit UCUM ``{probability}``: the finding's score
+  (not for measurement models, whose score is their value);
+- NUM SCT 42798000 "Area", unit UCUM ``mm2``: a segmentation's area, when known;
+  NUM named by the label's code in the manifest's unit for a measurement model;
+- algorithm identification (TID 4019): model name, version, manufacturer
+  ``cds``, family from the manifest, the SHA-256 of model.onnx as a parameter;
+- where: the source images the finding is on (TID 1501 "Source image for
+  measurement group") or, for a segmentation finding when its SEG is given, the
+  segment (TID 1411 "Referenced Segment" with its source images).
+
+The observer is a device (the model); the report is UNVERIFIED and says it is
+advisory in the job's language (SeriesDescription prefix and a TEXT DCM 121106
+"Comment" in the report's "Qualitative Evaluations" container, TID 1500 row 12).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from cds.errors import EncodingError
+from cds.inference import manifest as mf
+from cds.inference.postprocess import Finding, ImageRef
+from cds.inference.runner import InferenceResult
+from cds.results.seg import MANUFACTURER, _complete, _tolerant, result_uids
+from cds.results.text import texts
+
+RESULT_KIND = "SR"
+
+_LO = 64
+_PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+_PROBABILITY_UNIT = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
+_AREA = hd.sr.CodedConcept("42798000", "SCT", "Area")
+_MM2 = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
+_PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+_ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
+_COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+_QUALITATIVE = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_AI = hd.sr.CodedConcept(
+    codes.DCM.ArtificialIntelligence.value,
+    codes.DCM.ArtificialIntelligence.scheme_designator,
+    codes.DCM.ArtificialIntelligence.meaning,
+)
+_LANGUAGE = {
+    "en": hd.sr.CodedConcept("en", "RFC5646", "English"),
+    "fr": hd.sr.CodedConcept("fr", "RFC5646", "French"),
+}
+#: procedure reported when the source images name none, by Modality
+_PROCEDURE_BY_MODALITY = {
+    "CT": hd.sr.CodedConcept("25045-6", "LN", "CT unspecified body region"),
+    "MR": hd.sr.CodedConcept("25056-3", "LN", "MRI unspecified body region"),
+}
+_IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
+
+
+def _coded(code: mf.Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def _procedure(ds: Dataset) -> hd.sr.CodedConcept:
+    """The source study's procedure code, else one for its modality."""
+    for item in ds.get("ProcedureCodeSequence", []):
+        value = item.get("CodeValue")
+        if value and item.get("CodingSchemeDesignator") and item.get("CodeMeaning"):
+            return hd.sr.CodedConcept(
+                str(value), str(item.CodingSchemeDesignator), str(item.CodeMeaning)
+            )
+    return _PROCEDURE_BY_MODALITY.get(str(ds.get("Modality", "")), _IMAGING_PROCEDURE)
+
+
+def _on(value: object) -> bool:
+    """Whether a per-image value shows the finding (a positive mask, some boxes, a value)."""
+    if isinstance(value, np.ndarray):
+        return bool(value.any())
+    if isinstance(value, list):
+        return bool(value)
+    return value is not None
+
+
+def _images(finding: Finding, result: InferenceResult) -> list[ImageRef]:
+    """The images the finding is on; every analysed image when it is on none."""
+    on = [ref for ref, v in finding.per_image.items() if _on(v)]
+    return on or list(result.images)
+
+
+class _Sources:
+    """SOP Class UIDs of the source images, by SOP Instance UID."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        self.sop_class = {str(ds.SOPInstanceUID): str(ds.SOPClassUID) for ds in datasets}
+        self.multiframe = {
+            str(ds.SOPInstanceUID) for ds in datasets if int(ds.get("NumberOfFrames", 1) or 1) > 1
+        }
+
+    def _check(self, finding: Finding, ref: ImageRef) -> str:
+        try:
+            return self.sop_class[ref.sop_uid]
+        except KeyError:
+            raise EncodingError(
+                f"SR: {finding.label.code.meaning!r} is on image {ref.sop_uid}, "
+                "which is not among the source images"
+            ) from None
+
+    def _frames(self, ref: ImageRef) -> list[int] | None:
+        return [ref.frame] if ref.sop_uid in self.multiframe else None
+
+    def for_group(
+        self, finding: Finding, refs: Sequence[ImageRef]
+    ) -> list[hd.sr.SourceImageForMeasurementGroup]:
+        return [
+            hd.sr.SourceImageForMeasurementGroup(
+                self._check(finding, r), r.sop_uid, self._frames(r)
+            )
+            for r in refs
+        ]
+
+    def for_segment(
+        self, finding: Finding, refs: Sequence[ImageRef]
+    ) -> list[hd.sr.SourceImageForSegmentation]:
+        return [
+            hd.sr.SourceImageForSegmentation(self._check(finding, r), r.sop_uid, self._frames(r))
+            for r in refs
+        ]
+
+
+def _segment_numbers(findings: Sequence[Finding], seg: Dataset | None) -> dict[int, int]:
+    """Segment number in ``seg`` of each finding (by position in ``findings``).
+
+    ``build_seg`` numbers the findings with a positive mask from 1, in order;
+    each segment's property type must be that finding's code.
+    """
+    if seg is None:
+        return {}
+    numbers: dict[int, int] = {}
+    segments = list(seg.get("SegmentSequence", []))
+    with_mask = [i for i, f in enumerate(findings) if any(_on(m) for m in f.per_image.values())]
+    if len(with_mask) != len(segments):
+        raise EncodingError(
+            f"SR: the SEG has {len(segments)} segments, the result {len(with_mask)} "
+            "findings with a mask"
+        )
+    for i, item in zip(with_mask, segments, strict=True):
+        code = findings[i].label.code
+        prop = item.SegmentedPropertyTypeCodeSequence[0]
+        if (str(prop.CodeValue), str(prop.CodingSchemeDesignator)) != (code.value, code.scheme):
+            raise EncodingError(
+                f"SR: segment {item.SegmentNumber} of the SEG is not {code.meaning!r}"
+            )
+        numbers[i] = int(item.SegmentNumber)
+    return numbers
+
+
+def _measurements(
+    finding: Finding, manifest: mf.Manifest, algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    kind = manifest.output.kind
+    out: list[hd.sr.Measurement] = []
+    if kind != "measurement":
+        out.append(
+            hd.sr.Measurement(
+                name=_PROBABILITY,
+                value=float(finding.score),
+                unit=_PROBABILITY_UNIT,
+                algorithm_id=algorithm,
+            )
+        )
+    if finding.measurement is not None:
+        if kind == "segmentation":
+            name, unit = _AREA, _MM2
+        elif manifest.output.unit is not None:
+            name, unit = _coded(finding.label.code), _coded(manifest.output.unit)
+        else:
+            name, unit = _coded(finding.label.code), hd.sr.CodedConcept("1", "UCUM", "no units")
+        out.append(
+            hd.sr.Measurement(
+                name=name, value=float(finding.measurement), unit=unit, algorithm_id=algorithm
+            )
+        )
+    return out
+
+
+def build_sr(
+    source_datasets: Sequence[Dataset],
+    result: InferenceResult,
+    manifest: mf.Manifest,
+    lang: str,
+    *,
+    seg: Dataset | None = None,
+    series_number: int = 902,
+    instance_number: int = 1,
+    uid_root_seed: str | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 Measurement Report of ``result`` on ``source_datasets``.
+
+    ``seg`` is the SEG built from the same result (``build_seg``): segmentation
+    findings then reference their segment. Raises ValueError for an unknown
+    language, a manifest that is not the result's model or no source images;
+    EncodingError when the result does not fit the sources (or the SEG) or the
+    object would not be valid.
+    """
+    t = texts(lang)
+    rec = result.record
+    if (manifest.name, manifest.version) != (rec.model, rec.version):
+        raise ValueError(
+            f"manifest {manifest.name} {manifest.version} is not the model that produced "
+            f"the result ({rec.model} {rec.version})"
+        )
+    if not rec.sha256:
+        raise EncodingError(f"SR: the result of {rec.model} {rec.version} has no model SHA-256")
+    if not source_datasets:
+        raise ValueError("source_datasets is empty")
+    seed = uid_root_seed or ""
+    first = source_datasets[0]
+    study_uid = str(first.StudyInstanceUID)
+    series_uids = rec.series_uids or (str(first.SeriesInstanceUID),)
+    series_uid, sop_uid = result_uids(
+        study_uid, series_uids, rec.model, rec.version, kind=RESULT_KIND, seed=seed
+    )
+    # the device: the model itself, whichever study it reports on
+    _, device_uid = result_uids("", (), rec.model, rec.version, kind="device", seed=seed)
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid,
+            name=rec.model[:_LO],
+            manufacturer_name=MANUFACTURER,
+            model_name=f"{rec.model} {rec.version}"[:_LO],
+        ),
+    )
+    family = _coded(manifest.algorithm_family) if manifest.algorithm_family else _AI
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=rec.model,
+        version=rec.version,
+        parameters=[f"sha256={rec.sha256}"],
+        family=family,
+        manufacturer=MANUFACTURER,
+    )
+    sources = _Sources(source_datasets)
+    segments = _segment_numbers(result.findings, seg)
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = []
+    for i, finding in enumerate(result.findings):
+        label = finding.label
+        _, tracking_uid = result_uids(
+            study_uid,
+            series_uids,
+            rec.model,
+            rec.version,
+            kind=f"{RESULT_KIND}-tracking-{i}-{label.index}-{label.code.scheme}-{label.code.value}",
+            seed=seed,
+        )
+        tracking = hd.sr.TrackingIdentifier(
+            uid=tracking_uid, identifier=label.display.get(lang)[:_LO]
+        )
+        common = {
+            "tracking_identifier": tracking,
+            "finding_type": _coded(label.code),
+            "algorithm_id": algorithm,
+            "measurements": _measurements(finding, manifest, algorithm),
+            "qualitative_evaluations": [
+                hd.sr.QualitativeEvaluation(
+                    _coded(label.code), _PRESENT if finding.present else _ABSENT
+                )
+            ],
+        }
+        refs = _images(finding, result)
+        try:
+            if i in segments and seg is not None:
+                segment = hd.sr.ReferencedSegment(
+                    sop_class_uid=str(seg.SOPClassUID),
+                    sop_instance_uid=str(seg.SOPInstanceUID),
+                    segment_number=segments[i],
+                    source_images=sources.for_segment(finding, refs),
+                )
+                groups.append(
+                    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                        referenced_segment=segment,
+                        **common,  # type: ignore[arg-type]
+                    )
+                )
+            else:
+                groups.append(
+                    hd.sr.MeasurementsAndQualitativeEvaluations(
+                        source_images=sources.for_group(finding, refs),
+                        **common,  # type: ignore[arg-type]
+                    )
+                )
+        except (ValueError, TypeError) as exc:
+            raise EncodingError(
+                f"SR of {rec.model} {rec.version}: {label.code.meaning!r}: {exc}"
+            ) from exc
+
+    produced_by = t.produced_by.format(name=rec.model, version=rec.version, sha256=rec.sha256)
+    try:
+        report = hd.sr.MeasurementReport(
+            observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+            procedure_reported=_procedure(first),
+            imaging_measurements=groups,
+            language_of_content_item_and_descendants=hd.sr.LanguageOfContentItemAndDescendants(
+                _LANGUAGE[t.lang]
+            ),
+        )
+        advisory = hd.sr.ContainerContentItem(
+            name=_QUALITATIVE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        )
+        advisory.ContentSequence = hd.sr.ContentSequence(
+            [
+                hd.sr.TextContentItem(
+                    name=_COMMENT,
+                    value=f"{t.banner}. {produced_by}",
+                    relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+                )
+            ]
+        )
+        report[0].ContentSequence.append(advisory)
+        # highdicom copies Type 2 patient/study attributes from the first; a scanner may omit some
+        evidence = [
+            _tolerant(first),
+            *source_datasets[1:],
+            *([seg] if seg is not None else []),
+        ]
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report[0],
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            series_description=f"{t.series_prefix}{rec.model} {rec.version}"[:_LO],
+            manufacturer_model_name=rec.model[:_LO],
+            software_versions=rec.cds_version,
+            device_serial_number=rec.sha256[:_LO],
+            specific_character_set="ISO_IR 192",  # the banners hold '—' and 'à'
+        )
+    except (ValueError, TypeError) as exc:
+        raise EncodingError(f"SR of {rec.model} {rec.version} is not valid: {exc}") from exc
+    # the SEG's repairs (de-identification method, 99CDS declared) use only Dataset operations
+    _complete(sr, manifest)  # type: ignore[arg-type]
+    return sr

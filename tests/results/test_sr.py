@@ -1,0 +1,290 @@
+"""issue 5: the advisory TID 1500 Measurement Report (Comprehensive 3D SR), built with highdicom.
+
+Every SR is written, read back and run through dciodvfy (zero errors); its
+structure is checked item by item: one measurement group per finding, a device
+observer, the model's version and SHA-256, references to the source images (or
+to the SEG's segments), the advisory text in the job's language.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from cds.errors import EncodingError
+from cds.inference import manifest as mf
+from cds.inference.images import decode
+from cds.inference.postprocess import Finding, ImageRef
+from cds.inference.registry import ModelRegistry
+from cds.inference.runner import InferenceRecord, InferenceResult, ModelRunner
+from cds.inference.session import DeviceSlots
+from cds.results.seg import build_seg, result_uids
+from cds.results.sr import build_sr
+from cds.results.text import LANGS, texts
+
+REPO = Path(__file__).resolve().parents[2]
+SERIES = REPO.parent / "shared" / "dicom" / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series"
+MODELS = REPO / "models"
+SHA = "0123456789abcdef" * 4
+DCIODVFY = "/usr/bin/dciodvfy"
+AREA_MM2 = 1234.5
+
+LESION = mf.Label(
+    index=1,
+    code=mf.Code(scheme="SCT", value="52988006", meaning="Lesion"),
+    display=mf.Text(en="Lesion", fr="Lésion"),
+)
+
+
+@pytest.fixture(scope="module")
+def manifest() -> mf.Manifest:
+    return mf.load_manifest(MODELS / "cds-ref-ct-bone")
+
+
+@pytest.fixture(scope="module")
+def slices() -> list[Dataset]:
+    if not SERIES.is_dir():
+        pytest.skip(f"test series not found: {SERIES}")
+    return [pydicom.dcmread(p) for p in sorted(SERIES.glob("*.dcm"))[:5]]
+
+
+def synthetic_result(slices: Sequence[Dataset], manifest: mf.Manifest) -> InferenceResult:
+    """Bone on slices 0, 1, 3, 4 (with an area); a lesion on slice 3; an absent lesion."""
+    refs = [ImageRef(str(ds.SOPInstanceUID), 1) for ds in slices]
+    shape = (int(slices[0].Rows), int(slices[0].Columns))
+    bone: dict[ImageRef, np.ndarray] = {}
+    for i, ref in enumerate(refs):
+        m = np.zeros(shape, dtype=bool)
+        if i != 2:
+            m[20 + 30 * i : 60 + 30 * i, 100:140] = True
+        bone[ref] = m
+    lesion = np.zeros(shape, dtype=bool)
+    lesion[200:220, 300:340] = True
+    findings = [
+        Finding(manifest.output.labels[0], 0.9, True, bone, AREA_MM2),
+        Finding(LESION, 0.8, True, {refs[3]: lesion}),
+        Finding(LESION.model_copy(update={"index": 2}), 0.1, False, {}),
+    ]
+    rec = InferenceRecord(
+        model=manifest.name,
+        version=manifest.version,
+        sha256=SHA,
+        provider="cpu",
+        cds_version="0.1.0",
+        series_uids=(str(slices[0].SeriesInstanceUID),),
+        images=len(refs),
+        seconds=0.1,
+        timings={},
+    )
+    return InferenceResult(rec, "segmentation", findings, {}, refs)
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    if not Path(DCIODVFY).exists():
+        pytest.skip(f"{DCIODVFY} is not installed (Debian package dicom3tools)")
+    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, check=False)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return [x for x in lines if x.startswith("Error")], [x for x in lines if x.startswith("Warn")]
+
+
+def write_and_read(ds: Dataset, tmp_path: Path, name: str = "sr.dcm") -> Dataset:
+    path = tmp_path / name
+    ds.save_as(path)
+    errors, _ = dciodvfy(path)
+    assert errors == []
+    return pydicom.dcmread(path)
+
+
+def name(item: Dataset) -> tuple[str, str]:
+    code = item.ConceptNameCodeSequence[0]
+    return str(code.CodingSchemeDesignator), str(code.CodeValue)
+
+
+def children(item: Dataset, scheme: str, value: str) -> list[Dataset]:
+    return [c for c in item.get("ContentSequence", []) if name(c) == (scheme, value)]
+
+
+def child(item: Dataset, scheme: str, value: str) -> Dataset:
+    (found,) = children(item, scheme, value)
+    return found
+
+
+def walk(item: Dataset) -> Iterator[Dataset]:
+    for c in item.get("ContentSequence", []):
+        yield c
+        yield from walk(c)
+
+
+def groups(sr: Dataset) -> list[Dataset]:
+    return children(child(sr, "DCM", "126010"), "DCM", "125007")
+
+
+def referenced_sops(group: Dataset) -> set[str]:
+    return {
+        str(r.ReferencedSOPInstanceUID)
+        for c in walk(group)
+        if c.ValueType == "IMAGE" and name(c) != ("DCM", "121191")  # not the SEG
+        for r in c.ReferencedSOPSequence
+    }
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_sr_is_a_valid_unverified_advisory_measurement_report(
+    lang: str, slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    result = synthetic_result(slices, manifest)
+    back = write_and_read(build_sr(slices, result, manifest, lang), tmp_path)
+    t = texts(lang)
+    assert back.Modality == "SR"
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert name(back) == ("DCM", "126000")  # Imaging Measurement Report
+    assert back.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert back.VerificationFlag == "UNVERIFIED"
+    assert back.CompletionFlag == "COMPLETE"
+    assert back.SeriesDescription.startswith(t.series_prefix)
+    assert len(back.SeriesDescription) <= 64
+    assert (back.SeriesNumber, back.InstanceNumber) == (902, 1)
+    assert back.Manufacturer == "cds"
+    assert back.StudyInstanceUID == slices[0].StudyInstanceUID
+    language = child(back, "DCM", "121049").ConceptCodeSequence[0]
+    assert language.CodeValue == lang
+
+    # the observer is the model, as a device
+    assert child(back, "DCM", "121005").ConceptCodeSequence[0].CodeValue == "121007"
+    assert child(back, "DCM", "121012").UID  # Device Observer UID
+    assert child(back, "DCM", "121013").TextValue == manifest.name
+    assert child(back, "DCM", "121014").TextValue == "cds"
+    assert child(back, "DCM", "121015").TextValue == f"{manifest.name} {manifest.version}"
+    assert child(back, "DCM", "121058").ConceptCodeSequence[0].CodeValue == "25045-6"
+
+    # the advisory text, in the job's language, naming the model
+    comment = child(child(back, "UMLS", "C0034375"), "DCM", "121106").TextValue
+    assert comment.startswith(t.banner)
+    assert SHA in comment
+    other = texts("fr" if lang == "en" else "en")
+    assert other.banner not in comment
+
+
+def test_one_group_per_finding_with_its_evaluation_score_and_model(
+    slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    result = synthetic_result(slices, manifest)
+    back = write_and_read(build_sr(slices, result, manifest, "fr"), tmp_path)
+    found = groups(back)
+    assert len(found) == len(result.findings)
+    uids = [str(ds.SOPInstanceUID) for ds in slices]
+    tracking_uids = set()
+    for group, finding in zip(found, result.findings, strict=True):
+        code = finding.label.code
+        assert child(group, "DCM", "112039").TextValue == finding.label.display.get("fr")
+        tracking_uids.add(child(group, "DCM", "112040").UID)
+        assert child(group, "DCM", "121071").ConceptCodeSequence[0].CodeValue == code.value
+        evaluation = child(group, code.scheme, code.value).ConceptCodeSequence[0]
+        assert evaluation.CodeValue == ("52101004" if finding.present else "272519000")
+        score = child(group, "DCM", "122157")
+        assert float(score.MeasuredValueSequence[0].NumericValue) == pytest.approx(finding.score)
+        unit = score.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+        assert (unit.CodingSchemeDesignator, unit.CodeValue) == ("UCUM", "{probability}")
+        # TID 4019 algorithm identification: name, version, manufacturer, SHA-256
+        assert child(group, "DCM", "111001").TextValue == manifest.name
+        assert child(group, "DCM", "111003").TextValue == manifest.version
+        assert child(group, "DCM", "111002").TextValue == f"sha256={SHA}"
+    assert len(tracking_uids) == len(found)
+
+    # source images: those the finding is on; every analysed image for an absent one
+    assert referenced_sops(found[0]) == {u for i, u in enumerate(uids) if i != 2}
+    assert referenced_sops(found[1]) == {uids[3]}
+    assert referenced_sops(found[2]) == set(uids)
+    area = child(found[0], "SCT", "42798000").MeasuredValueSequence[0]
+    assert float(area.NumericValue) == pytest.approx(AREA_MM2)
+    assert area.MeasurementUnitsCodeSequence[0].CodeValue == "mm2"
+    assert children(found[1], "SCT", "42798000") == []
+
+    evidence = {
+        str(r.ReferencedSOPInstanceUID)
+        for s in back.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    }
+    assert evidence == set(uids)
+
+
+def test_segmentation_findings_reference_their_segment_of_the_seg(
+    slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    result = synthetic_result(slices, manifest)
+    seg = build_seg(slices, result, manifest, "en")
+    back = write_and_read(build_sr(slices, result, manifest, "en", seg=seg), tmp_path)
+    found = groups(back)
+    segments = [children(g, "DCM", "121191") for g in found]  # Referenced Segment
+    for number, items in enumerate(segments[:2], start=1):
+        (item,) = items
+        ref = item.ReferencedSOPSequence[0]
+        assert ref.ReferencedSOPInstanceUID == seg.SOPInstanceUID
+        assert int(ref.ReferencedSegmentNumber) == number
+    assert segments[2] == []  # absent: no segment, the analysed images instead
+    assert referenced_sops(found[1]) == {str(slices[3].SOPInstanceUID)}
+    evidence = {
+        str(r.ReferencedSOPInstanceUID)
+        for s in back.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    }
+    assert seg.SOPInstanceUID in evidence
+
+
+def test_uids_are_deterministic_and_differ_from_the_seg(
+    slices: list[Dataset], manifest: mf.Manifest
+) -> None:
+    result = synthetic_result(slices, manifest)
+    a = build_sr(slices, result, manifest, "en")
+    b = build_sr(slices, synthetic_result(slices, manifest), manifest, "fr")
+    assert (a.SeriesInstanceUID, a.SOPInstanceUID) == (b.SeriesInstanceUID, b.SOPInstanceUID)
+    study, series = str(slices[0].StudyInstanceUID), (str(slices[0].SeriesInstanceUID),)
+    expected = result_uids(study, series, manifest.name, manifest.version, kind="SR")
+    assert (a.SeriesInstanceUID, a.SOPInstanceUID) == expected
+    seg_uids = result_uids(study, series, manifest.name, manifest.version, kind="SEG")
+    assert a.SOPInstanceUID not in seg_uids
+
+    def tracking(sr: Dataset) -> list[str]:
+        return [str(child(g, "DCM", "112040").UID) for g in groups(sr)]
+
+    assert tracking(a) == tracking(b)
+    c = build_sr(slices, result, manifest, "en", uid_root_seed="node-b")
+    assert c.SOPInstanceUID != a.SOPInstanceUID
+    assert set(tracking(c)).isdisjoint(tracking(a))
+
+
+def test_refusals_name_the_problem(slices: list[Dataset], manifest: mf.Manifest) -> None:
+    result = synthetic_result(slices, manifest)
+    with pytest.raises(ValueError, match="unknown language 'de'"):
+        build_sr(slices, result, manifest, "de")
+    with pytest.raises(EncodingError, match="not among the source images"):
+        build_sr(slices[:1], result, manifest, "en")
+    other = manifest.model_copy(update={"version": "9.9.9"})
+    with pytest.raises(ValueError, match="is not the model that produced"):
+        build_sr(slices, result, other, "en")
+    with pytest.raises(ValueError, match="source_datasets is empty"):
+        build_sr([], result, manifest, "en")
+
+
+def test_sr_of_the_bundled_bone_model_on_a_real_series(
+    slices: list[Dataset], tmp_path: Path
+) -> None:
+    """End to end: decode, run cds-ref-ct-bone, build SEG and SR, validate both."""
+    (model,) = ModelRegistry([MODELS / "cds-ref-ct-bone"], "cpu").load()
+    assert model.status == "ready", model.errors
+    assert model.manifest is not None
+    result = ModelRunner(model, DeviceSlots(1, 1)).run(decode(slices))
+    seg = build_seg(slices, result, model.manifest, "fr")
+    back = write_and_read(build_sr(slices, result, model.manifest, "fr", seg=seg), tmp_path)
+    (group,) = groups(back)
+    assert child(group, "DCM", "111002").TextValue == f"sha256={result.record.sha256}"
+    assert children(group, "DCM", "121191")
+    assert referenced_sops(group) <= {str(ds.SOPInstanceUID) for ds in slices}

@@ -1,0 +1,257 @@
+"""Grayscale Softcopy Presentation State (GSPS) of a model's findings, built with highdicom.
+
+Graphic annotations on the source images, in one layer named after the
+model: detection boxes as closed POLYLINE rectangles, segmentation masks as
+their bounding rectangles, and a TEXT label with the finding's display name
+(in the job's language) and score beside each. Classification scores become
+a TEXT line at the top of each image. The source's window, when it has one,
+is kept as the presentation's VOI LUT.
+
+The object says it is advisory (SeriesDescription prefix, ContentLabel,
+ContentDescription) and names the model (ManufacturerModelName, software
+version, SHA-256 as DeviceSerialNumber, as the SEG does). UIDs come from
+``result_uids`` with kind "GSPS".
+
+highdicom leaves out the General Series Laterality (Type 2C, required for
+paired body parts): it is copied from the source, else present and empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+from cds.errors import EncodingError
+from cds.inference import manifest as mf
+from cds.inference.postprocess import Finding, ImageRef
+from cds.inference.runner import InferenceResult
+from cds.results.sc import laterality
+from cds.results.seg import MANUFACTURER, result_uids
+from cds.results.text import texts
+
+RESULT_KIND = "GSPS"
+_LO = 64
+_LAYER = "CDS_AI"
+_PIXEL = hd.pr.AnnotationUnitsValues.PIXEL
+#: Type 2 Patient and Study attributes highdicom copies from the first image
+_TYPE2 = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _rectangle(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
+    """A closed rectangle (column, row) around inclusive pixel indices r0..r1, c0..c1.
+
+    Pixel (r, c) covers [c, c+1) x [r, r+1) in the PIXEL annotation units, whose
+    origin is the top left corner of the top left pixel.
+    """
+    left, top, right, bottom = c0, r0, c1 + 1, r1 + 1
+    return np.array(
+        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=float
+    )
+
+
+def _annotations_of(
+    finding: Finding, ref: ImageRef, lang: str, rows: int, columns: int
+) -> tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]:
+    where = finding.per_image[ref]
+    name = finding.label.display.get(lang)
+    graphics: list[hd.pr.GraphicObject] = []
+    text: list[hd.pr.TextObject] = []
+    boxes: list[tuple[tuple[float, float, float, float], float]] = []
+    if isinstance(where, np.ndarray):
+        r, c = np.nonzero(where)
+        if r.size:
+            boxes.append(((r.min(), c.min(), r.max(), c.max()), finding.score))
+    elif isinstance(where, list):
+        boxes = [(tuple(float(v) for v in b), float(s)) for b, s in where]  # type: ignore[misc]
+    else:
+        text.append(
+            hd.pr.TextObject(
+                f"{name} {float(where):.2f}"[:_LO],
+                units=_PIXEL,
+                anchor_point=(4.0, 4.0),
+                anchor_point_visible=False,
+            )
+        )
+    for (r0, c0, r1, c1), score in boxes:
+        graphics.append(
+            hd.pr.GraphicObject(
+                hd.pr.GraphicTypeValues.POLYLINE, _rectangle(r0, c0, r1, c1), units=_PIXEL
+            )
+        )
+        anchor = (min(float(c1) + 1.0, columns - 1.0), max(min(float(r0), rows - 1.0), 0.0))
+        text.append(
+            hd.pr.TextObject(
+                f"{name} {score:.2f}"[:_LO],
+                units=_PIXEL,
+                anchor_point=anchor,
+                anchor_point_visible=True,
+            )
+        )
+    return graphics, text
+
+
+def _plain_dashes(text: str) -> str:
+    """``text`` with '-' for em and en dashes.
+
+    DCMTK's dcmpschk checks LO values byte by byte as if they were Latin-1, and
+    the UTF-8 em dash (E2 80 94) holds bytes it takes for C1 control characters.
+    """
+    return text.replace("\u2014", "-").replace("\u2013", "-")
+
+
+def _index(sources: Sequence[Dataset]) -> dict[ImageRef, Dataset]:
+    index: dict[ImageRef, Dataset] = {}
+    for ds in sources:
+        for frame in range(1, int(ds.get("NumberOfFrames", 1) or 1) + 1):
+            index[ImageRef(str(ds.SOPInstanceUID), frame)] = ds
+    return index
+
+
+def _tolerant(ds: Dataset) -> Dataset:
+    """``ds``, or a copy with the Type 2 attributes it lacks added empty."""
+    missing = [kw for kw in _TYPE2 if kw not in ds]
+    if not missing:
+        return ds
+    fixed = Dataset()
+    fixed.update(ds)
+    if hasattr(ds, "file_meta"):
+        fixed.file_meta = ds.file_meta
+    for kw in missing:
+        setattr(fixed, kw, None)
+    return fixed
+
+
+def _voi(sources: Sequence[Dataset]) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
+    first = sources[0]
+    center, width = first.get("WindowCenter"), first.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    if isinstance(center, MultiValue):
+        center = center[0]
+    if isinstance(width, MultiValue):
+        width = width[0]
+    if float(width) < 1:
+        return None
+    return [
+        hd.pr.SoftcopyVOILUTTransformation(
+            window_center=float(center),
+            window_width=float(width),
+            referenced_images=hd.ReferencedImageSequence(referenced_images=list(sources)),
+        )
+    ]
+
+
+def _complete(gsps: Dataset) -> None:
+    """A source that says PatientIdentityRemoved YES without the method: say it is not stated."""
+    removed = str(gsps.get("PatientIdentityRemoved", "")).upper() == "YES"
+    if (
+        removed
+        and not gsps.get("DeidentificationMethod")
+        and not gsps.get("DeidentificationMethodCodeSequence")
+    ):
+        gsps.DeidentificationMethod = "not stated in the source images"
+
+
+def build_gsps(
+    source_datasets: Sequence[Dataset],
+    result: InferenceResult,
+    manifest: mf.Manifest,
+    lang: str,
+    *,
+    series_number: int = 903,
+    instance_number: int = 1,
+    uid_root_seed: str = "",
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """A GSPS drawing ``result``'s findings on ``source_datasets`` (single-frame images).
+
+    Raises EncodingError when no finding lies on the source images; ValueError
+    for an unknown language or a manifest that is not the result's model.
+    """
+    t = texts(lang)
+    rec = result.record
+    if (manifest.name, manifest.version) != (rec.model, rec.version):
+        raise ValueError(
+            f"manifest {manifest.name} {manifest.version} is not the model that produced "
+            f"the result ({rec.model} {rec.version})"
+        )
+    if not source_datasets:
+        raise ValueError("source_datasets is empty")
+    if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in source_datasets):
+        raise EncodingError("GSPS: multi-frame source images are not supported yet")
+    index = _index(source_datasets)
+    layer = hd.pr.GraphicLayer(
+        layer_name=_LAYER, order=1, description=f"{rec.model} {rec.version}"[:_LO]
+    )
+    annotations: list[hd.pr.GraphicAnnotation] = []
+    for ref in sorted(
+        {r for f in result.findings for r in f.per_image}, key=lambda r: (r.sop_uid, r.frame)
+    ):
+        if ref not in index:
+            raise EncodingError(
+                f"GSPS: a finding is on image {ref.sop_uid}, which is not among the source images"
+            )
+        ds = index[ref]
+        graphics: list[hd.pr.GraphicObject] = []
+        text: list[hd.pr.TextObject] = []
+        for f in result.findings:
+            if ref in f.per_image:
+                g, x = _annotations_of(f, ref, lang, int(ds.Rows), int(ds.Columns))
+                graphics += g
+                text += x
+        if not graphics and not text:
+            continue
+        annotations.append(
+            hd.pr.GraphicAnnotation(
+                referenced_images=[ds],
+                graphic_layer=layer,
+                graphic_objects=graphics or None,
+                text_objects=text or None,
+            )
+        )
+    if not annotations:
+        raise EncodingError(f"GSPS: {rec.model} {rec.version} has no finding to draw")
+
+    study_uid = str(source_datasets[0].StudyInstanceUID)
+    series_uids = rec.series_uids or (str(source_datasets[0].SeriesInstanceUID),)
+    series_uid, sop_uid = result_uids(
+        study_uid, series_uids, rec.model, rec.version, kind=RESULT_KIND, seed=uid_root_seed
+    )
+    referenced = [_tolerant(ds) for ds in source_datasets]
+    try:
+        gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+            referenced_images=referenced,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=rec.model[:_LO],
+            software_versions=rec.cds_version,
+            device_serial_number=(rec.sha256 or "unknown")[:_LO],
+            content_label=t.content_label,
+            content_description=_plain_dashes(t.banner)[:_LO],
+            graphic_annotations=annotations,
+            graphic_layers=[layer],
+            voi_lut_transformations=_voi(referenced),
+        )
+    except (ValueError, TypeError) as exc:
+        raise EncodingError(f"GSPS of {rec.model} {rec.version} is not valid: {exc}") from exc
+    gsps.SpecificCharacterSet = "ISO_IR 192"
+    gsps.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:_LO]
+    gsps.Laterality = laterality(source_datasets[0]) or ""  # empty: unknown
+    _complete(gsps)
+    return gsps

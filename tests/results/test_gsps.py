@@ -1,0 +1,143 @@
+"""issue 5: the advisory GSPS drawing a model's findings on the source images.
+
+Every GSPS is written, read back and run through dciodvfy (zero errors) and
+DCMTK's dcmpschk (no errors); boxes lie at their source pixels and carry labels.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from cds.errors import EncodingError
+from cds.inference import manifest as mf
+from cds.inference.postprocess import Finding, ImageRef
+from cds.inference.runner import InferenceResult
+from cds.results.gsps import build_gsps
+from cds.results.text import LANGS, texts
+from tests.results.test_seg import MODELS, SERIES, dciodvfy_errors, record
+
+DCMPSCHK = "/usr/bin/dcmpschk"
+BOX = (300, 100, 350, 180)  # row0, col0, row1, col1, inclusive
+
+
+@pytest.fixture(scope="module")
+def manifest() -> mf.Manifest:
+    return mf.load_manifest(MODELS / "cds-ref-ct-bone")
+
+
+@pytest.fixture(scope="module")
+def slices() -> list[Dataset]:
+    if not SERIES.is_dir():
+        pytest.skip(f"test series not found: {SERIES}")
+    return [pydicom.dcmread(p) for p in sorted(SERIES.glob("*.dcm"))[:3]]
+
+
+def _ref(ds: Dataset) -> ImageRef:
+    return ImageRef(str(ds.SOPInstanceUID), 1)
+
+
+def _result(slices: list[Dataset], manifest: mf.Manifest) -> InferenceResult:
+    label = manifest.output.labels[0]
+    mask = np.zeros((int(slices[0].Rows), int(slices[0].Columns)), dtype=bool)
+    mask[200:260, 210:300] = True
+    findings = [
+        Finding(label, 0.9, True, {_ref(slices[0]): mask}),
+        Finding(label, 0.8, True, {_ref(slices[1]): [(BOX, 0.75)]}),
+    ]
+    rec = record(manifest, str(slices[0].SeriesInstanceUID))
+    return InferenceResult(rec, "detection", findings, {}, [_ref(ds) for ds in slices])
+
+
+def _dcmpschk_errors(path: Path) -> list[str]:
+    if not Path(DCMPSCHK).exists():
+        pytest.skip(f"{DCMPSCHK} is not installed (DCMTK)")
+    proc = subprocess.run([DCMPSCHK, str(path)], capture_output=True, text=True, check=False)
+    return [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("E:")]
+
+
+def _write_and_read(gsps: Dataset, tmp_path: Path) -> Dataset:
+    path = tmp_path / "gsps.dcm"
+    gsps.save_as(path)
+    errors, _ = dciodvfy_errors(path)
+    assert errors == []
+    assert _dcmpschk_errors(path) == []
+    return pydicom.dcmread(path)
+
+
+def _annotation_of(back: Dataset, ds: Dataset) -> Dataset:
+    (item,) = [
+        a
+        for a in back.GraphicAnnotationSequence
+        if a.ReferencedImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    ]
+    return item
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_gsps_is_valid_and_advisory(
+    lang: str, slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    gsps = build_gsps(slices, _result(slices, manifest), manifest, lang)
+    back = _write_and_read(gsps, tmp_path)
+    t = texts(lang)
+    assert back.Modality == "PR"
+    assert back.SeriesDescription.startswith(t.series_prefix)
+    assert manifest.name in back.SeriesDescription
+    assert back.ContentLabel == t.content_label
+    assert back.ContentDescription == t.banner.replace("\u2014", "-")
+    assert back.ManufacturerModelName == manifest.name
+    assert (back.SeriesNumber, back.InstanceNumber) == (903, 1)
+    assert back.StudyInstanceUID == slices[0].StudyInstanceUID
+    assert "Laterality" in back  # Type 2C, which highdicom leaves out
+    # the labels are in the job's language
+    text = _annotation_of(back, slices[1]).TextObjectSequence[0].UnformattedTextValue
+    assert text == f"{manifest.output.labels[0].display.get(lang)} 0.75"
+
+
+def test_gsps_boxes_lie_at_their_source_pixels(
+    slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    back = _write_and_read(build_gsps(slices, _result(slices, manifest), manifest, "en"), tmp_path)
+    assert len(back.GraphicAnnotationSequence) == 2  # the third slice has no finding
+    r0, c0, r1, c1 = BOX
+    box = _annotation_of(back, slices[1]).GraphicObjectSequence[0]
+    assert box.GraphicType == "POLYLINE"
+    assert box.GraphicAnnotationUnits == "PIXEL"
+    points = np.array(box.GraphicData, dtype=float).reshape(-1, 2)  # (column, row)
+    assert points[0].tolist() == points[-1].tolist()  # closed
+    assert (points[:, 0].min(), points[:, 0].max()) == (c0, c1 + 1)
+    assert (points[:, 1].min(), points[:, 1].max()) == (r0, r1 + 1)
+    # the mask is drawn as its bounding rectangle
+    mask_box = _annotation_of(back, slices[0]).GraphicObjectSequence[0]
+    points = np.array(mask_box.GraphicData, dtype=float).reshape(-1, 2)
+    assert (points[:, 0].min(), points[:, 0].max()) == (210, 300)
+    assert (points[:, 1].min(), points[:, 1].max()) == (200, 260)
+
+
+def test_gsps_uids_are_deterministic(slices: list[Dataset], manifest: mf.Manifest) -> None:
+    result = _result(slices, manifest)
+    a = build_gsps(slices, result, manifest, "en")
+    b = build_gsps(slices, result, manifest, "fr")
+    assert (a.SeriesInstanceUID, a.SOPInstanceUID) == (b.SeriesInstanceUID, b.SOPInstanceUID)
+    c = build_gsps(slices, result, manifest, "en", uid_root_seed="other node")
+    assert c.SOPInstanceUID != a.SOPInstanceUID
+
+
+def test_gsps_refuses_nothing_to_draw_and_foreign_images(
+    slices: list[Dataset], manifest: mf.Manifest
+) -> None:
+    result = _result(slices, manifest)
+    empty = InferenceResult(result.record, "detection", [], {}, [])
+    with pytest.raises(EncodingError, match="no finding"):
+        build_gsps(slices, empty, manifest, "en")
+    with pytest.raises(EncodingError, match="not among the source images"):
+        build_gsps(slices[2:], result, manifest, "en")
+    other = manifest.model_copy(update={"version": "9.9.9"})
+    with pytest.raises(ValueError, match="not the model"):
+        build_gsps(slices, result, other, "en")

@@ -16,9 +16,13 @@ from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
+from cds.inference.images import decode
 from cds.inference.postprocess import Finding, ImageRef
-from cds.inference.runner import InferenceResult
+from cds.inference.registry import ModelRegistry
+from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.session import DeviceSlots
 from cds.results.gsps import build_gsps
+from cds.results.sc import build_sc
 from cds.results.text import LANGS, texts
 from tests.results.test_seg import MODELS, SERIES, dciodvfy_errors, record
 
@@ -141,3 +145,33 @@ def test_gsps_refuses_nothing_to_draw_and_foreign_images(
     other = manifest.model_copy(update={"version": "9.9.9"})
     with pytest.raises(ValueError, match="not the model"):
         build_gsps(slices, result, other, "en")
+
+
+def test_gsps_and_sc_of_the_bundled_blob_detector_on_a_real_series(
+    slices: list[Dataset], tmp_path: Path
+) -> None:
+    """End to end: decode, run cds-ref-blob-detect, draw its boxes (GSPS and SC), validate."""
+    (model,) = ModelRegistry([MODELS / "cds-ref-blob-detect"], "cpu").load()
+    assert model.status == "ready", model.errors
+    assert model.manifest is not None
+    result = ModelRunner(model, DeviceSlots(1, 1)).run(decode(slices))
+    on = [(ref, f) for f in result.findings for ref in f.per_image]
+    assert on, "the blob detector boxes something on the test slices"
+    back = _write_and_read(build_gsps(slices, result, model.manifest, "fr"), tmp_path)
+    drawn = {
+        a.ReferencedImageSequence[0].ReferencedSOPInstanceUID
+        for a in back.GraphicAnnotationSequence
+    }
+    assert drawn == {ref.sop_uid for ref, _ in on}
+    ref, finding = on[0]
+    (source,) = [ds for ds in slices if str(ds.SOPInstanceUID) == ref.sop_uid]
+    sc = build_sc(source, ref, result, model.manifest, "fr")
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path)
+    errors, _ = dciodvfy_errors(path)
+    assert errors == []
+    (r0, c0, r1, c1), _score = finding.per_image[ref][0]
+    pixels = pydicom.dcmread(path).pixel_array
+    for r, c in ((r0, c0), (r1, c1)):
+        corner = pixels[int(r), int(c)]
+        assert not corner[0] == corner[1] == corner[2]  # coloured: the outline is there

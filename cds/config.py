@@ -129,6 +129,15 @@ class RoutingSettings(_Section):
     )
 
 
+class ResultsSettings(_Section):
+    language: Literal["en", "fr"] = Field(
+        "en", description="language of every text in result objects (both first-class)"
+    )
+    path: Path | None = Field(
+        None, description="where result objects are kept (default: <home>/results)"
+    )
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -152,6 +161,7 @@ class Settings(BaseSettings):
     assembly: AssemblySettings = AssemblySettings()
     inference: InferenceSettings = InferenceSettings()
     routing: RoutingSettings = RoutingSettings()
+    results: ResultsSettings = ResultsSettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -175,6 +185,10 @@ class Settings(BaseSettings):
         return (
             self.store.sqlite_path if self.store.sqlite_path is not None else self.home / "state.db"
         )
+
+    @property
+    def results_path(self) -> Path:
+        return self.results.path if self.results.path is not None else self.home / "results"
 
     def quiet_time_for(self, calling_ae: str) -> float:
         return self.assembly.quiet_time_by_calling_ae.get(

@@ -12,11 +12,15 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from pydicom import dcmread
+
 from cds.domain import JobState, StudyState
 from cds.errors import CdsError
 from cds.inference.images import decode
+from cds.inference.manifest import Manifest
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
+from cds.results.encode import encode, write_results
 from cds.routing.router import (
     PipelinePlan,
     RuleVerdict,
@@ -164,6 +168,30 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
     node.store.set_study_state(study_key, state, f"{len(runs)} pipeline(s), {failed} failed")
 
 
+def _encode(
+    node: Node,
+    study_key: str,
+    series: SeriesHeader,
+    result: InferenceResult,
+    *,
+    manifest: Manifest | None,
+    kinds: list[str],
+) -> None:
+    """Build the pipeline's result objects and keep them durably (delivery reads them)."""
+    if manifest is None or not kinds:
+        return
+    sources = [dcmread(f) for f in series.files]
+    objects, skipped = encode(sources, result, manifest, kinds, node.settings.results.language)
+    paths = write_results(node.settings.results_path, study_key, objects)
+    made = ", ".join(f"{ds.Modality} {ds.SeriesDescription!s}"[:80] for ds in objects[:4])
+    node.store.record_event(
+        study_key,
+        "encoded",
+        f"{len(paths)} object(s): {made}{' ...' if len(objects) > 4 else ''}"
+        + (f"; skipped {'; '.join(skipped)}" if skipped else ""),
+    )
+
+
 def _run_jobs(
     node: Node,
     study_key: str,
@@ -189,6 +217,7 @@ def _run_jobs(
                 if s.series_uid in rule.selected:
                     result = runner.run(decode(s.files))
                     node.store.record_event(study_key, "inferred", _summary(result))
+                    _encode(node, study_key, s, result, manifest=model.manifest, kinds=p.results)
         except Exception as exc:  # recorded on the job; the study goes on
             failed += 1
             node.store.set_job_state(

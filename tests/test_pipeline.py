@@ -3,9 +3,12 @@ an invalid routing file is refused and the previous rules stay in force."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 from pynetdicom import AE
 
@@ -85,6 +88,23 @@ def test_completed_study_runs_its_routed_models(tmp_path: Path, ct_files: list[P
         assert "routed: rule 'head CT' -> bone (run)" in text
         assert "inferred: cds-ref-ct-bone 1.0.0 sha256 140b2b0c37ed on CPU: 6 images" in text
         assert "Bone structure present" in text
+        # issue 5: the pipelines' result objects are kept durably, valid, advisory
+        out = node.settings.results_path / s.study_key
+        kinds = {p.parent.name: p for p in out.glob("*/*.dcm")}
+        assert set(kinds) == {"SEG", "SR", "PR"}, sorted(out.rglob("*"))
+        assert "encoded: 2 object(s): SEG AI ADVISORY" in text
+        assert "encoded: 1 object(s): PR AI ADVISORY" in text
+        for path in kinds.values():
+            ds = pydicom.dcmread(path)
+            assert str(ds.SeriesDescription).startswith("AI ADVISORY")
+            if shutil.which("dciodvfy"):
+                res = subprocess.run(
+                    ["dciodvfy", str(path)], check=False, capture_output=True, text=True
+                )
+                errors = [
+                    x for x in (res.stdout + res.stderr).splitlines() if x.startswith("Error")
+                ]
+                assert errors == [], (path, errors)
     finally:
         node.stop()
 

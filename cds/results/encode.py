@@ -54,16 +54,13 @@ def encode(
         except EncodingError as exc:
             skipped.append(f"GSPS: {exc}")
     if "SC" in kinds:
-        by_ref = {(str(d.SOPInstanceUID), 1): d for d in sources}
+        by_uid = {str(d.SOPInstanceUID): d for d in sources}
         refs = [r for f in result.findings if f.present for r in f.per_image]
         for n, ref in enumerate(dict.fromkeys(refs)):
             if n == MAX_SC:
                 skipped.append(f"SC: only the first {MAX_SC} images with findings")
                 break
-            src = by_ref.get((ref.sop_uid, 1)) or next(
-                (d for d in sources if str(d.SOPInstanceUID) == ref.sop_uid), None
-            )
-            if src is not None:
+            if (src := by_uid.get(ref.sop_uid)) is not None:
                 objects.append(
                     build_sc(
                         src,

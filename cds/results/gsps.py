@@ -29,26 +29,14 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
+from cds.results.common import MANUFACTURER, complete, result_uids, tolerant
 from cds.results.sc import laterality
-from cds.results.seg import MANUFACTURER, result_uids
 from cds.results.text import texts
 
 RESULT_KIND = "GSPS"
 _LO = 64
 _LAYER = "CDS_AI"
 _PIXEL = hd.pr.AnnotationUnitsValues.PIXEL
-#: Type 2 Patient and Study attributes highdicom copies from the first image
-_TYPE2 = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 
 
 def _rectangle(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
@@ -121,20 +109,6 @@ def _index(sources: Sequence[Dataset]) -> dict[ImageRef, Dataset]:
     return index
 
 
-def _tolerant(ds: Dataset) -> Dataset:
-    """``ds``, or a copy with the Type 2 attributes it lacks added empty."""
-    missing = [kw for kw in _TYPE2 if kw not in ds]
-    if not missing:
-        return ds
-    fixed = Dataset()
-    fixed.update(ds)
-    if hasattr(ds, "file_meta"):
-        fixed.file_meta = ds.file_meta
-    for kw in missing:
-        setattr(fixed, kw, None)
-    return fixed
-
-
 def _voi(sources: Sequence[Dataset]) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
     first = sources[0]
     center, width = first.get("WindowCenter"), first.get("WindowWidth")
@@ -153,17 +127,6 @@ def _voi(sources: Sequence[Dataset]) -> list[hd.pr.SoftcopyVOILUTTransformation]
             referenced_images=hd.ReferencedImageSequence(referenced_images=list(sources)),
         )
     ]
-
-
-def _complete(gsps: Dataset) -> None:
-    """A source that says PatientIdentityRemoved YES without the method: say it is not stated."""
-    removed = str(gsps.get("PatientIdentityRemoved", "")).upper() == "YES"
-    if (
-        removed
-        and not gsps.get("DeidentificationMethod")
-        and not gsps.get("DeidentificationMethodCodeSequence")
-    ):
-        gsps.DeidentificationMethod = "not stated in the source images"
 
 
 def build_gsps(
@@ -230,7 +193,7 @@ def build_gsps(
     series_uid, sop_uid = result_uids(
         study_uid, series_uids, rec.model, rec.version, kind=RESULT_KIND, seed=uid_root_seed
     )
-    referenced = [_tolerant(ds) for ds in source_datasets]
+    referenced = [tolerant(ds) for ds in source_datasets]
     try:
         gsps = hd.pr.GrayscaleSoftcopyPresentationState(
             referenced_images=referenced,
@@ -253,5 +216,5 @@ def build_gsps(
     gsps.SpecificCharacterSet = "ISO_IR 192"
     gsps.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:_LO]
     gsps.Laterality = laterality(source_datasets[0]) or ""  # empty: unknown
-    _complete(gsps)
+    complete(gsps)
     return gsps

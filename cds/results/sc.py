@@ -31,7 +31,7 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
-from cds.results.seg import MANUFACTURER, result_uids
+from cds.results.common import MANUFACTURER, result_uids
 from cds.results.text import texts
 
 RESULT_KIND = "SC"
@@ -41,8 +41,7 @@ _COLOURS = ((255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 200, 0), (255, 0
 _BANNER_BG = (0, 0, 0)
 _BANNER_FG = (255, 255, 0)
 _FILL_ALPHA = 0.3
-#: Type 2 Patient and Study attributes copied from the source (empty when it has none)
-_COPIED = (
+TYPE2_COPIED = (
     "PatientID",
     "PatientName",
     "PatientBirthDate",
@@ -268,8 +267,8 @@ def _orientation(ds: Dataset) -> tuple[str, str]:
 
 def _tolerant(ds: Dataset) -> Dataset:
     fixed = Dataset()
-    fixed.update({e.tag: e for e in ds if e.keyword in (*_COPIED, "StudyInstanceUID")})
-    for kw in _COPIED:
+    fixed.update({e.tag: e for e in ds if e.keyword in (*TYPE2_COPIED, "StudyInstanceUID")})
+    for kw in TYPE2_COPIED:
         if kw not in fixed:
             setattr(fixed, kw, None)
     fixed.StudyInstanceUID = ds.StudyInstanceUID

@@ -20,7 +20,7 @@ that overwrites the other.
 
 from __future__ import annotations
 
-import uuid
+import functools
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -32,11 +32,13 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
+from cds.results import common
+from cds.results.common import MANUFACTURER, complete, tolerant
 from cds.results.text import texts
 
 RESULT_KIND = "SEG"
-PRIVATE_SCHEME = "99CDS"
-MANUFACTURER = "cds"
+#: the shared UID derivation, with this builder's kind by default
+result_uids = functools.partial(common.result_uids, kind=RESULT_KIND)
 
 _ANATOMY = hd.sr.CodedConcept("91723000", "SCT", "Anatomical structure")
 _ABNORMAL = hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
@@ -46,48 +48,6 @@ _AI = hd.sr.CodedConcept(
     codes.DCM.ArtificialIntelligence.meaning,
 )
 _LO = 64
-_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cds.invalid/dicom/result-uid")
-_SEP = "\x1f"  # ASCII unit separator
-#: Type 2 Patient and General Study attributes highdicom copies from the first source image
-_TYPE2_COPIED = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-)
-
-
-def result_uids(
-    study_uid: str,
-    series_uids: Sequence[str],
-    model: str,
-    version: str,
-    *,
-    kind: str = RESULT_KIND,
-    seed: str = "",
-) -> tuple[str, str]:
-    """(Series Instance UID, SOP Instance UID) of a result: the same inputs give the same UIDs.
-
-    ``seed`` (e.g. the node's identity) keeps two installations from minting the
-    same UIDs for their own objects; it defaults to none.
-    """
-    base = [seed, study_uid, *sorted(series_uids), model, version, kind]
-    return _derived_uid([*base, "series"]), _derived_uid([*base, "instance"])
-
-
-def _derived_uid(parts: Sequence[str]) -> str:
-    """A '2.25.' UID from a name-based (SHA-1, version 5) UUID of ``parts``.
-
-    Not ``generate_uid(prefix=None, entropy_srcs=...)``: pydicom ignores the
-    entropy when there is no prefix and returns a random UUID. The parts are
-    joined with a separator no UID or model name holds, so ('ab', 'c') and
-    ('a', 'bc') stay apart.
-    """
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, _SEP.join(parts)).int}"
 
 
 def _coded(code: mf.Code) -> hd.sr.CodedConcept:
@@ -111,64 +71,6 @@ def segment_category(code: mf.Code) -> hd.sr.CodedConcept:
 
 def _has_mask(finding: Finding) -> bool:
     return any(isinstance(m, np.ndarray) and m.any() for m in finding.per_image.values())
-
-
-def _tolerant(ds: Dataset) -> Dataset:
-    """``ds``, or a copy with the Type 2 attributes a scanner left out added empty.
-
-    Real series omit some of them (PatientBirthDate, AccessionNumber); the SEG
-    must carry them, empty when unknown. The caller's dataset is not changed.
-    """
-    missing = [kw for kw in _TYPE2_COPIED if kw not in ds]
-    if not missing:
-        return ds
-    fixed = Dataset()
-    fixed.update(ds)
-    if hasattr(ds, "file_meta"):
-        fixed.file_meta = ds.file_meta
-    for kw in missing:
-        setattr(fixed, kw, None)
-    return fixed
-
-
-def _complete(seg: hd.seg.Segmentation, manifest: mf.Manifest) -> None:
-    """Repairs of what highdicom copies or leaves out, keeping the object valid.
-
-    - a source that says PatientIdentityRemoved YES without naming the method
-      (DeidentificationMethod empty) makes the copy invalid (Type 1C): say the
-      method is not stated, rather than invent one;
-    - codes of the cds private scheme (99CDS) are declared in the Coding Scheme
-      Identification Sequence, as PS3.3 C.12.1.1.8 asks of a private scheme.
-    """
-    removed = str(seg.get("PatientIdentityRemoved", "")).upper() == "YES"
-    if (
-        removed
-        and not seg.get("DeidentificationMethod")
-        and not seg.get("DeidentificationMethodCodeSequence")
-    ):
-        seg.DeidentificationMethod = "not stated in the source images"
-    if PRIVATE_SCHEME in _schemes(seg):
-        item = Dataset()
-        item.CodingSchemeDesignator = PRIVATE_SCHEME
-        item.CodingSchemeName = "cds private codes"
-        item.CodingSchemeResponsibleOrganization = manifest.manufacturer[:_LO]
-        declared = [
-            i
-            for i in seg.get("CodingSchemeIdentificationSequence", [])
-            if i.get("CodingSchemeDesignator") != PRIVATE_SCHEME
-        ]
-        seg.CodingSchemeIdentificationSequence = [*declared, item]
-
-
-def _schemes(ds: Dataset) -> set[str]:
-    found: set[str] = set()
-    for elem in ds:
-        if elem.VR == "SQ":
-            for item in elem.value:
-                found |= _schemes(item)
-        elif elem.keyword == "CodingSchemeDesignator":
-            found.add(str(elem.value))
-    return found
 
 
 def _frame_index(sources: Sequence[Dataset]) -> dict[ImageRef, int]:
@@ -221,7 +123,7 @@ def _pixel_array(
                 )
             array[row_of[frame], :, :, s] = mask
     referenced = list(sources) if multiframe else [sources[i] for i in keep]
-    return [_tolerant(ds) for ds in referenced], array
+    return [tolerant(ds) for ds in referenced], array
 
 
 def build_seg(
@@ -310,5 +212,5 @@ def build_seg(
         )
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"SEG of {rec.model} {rec.version} is not valid: {exc}") from exc
-    _complete(seg, manifest)
+    complete(seg, manifest.manufacturer)
     return seg

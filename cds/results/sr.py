@@ -35,7 +35,7 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
-from cds.results.seg import MANUFACTURER, _complete, _tolerant, result_uids
+from cds.results.common import MANUFACTURER, complete, result_uids, tolerant
 from cds.results.text import texts
 
 RESULT_KIND = "SR"
@@ -330,7 +330,7 @@ def build_sr(
         report[0].ContentSequence.append(advisory)
         # highdicom copies Type 2 patient/study attributes from the first; a scanner may omit some
         evidence = [
-            _tolerant(first),
+            tolerant(first),
             *source_datasets[1:],
             *([seg] if seg is not None else []),
         ]
@@ -354,5 +354,5 @@ def build_sr(
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"SR of {rec.model} {rec.version} is not valid: {exc}") from exc
     # the SEG's repairs (de-identification method, 99CDS declared) use only Dataset operations
-    _complete(sr, manifest)  # type: ignore[arg-type]
+    complete(sr, manifest.manufacturer)
     return sr

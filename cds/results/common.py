@@ -1,0 +1,114 @@
+"""What every result builder shares: deterministic UIDs, the repairs of copied source
+attributes, and the cds private coding scheme."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+MANUFACTURER = "cds"
+PRIVATE_SCHEME = "99CDS"
+_LO = 64
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cds.invalid/dicom/result-uid")
+_SEP = "\x1f"  # ASCII unit separator
+#: Type 2 Patient and General Study attributes the builders copy from the source images
+TYPE2_COPIED = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def result_uids(
+    study_uid: str,
+    series_uids: Sequence[str],
+    model: str,
+    version: str,
+    *,
+    kind: str,
+    seed: str = "",
+) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of a result: the same inputs give the same UIDs.
+
+    ``seed`` (e.g. the node's identity) keeps two installations from minting the
+    same UIDs for their own objects; it defaults to none.
+    """
+    base = [seed, study_uid, *sorted(series_uids), model, version, kind]
+    return _derived_uid([*base, "series"]), _derived_uid([*base, "instance"])
+
+
+def _derived_uid(parts: Sequence[str]) -> str:
+    """A '2.25.' UID from a name-based (SHA-1, version 5) UUID of ``parts``.
+
+    Not ``generate_uid(prefix=None, entropy_srcs=...)``: pydicom ignores the
+    entropy when there is no prefix and returns a random UUID. The parts are
+    joined with a separator no UID or model name holds, so ('ab', 'c') and
+    ('a', 'bc') stay apart.
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, _SEP.join(parts)).int}"
+
+
+def tolerant(ds: Dataset) -> Dataset:
+    """``ds``, or a copy with the Type 2 attributes a scanner left out added empty.
+
+    Real series omit some of them (PatientBirthDate, AccessionNumber); results
+    must carry them, empty when unknown. The caller's dataset is not changed.
+    """
+    missing = [kw for kw in TYPE2_COPIED if kw not in ds]
+    if not missing:
+        return ds
+    fixed = Dataset()
+    fixed.update(ds)
+    if hasattr(ds, "file_meta"):
+        fixed.file_meta = ds.file_meta
+    for kw in missing:
+        setattr(fixed, kw, None)
+    return fixed
+
+
+def complete(obj: Dataset, organization: str | None = None) -> None:
+    """Repairs of what highdicom copies or leaves out, keeping the object valid.
+
+    - a source that says PatientIdentityRemoved YES without naming the method
+      (DeidentificationMethod empty) makes the copy invalid (Type 1C): say the
+      method is not stated, rather than invent one;
+    - with ``organization``, codes of the cds private scheme (99CDS) are declared in
+      the Coding Scheme Identification Sequence, as PS3.3 C.12.1.1.8 asks.
+    """
+    removed = str(obj.get("PatientIdentityRemoved", "")).upper() == "YES"
+    if (
+        removed
+        and not obj.get("DeidentificationMethod")
+        and not obj.get("DeidentificationMethodCodeSequence")
+    ):
+        obj.DeidentificationMethod = "not stated in the source images"
+    if organization is not None and PRIVATE_SCHEME in _schemes(obj):
+        item = Dataset()
+        item.CodingSchemeDesignator = PRIVATE_SCHEME
+        item.CodingSchemeName = "cds private codes"
+        item.CodingSchemeResponsibleOrganization = organization[:_LO]
+        declared = [
+            i
+            for i in obj.get("CodingSchemeIdentificationSequence", [])
+            if i.get("CodingSchemeDesignator") != PRIVATE_SCHEME
+        ]
+        obj.CodingSchemeIdentificationSequence = [*declared, item]
+
+
+def _schemes(ds: Dataset) -> set[str]:
+    found: set[str] = set()
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                found |= _schemes(item)
+        elif elem.keyword == "CodingSchemeDesignator":
+            found.add(str(elem.value))
+    return found

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cds import __version__
+from cds import __version__, cli_demo, cli_process
 from cds.cli_admin import jobs_app, queue_cmd, studies_app
 from cds.config import Settings, load_settings
 from cds.domain import StudyState
@@ -401,6 +401,10 @@ def route_explain(
         typer.echo(f"skipped {line}")
     if not studies:
         raise _fail("no DICOM study found in the given paths", 1)
+
+
+cli_process.register(app)
+cli_demo.register(app)
 
 
 def main() -> None:

@@ -148,3 +148,14 @@ class QueueStats:
     oldest_queued_at: float | None  # created_at of the oldest queued job
     studies_receiving: int
     studies_complete_waiting: int  # complete, not yet picked up by processing
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRef:
+    """Where one result object sits in the DICOM model: enough to reference it from a
+    later SR (Predecessor Documents) or to withdraw it (IOCM rejection KOS)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str

@@ -7,17 +7,21 @@ objects and delivering them (issue 5) plug in after the inference here.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 
-from cds.domain import JobState, StudyState
+from cds.domain import JobState, ResultRef, StudyState
 from cds.errors import CdsError
 from cds.inference.images import decode
-from cds.inference.manifest import Manifest
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
 from cds.results.encode import encode, write_results
@@ -168,27 +172,64 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
     node.store.set_study_state(study_key, state, f"{len(runs)} pipeline(s), {failed} failed")
 
 
-def _encode(
-    node: Node,
-    study_key: str,
-    series: SeriesHeader,
-    result: InferenceResult,
+@dataclass
+class SeriesOutcome:
+    """What one model did on one series: the inference, the objects encoded, and why
+    any requested kind was not encoded."""
+
+    result: InferenceResult
+    objects: list[Dataset]
+    skipped: list[str]
+
+
+def inputs_seed(files: Sequence[Path]) -> str:
+    """A digest of the input instances (their SOP Instance UIDs) for result UIDs.
+
+    The same inputs and model version give the same result UIDs (a resend or a
+    re-run creates no duplicate in the PACS); a late instance gives new UIDs, and
+    the new result supersedes the old one.
+    """
+    uids = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+    return hashlib.sha256("\\".join(uids).encode()).hexdigest()[:32]
+
+
+def process_series(
+    runner: ModelRunner,
+    files: Sequence[Path],
+    kinds: Sequence[str],
+    lang: str,
     *,
-    manifest: Manifest | None,
-    kinds: list[str],
-) -> None:
-    """Build the pipeline's result objects and keep them durably (delivery reads them)."""
-    if manifest is None or not kinds:
-        return
-    sources = [dcmread(f) for f in series.files]
-    objects, skipped = encode(sources, result, manifest, kinds, node.settings.results.language)
-    paths = write_results(node.settings.results_path, study_key, objects)
-    made = ", ".join(f"{ds.Modality} {ds.SeriesDescription!s}"[:80] for ds in objects[:4])
+    predecessors: Sequence[ResultRef] = (),
+) -> SeriesOutcome:
+    """Run the model on one series and encode the result objects of ``kinds``.
+
+    Shared by the node (``run_study``) and the offline mode (``cds process``): the
+    only difference between them is where the files come from and where the
+    objects go.
+    """
+    result = runner.run(decode(list(files)))
+    if not kinds:
+        return SeriesOutcome(result, [], [])
+    sources = [dcmread(f) for f in files]
+    objects, skipped = encode(
+        sources,
+        result,
+        runner.manifest,
+        kinds,
+        lang,
+        seed=inputs_seed(files),
+        predecessors=predecessors,
+    )
+    return SeriesOutcome(result, objects, skipped)
+
+
+def _encoded_event(node: Node, study_key: str, out: SeriesOutcome, paths: list[Path]) -> None:
+    made = ", ".join(f"{ds.Modality} {ds.SeriesDescription!s}"[:80] for ds in out.objects[:4])
     node.store.record_event(
         study_key,
         "encoded",
-        f"{len(paths)} object(s): {made}{' ...' if len(objects) > 4 else ''}"
-        + (f"; skipped {'; '.join(skipped)}" if skipped else ""),
+        f"{len(paths)} object(s): {made}{' ...' if len(out.objects) > 4 else ''}"
+        + (f"; skipped {'; '.join(out.skipped)}" if out.skipped else ""),
     )
 
 
@@ -215,9 +256,10 @@ def _run_jobs(
             runner = ModelRunner(model, node.models.slots)
             for s in series:
                 if s.series_uid in rule.selected:
-                    result = runner.run(decode(s.files))
-                    node.store.record_event(study_key, "inferred", _summary(result))
-                    _encode(node, study_key, s, result, manifest=model.manifest, kinds=p.results)
+                    out = process_series(runner, s.files, p.results, node.settings.results.language)
+                    node.store.record_event(study_key, "inferred", _summary(out.result))
+                    paths = write_results(node.settings.results_path, study_key, out.objects)
+                    _encoded_event(node, study_key, out, paths)
         except Exception as exc:  # recorded on the job; the study goes on
             failed += 1
             node.store.set_job_state(

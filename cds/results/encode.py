@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from cds.domain import ResultRef
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.runner import InferenceResult
@@ -35,8 +36,13 @@ def encode(
     lang: str,
     *,
     seed: str = "",
+    predecessors: Sequence[ResultRef] = (),
 ) -> tuple[list[Dataset], list[str]]:
-    """The objects of ``kinds`` (SEG, SR, GSPS, SC) and a note per kind skipped."""
+    """The objects of ``kinds`` (SEG, SR, GSPS, SC) and a note per kind skipped.
+
+    ``predecessors``: the current result objects of an earlier run on the same
+    series that these replace (the SR names them in its Predecessor Documents).
+    """
     objects: list[Dataset] = []
     skipped: list[str] = []
     seg: Dataset | None = None
@@ -47,7 +53,17 @@ def encode(
         except EncodingError as exc:
             skipped.append(f"SEG: {exc}")
     if "SR" in kinds:
-        objects.append(build_sr(sources, result, manifest, lang, seg=seg, uid_root_seed=seed))
+        objects.append(
+            build_sr(
+                sources,
+                result,
+                manifest,
+                lang,
+                seg=seg,
+                uid_root_seed=seed,
+                predecessors=predecessors,
+            )
+        )
     if "GSPS" in kinds:
         try:
             objects.append(build_gsps(sources, result, manifest, lang, uid_root_seed=seed))

@@ -31,6 +31,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from cds.domain import ResultRef
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
@@ -202,6 +203,7 @@ def build_sr(
     series_number: int = 902,
     instance_number: int = 1,
     uid_root_seed: str | None = None,
+    predecessors: Sequence[ResultRef] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 Measurement Report of ``result`` on ``source_datasets``.
 
@@ -209,7 +211,8 @@ def build_sr(
     findings then reference their segment. Raises ValueError for an unknown
     language, a manifest that is not the result's model or no source images;
     EncodingError when the result does not fit the sources (or the SEG) or the
-    object would not be valid.
+    object would not be valid. ``predecessors``: the result objects of an earlier
+    run this SR replaces (Predecessor Documents Sequence).
     """
     t = texts(lang)
     rec = result.record
@@ -355,4 +358,30 @@ def build_sr(
         raise EncodingError(f"SR of {rec.model} {rec.version} is not valid: {exc}") from exc
     # the SEG's repairs (de-identification method, 99CDS declared) use only Dataset operations
     complete(sr, manifest.manufacturer)
+    if predecessors:
+        sr.PredecessorDocumentsSequence = _hierarchical(predecessors)
     return sr
+
+
+def _hierarchical(refs: Sequence[ResultRef]) -> list[Dataset]:
+    """SOP Instance Reference Macro items (study > series > SOP) for ``refs``."""
+    studies: dict[str, dict[str, list[ResultRef]]] = {}
+    for r in refs:
+        studies.setdefault(r.study_uid, {}).setdefault(r.series_uid, []).append(r)
+    items = []
+    for study_uid, series in studies.items():
+        study = Dataset()
+        study.StudyInstanceUID = study_uid
+        study.ReferencedSeriesSequence = []
+        for series_uid, sops in series.items():
+            item = Dataset()
+            item.SeriesInstanceUID = series_uid
+            item.ReferencedSOPSequence = []
+            for r in sops:
+                sop = Dataset()
+                sop.ReferencedSOPClassUID = r.sop_class_uid
+                sop.ReferencedSOPInstanceUID = r.sop_uid
+                item.ReferencedSOPSequence.append(sop)
+            study.ReferencedSeriesSequence.append(item)
+        items.append(study)
+    return items

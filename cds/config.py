@@ -138,6 +138,24 @@ class ResultsSettings(_Section):
     )
 
 
+class DeliverySettings(_Section):
+    """Sending result objects back (C-STORE SCU) to the routing file's destinations."""
+
+    calling_ae_title: AETitle | None = Field(
+        None, description="our AE title when we send (default: dicom.ae_title)"
+    )
+    max_attempts: int = Field(
+        8, ge=1, le=1000, description="tries before a delivery goes to the dead letter"
+    )
+    backoff_initial_s: Seconds = Field(5.0, description="wait after the first failed try")
+    backoff_max_s: Seconds = Field(600.0, description="longest wait between tries")
+    poll_interval_s: Seconds = Field(1.0, description="how often the outbox is looked at")
+    timeout_s: Seconds = Field(
+        30.0, description="connect, association and C-STORE response timeout"
+    )
+    batch_size: int = Field(200, ge=1, le=10_000, description="objects per association at most")
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -162,6 +180,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     routing: RoutingSettings = RoutingSettings()
     results: ResultsSettings = ResultsSettings()
+    delivery: DeliverySettings = DeliverySettings()
     log: LogSettings = LogSettings()
 
     @classmethod

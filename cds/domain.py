@@ -148,6 +148,9 @@ class QueueStats:
     oldest_queued_at: float | None  # created_at of the oldest queued job
     studies_receiving: int
     studies_complete_waiting: int  # complete, not yet picked up by processing
+    deliveries_pending: int = 0  # result objects waiting to be sent (or retried)
+    deliveries_dead: int = 0  # gave up after the last try: the admin's to retry
+    oldest_pending_delivery_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +162,66 @@ class ResultRef:
     series_uid: str
     sop_uid: str
     sop_class_uid: str
+
+
+class ResultState(enum.StrEnum):
+    """A result object is ``current`` until a newer run on the same inputs replaces it
+    (``superseded``: withdrawn by a rejection note). A ``rejection`` is that note."""
+
+    CURRENT = "current"
+    SUPERSEDED = "superseded"
+    REJECTION = "rejection"
+
+
+@dataclass(frozen=True, slots=True)
+class ResultObject:
+    """One result object the node wrote (under the results folder) for a study."""
+
+    sop_uid: str
+    study_key: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+    path: str  # relative to the results folder
+    job_kind: str  # "<pipeline>:<model>" of the job that made it
+    source_series_uid: str  # the input series ("" for a rejection note)
+    model_version: str
+    inputs_seed: str  # digest of the input SOP Instance UIDs (see pipeline.inputs_seed)
+    state: ResultState
+    created_at: float
+    superseded_at: float | None = None
+
+    @property
+    def ref(self) -> ResultRef:
+        return ResultRef(self.study_uid, self.series_uid, self.sop_uid, self.sop_class_uid)
+
+
+class DeliveryState(enum.StrEnum):
+    """pending -> delivered | dead; dead -> pending when the admin retries;
+    pending -> cancelled when its object was superseded before it left."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One result object to one configured destination (the outbox row)."""
+
+    delivery_id: str
+    study_key: str
+    sop_uid: str
+    sop_class_uid: str
+    modality: str
+    path: str  # relative to the results folder
+    destination: str  # the routing file's destination name
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None

@@ -21,6 +21,7 @@ from pydicom import dcmread
 
 from cds import __version__
 from cds.config import Settings
+from cds.delivery.worker import DeliveryWorker
 from cds.domain import JobState, StudyState
 from cds.errors import CdsError, ConfigError, IngestError
 from cds.executor import Executor, InProcessExecutor
@@ -81,6 +82,13 @@ class Node:
             settings.home / "disabled_models.json",
             settings.routing.reload_interval_s,
         )
+        self.delivery = DeliveryWorker(
+            self.store,
+            settings.delivery,
+            settings.results_path,
+            lambda: self.routing.rules.destinations,
+            settings.dicom.ae_title,
+        )
         self._consumers: list[StudyConsumer] = [self._run_pipelines]
         self.listener.on_association_end = self._association_ended
         self.started_at: float | None = None
@@ -122,6 +130,7 @@ class Node:
             raise ConfigError(self.routing.last_errors, str(self.settings.routing.file))
         self.listener.start()
         self.assembler.start()
+        self.delivery.start()  # what a stop left in the outbox goes out now
         self.started_at = time.time()
         log.info("node.started", version=__version__, home=str(self.settings.home))
         self.resume()
@@ -156,6 +165,7 @@ class Node:
         self.routing.stop()
         self.listener.stop()
         self.executor.shutdown(wait=True)
+        self.delivery.stop()  # after the executor: the last results are queued
         self.store.close()
         log.info("node.stopped")
 
@@ -233,6 +243,7 @@ class Node:
                 "below_watermark": space.below_watermark,
             },
             "assembly": {"running": self.assembler.running},
+            "delivery": {"running": self.delivery.running},
             "models": [
                 {
                     "name": m.name,

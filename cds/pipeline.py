@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from cds.domain import JobState, ResultRef, StudyState
+from cds.domain import JobState, ResultObject, ResultRef, ResultState, StudyState
 from cds.errors import CdsError
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
@@ -200,6 +200,7 @@ def process_series(
     lang: str,
     *,
     predecessors: Sequence[ResultRef] = (),
+    seed: str | None = None,
 ) -> SeriesOutcome:
     """Run the model on one series and encode the result objects of ``kinds``.
 
@@ -217,7 +218,7 @@ def process_series(
         runner.manifest,
         kinds,
         lang,
-        seed=inputs_seed(files),
+        seed=inputs_seed(files) if seed is None else seed,
         predecessors=predecessors,
     )
     return SeriesOutcome(result, objects, skipped)
@@ -231,6 +232,73 @@ def _encoded_event(node: Node, study_key: str, out: SeriesOutcome, paths: list[P
         f"{len(paths)} object(s): {made}{' ...' if len(out.objects) > 4 else ''}"
         + (f"; skipped {'; '.join(out.skipped)}" if out.skipped else ""),
     )
+
+
+def _run_series(
+    node: Node,
+    study_key: str,
+    job_kind: str,
+    plan: PipelinePlan,
+    *,
+    runner: ModelRunner,
+    series: SeriesHeader,
+) -> None:
+    """Infer, encode, keep the objects durably, then queue them for delivery (outbox).
+
+    A second run on the same inputs with the same model version makes the same
+    objects (same UIDs): nothing is superseded and nothing already delivered is
+    sent again. Otherwise (late instances, another model version) the new
+    objects supersede the current ones: the new SR lists the old SR as its
+    predecessor, and the old objects are withdrawn by a rejection note.
+    """
+    seed = inputs_seed(series.files)
+    version = runner.manifest.version
+    prev = node.store.current_results(study_key, job_kind, series.series_uid)
+    same_run = all(r.inputs_seed == seed and r.model_version == version for r in prev)
+    predecessors = [] if same_run else [r.ref for r in prev if r.modality == "SR"]
+    out = process_series(
+        runner,
+        series.files,
+        plan.results,
+        node.settings.results.language,
+        predecessors=predecessors,
+        seed=seed,
+    )
+    node.store.record_event(study_key, "inferred", _summary(out.result))
+    root = node.settings.results_path
+    paths = write_results(root, study_key, out.objects)
+    _encoded_event(node, study_key, out, paths)
+    made = {str(ds.SOPInstanceUID) for ds in out.objects}
+    rejected = [r for r in prev if r.sop_uid not in made]
+    rows = [
+        ResultObject(
+            sop_uid=str(ds.SOPInstanceUID),
+            study_key=study_key,
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            modality=str(ds.Modality),
+            path=path.relative_to(root).as_posix(),
+            job_kind=job_kind,
+            source_series_uid=series.series_uid,
+            model_version=version,
+            inputs_seed=seed,
+            state=ResultState.CURRENT,
+            created_at=time.time(),
+        )
+        for ds, path in zip(out.objects, paths, strict=True)
+    ]
+    pipeline = node.routing.rules.pipelines.get(plan.pipeline)
+    destinations = list(pipeline.destinations) if pipeline is not None else []
+    node.store.record_results(rows, destinations, superseded=[r.sop_uid for r in rejected])
+    if rejected:
+        node.store.record_event(
+            study_key,
+            "superseded",
+            f"{len(rejected)} earlier object(s) of {job_kind} replaced by this run",
+        )
+    if destinations:
+        node.delivery.kick()
 
 
 def _run_jobs(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from cds.domain import (
+    Delivery,
+    DeliveryState,
     InstanceRecord,
     Job,
     JobState,
     QueueStats,
     RecordResult,
+    ResultObject,
     StudyDetail,
     StudyState,
     StudySummary,
@@ -123,4 +126,68 @@ class StateStore(Protocol):
 
     def queue_stats(self) -> QueueStats:
         """Jobs queued and running, the oldest queued, studies waiting."""
+        ...
+
+    # --- results and the delivery outbox ------------------------------------
+    def record_results(
+        self,
+        objects: Sequence[ResultObject],
+        destinations: Sequence[str],
+        superseded: Sequence[str] = (),
+        now: float | None = None,
+    ) -> list[Delivery]:
+        """Record durably written result objects and queue one delivery per object and
+        destination, in one transaction (the outbox). ``superseded``: SOP Instance UIDs
+        of earlier results these replace; their deliveries not yet sent are cancelled.
+
+        Recording the same object again (a re-run of the same inputs) leaves a delivery
+        already delivered as it is and re-queues one pending or dead.
+        """
+        ...
+
+    def current_results(
+        self, study_key: str, job_kind: str, source_series_uid: str
+    ) -> list[ResultObject]:
+        """The current (not superseded) results of one pipeline on one input series."""
+        ...
+
+    def list_results(self, study_key: str) -> list[ResultObject]: ...
+
+    def due_deliveries(self, now: float, limit: int = 500) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due, oldest first."""
+        ...
+
+    def next_delivery_due(self) -> float | None:
+        """When the earliest pending delivery is due (None: nothing pending)."""
+        ...
+
+    def delivery_attempted(
+        self,
+        delivery_id: str,
+        *,
+        ok: bool,
+        error: str | None = None,
+        retry_at: float | None = None,
+        now: float | None = None,
+    ) -> Delivery:
+        """Record one try: delivered, pending again at ``retry_at``, or dead."""
+        ...
+
+    def list_deliveries(
+        self,
+        study_key: str | None = None,
+        state: DeliveryState | None = None,
+        destination: str | None = None,
+        limit: int = 100,
+    ) -> list[Delivery]:
+        """Deliveries, newest first."""
+        ...
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None: ...
+
+    def retry_delivery(
+        self, delivery_id: str, detail: str = "", now: float | None = None
+    ) -> tuple[Delivery, bool]:
+        """dead (or pending) -> pending now, tries reset; recorded as ``delivery_retried``.
+        Returns the delivery and whether it changed; KeyError for an unknown id."""
         ...

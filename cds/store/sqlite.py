@@ -32,6 +32,7 @@ from cds.domain import (
     StudySummary,
 )
 from cds.errors import StoreError
+from cds.store.sqlite_outbox import OutboxMixin
 from cds.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, migrate
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -52,7 +53,7 @@ _OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 _FINAL_JOB_STATES = (JobState.DONE, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
 
 
-class SqliteStore:
+class SqliteStore(OutboxMixin):
     """StateStore on one SQLite file."""
 
     def __init__(self, path: Path) -> None:
@@ -527,12 +528,16 @@ class SqliteStore:
         }
         queued, oldest = jobs.get(JobState.QUEUED, (0, None))
         studies = self.count_studies_by_state()
+        pending, dead, oldest_delivery = self.delivery_counts()
         return QueueStats(
             jobs_queued=queued,
             jobs_running=jobs.get(JobState.RUNNING, (0, None))[0],
             oldest_queued_at=None if oldest is None else float(oldest),  # type: ignore[arg-type]
             studies_receiving=studies[StudyState.RECEIVING],
             studies_complete_waiting=studies[StudyState.COMPLETE],
+            deliveries_pending=pending,
+            deliveries_dead=dead,
+            oldest_pending_delivery_at=oldest_delivery,
         )
 
     def list_jobs(

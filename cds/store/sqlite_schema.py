@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 2  # 2: jobs.started_at, jobs.finished_at
+SCHEMA_VERSION = 3  # 2: jobs.started_at, jobs.finished_at; 3: results, deliveries
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -84,6 +84,42 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_key);
+CREATE TABLE IF NOT EXISTS results (
+    sop_uid TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    path TEXT NOT NULL,
+    job_kind TEXT NOT NULL,
+    source_series_uid TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    inputs_seed TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    superseded_at REAL
+);
+CREATE INDEX IF NOT EXISTS results_study ON results (study_key, job_kind, source_series_uid);
+CREATE TABLE IF NOT EXISTS deliveries (
+    delivery_id TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    path TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL,
+    UNIQUE (sop_uid, destination)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_study ON deliveries (study_key);
 """
 
 # Columns added after schema version 1: (table, column, declaration).

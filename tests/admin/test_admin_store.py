@@ -49,8 +49,11 @@ def test_schema_1_store_gains_job_timings_in_place(tmp_path: Path) -> None:
     assert running.started_at == 12.0
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
-    assert version == str(SCHEMA_VERSION) == "2"
-    SqliteStore(path).close()  # opening again changes nothing
+    assert version == str(SCHEMA_VERSION) == "3"
+    again = SqliteStore(path)  # opening again changes nothing; schema 3 tables are there
+    assert again.list_deliveries() == []
+    assert again.list_results("k1") == []
+    again.close()
 
 
 def test_job_timings_follow_its_states(store: SqliteStore) -> None:

@@ -1,0 +1,186 @@
+"""The delivery worker: empties the outbox into the configured destinations.
+
+The outbox is the store's ``deliveries`` table: a row is written in the same
+transaction as its result object's record, after the file is durably on disk,
+so nothing queued is lost across a restart. One thread looks at the due rows
+(every ``delivery.poll_interval_s``, or at once when the pipeline ``kick``s it),
+sends them per destination over one association per batch, and records each
+try: delivered; pending again after an exponential backoff
+(``backoff_initial_s`` doubling up to ``backoff_max_s``); or dead after
+``max_attempts`` tries, where it waits for an admin's retry.
+
+Only destinations named in the routing file receive anything: a row whose
+destination has been removed from it is not sent (dead, and said so).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from cds.config import DeliverySettings
+from cds.delivery.scu import Outcome, describe, store_batch
+from cds.domain import Delivery, DeliveryState
+from cds.logging import get_logger
+from cds.routing.rules import Destination
+from cds.store.base import StateStore
+
+log = get_logger("cds.delivery")
+
+Destinations = Callable[[], Mapping[str, Destination]]
+Sender = Callable[[list[Path], Destination, str, float], list[Outcome]]
+
+
+def backoff(attempt: int, initial_s: float, max_s: float) -> float:
+    """Seconds to wait after failed try number ``attempt`` (1-based)."""
+    return float(min(max_s, initial_s * 2 ** max(0, attempt - 1)))
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: StateStore,
+        settings: DeliverySettings,
+        results_root: Path,
+        destinations: Destinations,
+        calling_ae: str,
+        *,
+        sender: Sender = store_batch,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._cfg = settings
+        self._root = results_root
+        self._destinations = destinations
+        self._calling_ae = settings.calling_ae_title or calling_ae
+        self._send = sender
+        self._clock = clock
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def kick(self) -> None:
+        """Look at the outbox now (new results were queued, or an admin retried)."""
+        self._wake.set()
+
+    def tick(self) -> int:
+        """Try every due delivery once; returns how many were tried."""
+        due = self._store.due_deliveries(self._clock(), limit=self._cfg.batch_size * 10)
+        by_dest: dict[str, list[Delivery]] = defaultdict(list)
+        for d in due:
+            by_dest[d.destination].append(d)
+        configured = self._destinations()
+        for name, rows in by_dest.items():
+            dest = configured.get(name)
+            for start in range(0, len(rows), self._cfg.batch_size):
+                batch = rows[start : start + self._cfg.batch_size]
+                if dest is None:
+                    why = f"destination {name!r} is not in the routing file any more: not sent"
+                    self._record(name, None, batch, [Outcome(False, why)] * len(batch), final=True)
+                else:
+                    self._deliver(name, dest, batch)
+        return len(due)
+
+    def _deliver(self, name: str, dest: Destination, batch: list[Delivery]) -> None:
+        files = [self._root / d.path for d in batch]
+        missing = [not f.is_file() for f in files]
+        to_send = [f for f, m in zip(files, missing, strict=True) if not m]
+        t0 = time.perf_counter()
+        sent = iter(self._send(to_send, dest, self._calling_ae, self._cfg.timeout_s))
+        outcomes = [
+            Outcome(False, f"result file missing: {d.path}", permanent=True) if m else next(sent)
+            for d, m in zip(batch, missing, strict=True)
+        ]
+        log.info(
+            "delivery.batch",
+            destination=name,
+            objects=len(batch),
+            delivered=sum(o.ok for o in outcomes),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        self._record(name, dest, batch, outcomes, final=False)
+
+    def _record(
+        self,
+        name: str,
+        dest: Destination | None,
+        batch: list[Delivery],
+        outcomes: list[Outcome],
+        *,
+        final: bool,
+    ) -> None:
+        now = self._clock()
+        where = f"{name} ({describe(dest)})" if dest is not None else name
+        per_study: dict[str, list[tuple[Delivery, Delivery, Outcome]]] = defaultdict(list)
+        for d, o in zip(batch, outcomes, strict=True):
+            tries = d.attempts + 1
+            retry_at = None
+            if not o.ok and not (final or o.permanent) and tries < self._cfg.max_attempts:
+                retry_at = now + backoff(
+                    tries, self._cfg.backoff_initial_s, self._cfg.backoff_max_s
+                )
+            after = self._store.delivery_attempted(
+                d.delivery_id, ok=o.ok, error=None if o.ok else o.detail, retry_at=retry_at, now=now
+            )
+            per_study[d.study_key].append((d, after, o))
+        for study_key, items in per_study.items():
+            ok = [a for _, a, o in items if o.ok]
+            if ok:
+                kinds = ", ".join(sorted({a.modality for a in ok}))
+                self._store.record_event(
+                    study_key, "delivered", f"{len(ok)} object(s) ({kinds}) to {where}", now
+                )
+            failed = [(d, a, o) for d, a, o in items if not o.ok]
+            dead = [x for x in failed if x[1].state is DeliveryState.DEAD]
+            waiting = [x for x in failed if x[1].state is DeliveryState.PENDING]
+            if waiting:
+                d, a, o = waiting[0]
+                wait = (a.next_attempt_at or now) - now
+                self._store.record_event(
+                    study_key,
+                    "delivery_failed",
+                    f"{len(waiting)} object(s) to {where}: {o.detail}; try {a.attempts} of "
+                    f"{self._cfg.max_attempts}, next in {wait:.0f} s",
+                    now,
+                )
+            if dead:
+                d, a, o = dead[0]
+                self._store.record_event(
+                    study_key,
+                    "delivery_dead",
+                    f"{len(dead)} object(s) to {where} after {a.attempts} tries: {o.detail} "
+                    "(cds deliveries retry)",
+                    now,
+                )
+                log.warning(
+                    "delivery.dead", study_key=study_key, destination=name, objects=len(dead)
+                )
+
+    # --- thread ------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # a bad row or a store hiccup must not stop delivery
+                log.error("delivery.tick_failed", error_type=type(exc).__name__, error=str(exc))
+            self._wake.wait(self._cfg.poll_interval_s)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cds-delivery", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self._cfg.timeout_s + 5)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()

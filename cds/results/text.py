@@ -26,6 +26,10 @@ class AdvisoryTexts:
     content_label: str
     #: names the producing model: format with name, version, sha256
     produced_by: str
+    #: SeriesDescription of a rejection note after the prefix: format with name, version
+    superseded_series: str
+    #: Key Object Description of a rejection note: format with name, version, sha256
+    superseded: str
 
 
 _TEXTS: dict[str, AdvisoryTexts] = {
@@ -35,6 +39,11 @@ _TEXTS: dict[str, AdvisoryTexts] = {
         banner="AI — advisory, to be reviewed by a radiologist",
         content_label="AI_ADVISORY",
         produced_by="Produced by model {name} {version} (SHA-256 {sha256})",
+        superseded_series="withdrawn, superseded by {name} {version}",
+        superseded=(
+            "These AI results are withdrawn: they were superseded by a newer run of "
+            "model {name} version {version} (SHA-256 {sha256}). Do not use them."
+        ),
     ),
     "fr": AdvisoryTexts(
         lang="fr",
@@ -42,6 +51,12 @@ _TEXTS: dict[str, AdvisoryTexts] = {
         banner="IA — indicatif, à faire valider par un radiologue",
         content_label="IA_INDICATIF",
         produced_by="Produit par le modèle {name} {version} (SHA-256 {sha256})",
+        superseded_series="retiré, remplacé par {name} {version}",
+        superseded=(
+            "Ces résultats d'IA sont retirés : ils ont été remplacés par une nouvelle "
+            "exécution du modèle {name} version {version} (SHA-256 {sha256}). "
+            "Ne plus les utiliser."
+        ),
     ),
 }
 

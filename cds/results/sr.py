@@ -232,8 +232,9 @@ def build_sr(
     series_uid, sop_uid = result_uids(
         study_uid, series_uids, rec.model, rec.version, kind=RESULT_KIND, seed=seed
     )
-    # the device: the model itself, whichever study it reports on
-    _, device_uid = result_uids("", (), rec.model, rec.version, kind="device", seed=seed)
+    # the device: the model version itself, whichever study or inputs it reports on (no
+    # seed: the seed follows the input instances, and the device must not change with them)
+    _, device_uid = result_uids("", (), rec.model, rec.version, kind="device")
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

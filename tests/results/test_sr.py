@@ -8,6 +8,7 @@ to the SEG's segments), the advisory text in the job's language.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from cds.domain import ResultRef
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.images import decode
@@ -288,3 +290,58 @@ def test_sr_of_the_bundled_bone_model_on_a_real_series(
     assert child(group, "DCM", "111002").TextValue == f"sha256={result.record.sha256}"
     assert children(group, "DCM", "121191")
     assert referenced_sops(group) <= {str(ds.SOPInstanceUID) for ds in slices}
+
+
+def test_predecessor_documents_name_the_replaced_objects(
+    slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    """A newer run's SR lists the earlier SR and SEG in its Predecessor Documents."""
+    result = synthetic_result(slices, manifest)
+    old_seg = build_seg(slices, result, manifest, "en")
+    old_sr = build_sr(slices, result, manifest, "en", seg=old_seg)
+    old = [
+        ResultRef(
+            str(ds.StudyInstanceUID),
+            str(ds.SeriesInstanceUID),
+            str(ds.SOPInstanceUID),
+            str(ds.SOPClassUID),
+        )
+        for ds in (old_sr, old_seg)
+    ]
+    new = build_sr(slices, result, manifest, "fr", uid_root_seed="late-instances", predecessors=old)
+    back = write_and_read(new, tmp_path)
+    assert back.SOPInstanceUID != old_sr.SOPInstanceUID
+    (study,) = back.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == slices[0].StudyInstanceUID
+    listed = {
+        ResultRef(
+            str(study.StudyInstanceUID),
+            str(series.SeriesInstanceUID),
+            str(sop.ReferencedSOPInstanceUID),
+            str(sop.ReferencedSOPClassUID),
+        )
+        for series in study.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    }
+    assert listed == set(old)
+    assert "PredecessorDocumentsSequence" not in write_and_read(old_sr, tmp_path, "old.dcm")
+
+
+def test_device_observer_is_the_model_whatever_the_inputs(
+    slices: list[Dataset], manifest: mf.Manifest
+) -> None:
+    """The Device Observer UID names the model version, not the run: the same for
+    other inputs, another for another version."""
+    result = synthetic_result(slices, manifest)
+
+    def device_uid(sr: Dataset) -> str:
+        return str(child(sr, "DCM", "121012").UID)
+
+    a = build_sr(slices, result, manifest, "en")
+    b = build_sr(slices, result, manifest, "en", uid_root_seed="other-inputs")
+    assert a.SOPInstanceUID != b.SOPInstanceUID
+    assert device_uid(a) == device_uid(b)
+    other = manifest.model_copy(update={"version": "9.9.9"})
+    rec = dataclasses.replace(result.record, version="9.9.9")
+    c = build_sr(slices, dataclasses.replace(result, record=rec), other, "en")
+    assert device_uid(c) != device_uid(a)

@@ -208,7 +208,7 @@ def build_seg(
             content_description=t.banner[:_LO],
             contributing_equipment=[equipment],
             series_description=f"{t.series_prefix}{rec.model} {rec.version}"[:_LO],
-            specific_character_set="ISO_IR 192",  # the banners hold '—' and 'à'
+            specific_character_set="ISO_IR 192",  # the French texts hold accents
         )
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"SEG of {rec.model} {rec.version} is not valid: {exc}") from exc

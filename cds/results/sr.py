@@ -353,7 +353,7 @@ def build_sr(
             manufacturer_model_name=rec.model[:_LO],
             software_versions=rec.cds_version,
             device_serial_number=rec.sha256[:_LO],
-            specific_character_set="ISO_IR 192",  # the banners hold '—' and 'à'
+            specific_character_set="ISO_IR 192",  # the French texts hold accents
         )
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"SR of {rec.model} {rec.version} is not valid: {exc}") from exc

@@ -4,6 +4,12 @@ Both languages are first-class: builders take every text meant for people
 from here, so nothing is hard-coded in one language elsewhere. Lengths fit
 the DICOM value representations they go into (ContentLabel is a CS of at most
 16 upper-case characters; the prefix leaves room in a 64-character LO).
+
+Objects are UTF-8 (ISO_IR 192): French keeps its accents. Punctuation stays
+ASCII where ASCII says the same ('-', not an em dash): DCMTK's checkers
+(dcmpschk) read text values byte by byte as Latin-1, and the UTF-8 em dash
+(E2 80 94) holds bytes they take for C1 control characters; lower-case accented
+letters (é, à, è: C3 A0..BF) pass.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ _TEXTS: dict[str, AdvisoryTexts] = {
     "en": AdvisoryTexts(
         lang="en",
         series_prefix="AI ADVISORY - ",
-        banner="AI — advisory, to be reviewed by a radiologist",
+        banner="AI - advisory, to be reviewed by a radiologist",
         content_label="AI_ADVISORY",
         produced_by="Produced by model {name} {version} (SHA-256 {sha256})",
         superseded_series="withdrawn, superseded by {name} {version}",
@@ -48,7 +54,7 @@ _TEXTS: dict[str, AdvisoryTexts] = {
     "fr": AdvisoryTexts(
         lang="fr",
         series_prefix="IA INDICATIF - ",
-        banner="IA — indicatif, à faire valider par un radiologue",
+        banner="IA - indicatif, à faire valider par un radiologue",
         content_label="IA_INDICATIF",
         produced_by="Produit par le modèle {name} {version} (SHA-256 {sha256})",
         superseded_series="retiré, remplacé par {name} {version}",

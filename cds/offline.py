@@ -1,0 +1,434 @@
+"""The offline mode (``cds process``): route, infer and encode DICOM files on disk.
+
+No network, no state store, no spool: the files are read where they are, routed by a
+routing file (or handed to one model with ``model=``), each selected series goes
+through ``process_series`` — the very step the node runs — and the result objects are
+written with ``write_results`` under ``<out>/<StudyInstanceUID>/<Modality>/``.
+
+The study folder is the Study Instance UID itself, not the node's pseudonymous
+study key: that key is an HMAC under a per-node secret, which an offline run on a
+vendor's or a tester's machine does not have, and the result objects carry the
+Study Instance UID anyway. A UID that is not a valid folder name (not digits and
+dots) gets ``study-<SHA-256 of the UID, 16 hex digits>`` instead.
+
+``<out>/process.json`` records what a later run needs to reproduce the result and
+check it is the same: cds version, and per series the input SOP Instance UIDs, the
+model (name, version, SHA-256, provider), the kinds asked, the objects written, the
+kinds not produced and why, the findings and the timings. No patient attribute
+(name, ID, birth date, accession number) and no input file path goes into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from cds import __version__
+from cds.errors import CdsError, ModelError, RoutingError
+from cds.inference import manifest as mf
+from cds.inference.registry import LoadedModel, ModelRegistry, find_packages
+from cds.inference.runner import ModelRunner
+from cds.inference.session import DeviceSlots, ProviderChoice
+from cds.pipeline import _summary, process_series
+from cds.results.encode import write_results
+from cds.routing.router import SeriesHeader, read_headers, route
+from cds.routing.rules import RoutingFile, load_routing
+
+#: result object kinds, in the order the encoder makes them
+KINDS = ("SEG", "SR", "GSPS", "SC")
+RECORD_NAME = "process.json"
+_SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture (and its multi-frame variants)
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class InputError(CdsError):
+    """The files or options given to ``cds process`` cannot be processed."""
+
+
+@dataclass
+class Request:
+    """What ``cds process`` was asked to do."""
+
+    paths: list[Path]
+    out: Path
+    model_dirs: list[Path]
+    providers: ProviderChoice = "cpu"
+    lang: str = "en"
+    routing: Path | None = None
+    model: str | None = None
+    kinds: list[str] | None = None  # with ``model`` only; None = what the model declares
+    disabled_models: list[str] = field(default_factory=list)
+    calling_ae: str = ""
+    sessions_per_gpu: int = 1
+    sessions_cpu: int = 1
+    warm: bool = True
+
+
+@dataclass
+class Job:
+    """One model to run on one series (from a routing rule, or from ``--model``)."""
+
+    study_uid: str
+    series: SeriesHeader
+    model: str
+    kinds: list[str]
+    origin: dict[str, str]  # {"rule", "pipeline"} or {"model": "--model"}
+    status: str = "run"  # or "skipped: ..."
+
+
+@dataclass
+class Outcome:
+    """What the run did: ``written`` (path relative to ``out``, object), and every
+    asked thing that was not produced, one message each."""
+
+    written: list[tuple[str, Dataset]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def study_folder(study_uid: str) -> str:
+    """The folder name of a study under the output folder (see the module docstring)."""
+    if _UID_RE.match(study_uid) and len(study_uid) <= 64:
+        return study_uid
+    return "study-" + hashlib.sha256(study_uid.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def kind_of(ds: Dataset) -> str:
+    """The result kind (SEG, SR, GSPS, SC) of an encoded object."""
+    if str(ds.SOPClassUID).startswith(_SC_CLASS):
+        return "SC"
+    return {"PR": "GSPS"}.get(str(ds.Modality), str(ds.Modality))
+
+
+def parse_kinds(text: str) -> list[str]:
+    """``"SR,seg"`` -> ``["SR", "SEG"]``; ValueError names the unknown kind."""
+    kinds = [k.strip().upper() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"must be a comma-separated list of {', '.join(KINDS)}, not {text!r}")
+    return list(dict.fromkeys(kinds))
+
+
+# --- inputs, routing and models --------------------------------------------------
+def _read_inputs(paths: Sequence[Path]) -> tuple[dict[str, list[SeriesHeader]], list[str]]:
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"no such file or folder: {', '.join(missing)}")
+    studies, skipped = read_headers(paths)
+    if not studies:
+        why = (
+            f" ({len(skipped)} file(s) not readable as DICOM, e.g. {skipped[0]})" if skipped else ""
+        )
+        raise InputError(f"no DICOM study found in {', '.join(map(str, paths))}{why}")
+    for series in studies.values():
+        series.sort(key=lambda s: (str(s.attrs.get("SeriesNumber", "")), s.series_uid))
+    return studies, skipped
+
+
+def _packages(dirs: Sequence[Path]) -> tuple[dict[str, Path], list[str]]:
+    """Model name -> package folder (first found wins, as in the registry); and the
+    packages whose manifest cannot be read."""
+    by_name: dict[str, Path] = {}
+    broken: list[str] = []
+    for path in find_packages(dirs):
+        try:
+            name = mf.load_manifest(path).name
+        except ModelError as exc:
+            broken.append(str(exc).splitlines()[0])
+            continue
+        by_name.setdefault(name, path)
+    return by_name, broken
+
+
+def _load_models(req: Request, names: set[str], slots: DeviceSlots) -> dict[str, LoadedModel]:
+    """Load (validate, open, warm up) only the packages of ``names``, through the
+    node's registry. A name with no package is simply absent from the result."""
+    missing_dirs = [str(d) for d in req.model_dirs if not d.exists()]
+    if missing_dirs:
+        raise InputError(f"model folder not found: {', '.join(missing_dirs)} (--models)")
+    by_name, _ = _packages(req.model_dirs)
+    paths = [by_name[n] for n in sorted(names) if n in by_name]
+    registry = ModelRegistry(paths, req.providers, slots, warm=req.warm)
+    return {m.name: m for m in registry.load()}
+
+
+def _unknown_model(req: Request, name: str) -> InputError:
+    by_name, broken = _packages(req.model_dirs)
+    dirs = ", ".join(str(d) for d in req.model_dirs) or "(none)"
+    known = ", ".join(sorted(by_name)) or "none"
+    extra = f"; unreadable packages: {'; '.join(broken)}" if broken else ""
+    return InputError(
+        f"--model: unknown model {name!r}: no package of that name in {dirs} "
+        f"(models found: {known}){extra}"
+    )
+
+
+def _jobs_for_model(req: Request, studies: dict[str, list[SeriesHeader]]) -> list[Job]:
+    """``--model``: the model runs on every series of a modality it accepts."""
+    assert req.model is not None
+    by_name, _ = _packages(req.model_dirs)
+    if req.model not in by_name:
+        raise _unknown_model(req, req.model)
+    manifest = mf.load_manifest(by_name[req.model])
+    declared = list(manifest.output.results)
+    kinds = req.kinds if req.kinds is not None else declared
+    extra = [k for k in kinds if k not in declared]
+    if extra:
+        raise InputError(
+            f"--results: {req.model} makes {', '.join(declared)}, not {', '.join(extra)} "
+            f"(manifest output.results of {by_name[req.model]})"
+        )
+    accepted = set(manifest.input.modality)
+    jobs = [
+        Job(uid, s, req.model, list(kinds), {"model": "--model"})
+        for uid, series in studies.items()
+        for s in series
+        if s.attrs.get("Modality") in accepted
+    ]
+    if not jobs:
+        found = sorted({str(s.attrs.get("Modality", "?")) for ss in studies.values() for s in ss})
+        raise InputError(
+            f"--model: {req.model} takes Modality {', '.join(sorted(accepted))} "
+            f"(manifest input.modality); the inputs have {', '.join(found)}"
+        )
+    return jobs
+
+
+def _jobs_for_routing(
+    req: Request,
+    rf: RoutingFile,
+    studies: dict[str, list[SeriesHeader]],
+    loaded: set[str] | None,
+) -> list[Job]:
+    """The node's routing decision for each study: one job per selected series and
+    matched pipeline, with the node's status (run, skipped: model disabled/not loaded)."""
+    jobs: list[Job] = []
+    for uid, series in studies.items():
+        for s in series:
+            s.calling_ae = req.calling_ae
+        plan = route(series, rf, disabled_models=req.disabled_models, loaded_models=loaded)
+        for verdict, p in plan.runs:
+            origin = {"rule": verdict.rule, "pipeline": p.pipeline}
+            jobs.extend(
+                Job(uid, s, p.model, list(p.results), origin, p.status)
+                for s in series
+                if s.series_uid in verdict.selected
+            )
+    return jobs
+
+
+def plan_jobs(
+    req: Request, slots: DeviceSlots
+) -> tuple[list[Job], dict[str, LoadedModel], list[str]]:
+    """Read the inputs, decide what runs, load the models needed.
+
+    Returns the jobs, the loaded models by name, and the input files not read.
+    Raises InputError, RoutingError (RoutingFileError: every problem of the file) or
+    ModelError, naming the file or option at fault.
+    """
+    if (req.routing is None) == (req.model is None):
+        raise InputError("give either a routing file (--routing) or a model (--model)")
+    rf = None
+    if req.routing is not None:
+        if not req.routing.is_file():
+            raise InputError(f"routing file not found: {req.routing}")
+        rf = load_routing(req.routing)  # an invalid file is refused before any DICOM is read
+    studies, skipped = _read_inputs(req.paths)
+    if rf is None:
+        assert req.model is not None
+        jobs = _jobs_for_model(req, studies)
+        models = _load_models(req, {req.model}, slots)
+        m = models.get(req.model)
+        if m is None or m.status != "ready":
+            errors = "; ".join(m.errors) if m is not None else "not found"
+            raise ModelError(f"--model: {req.model} cannot be loaded: {errors}")
+        return jobs, models, skipped
+    wanted = _jobs_for_routing(req, rf, studies, None)
+    if not wanted:
+        n = sum(len(s) for s in studies.values())
+        raise RoutingError(
+            f"{req.routing}: no rule matched any of the {n} series in {len(studies)} "
+            f"study(ies); `cds route explain --routing {req.routing} PATH...` says why"
+        )
+    models = _load_models(req, {j.model for j in wanted if j.status == "run"}, slots)
+    ready = {name for name, m in models.items() if m.status == "ready"}
+    return _jobs_for_routing(req, rf, studies, ready), models, skipped
+
+
+# --- running ----------------------------------------------------------------------
+def _model_record(m: LoadedModel) -> dict[str, Any]:
+    return {"name": m.name, "version": m.version, "sha256": m.sha256, "provider": m.provider}
+
+
+def _sop_uids(files: Sequence[Path]) -> list[str]:
+    return [
+        str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+        for f in files
+    ]
+
+
+def _run_job(
+    job: Job,
+    *,
+    model: LoadedModel | None,
+    req: Request,
+    slots: DeviceSlots,
+    out: Outcome,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    s = job.series
+    entry: dict[str, Any] = {
+        "series_instance_uid": s.series_uid,
+        "modality": s.attrs.get("Modality"),
+        **job.origin,
+        "kinds": job.kinds,
+        "model": _model_record(model) if model is not None else {"name": job.model},
+    }
+    where = f"series {s.series_uid} ({s.label})"
+    if job.status != "run" or model is None or model.status != "ready":
+        reason = job.status if job.status != "run" else "skipped: model not loaded"
+        entry["status"] = reason
+        out.problems.append(f"{where}: {job.model}: {reason}")
+        return entry
+    # the node hands a series over in the order of its spool files, named by SOP UID
+    uids = _sop_uids(s.files)
+    files = [f for _, f in sorted(zip(uids, s.files, strict=True), key=lambda uf: uf[0])]
+    entry["inputs"] = {"count": len(files), "sop_instance_uids": sorted(uids)}
+    t0 = time.perf_counter()
+    try:
+        done = process_series(ModelRunner(model, slots), files, job.kinds, req.lang)
+    except Exception as exc:  # onnxruntime and decoders raise their own types
+        entry["status"] = f"failed: {type(exc).__name__}: {exc}"[:500]
+        out.problems.append(f"{where}: {job.model} failed: {type(exc).__name__}: {exc}")
+        return entry
+    t1 = time.perf_counter()
+    paths = write_results(req.out, study_folder(job.study_uid), done.objects)
+    t2 = time.perf_counter()
+    rec = done.result.record
+    entry["status"] = "done"
+    entry["model"]["provider"] = rec.provider
+    entry["summary"] = _summary(done.result)
+    entry["findings"] = [
+        {"label": f.label.display.en, "present": f.present, "score": round(f.score, 6)}
+        for f in done.result.findings
+    ]
+    entry["objects"] = []
+    for ds, path in zip(done.objects, paths, strict=True):
+        rel = path.relative_to(req.out).as_posix()
+        out.written.append((rel, ds))
+        entry["objects"].append(
+            {
+                "path": rel,
+                "kind": kind_of(ds),
+                "modality": str(ds.Modality),
+                "sop_class_uid": str(ds.SOPClassUID),
+                "sop_instance_uid": str(ds.SOPInstanceUID),
+                "series_instance_uid": str(ds.SeriesInstanceUID),
+            }
+        )
+        say(f"wrote {rel}  {kind_of(ds)}  {ds.get('SeriesDescription', '')}")
+    # the encoder's own notes (a kind skipped, SC capped), then kinds asked but not made
+    made = {kind_of(ds) for ds in done.objects}
+    entry["encoder_notes"] = list(done.skipped)
+    entry["not_produced"] = {
+        k: next(
+            (n.split(": ", 1)[1] for n in done.skipped if n.startswith(f"{k}: ")),
+            "nothing to encode (no finding present)",
+        )
+        for k in job.kinds
+        if k not in made
+    }
+    out.problems.extend(
+        f"{where}: {job.model}: {k} not produced: {why}" for k, why in entry["not_produced"].items()
+    )
+    entry["timings"] = {
+        "inference_s": round(rec.seconds, 4),
+        **{f"{k}_s": v for k, v in rec.timings.items()},
+        "decode_encode_s": round(t1 - t0 - rec.seconds, 4),
+        "write_s": round(t2 - t1, 4),
+    }
+    return entry
+
+
+def run(req: Request, say: Callable[[str], None] = lambda _: None) -> Outcome:
+    """Process the inputs as the node would, write the objects and ``process.json``.
+
+    ``say`` receives one line per object written. Raises InputError, RoutingError
+    (RoutingFileError lists every problem of the file) or ModelError before anything is
+    written when the inputs, the routing file or the model are at fault.
+    """
+    t_start = time.perf_counter()
+    slots = DeviceSlots(req.sessions_per_gpu, req.sessions_cpu)
+    jobs, models, skipped = plan_jobs(req, slots)
+    try:
+        req.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out: cannot create the folder {req.out} ({exc.strerror})") from exc
+    out = Outcome()
+    studies: dict[str, dict[str, Any]] = {}
+    for job in jobs:
+        study = studies.setdefault(
+            job.study_uid,
+            {"study_instance_uid": job.study_uid, "folder": study_folder(job.study_uid)},
+        )
+        study.setdefault("series", []).append(
+            _run_job(job, model=models.get(job.model), req=req, slots=slots, out=out, say=say)
+        )
+    out.record = {
+        "cds_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": "model" if req.model else "routing",
+        "routing_file": (
+            {"path": str(req.routing), "sha256": _sha256(req.routing)} if req.routing else None
+        ),
+        "language": req.lang,
+        "providers": req.providers,
+        "inputs_not_read": len(skipped),
+        "studies": list(studies.values()),
+        "not_produced": out.problems,
+        "seconds": round(time.perf_counter() - t_start, 3),
+    }
+    _write_json(req.out / RECORD_NAME, out.record)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".part")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+__all__ = [
+    "KINDS",
+    "RECORD_NAME",
+    "InputError",
+    "Job",
+    "Outcome",
+    "Request",
+    "kind_of",
+    "parse_kinds",
+    "plan_jobs",
+    "run",
+    "study_folder",
+]

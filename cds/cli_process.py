@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ from cds.logging import configure_logging
 from cds.routing.rules import RoutingFileError
 
 _PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
+_SHA_RE = re.compile(r"^[0-9a-fA-F]{12,64}$")
 _HELP = "\n\n".join(
     [
         "Route, infer and encode DICOM files offline; write the result objects to --out.",
@@ -46,6 +48,18 @@ class _Stderr:
         sys.stderr.flush()
 
 
+def _check_together(
+    routing: Path | None, model: str | None, results: str | None, sha256: str | None
+) -> None:
+    """Options that go with --model only, or not with each other."""
+    if routing is not None and model is not None:
+        raise _fail("give --routing or --model, not both")
+    if results is not None and model is None:
+        raise _fail("--results goes with --model (a routing file names its pipelines' results)")
+    if sha256 is not None and (model is None or not _SHA_RE.match(sha256)):
+        raise _fail("--sha256: goes with --model and is 12 to 64 hex digits")
+
+
 def process(
     paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders (searched deeply)")],
     *,
@@ -70,6 +84,14 @@ def process(
             "--results",
             help="with --model: result objects to make, e.g. SR,SEG "
             "(SR, SEG, GSPS, SC; default: those the model's manifest declares)",
+        ),
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--sha256",
+            help="with --model: the SHA-256 of model.onnx expected (at least its first 12 "
+            "hex digits, as in process.json); another build is refused",
         ),
     ] = None,
     models: Annotated[
@@ -112,10 +134,7 @@ def process(
     language = lang or settings.results.language
     if language not in ("en", "fr"):
         raise _fail(f"--lang: must be 'en' or 'fr', not {language!r}")
-    if routing is not None and model is not None:
-        raise _fail("give --routing or --model, not both")
-    if results is not None and model is None:
-        raise _fail("--results goes with --model (a routing file names its pipelines' results)")
+    _check_together(routing, model, results, sha256)
     try:
         kinds = offline.parse_kinds(results) if results is not None else None
     except ValueError as exc:
@@ -132,6 +151,7 @@ def process(
         routing=file,
         model=model,
         kinds=kinds,
+        model_sha256=sha256,
         disabled_models=list(settings.routing.disabled_models),
         calling_ae=calling_ae,
         sessions_per_gpu=inf.max_sessions_per_gpu,

@@ -68,6 +68,7 @@ class Request:
     routing: Path | None = None
     model: str | None = None
     kinds: list[str] | None = None  # with ``model`` only; None = what the model declares
+    model_sha256: str | None = None  # with ``model`` only: refuse another model.onnx
     disabled_models: list[str] = field(default_factory=list)
     calling_ae: str = ""
     sessions_per_gpu: int = 1
@@ -257,6 +258,12 @@ def plan_jobs(
         if m is None or m.status != "ready":
             errors = "; ".join(m.errors) if m is not None else "not found"
             raise ModelError(f"--model: {req.model} cannot be loaded: {errors}")
+        want = (req.model_sha256 or "").lower()
+        if want and not (m.sha256 or "").startswith(want):
+            raise ModelError(
+                f"--sha256: model.onnx of {req.model} in {m.path} has SHA-256 {m.sha256}, "
+                f"not {want}: another build of the model than the one asked for"
+            )
         return jobs, models, skipped
     wanted = _jobs_for_routing(req, rf, studies, None)
     if not wanted:

@@ -234,6 +234,51 @@ def test_model_bypass_runs_one_model_with_the_kinds_asked(study: Path, tmp_path:
     assert PATIENT_NAME not in output
 
 
+def test_a_past_result_is_reproduced_from_its_record(
+    routed: Path, study: Path, tmp_path: Path
+) -> None:
+    """process.json holds what a rerun needs: the model's hash and the kinds; --sha256
+    refuses another build of the model, and the same build remakes the same objects."""
+    record = json.loads((routed / "process.json").read_text())
+    bone = next(s for s in record["studies"][0]["series"] if s["pipeline"] == "bone")
+    sha, kinds = bone["model"]["sha256"], ",".join(bone["kinds"])
+    out = tmp_path / "again"
+    code, output = cds_process(
+        study,
+        "--out",
+        out,
+        "--model",
+        "cds-ref-ct-bone",
+        "--sha256",
+        sha[:12],
+        "--results",
+        kinds,
+        "--models",
+        MODELS,
+        "--providers",
+        "cpu",
+    )
+    assert code == 0, output
+    assert {o["sop_instance_uid"] for o in bone["objects"]} == set().union(*uids(out).values())
+    other = ("0" if sha[0] != "0" else "1") + sha[1:]
+    code, output = cds_process(
+        study,
+        "--out",
+        tmp_path / "no",
+        "--model",
+        "cds-ref-ct-bone",
+        "--sha256",
+        other,
+        "--models",
+        MODELS,
+        "--providers",
+        "cpu",
+    )
+    assert code == 1
+    assert f"--sha256: model.onnx of cds-ref-ct-bone in {MODELS / 'cds-ref-ct-bone'}" in output
+    assert not (tmp_path / "no").exists()
+
+
 def test_a_kind_not_made_is_listed_and_exits_3(study: Path, tmp_path: Path) -> None:
     """Air only (no bone): the SR is made, the SEG has nothing to encode; exit 3 says so."""
     air = tmp_path / "air"

@@ -133,11 +133,11 @@ def _read_inputs(paths: Sequence[Path]) -> tuple[dict[str, list[SeriesHeader]], 
     studies, skipped = read_headers(paths)
     if not studies:
         why = (
-            f" ({len(skipped)} file(s) not readable as DICOM, e.g. {skipped[0]})" if skipped else ""
+            f" ({len(skipped)} file(s) not readable as DICOM, e.g. {skipped[0]})"
+            if skipped
+            else " (no file)"
         )
         raise InputError(f"no DICOM study found in {', '.join(map(str, paths))}{why}")
-    for series in studies.values():
-        series.sort(key=lambda s: (str(s.attrs.get("SeriesNumber", "")), s.series_uid))
     return studies, skipped
 
 
@@ -309,6 +309,10 @@ def _run_job(
     where = f"series {s.series_uid} ({s.label})"
     if job.status != "run" or model is None or model.status != "ready":
         reason = job.status if job.status != "run" else "skipped: model not loaded"
+        if reason.endswith("not loaded"):
+            dirs = ", ".join(map(str, req.model_dirs))
+            why = "; ".join(model.errors) if model is not None else f"no such package in {dirs}"
+            reason = f"{reason} ({why})"[:500]
         entry["status"] = reason
         out.problems.append(f"{where}: {job.model}: {reason}")
         return entry

@@ -310,10 +310,27 @@ def test_a_kind_not_made_is_listed_and_exits_3(study: Path, tmp_path: Path) -> N
     assert "SEG not produced" in problem
 
 
+def test_a_pipeline_whose_model_is_missing_is_listed(study: Path, tmp_path: Path) -> None:
+    """As on the node, a routed model that is not loaded is skipped, and said so."""
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(ROUTING.replace("model: cds-ref-blob-detect", "model: cds-ref-gone"))
+    out = tmp_path / "out"
+    code, output = cds_process(
+        study, "--out", out, "--routing", routing, "--models", MODELS, "--providers", "cpu"
+    )
+    assert code == 3, output
+    assert "cds-ref-gone: skipped: model not loaded (no such package in" in output
+    assert set(uids(out)) == {"SEG", "SR"}
+    record = json.loads((out / "process.json").read_text())
+    statuses = {s["model"]["name"]: s["status"] for s in record["studies"][0]["series"]}
+    assert statuses["cds-ref-ct-bone"] == "done"
+    assert statuses["cds-ref-gone"].startswith("skipped: model not loaded")
+
+
 @pytest.mark.parametrize(
     ("case", "expect"),
     [
-        ("empty folder", "no DICOM study found"),
+        ("empty folder", "empty (no file)"),
         ("not DICOM", "notes.txt: not readable as DICOM"),
         ("invalid routing", "rules.0.pipelines"),
         ("unknown model", "--model: unknown model 'no-such-model'"),

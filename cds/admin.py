@@ -18,7 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cds.domain import Job, JobState, QueueStats, StudyDetail, StudyState
+from cds.domain import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    QueueStats,
+    StudyDetail,
+    StudyState,
+)
 from cds.errors import AdminError
 from cds.ingest.spool import Spool
 from cds.store.base import StateStore
@@ -186,6 +194,46 @@ def purge_study(
     return PurgeResult(
         study_key, removed, instances, superseded, len(unrecorded), cancelled, purged
     )
+
+
+# --- deliveries ---------------------------------------------------------------
+def list_deliveries(
+    store: StateStore,
+    state: DeliveryState | None = None,
+    study_key: str | None = None,
+    destination: str | None = None,
+    limit: int = 100,
+) -> list[Delivery]:
+    """Deliveries (one result object to one destination), newest first."""
+    return store.list_deliveries(
+        study_key=study_key, state=state, destination=destination, limit=limit
+    )
+
+
+def retry_delivery(store: StateStore, delivery_id: str) -> Delivery:
+    """A dead delivery (or a pending one waiting out its backoff) is tried again now.
+
+    A mark in the store, like cancelling a job: the running node's delivery worker
+    picks it up at its next look (``delivery.poll_interval_s``), so the CLI retries
+    with or without the node running. Recorded as ``delivery_retried``.
+    """
+    try:
+        delivery, changed = store.retry_delivery(delivery_id, "by admin")
+    except KeyError:
+        raise AdminError(NOT_FOUND, f"no delivery with id {delivery_id!r}") from None
+    if not changed:
+        raise AdminError(
+            CONFLICT,
+            f"delivery {delivery_id} is {delivery.state.value}: only a dead or pending "
+            "delivery can be retried",
+        )
+    return delivery
+
+
+def retry_dead_deliveries(store: StateStore, destination: str | None = None) -> list[Delivery]:
+    """Retry every dead delivery (of one destination): after a PACS outage is fixed."""
+    dead = store.list_deliveries(state=DeliveryState.DEAD, destination=destination, limit=100_000)
+    return [store.retry_delivery(d.delivery_id, "by admin (all dead)")[0] for d in dead]
 
 
 # --- helpers ------------------------------------------------------------------

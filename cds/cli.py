@@ -16,6 +16,7 @@ import typer
 
 from cds import __version__, cli_demo, cli_process
 from cds.cli_admin import jobs_app, queue_cmd, studies_app
+from cds.cli_deliveries import deliveries_app
 from cds.config import Settings, load_settings
 from cds.domain import StudyState
 from cds.errors import CdsError, ConfigError
@@ -227,6 +228,7 @@ def study(
 
 app.add_typer(jobs_app, name="jobs")
 app.command("queue")(queue_cmd)
+app.add_typer(deliveries_app, name="deliveries")
 
 model_app = typer.Typer(help="Model packages: validate, list, schema, run.", no_args_is_help=True)
 app.add_typer(model_app, name="model")

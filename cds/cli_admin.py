@@ -211,6 +211,10 @@ def queue_cmd(config: ConfigOpt = None, home: HomeOpt = None, as_json: JsonOpt =
     typer.echo(f"oldest queued job           {oldest}")
     typer.echo(f"studies receiving           {q.studies_receiving}")
     typer.echo(f"studies complete, waiting   {q.studies_complete_waiting}")
+    age = q.oldest_pending_delivery_age_s
+    typer.echo(f"deliveries pending          {q.deliveries_pending}")
+    typer.echo(f"oldest pending delivery     {'-' if age is None else _duration(age) + ' ago'}")
+    typer.echo(f"deliveries dead             {q.deliveries_dead}")
 
 
 # --- cds studies rerun | purge --------------------------------------------------

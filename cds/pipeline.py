@@ -95,6 +95,10 @@ def _required_present(rule: Rule, series: list[SeriesHeader]) -> bool:
     )
 
 
+#: study history lines by which an admin asks for the study's pipelines to run again
+_RERUN_EVENTS = ("rerun_requested", "job_retried")
+
+
 def _fresh_job(node: Node, study_key: str, kind: str, since: float) -> bool:
     """A job of this kind, not failed or cancelled, created at or after ``since``."""
     dead = (JobState.FAILED, JobState.CANCELLED)
@@ -138,12 +142,13 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
             )
             _run_jobs(node, study_key, series, runs)
         return
+    # an admin's re-run or retry asks for every pipeline again, even one that ran
+    asked = max((e.at for e in detail.events if e.kind in _RERUN_EVENTS), default=0.0)
+    since = max(detail.summary.last_received_at, asked)
     runs = [
         (v, p)
         for v, p in plan.runs
-        if not _fresh_job(
-            node, study_key, f"{p.pipeline}:{p.model}", detail.summary.last_received_at
-        )
+        if not _fresh_job(node, study_key, f"{p.pipeline}:{p.model}", since)
     ]
     wait = _quiet_time_left(node, study_key, [r for r, _ in runs])
     if wait > 0:
@@ -324,10 +329,7 @@ def _run_jobs(
             runner = ModelRunner(model, node.models.slots)
             for s in series:
                 if s.series_uid in rule.selected:
-                    out = process_series(runner, s.files, p.results, node.settings.results.language)
-                    node.store.record_event(study_key, "inferred", _summary(out.result))
-                    paths = write_results(node.settings.results_path, study_key, out.objects)
-                    _encoded_event(node, study_key, out, paths)
+                    _run_series(node, study_key, job.kind, p, runner=runner, series=s)
         except Exception as exc:  # recorded on the job; the study goes on
             failed += 1
             node.store.set_job_state(

@@ -8,6 +8,8 @@ from pydantic import BaseModel, Field
 
 from cds.admin import PurgeResult, job_timings
 from cds.domain import (
+    Delivery,
+    DeliveryState,
     Job,
     JobState,
     QueueStats,
@@ -149,6 +151,11 @@ class QueueOut(BaseModel):
     studies_complete_waiting: int = Field(
         description="complete studies that processing has not picked up yet"
     )
+    deliveries_pending: int = Field(description="result objects waiting to be sent or retried")
+    deliveries_dead: int = Field(description="deliveries that gave up: retry them by hand")
+    oldest_pending_delivery_age_s: float | None = Field(
+        description="seconds the oldest pending delivery has waited; null when none"
+    )
 
     @classmethod
     def of(cls, q: QueueStats, now: float) -> QueueOut:
@@ -159,6 +166,43 @@ class QueueOut(BaseModel):
             oldest_queued_age_s=age,
             studies_receiving=q.studies_receiving,
             studies_complete_waiting=q.studies_complete_waiting,
+            deliveries_pending=q.deliveries_pending,
+            deliveries_dead=q.deliveries_dead,
+            oldest_pending_delivery_age_s=None
+            if q.oldest_pending_delivery_at is None
+            else round(max(now - q.oldest_pending_delivery_at, 0.0), 3),
+        )
+
+
+class DeliveryOut(BaseModel):
+    delivery_id: str
+    study_key: str
+    sop_instance_uid: str = Field(description="the result object sent")
+    sop_class_uid: str
+    modality: str = Field(description="SR, SEG, PR, OT/SC or KO (a rejection note)")
+    destination: str = Field(description="the routing file's destination name")
+    state: DeliveryState
+    attempts: int
+    last_error: str | None = Field(description="why the last try failed")
+    next_attempt_at: datetime | None = Field(description="when a pending delivery is tried")
+    created_at: datetime
+    delivered_at: datetime | None
+
+    @classmethod
+    def of(cls, d: Delivery) -> DeliveryOut:
+        return cls(
+            delivery_id=d.delivery_id,
+            study_key=d.study_key,
+            sop_instance_uid=d.sop_uid,
+            sop_class_uid=d.sop_class_uid,
+            modality=d.modality,
+            destination=d.destination,
+            state=d.state,
+            attempts=d.attempts,
+            last_error=d.last_error,
+            next_attempt_at=_ts(d.next_attempt_at),
+            created_at=_ts(d.created_at),
+            delivered_at=_ts(d.delivered_at),
         )
 
 

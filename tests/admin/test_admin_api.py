@@ -253,6 +253,9 @@ def test_queue_depth_and_oldest_waiting(client: TestClient) -> None:
         "oldest_queued_age_s": None,
         "studies_receiving": 0,
         "studies_complete_waiting": 0,
+        "deliveries_pending": 0,
+        "deliveries_dead": 0,
+        "oldest_pending_delivery_age_s": None,
     }
     done = send_study(node, replace_first=False)
     wait_state(node, done.key, StudyState.COMPLETE)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from cds.config import DeliverySettings
@@ -25,11 +25,11 @@ from ..conftest import free_port
 class Pacs:
     """A Storage SCP that records what it got and answers ``status``."""
 
-    def __init__(self, contexts: list[Any] | None = None) -> None:
+    def __init__(self, contexts: list[Any] | None = None, port: int | None = None) -> None:
         self.received: list[str] = []
         self.calling: list[str] = []
         self.status = 0x0000
-        self.port = free_port()
+        self.port = port or free_port()
         ae = AE(ae_title="PACS")
         ae.supported_contexts = contexts or AllStoragePresentationContexts
         self.server = ae.start_server(
@@ -228,8 +228,14 @@ def test_destination_removed_from_routing_is_not_sent(
 
 
 def test_sop_class_not_accepted_and_missing_file(
-    tmp_path: Path, store: SqliteStore, ct: list[Path], corpus: Path
+    tmp_path: Path,
+    store: SqliteStore,
+    ct: list[Path],
+    corpus: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # a node started earlier in this process made pynetdicom accept any storage class
+    monkeypatch.setattr(_config, "UNRESTRICTED_STORAGE_SERVICE", False)
     ct_only = Pacs(
         contexts=[c for c in AllStoragePresentationContexts if c.abstract_syntax == CTImageStorage]
     )

@@ -1,6 +1,7 @@
-"""Admin endpoints: the job queue and what a PACS admin does to it.
+"""Admin endpoints: the job queue, the delivery outbox, and what a PACS admin does to them.
 
-The same operations as ``cds jobs``, ``cds queue`` and ``cds studies rerun|purge``
+The same operations as ``cds jobs``, ``cds queue``, ``cds deliveries`` and
+``cds studies rerun|purge``
 (both call ``cds.admin``). Refusals are 404 (unknown job or study) or 409 (not
 allowed in its current state) with a message naming the state.
 """
@@ -15,8 +16,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from cds import admin
 from cds.api.deps import get_node
-from cds.api.schemas import JobOut, Problem, PurgeOut, QueueOut, RequeuedOut
-from cds.domain import JobState
+from cds.api.schemas import DeliveryOut, JobOut, Problem, PurgeOut, QueueOut, RequeuedOut
+from cds.domain import DeliveryState, JobState
 from cds.errors import AdminError
 from cds.logging import get_logger
 from cds.orchestrator import Node
@@ -114,3 +115,45 @@ def purge_study(
 @router.get("/queue", summary="Queue depth, oldest waiting job, studies waiting")
 def queue(node: NodeDep) -> QueueOut:
     return QueueOut.of(admin.queue_stats(node.store), time.time())
+
+
+@router.get("/deliveries", summary="Result objects sent or to send, per destination, newest first")
+def list_deliveries(
+    node: NodeDep,
+    state: Annotated[
+        DeliveryState | None, Query(description="only deliveries in this state (e.g. dead)")
+    ] = None,
+    study_key: Annotated[str | None, Query(description="only those of this study")] = None,
+    destination: Annotated[str | None, Query(description="only those to this destination")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+) -> list[DeliveryOut]:
+    found = admin.list_deliveries(node.store, state, study_key, destination, limit)
+    return [DeliveryOut.of(d) for d in found]
+
+
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    summary="Try a dead (or backing-off) delivery again now (recorded as delivery_retried)",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=_REFUSALS,
+)
+def retry_delivery(delivery_id: str, node: NodeDep) -> DeliveryOut:
+    d = _admin(lambda: admin.retry_delivery(node.store, delivery_id))
+    node.delivery.kick()
+    log.info("admin.delivery_retried", study_key=d.study_key, destination=d.destination)
+    return DeliveryOut.of(d)
+
+
+@router.post(
+    "/deliveries/retry-dead",
+    summary="Try every dead delivery (of one destination) again now",
+    status_code=status.HTTP_202_ACCEPTED,
+)
+def retry_dead(
+    node: NodeDep,
+    destination: Annotated[str | None, Query(description="only those to this destination")] = None,
+) -> list[DeliveryOut]:
+    retried = admin.retry_dead_deliveries(node.store, destination)
+    node.delivery.kick()
+    log.info("admin.deliveries_retried", deliveries=len(retried))
+    return [DeliveryOut.of(d) for d in retried]

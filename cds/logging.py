@@ -129,6 +129,8 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: TextIO | N
     # silence them in logs and on stderr; ingest reports problems in its own words.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+    # highdicom warns with the value it checks (e.g. a PatientName it finds odd)
+    warnings.filterwarnings("ignore", module=r"highdicom(\..*)?$")
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         lg = logging.getLogger(name)
         lg.handlers[:] = []

@@ -6,9 +6,10 @@ import json
 import logging
 from io import StringIO
 
+import pytest
 from pydicom.valuerep import PersonName
 
-from cds.logging import get_logger, scrub_patient_data, study_key
+from cds.logging import configure_logging, get_logger, scrub_patient_data, study_key
 
 
 def test_scrubber_removes_patient_keys_and_person_names() -> None:
@@ -61,3 +62,24 @@ def test_peer_timeouts_from_pynetdicom_are_one_warning_line(json_logs: StringIO)
     assert [x["level"] for x in lines] == ["warning", "warning", "error"]
     assert lines[1]["event"] == "peer connection: TimeoutError"
     assert "Traceback" not in json_logs.getvalue()
+
+
+def test_highdicom_warnings_that_quote_values_are_silenced(
+    json_logs: StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    import highdicom.base
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")
+        configure_logging("json", "debug", stream=json_logs)  # installs the filters again
+        warnings.warn_explicit(
+            'The string "CANARY" is unlikely to represent the intended person name',
+            UserWarning,
+            highdicom.base.__file__,
+            1,
+            module="highdicom.base",
+        )
+    assert seen == []
+    assert "CANARY" not in json_logs.getvalue() + capsys.readouterr().err

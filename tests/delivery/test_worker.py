@@ -256,3 +256,51 @@ def test_sop_class_not_accepted_and_missing_file(
         assert ct_only.received == [sops[0]]
     finally:
         ct_only.close()
+
+
+def test_tls_destination_verified_against_its_ca(
+    tmp_path: Path, store: SqliteStore, ct: list[Path]
+) -> None:
+    import ssl
+    import subprocess
+
+    from cds.routing.rules import Tls
+
+    key, cert = tmp_path / "pacs.key", tmp_path / "pacs.crt"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"openssl cannot make a test certificate: {made.stderr[-200:]!r}")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    received: list[str] = []
+    port = free_port()
+    ae = AE(ae_title="PACS")
+    ae.supported_contexts = AllStoragePresentationContexts
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        ssl_context=server_ctx,
+        evt_handlers=[
+            (evt.EVT_C_STORE, lambda e: received.append(str(e.dataset.SOPInstanceUID)) or 0)
+        ],
+    )
+    try:
+        sops = queue(store, tmp_path, ct[:1])
+        trusted = Destination(
+            ae_title="PACS", host="127.0.0.1", port=port, tls=Tls(enabled=True, ca_file=cert)
+        )
+        untrusted = Destination(ae_title="PACS", host="127.0.0.1", port=port, tls=Tls(enabled=True))
+        worker(store, tmp_path, {"pacs": untrusted}, Clock()).tick()
+        assert received == []  # an unknown certificate: nothing sent
+        (d,) = store.list_deliveries()
+        assert d.state is DeliveryState.PENDING
+        store.retry_delivery(d.delivery_id, now=1000)
+        worker(store, tmp_path, {"pacs": trusted}, Clock()).tick()
+        assert received == sops
+    finally:
+        server.shutdown()

@@ -207,10 +207,14 @@ def study(
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Show one study: its series and its history."""
+    """Show one study: its series, its result objects (and where they went), its history."""
     store = _open_store_readonly(_settings(config, home))
-    detail = store.get_study(study_key)
-    store.close()
+    try:
+        detail = store.get_study(study_key)
+        results = store.list_results(study_key)
+        deliveries = store.list_deliveries(study_key=study_key, limit=100_000)
+    finally:
+        store.close()
     if detail is None:
         raise _fail(f"no study with key {study_key!r}", 1)
     s = detail.summary
@@ -221,6 +225,16 @@ def study(
             f"  series #{r.series_number if r.series_number is not None else '-'} "
             f"{r.modality:<4} {r.instance_count:>5} instances  {r.series_uid}"
         )
+    if results:
+        sent: dict[str, list[str]] = {}
+        for d in deliveries:
+            sent.setdefault(d.sop_uid, []).append(f"{d.destination} {d.state.value}")
+        typer.echo("results:")
+        for res in results:
+            typer.echo(
+                f"  {res.modality:<4} {res.state.value:<10} {res.job_kind:<32} "
+                f"{', '.join(sent.get(res.sop_uid, [])) or 'not sent'}  {res.sop_uid}"
+            )
     typer.echo("history:")
     for e in detail.events:
         typer.echo(f"  {_when(e.at)}  {e.kind:<18} {e.detail}")

@@ -13,6 +13,8 @@ from cds.domain import (
     Job,
     JobState,
     QueueStats,
+    ResultObject,
+    ResultState,
     SeriesSummary,
     StudyDetail,
     StudyEvent,
@@ -233,4 +235,37 @@ class PurgeOut(BaseModel):
             superseded_versions=r.superseded_versions,
             unrecorded_files=r.unrecorded_files,
             jobs_cancelled=list(r.jobs_cancelled),
+        )
+
+
+class ResultOut(BaseModel):
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    modality: str = Field(description="SR, SEG, PR, OT (secondary capture) or KO")
+    state: ResultState = Field(
+        description="current; superseded (a newer run replaced it); rejection (the note "
+        "that withdraws superseded objects)"
+    )
+    pipeline: str = Field(description="<pipeline>:<model> that made it")
+    model_version: str
+    source_series_instance_uid: str
+    created_at: datetime
+    superseded_at: datetime | None
+    deliveries: list[DeliveryOut]
+
+    @classmethod
+    def of(cls, r: ResultObject, deliveries: list[Delivery]) -> ResultOut:
+        return cls(
+            sop_instance_uid=r.sop_uid,
+            series_instance_uid=r.series_uid,
+            sop_class_uid=r.sop_class_uid,
+            modality=r.modality,
+            state=r.state,
+            pipeline=r.job_kind,
+            model_version=r.model_version,
+            source_series_instance_uid=r.source_series_uid,
+            created_at=_ts(r.created_at),
+            superseded_at=_ts(r.superseded_at),
+            deliveries=[DeliveryOut.of(d) for d in deliveries if d.sop_uid == r.sop_uid],
         )

@@ -116,6 +116,19 @@ def test_results_go_back_to_the_pacs_once_and_are_superseded_by_a_late_instance(
         events = [e.kind for e in node.store.get_study(study.study_key).events]  # type: ignore[union-attr]
         assert "superseded" in events
         assert "delivered" in events
+        with TestClient(admin_app(settings, node)) as client:  # stops the node at exit
+            listed = client.get(f"/api/studies/{study.study_key}/results").json()
+            assert client.get("/api/studies/nope/results").status_code == 404
+        by_uid = {r["sop_instance_uid"]: r for r in listed}
+        assert {by_uid[u]["state"] for u in first} == {"superseded"}
+        assert by_uid[sr.sop_uid]["state"] == "current"
+        assert [d["state"] for d in by_uid[sr.sop_uid]["deliveries"]] == ["delivered"]
+        shown = CliRunner().invoke(
+            cli_app, ["study", study.study_key, "--home", str(settings.home)]
+        )
+        assert shown.exit_code == 0, shown.output
+        assert "SR   current    bone:cds-ref-ct-bone" in shown.output
+        assert "pacs delivered" in shown.output
     finally:
         node.stop()
 

@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query
 
 from cds.api.deps import get_node
-from cds.api.schemas import Problem, StudyDetailOut, StudyOut
+from cds.api.schemas import Problem, ResultOut, StudyDetailOut, StudyOut
 from cds.domain import StudyState
 from cds.orchestrator import Node
 
@@ -32,3 +32,15 @@ def get_study(study_key: str, node: Annotated[Node, Depends(get_node)]) -> Study
     if detail is None:
         raise HTTPException(404, f"no study with key {study_key!r}")
     return StudyDetailOut.of_detail(detail)
+
+
+@router.get(
+    "/{study_key}/results",
+    summary="The result objects made for a study, their state and where they were sent",
+    responses={404: {"model": Problem}},
+)
+def study_results(study_key: str, node: Annotated[Node, Depends(get_node)]) -> list[ResultOut]:
+    if node.store.get_study(study_key) is None:
+        raise HTTPException(404, f"no study with key {study_key!r}")
+    deliveries = node.store.list_deliveries(study_key=study_key, limit=100_000)
+    return [ResultOut.of(r, deliveries) for r in node.store.list_results(study_key)]

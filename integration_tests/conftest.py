@@ -192,6 +192,21 @@ class CdsNode:
 
         return dict(wait_for(check, timeout, 0.1, what))
 
+    def deliveries(self, study_key: str, state: str | None = None) -> list[dict[str, Any]]:
+        """``GET /api/deliveries`` of one study (optionally in one state)."""
+        params: dict[str, Any] = {"study_key": study_key, "limit": 1000}
+        if state:
+            params["state"] = state
+        r = self.http.get("/api/deliveries", params=params)
+        r.raise_for_status()
+        body = r.json()
+        # the issue's contract: {"deliveries": [{"sop_uid", ...}]}; also accept a bare list
+        # and "sop_instance_uid" (what the API's DeliveryOut says)
+        rows = [dict(d) for d in (body["deliveries"] if isinstance(body, dict) else body)]
+        for d in rows:
+            d.setdefault("sop_uid", d.get("sop_instance_uid"))
+        return rows
+
     # --- logs ------------------------------------------------------------
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -253,11 +268,19 @@ def node(node_factory: Callable[..., CdsNode]) -> CdsNode:
 # --- Orthanc -------------------------------------------------------------
 
 
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
 class Orthanc:
-    def __init__(self, workdir: Path, cds: CdsNode) -> None:
+    """A throw-away Orthanc: the PACS. ``dicom_port`` fixes its DICOM port (e.g. one a
+    node's routing file already names); ``dicomweb`` loads the DICOMweb plugin."""
+
+    def __init__(
+        self, workdir: Path, cds: CdsNode, *, dicom_port: int | None = None, dicomweb: bool = False
+    ) -> None:
         self.workdir = workdir
         self.http_port = free_port()
-        self.dicom_port = free_port()
+        self.dicom_port = dicom_port if dicom_port is not None else free_port()
         self.config_path = workdir / "orthanc.json"
         self.log_path = workdir / "orthanc.log"
         config = {
@@ -270,7 +293,7 @@ class Orthanc:
             "IndexDirectory": str(workdir / "storage"),
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
         }
         self.config_path.write_text(json.dumps(config), encoding="utf-8")
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=60)
@@ -299,6 +322,46 @@ class Orthanc:
         wait_for(ready, timeout, 0.05, "Orthanc to answer /system")
         return self
 
+    # --- REST helpers ------------------------------------------------------
+    def upload(self, files: list[Path]) -> str:
+        """POST every file to /instances; returns the Orthanc id of their one study."""
+        studies = set()
+        for f in files:
+            r = self.http.post("/instances", content=f.read_bytes())
+            assert r.status_code == 200, r.text
+            studies.add(r.json()["ParentStudy"])
+        assert len(studies) == 1, studies
+        return studies.pop()
+
+    def send_to_cds(self, study_id: str) -> dict[str, Any]:
+        """Orthanc pushes the study to the node (POST /modalities/cds/store), as a PACS does."""
+        r = self.http.post("/modalities/cds/store", content=study_id)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def series(self, study_id: str) -> list[dict[str, Any]]:
+        """The study's series: Modality, SeriesDescription, SeriesInstanceUID and the SOP
+        Instance UIDs of their instances."""
+        r = self.http.get(f"/studies/{study_id}/series")
+        r.raise_for_status()
+        out = []
+        for s in r.json():
+            tags = s["MainDicomTags"]
+            inst = self.http.get(f"/series/{s['ID']}/instances").json()
+            out.append(
+                {
+                    "id": s["ID"],
+                    "modality": tags.get("Modality", ""),
+                    "description": tags.get("SeriesDescription", ""),
+                    "series_uid": tags.get("SeriesInstanceUID", ""),
+                    "sop_uids": sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in inst),
+                }
+            )
+        return out
+
+    def study_ids(self) -> list[str]:
+        return list(self.http.get("/studies").json())
+
     def stop(self) -> None:
         # Orthanc takes ~4 s to stop gracefully; its throw-away state needs no care
         if self.proc is not None and self.proc.poll() is None:
@@ -308,16 +371,19 @@ class Orthanc:
 
 
 @pytest.fixture
-def orthanc_factory(tmp_path: Path) -> Iterator[Callable[[CdsNode], Orthanc]]:
-    """``make(cds_node)`` -> a running Orthanc whose modality ``cds`` is that node."""
+def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
+    """``make(cds_node, dicom_port=None, dicomweb=False)`` -> a running Orthanc whose
+    modality ``cds`` is that node."""
     if not ORTHANC_BIN.exists():
         pytest.skip(f"Orthanc not installed ({ORTHANC_BIN} missing)")
     started: list[Orthanc] = []
 
-    def make(cds: CdsNode) -> Orthanc:
+    def make(cds: CdsNode, *, dicom_port: int | None = None, dicomweb: bool = False) -> Orthanc:
+        if dicomweb and not DICOMWEB_PLUGIN.exists():
+            pytest.skip(f"Orthanc DICOMweb plugin not installed ({DICOMWEB_PLUGIN} missing)")
         workdir = tmp_path / f"orthanc{len(started)}"
         workdir.mkdir()
-        o = Orthanc(workdir, cds)
+        o = Orthanc(workdir, cds, dicom_port=dicom_port, dicomweb=dicomweb)
         started.append(o)
         return o.start()
 

@@ -25,6 +25,7 @@ from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
 from cds.results.encode import encode, write_results
+from cds.results.kos import build_rejection_kos
 from cds.routing.router import (
     PipelinePlan,
     RuleVerdict,
@@ -275,8 +276,9 @@ def _run_series(
     _encoded_event(node, study_key, out, paths)
     made = {str(ds.SOPInstanceUID) for ds in out.objects}
     rejected = [r for r in prev if r.sop_uid not in made]
-    rows = [
-        ResultObject(
+
+    def row(ds: Dataset, path: Path, state: ResultState) -> ResultObject:
+        return ResultObject(
             sop_uid=str(ds.SOPInstanceUID),
             study_key=study_key,
             study_uid=str(ds.StudyInstanceUID),
@@ -288,11 +290,24 @@ def _run_series(
             source_series_uid=series.series_uid,
             model_version=version,
             inputs_seed=seed,
-            state=ResultState.CURRENT,
+            state=state,
             created_at=time.time(),
         )
-        for ds, path in zip(out.objects, paths, strict=True)
-    ]
+
+    rows = [row(ds, path, ResultState.CURRENT) for ds, path in zip(out.objects, paths, strict=True)]
+    if rejected:  # withdraw them from the PACS too (IHE IOCM rejection note)
+        rec = out.result.record
+        kos = build_rejection_kos(
+            dcmread(series.files[0], stop_before_pixels=True),
+            [r.ref for r in rejected],
+            node.settings.results.language,
+            model=rec.model,
+            version=rec.version,
+            sha256=rec.sha256,
+            seed=seed,
+        )
+        (kos_path,) = write_results(root, study_key, [kos])
+        rows.append(row(kos, kos_path, ResultState.REJECTION))
     pipeline = node.routing.rules.pipelines.get(plan.pipeline)
     destinations = list(pipeline.destinations) if pipeline is not None else []
     node.store.record_results(rows, destinations, superseded=[r.sop_uid for r in rejected])
@@ -300,7 +315,8 @@ def _run_series(
         node.store.record_event(
             study_key,
             "superseded",
-            f"{len(rejected)} earlier object(s) of {job_kind} replaced by this run",
+            f"{len(rejected)} earlier object(s) of {job_kind} replaced by this run and "
+            f"withdrawn by a rejection note (KOS {rows[-1].sop_uid})",
         )
     if destinations:
         node.delivery.kick()

@@ -99,36 +99,8 @@ def test_results_go_back_to_the_pacs_once_and_are_superseded_by_a_late_instance(
 
         # a late instance: new inputs, new result, the old one superseded
         send_files(node, ct_series[4:5])
-        wait_until(lambda: len(delivered(node)) >= 4, what="new SEG and SR delivered")
-        results = node.store.list_results(study.study_key)
-        new = [r for r in results if r.state is ResultState.CURRENT and r.modality != "KO"]
-        old = [r for r in results if r.state is ResultState.SUPERSEDED]
-        assert {r.sop_uid for r in old} == set(first)
-        assert {r.modality for r in new} == {"SEG", "SR"}
-        assert not {r.sop_uid for r in new} & set(first)
-        (sr,) = [r for r in new if r.modality == "SR"]
-        sr_ds = dcmread(settings.results_path / sr.path)
-        (old_sr,) = [r for r in old if r.modality == "SR"]
-        (pred,) = sr_ds.PredecessorDocumentsSequence
-        refs = pred.ReferencedSeriesSequence[0].ReferencedSOPSequence
-        assert pred.StudyInstanceUID == study.study_uid
-        assert [x.ReferencedSOPInstanceUID for x in refs] == [old_sr.sop_uid]
-        events = [e.kind for e in node.store.get_study(study.study_key).events]  # type: ignore[union-attr]
-        assert "superseded" in events
-        assert "delivered" in events
-        with TestClient(admin_app(settings, node)) as client:  # stops the node at exit
-            listed = client.get(f"/api/studies/{study.study_key}/results").json()
-            assert client.get("/api/studies/nope/results").status_code == 404
-        by_uid = {r["sop_instance_uid"]: r for r in listed}
-        assert {by_uid[u]["state"] for u in first} == {"superseded"}
-        assert by_uid[sr.sop_uid]["state"] == "current"
-        assert [d["state"] for d in by_uid[sr.sop_uid]["deliveries"]] == ["delivered"]
-        shown = CliRunner().invoke(
-            cli_app, ["study", study.study_key, "--home", str(settings.home)]
-        )
-        assert shown.exit_code == 0, shown.output
-        assert "SR   current    bone:cds-ref-ct-bone" in shown.output
-        assert "pacs delivered" in shown.output
+        wait_until(lambda: len(delivered(node)) == 5, what="new SEG, SR and the KOS delivered")
+        check_supersession(node, pacs, study.study_key, study.study_uid, set(first))
     finally:
         node.stop()
 
@@ -183,3 +155,51 @@ def test_admin_sees_and_retries_dead_deliveries(tmp_path: Path, ct_series: list[
                 pacs.close()
     finally:
         node.stop()
+
+
+def check_supersession(
+    node: Node, pacs: Pacs, study_key: str, study_uid: str, first: set[str]
+) -> None:
+    """The first run's objects are superseded, the new SR names the old one, the old
+    objects are withdrawn by a rejection note, the admin sees it all."""
+    results = node.store.list_results(study_key)
+    new = [r for r in results if r.state is ResultState.CURRENT and r.modality != "KO"]
+    old = [r for r in results if r.state is ResultState.SUPERSEDED]
+    assert {r.sop_uid for r in old} == set(first)
+    assert {r.modality for r in new} == {"SEG", "SR"}
+    assert not {r.sop_uid for r in new} & set(first)
+    (sr,) = [r for r in new if r.modality == "SR"]
+    sr_ds = dcmread(node.settings.results_path / sr.path)
+    (old_sr,) = [r for r in old if r.modality == "SR"]
+    (pred,) = sr_ds.PredecessorDocumentsSequence
+    refs = pred.ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert pred.StudyInstanceUID == study_uid
+    assert [x.ReferencedSOPInstanceUID for x in refs] == [old_sr.sop_uid]
+    # the old objects are withdrawn from the PACS by an IOCM rejection note
+    (ko,) = [r for r in results if r.state is ResultState.REJECTION]
+    assert ko.modality == "KO"
+    assert ko.sop_uid in pacs.received
+    kos = dcmread(node.settings.results_path / ko.path)
+    assert kos.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    assert str(kos.StudyInstanceUID) == study_uid
+    withdrawn = {
+        sop.ReferencedSOPInstanceUID
+        for st in kos.CurrentRequestedProcedureEvidenceSequence
+        for se in st.ReferencedSeriesSequence
+        for sop in se.ReferencedSOPSequence
+    }
+    assert withdrawn == set(first)
+    events = [e.kind for e in node.store.get_study(study_key).events]  # type: ignore[union-attr]
+    assert "superseded" in events
+    assert "delivered" in events
+    with TestClient(admin_app(node.settings, node)) as client:  # stops the node at exit
+        listed = client.get(f"/api/studies/{study_key}/results").json()
+        assert client.get("/api/studies/nope/results").status_code == 404
+    by_uid = {r["sop_instance_uid"]: r for r in listed}
+    assert {by_uid[u]["state"] for u in first} == {"superseded"}
+    assert by_uid[sr.sop_uid]["state"] == "current"
+    assert [d["state"] for d in by_uid[sr.sop_uid]["deliveries"]] == ["delivered"]
+    shown = CliRunner().invoke(cli_app, ["study", study_key, "--home", str(node.settings.home)])
+    assert shown.exit_code == 0, shown.output
+    assert "SR   current    bone:cds-ref-ct-bone" in shown.output
+    assert "pacs delivered" in shown.output

@@ -1,11 +1,12 @@
 """What every result builder shares: deterministic UIDs, the repairs of copied source
-attributes, and the cds private coding scheme."""
+attributes, the cds private coding scheme, and the outline of a detection box."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 MANUFACTURER = "cds"
@@ -54,6 +55,19 @@ def _derived_uid(parts: Sequence[str]) -> str:
     ('a', 'bc') stay apart.
     """
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, _SEP.join(parts)).int}"
+
+
+def rectangle(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
+    """A closed rectangle (column, row) around inclusive pixel indices r0..r1, c0..c1.
+
+    Pixel (r, c) covers [c, c+1) x [r, r+1) in PIXEL annotation units (GSPS) and in
+    SR 2-D spatial coordinates (SCOORD), whose origin is the top left corner of the
+    top left pixel.
+    """
+    left, top, right, bottom = c0, r0, c1 + 1, r1 + 1
+    return np.array(
+        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=float
+    )
 
 
 def tolerant(ds: Dataset) -> Dataset:

@@ -29,7 +29,7 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
-from cds.results.common import MANUFACTURER, complete, result_uids, tolerant
+from cds.results.common import MANUFACTURER, complete, rectangle, result_uids, tolerant
 from cds.results.sc import laterality
 from cds.results.text import texts
 
@@ -37,18 +37,6 @@ RESULT_KIND = "GSPS"
 _LO = 64
 _LAYER = "CDS_AI"
 _PIXEL = hd.pr.AnnotationUnitsValues.PIXEL
-
-
-def _rectangle(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
-    """A closed rectangle (column, row) around inclusive pixel indices r0..r1, c0..c1.
-
-    Pixel (r, c) covers [c, c+1) x [r, r+1) in the PIXEL annotation units, whose
-    origin is the top left corner of the top left pixel.
-    """
-    left, top, right, bottom = c0, r0, c1 + 1, r1 + 1
-    return np.array(
-        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=float
-    )
 
 
 def _annotations_of(
@@ -77,7 +65,7 @@ def _annotations_of(
     for (r0, c0, r1, c1), score in boxes:
         graphics.append(
             hd.pr.GraphicObject(
-                hd.pr.GraphicTypeValues.POLYLINE, _rectangle(r0, c0, r1, c1), units=_PIXEL
+                hd.pr.GraphicTypeValues.POLYLINE, rectangle(r0, c0, r1, c1), units=_PIXEL
             )
         )
         anchor = (min(float(c1) + 1.0, columns - 1.0), max(min(float(r0), rows - 1.0), 0.0))

@@ -1,6 +1,7 @@
 """TID 1500 Measurement Report (Comprehensive 3D SR) of a model's findings, built with highdicom.
 
-One measurement group per finding, whatever the model kind:
+One measurement group per finding, whatever the model kind (a detection's boxes
+excepted, see below):
 
 - tracking identifier: the label's display text in the job's language, and a
   tracking UID derived like the object's UIDs (same inputs, same UID);
@@ -17,6 +18,15 @@ One measurement group per finding, whatever the model kind:
   measurement group") or, for a segmentation finding when its SEG is given, the
   segment (TID 1411 "Referenced Segment" with its source images).
 
+A detection finding with boxes gets one TID 1501 group per box instead, in the
+layout OHIF 3 hydrates into an editable rectangle (see ../shared/viewer/README.md,
+"SR display vs hydration"): tracking identifier
+``Cornerstone3DTools@^0.1.0:RectangleROI``; the NUM "Probability" (the box's
+score) holds the closed 5-point rectangle as INFERRED FROM 2-D coordinates on
+its source image; the finding and its "Present" evaluation as above; and a TEXT
+DCM 121106 "Comment" with the label's display text in the job's language, which
+OHIF shows as the rectangle's label (the tracking identifier no longer can).
+
 The observer is a device (the model); the report is UNVERIFIED and says it is
 advisory in the job's language (SeriesDescription prefix and a TEXT DCM 121106
 "Comment" in the report's "Qualitative Evaluations" container, TID 1500 row 12).
@@ -24,7 +34,8 @@ advisory in the job's language (SeriesDescription prefix and a TEXT DCM 121106
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -36,7 +47,7 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
-from cds.results.common import MANUFACTURER, complete, result_uids, tolerant
+from cds.results.common import MANUFACTURER, complete, rectangle, result_uids, tolerant
 from cds.results.text import texts
 
 RESULT_KIND = "SR"
@@ -65,6 +76,8 @@ _PROCEDURE_BY_MODALITY = {
     "MR": hd.sr.CodedConcept("25056-3", "LN", "MRI unspecified body region"),
 }
 _IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
+#: tracking identifier by which OHIF 3 recognises a group it can hydrate as a rectangle
+OHIF_RECTANGLE = "Cornerstone3DTools@^0.1.0:RectangleROI"
 
 
 def _coded(code: mf.Code) -> hd.sr.CodedConcept:
@@ -97,6 +110,16 @@ def _images(finding: Finding, result: InferenceResult) -> list[ImageRef]:
     return on or list(result.images)
 
 
+def _boxes(finding: Finding) -> list[tuple[ImageRef, tuple[float, float, float, float], float]]:
+    """A detection finding's boxes: (image, (row0, col0, row1, col1), score), image order."""
+    return [
+        (ref, (float(b[0]), float(b[1]), float(b[2]), float(b[3])), float(score))
+        for ref, where in finding.per_image.items()
+        if isinstance(where, list)
+        for b, score in where
+    ]
+
+
 class _Sources:
     """SOP Class UIDs of the source images, by SOP Instance UID."""
 
@@ -127,6 +150,9 @@ class _Sources:
             )
             for r in refs
         ]
+
+    def for_region(self, finding: Finding, ref: ImageRef) -> hd.sr.SourceImageForRegion:
+        return hd.sr.SourceImageForRegion(self._check(finding, ref), ref.sop_uid, self._frames(ref))
 
     def for_segment(
         self, finding: Finding, refs: Sequence[ImageRef]
@@ -193,6 +219,145 @@ def _measurements(
     return out
 
 
+def _box_groups(
+    finding: Finding,
+    lang: str,
+    algorithm: hd.sr.AlgorithmIdentification,
+    sources: _Sources,
+    tracking_uid: Callable[[str], str],
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One TID 1501 group per detection box, in the layout OHIF 3 hydrates.
+
+    OHIF turns a group into an editable rectangle when its tracking identifier
+    names the Cornerstone3D tool and its first NUM holds the outline as INFERRED
+    FROM coordinates; it labels the rectangle with the group's DCM 121106
+    "Comment", which carries the finding's display name in the job's language.
+    """
+    groups = []
+    for n, (ref, (r0, c0, r1, c1), score) in enumerate(_boxes(finding)):
+        outline = hd.sr.CoordinatesForMeasurement(
+            hd.sr.GraphicTypeValues.POLYLINE,
+            rectangle(r0, c0, r1, c1),
+            sources.for_region(finding, ref),
+        )
+        group = hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=tracking_uid(f"box-{ref.sop_uid}-{ref.frame}-{n}"), identifier=OHIF_RECTANGLE
+            ),
+            finding_type=_coded(finding.label.code),
+            algorithm_id=algorithm,
+            measurements=[
+                hd.sr.Measurement(
+                    name=_PROBABILITY,
+                    value=score,
+                    unit=_PROBABILITY_UNIT,
+                    referenced_coordinates=[outline],
+                    algorithm_id=algorithm,
+                )
+            ],
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(_coded(finding.label.code), _PRESENT)
+            ],
+        )
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=_COMMENT,
+                value=finding.label.display.get(lang),
+                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            )
+        )
+        groups.append(group)
+    return groups
+
+
+_Group = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What the measurement groups of one report share."""
+
+    lang: str
+    manifest: mf.Manifest
+    result: InferenceResult
+    algorithm: hd.sr.AlgorithmIdentification
+    sources: _Sources
+    seg: Dataset | None
+    segments: dict[int, int]
+    #: (study UID, series UIDs, seed) of the report's UIDs, for the tracking UIDs
+    uid_base: tuple[str, tuple[str, ...], str]
+
+    def tracking_uid(self, i: int, finding: Finding, suffix: str = "") -> str:
+        """Tracking UID of finding ``i`` (and of its box ``suffix``): same inputs, same UID."""
+        label, rec = finding.label, self.result.record
+        kind = f"{RESULT_KIND}-tracking-{i}-{label.index}-{label.code.scheme}-{label.code.value}"
+        study_uid, series_uids, seed = self.uid_base
+        return result_uids(
+            study_uid,
+            series_uids,
+            rec.model,
+            rec.version,
+            kind=f"{kind}-{suffix}" if suffix else kind,
+            seed=seed,
+        )[1]
+
+    def groups(self, i: int, finding: Finding) -> list[_Group]:
+        """The groups of finding ``i``: one per box of a detection, else one."""
+        rec, label = self.result.record, finding.label
+        try:
+            if _boxes(finding):
+                return list(
+                    _box_groups(
+                        finding,
+                        self.lang,
+                        self.algorithm,
+                        self.sources,
+                        lambda suffix: self.tracking_uid(i, finding, suffix),
+                    )
+                )
+            return [self._group(i, finding)]
+        except (ValueError, TypeError) as exc:
+            raise EncodingError(
+                f"SR of {rec.model} {rec.version}: {label.code.meaning!r}: {exc}"
+            ) from exc
+
+    def _group(self, i: int, finding: Finding) -> _Group:
+        label = finding.label
+        tracking = hd.sr.TrackingIdentifier(
+            uid=self.tracking_uid(i, finding), identifier=label.display.get(self.lang)[:_LO]
+        )
+        common = {
+            "tracking_identifier": tracking,
+            "finding_type": _coded(label.code),
+            "algorithm_id": self.algorithm,
+            "measurements": _measurements(finding, self.manifest, self.algorithm),
+            "qualitative_evaluations": [
+                hd.sr.QualitativeEvaluation(
+                    _coded(label.code), _PRESENT if finding.present else _ABSENT
+                )
+            ],
+        }
+        refs = _images(finding, self.result)
+        if i in self.segments and self.seg is not None:
+            segment = hd.sr.ReferencedSegment(
+                sop_class_uid=str(self.seg.SOPClassUID),
+                sop_instance_uid=str(self.seg.SOPInstanceUID),
+                segment_number=self.segments[i],
+                source_images=self.sources.for_segment(finding, refs),
+            )
+            return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=segment,
+                **common,  # type: ignore[arg-type]
+            )
+        return hd.sr.MeasurementsAndQualitativeEvaluations(
+            source_images=self.sources.for_group(finding, refs),
+            **common,  # type: ignore[arg-type]
+        )
+
+
 def build_sr(
     source_datasets: Sequence[Dataset],
     result: InferenceResult,
@@ -252,62 +417,17 @@ def build_sr(
         family=family,
         manufacturer=MANUFACTURER,
     )
-    sources = _Sources(source_datasets)
-    segments = _segment_numbers(result.findings, seg)
-    groups: list[
-        hd.sr.MeasurementsAndQualitativeEvaluations
-        | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    ] = []
-    for i, finding in enumerate(result.findings):
-        label = finding.label
-        _, tracking_uid = result_uids(
-            study_uid,
-            series_uids,
-            rec.model,
-            rec.version,
-            kind=f"{RESULT_KIND}-tracking-{i}-{label.index}-{label.code.scheme}-{label.code.value}",
-            seed=seed,
-        )
-        tracking = hd.sr.TrackingIdentifier(
-            uid=tracking_uid, identifier=label.display.get(lang)[:_LO]
-        )
-        common = {
-            "tracking_identifier": tracking,
-            "finding_type": _coded(label.code),
-            "algorithm_id": algorithm,
-            "measurements": _measurements(finding, manifest, algorithm),
-            "qualitative_evaluations": [
-                hd.sr.QualitativeEvaluation(
-                    _coded(label.code), _PRESENT if finding.present else _ABSENT
-                )
-            ],
-        }
-        refs = _images(finding, result)
-        try:
-            if i in segments and seg is not None:
-                segment = hd.sr.ReferencedSegment(
-                    sop_class_uid=str(seg.SOPClassUID),
-                    sop_instance_uid=str(seg.SOPInstanceUID),
-                    segment_number=segments[i],
-                    source_images=sources.for_segment(finding, refs),
-                )
-                groups.append(
-                    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                        referenced_segment=segment,
-                        **common,  # type: ignore[arg-type]
-                    )
-                )
-            else:
-                groups.append(
-                    hd.sr.MeasurementsAndQualitativeEvaluations(
-                        source_images=sources.for_group(finding, refs),
-                        **common,  # type: ignore[arg-type]
-                    )
-                )
-        except (ValueError, TypeError) as exc:
-            raise EncodingError(
-                f"SR of {rec.model} {rec.version}: {label.code.meaning!r}: {exc}"
-            ) from exc
+    ctx = _Context(
+        lang=lang,
+        manifest=manifest,
+        result=result,
+        algorithm=algorithm,
+        sources=_Sources(source_datasets),
+        seg=seg,
+        segments=_segment_numbers(result.findings, seg),
+        uid_base=(study_uid, tuple(series_uids), seed),
+    )
+    groups = [g for i, finding in enumerate(result.findings) for g in ctx.groups(i, finding)]
 
     produced_by = t.produced_by.format(name=rec.model, version=rec.version, sha256=rec.sha256)
     try:

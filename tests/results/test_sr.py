@@ -345,3 +345,76 @@ def test_device_observer_is_the_model_whatever_the_inputs(
     rec = dataclasses.replace(result.record, version="9.9.9")
     c = build_sr(slices, dataclasses.replace(result, record=rec), other, "en")
     assert device_uid(c) != device_uid(a)
+
+
+BOXES = [((100.0, 120.0, 139.0, 179.0), 0.92), ((300.0, 40.0, 309.0, 59.0), 0.61)]
+
+
+def detection_result(slices: Sequence[Dataset], manifest: mf.Manifest) -> InferenceResult:
+    """Two boxes on slice 1, one on slice 3; a second label boxed nowhere (absent)."""
+    refs = [ImageRef(str(ds.SOPInstanceUID), 1) for ds in slices]
+    findings = [
+        Finding(LESION, 0.92, True, {refs[1]: BOXES, refs[3]: BOXES[1:]}),
+        Finding(LESION.model_copy(update={"index": 2}), 0.2, False, {}),
+    ]
+    rec = synthetic_result(slices, manifest).record
+    return InferenceResult(rec, "detection", findings, {}, refs)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_detection_boxes_are_groups_ohif_can_hydrate(
+    lang: str, slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    """One TID 1501 group per box: OHIF's RectangleROI tracking identifier, the box's
+    score as a NUM holding the closed rectangle, the display name as a Comment."""
+    result = detection_result(slices, manifest)
+    back = write_and_read(build_sr(slices, result, manifest, lang), tmp_path)
+    found = groups(back)
+    assert len(found) == 3 + 1  # three boxes, and the absent finding's group
+    uids = [str(ds.SOPInstanceUID) for ds in slices]
+    expected = [(uids[1], *BOXES[0]), (uids[1], *BOXES[1]), (uids[3], *BOXES[1])]
+    tracking_uids = set()
+    for group, (sop_uid, (r0, c0, r1, c1), score) in zip(found, expected, strict=False):
+        assert child(group, "DCM", "112039").TextValue == "Cornerstone3DTools@^0.1.0:RectangleROI"
+        tracking_uids.add(child(group, "DCM", "112040").UID)
+        assert child(group, "DCM", "121106").TextValue == LESION.display.get(lang)
+        assert child(group, "DCM", "121071").ConceptCodeSequence[0].CodeValue == "52988006"
+        evaluation = child(group, "SCT", "52988006").ConceptCodeSequence[0]
+        assert evaluation.CodeValue == "52101004"  # Present
+        nums = [c for c in group.ContentSequence if c.ValueType == "NUM"]
+        assert [name(n) for n in nums] == [("DCM", "122157")]  # the first NUM holds the box
+        assert float(nums[0].MeasuredValueSequence[0].NumericValue) == pytest.approx(score)
+        (scoord,) = [c for c in nums[0].ContentSequence if c.ValueType == "SCOORD"]
+        assert (scoord.ValueType, scoord.RelationshipType) == ("SCOORD", "INFERRED FROM")
+        assert scoord.GraphicType == "POLYLINE"
+        points = np.array(scoord.GraphicData, dtype=float).reshape(-1, 2)  # (column, row)
+        corners = [[c0, r0], [c1 + 1, r0], [c1 + 1, r1 + 1], [c0, r1 + 1], [c0, r0]]
+        assert np.allclose(points, corners)
+        assert referenced_sops(group) == {sop_uid}
+    assert len(tracking_uids) == 3
+    absent = found[3]
+    assert child(absent, "DCM", "112039").TextValue == LESION.display.get(lang)
+    assert referenced_sops(absent) == set(uids)
+    again = build_sr(slices, detection_result(slices, manifest), manifest, lang)
+    assert [str(child(g, "DCM", "112040").UID) for g in groups(again)][:3] == [
+        str(child(g, "DCM", "112040").UID) for g in found[:3]
+    ]
+
+
+def test_sr_of_the_bundled_blob_detector_on_a_real_series(
+    slices: list[Dataset], tmp_path: Path
+) -> None:
+    """End to end: decode, run cds-ref-blob-detect, one hydratable group per box, validate."""
+    (model,) = ModelRegistry([MODELS / "cds-ref-blob-detect"], "cpu").load()
+    assert model.status == "ready", model.errors
+    assert model.manifest is not None
+    result = ModelRunner(model, DeviceSlots(1, 1)).run(decode(slices))
+    boxes = sum(len(v) for f in result.findings for v in f.per_image.values())
+    assert boxes, "the blob detector boxes something on the test slices"
+    back = write_and_read(build_sr(slices, result, model.manifest, "fr"), tmp_path)
+    found = groups(back)
+    assert len(found) == boxes
+    label = model.manifest.output.labels[0].display.get("fr")
+    for group in found:
+        assert child(group, "DCM", "112039").TextValue.endswith(":RectangleROI")
+        assert child(group, "DCM", "121106").TextValue == label

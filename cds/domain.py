@@ -225,3 +225,54 @@ class Delivery:
     created_at: float
     updated_at: float
     delivered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class FindingRecord:
+    """One finding of one result, as the radiologist reviews it (a measurement group of
+    the SR, keyed by its Tracking Unique Identifier)."""
+
+    tracking_uid: str
+    result_sop_uid: str  # the SR that reports it (or the first object when no SR was made)
+    study_key: str
+    job_kind: str
+    model: str
+    version: str
+    sha256: str
+    label_scheme: str
+    label_value: str
+    label_meaning: str
+    display_en: str
+    display_fr: str
+    present: bool
+    score: float
+    created_at: float
+
+
+class FeedbackAction(enum.StrEnum):
+    """What a radiologist (or the PACS on their behalf) said of a finding."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    CORRECT = "correct"
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One appended feedback record: it never changes the result it is about."""
+
+    feedback_id: str
+    tracking_uid: str
+    result_sop_uid: str
+    study_key: str
+    action: FeedbackAction
+    reason: str
+    corrected_scheme: str | None  # the label the radiologist put instead (correct)
+    corrected_value: str | None
+    corrected_meaning: str | None
+    who: str  # user name as given, or "AE:<calling AE>" for DICOM-native feedback
+    source: str  # review | api | dicom
+    at: float
+    model: str
+    version: str
+    sha256: str

@@ -62,3 +62,11 @@ class AdminError(CdsError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class FeedbackError(CdsError):
+    """Feedback refused (unknown finding, invalid correction), with its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

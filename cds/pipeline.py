@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from cds.domain import JobState, ResultObject, ResultRef, ResultState, StudyState
 from cds.errors import CdsError
+from cds.feedback.findings import findings_of
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
@@ -311,6 +312,9 @@ def _run_series(
     pipeline = node.routing.rules.pipelines.get(plan.pipeline)
     destinations = list(pipeline.destinations) if pipeline is not None else []
     node.store.record_results(rows, destinations, superseded=[r.sop_uid for r in rejected])
+    node.store.record_findings(
+        findings_of(out.result, out.objects, study_key=study_key, job_kind=job_kind)
+    )
     if rejected:
         node.store.record_event(
             study_key,

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cds import __version__
-from cds.api.routes import admin, health, routing, studies
+from cds.api.routes import admin, feedback, health, routing, studies
 from cds.config import Settings
 from cds.orchestrator import Node
 
@@ -45,4 +45,5 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(routing.router)
     app.include_router(admin.router)
+    app.include_router(feedback.router)
     return app

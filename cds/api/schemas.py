@@ -10,6 +10,9 @@ from cds.admin import PurgeResult, job_timings
 from cds.domain import (
     Delivery,
     DeliveryState,
+    Feedback,
+    FeedbackAction,
+    FindingRecord,
     Job,
     JobState,
     QueueStats,
@@ -268,4 +271,95 @@ class ResultOut(BaseModel):
             created_at=_ts(r.created_at),
             superseded_at=_ts(r.superseded_at),
             deliveries=[DeliveryOut.of(d) for d in deliveries if d.sop_uid == r.sop_uid],
+        )
+
+
+class CodeIn(BaseModel):
+    scheme: str = Field(min_length=1, max_length=16, description="e.g. SCT, RADLEX, 99LOCAL")
+    value: str = Field(min_length=1, max_length=64)
+    meaning: str = Field(min_length=1, max_length=64)
+
+
+class FeedbackIn(BaseModel):
+    action: FeedbackAction
+    user: str = Field(min_length=1, max_length=64, description="who: the radiologist's login")
+    reason: str = Field("", max_length=2000, description="free text, e.g. why it is rejected")
+    corrected_label: CodeIn | None = Field(
+        None, description="for 'correct': the finding the radiologist puts instead"
+    )
+
+
+class FeedbackOut(BaseModel):
+    feedback_id: str
+    tracking_uid: str
+    result_sop_instance_uid: str
+    study_key: str
+    action: FeedbackAction
+    reason: str
+    corrected_label: CodeIn | None
+    user: str
+    source: str = Field(description="review (page), api or dicom")
+    at: datetime
+    model: str
+    model_version: str
+    model_sha256: str
+
+    @classmethod
+    def of(cls, f: Feedback) -> FeedbackOut:
+        corrected = (
+            CodeIn(scheme=f.corrected_scheme, value=f.corrected_value, meaning=f.corrected_meaning)
+            if f.corrected_scheme and f.corrected_value and f.corrected_meaning
+            else None
+        )
+        return cls(
+            feedback_id=f.feedback_id,
+            tracking_uid=f.tracking_uid,
+            result_sop_instance_uid=f.result_sop_uid,
+            study_key=f.study_key,
+            action=f.action,
+            reason=f.reason,
+            corrected_label=corrected,
+            user=f.who,
+            source=f.source,
+            at=_ts(f.at),
+            model=f.model,
+            model_version=f.version,
+            model_sha256=f.sha256,
+        )
+
+
+class FindingOut(BaseModel):
+    tracking_uid: str
+    result_sop_instance_uid: str
+    pipeline: str
+    model: str
+    model_version: str
+    model_sha256: str
+    label: CodeIn
+    display_en: str
+    display_fr: str
+    present: bool
+    score: float
+    created_at: datetime
+    verdict: FeedbackAction | None = Field(description="the latest feedback's action, if any")
+    feedback: list[FeedbackOut]
+
+    @classmethod
+    def of(cls, f: FindingRecord, feedback: list[Feedback]) -> FindingOut:
+        mine = [FeedbackOut.of(x) for x in feedback if x.tracking_uid == f.tracking_uid]
+        return cls(
+            tracking_uid=f.tracking_uid,
+            result_sop_instance_uid=f.result_sop_uid,
+            pipeline=f.job_kind,
+            model=f.model,
+            model_version=f.version,
+            model_sha256=f.sha256,
+            label=CodeIn(scheme=f.label_scheme, value=f.label_value, meaning=f.label_meaning[:64]),
+            display_en=f.display_en,
+            display_fr=f.display_fr,
+            present=f.present,
+            score=f.score,
+            created_at=_ts(f.created_at),
+            verdict=mine[-1].action if mine else None,
+            feedback=mine,
         )

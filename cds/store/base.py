@@ -8,6 +8,8 @@ from typing import Protocol
 from cds.domain import (
     Delivery,
     DeliveryState,
+    Feedback,
+    FindingRecord,
     InstanceRecord,
     Job,
     JobState,
@@ -190,4 +192,28 @@ class StateStore(Protocol):
     ) -> tuple[Delivery, bool]:
         """dead (or pending) -> pending now, tries reset; recorded as ``delivery_retried``.
         Returns the delivery and whether it changed; KeyError for an unknown id."""
+        ...
+
+    # --- findings and feedback -----------------------------------------------
+    def record_findings(self, findings: Sequence[FindingRecord]) -> None:
+        """Record the findings of a result (a finding already known is left as it is)."""
+        ...
+
+    def list_findings(self, study_key: str) -> list[FindingRecord]: ...
+
+    def get_finding(self, tracking_uid: str) -> FindingRecord | None: ...
+
+    def add_feedback(self, fb: Feedback) -> Feedback:
+        """Append one feedback record (never updates one) and a line to the study history."""
+        ...
+
+    def list_feedback(
+        self,
+        study_key: str | None = None,
+        tracking_uid: str | None = None,
+        model: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[Feedback]:
+        """Feedback records, oldest first."""
         ...

@@ -32,6 +32,7 @@ from cds.domain import (
     StudySummary,
 )
 from cds.errors import StoreError
+from cds.store.sqlite_feedback import FeedbackMixin
 from cds.store.sqlite_outbox import OutboxMixin
 from cds.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, migrate
 
@@ -53,7 +54,7 @@ _OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 _FINAL_JOB_STATES = (JobState.DONE, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
 
 
-class SqliteStore(OutboxMixin):
+class SqliteStore(OutboxMixin, FeedbackMixin):
     """StateStore on one SQLite file."""
 
     def __init__(self, path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 3  # 2: jobs.started_at, jobs.finished_at; 3: results, deliveries
+SCHEMA_VERSION = 4  # 2: job times; 3: results, deliveries; 4: findings, feedback
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -120,6 +120,45 @@ CREATE TABLE IF NOT EXISTS deliveries (
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS deliveries_study ON deliveries (study_key);
+CREATE TABLE IF NOT EXISTS findings (
+    tracking_uid TEXT PRIMARY KEY,
+    result_sop_uid TEXT NOT NULL,
+    study_key TEXT NOT NULL,
+    job_kind TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    label_scheme TEXT NOT NULL,
+    label_value TEXT NOT NULL,
+    label_meaning TEXT NOT NULL,
+    display_en TEXT NOT NULL,
+    display_fr TEXT NOT NULL,
+    present INTEGER NOT NULL,
+    score REAL NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS findings_study ON findings (study_key);
+CREATE INDEX IF NOT EXISTS findings_result ON findings (result_sop_uid);
+CREATE TABLE IF NOT EXISTS feedback (
+    feedback_id TEXT PRIMARY KEY,
+    tracking_uid TEXT NOT NULL,
+    result_sop_uid TEXT NOT NULL,
+    study_key TEXT NOT NULL,
+    action TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    corrected_scheme TEXT,
+    corrected_value TEXT,
+    corrected_meaning TEXT,
+    who TEXT NOT NULL,
+    source TEXT NOT NULL,
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_finding ON feedback (tracking_uid, at);
+CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, version, at);
+CREATE INDEX IF NOT EXISTS feedback_study ON feedback (study_key);
 """
 
 # Columns added after schema version 1: (table, column, declaration).

@@ -1,0 +1,96 @@
+"""Recording feedback: one function for every way in (review page, REST API, DICOM).
+
+Feedback is appended and never blocks the radiologist's work: a record that
+cannot be matched to a finding is refused with a reason (HTTP 404/422), the
+result itself is never changed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from cds.domain import Feedback, FeedbackAction, FindingRecord
+from cds.errors import FeedbackError
+from cds.store.base import StateStore
+
+NOT_FOUND = 404
+INVALID = 422
+MAX_REASON = 2000
+MAX_WHO = 64
+
+
+@dataclass(frozen=True, slots=True)
+class CorrectedLabel:
+    scheme: str
+    value: str
+    meaning: str
+
+
+def give_feedback(
+    store: StateStore,
+    *,
+    result_sop_uid: str,
+    tracking_uid: str,
+    action: FeedbackAction,
+    who: str,
+    source: str,
+    reason: str = "",
+    corrected: CorrectedLabel | None = None,
+    now: float | None = None,
+) -> Feedback:
+    """Append one feedback record on a finding of a result; returns it."""
+    finding = store.get_finding(tracking_uid)
+    if finding is None or finding.result_sop_uid != result_sop_uid:
+        raise FeedbackError(
+            NOT_FOUND,
+            f"no finding {tracking_uid!r} in result {result_sop_uid!r} on this node",
+        )
+    who = who.strip()
+    if not who:
+        raise FeedbackError(INVALID, "who: say who gives the feedback (user name or AE title)")
+    if len(who) > MAX_WHO or len(reason) > MAX_REASON:
+        raise FeedbackError(
+            INVALID, f"who is at most {MAX_WHO} characters and reason at most {MAX_REASON}"
+        )
+    if action is FeedbackAction.CORRECT and corrected is None and not reason.strip():
+        raise FeedbackError(INVALID, "a correction needs the corrected label, a reason, or both")
+    if action is not FeedbackAction.CORRECT and corrected is not None:
+        raise FeedbackError(
+            INVALID, f"corrected_label is only for action 'correct', not {action.value!r}"
+        )
+    return store.add_feedback(
+        _record(
+            finding, action, who=who, source=source, reason=reason, corrected=corrected, now=now
+        )
+    )
+
+
+def _record(
+    finding: FindingRecord,
+    action: FeedbackAction,
+    *,
+    who: str,
+    source: str,
+    reason: str,
+    corrected: CorrectedLabel | None,
+    now: float | None,
+) -> Feedback:
+    return Feedback(
+        feedback_id=uuid.uuid4().hex,
+        tracking_uid=finding.tracking_uid,
+        result_sop_uid=finding.result_sop_uid,
+        study_key=finding.study_key,
+        action=action,
+        reason=reason.strip(),
+        corrected_scheme=corrected.scheme if corrected else None,
+        corrected_value=corrected.value if corrected else None,
+        corrected_meaning=corrected.meaning if corrected else None,
+        who=who,
+        source=source,
+        at=time.time() if now is None else now,
+        model=finding.model,
+        version=finding.version,
+        sha256=finding.sha256,
+    )

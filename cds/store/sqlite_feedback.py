@@ -1,0 +1,186 @@
+"""Findings and the radiologists' feedback on them, in the SQLite store.
+
+Feedback is append-only: a record is never updated or deleted, and never
+changes the result it is about; the latest record per finding is its current
+verdict.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from cds.domain import Feedback, FeedbackAction, FindingRecord
+
+_FINDING_COLS = (
+    "tracking_uid, result_sop_uid, study_key, job_kind, model, version, sha256, label_scheme, "
+    "label_value, label_meaning, display_en, display_fr, present, score, created_at"
+)
+_FEEDBACK_COLS = (
+    "feedback_id, tracking_uid, result_sop_uid, study_key, action, reason, corrected_scheme, "
+    "corrected_value, corrected_meaning, who, source, at, model, version, sha256"
+)
+
+
+def _finding(row: tuple[object, ...]) -> FindingRecord:
+    f = [str(v) for v in row[:12]]
+    return FindingRecord(
+        tracking_uid=f[0],
+        result_sop_uid=f[1],
+        study_key=f[2],
+        job_kind=f[3],
+        model=f[4],
+        version=f[5],
+        sha256=f[6],
+        label_scheme=f[7],
+        label_value=f[8],
+        label_meaning=f[9],
+        display_en=f[10],
+        display_fr=f[11],
+        present=bool(row[12]),
+        score=float(row[13]),  # type: ignore[arg-type]
+        created_at=float(row[14]),  # type: ignore[arg-type]
+    )
+
+
+def _opt(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def _feedback(row: tuple[object, ...]) -> Feedback:
+    return Feedback(
+        feedback_id=str(row[0]),
+        tracking_uid=str(row[1]),
+        result_sop_uid=str(row[2]),
+        study_key=str(row[3]),
+        action=FeedbackAction(str(row[4])),
+        reason=str(row[5]),
+        corrected_scheme=_opt(row[6]),
+        corrected_value=_opt(row[7]),
+        corrected_meaning=_opt(row[8]),
+        who=str(row[9]),
+        source=str(row[10]),
+        at=float(row[11]),  # type: ignore[arg-type]
+        model=str(row[12]),
+        version=str(row[13]),
+        sha256=str(row[14]),
+    )
+
+
+class _Host(Protocol):
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
+
+    @staticmethod
+    def _event(
+        db: sqlite3.Connection, study_key: str, at: float, kind: str, detail: str
+    ) -> None: ...
+
+
+class FeedbackMixin:
+    """The findings/feedback half of ``SqliteStore`` (see ``StateStore`` for the contract)."""
+
+    def record_findings(self: _Host, findings: Sequence[FindingRecord]) -> None:
+        with self._tx() as db:
+            db.executemany(
+                f"INSERT INTO findings ({_FINDING_COLS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tracking_uid) "
+                "DO NOTHING",
+                [
+                    (
+                        f.tracking_uid,
+                        f.result_sop_uid,
+                        f.study_key,
+                        f.job_kind,
+                        f.model,
+                        f.version,
+                        f.sha256,
+                        f.label_scheme,
+                        f.label_value,
+                        f.label_meaning,
+                        f.display_en,
+                        f.display_fr,
+                        int(f.present),
+                        f.score,
+                        f.created_at,
+                    )
+                    for f in findings
+                ],
+            )
+
+    def list_findings(self: _Host, study_key: str) -> list[FindingRecord]:
+        rows = self._query(
+            f"SELECT {_FINDING_COLS} FROM findings WHERE study_key = ? "
+            "ORDER BY created_at, result_sop_uid, rowid",
+            (study_key,),
+        )
+        return [_finding(r) for r in rows]
+
+    def get_finding(self: _Host, tracking_uid: str) -> FindingRecord | None:
+        rows = self._query(
+            f"SELECT {_FINDING_COLS} FROM findings WHERE tracking_uid = ?", (tracking_uid,)
+        )
+        return _finding(rows[0]) if rows else None
+
+    def add_feedback(self: _Host, fb: Feedback) -> Feedback:
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO feedback ({_FEEDBACK_COLS}) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    fb.feedback_id,
+                    fb.tracking_uid,
+                    fb.result_sop_uid,
+                    fb.study_key,
+                    fb.action.value,
+                    fb.reason,
+                    fb.corrected_scheme,
+                    fb.corrected_value,
+                    fb.corrected_meaning,
+                    fb.who,
+                    fb.source,
+                    fb.at,
+                    fb.model,
+                    fb.version,
+                    fb.sha256,
+                ),
+            )
+            corrected = f" -> {fb.corrected_meaning}" if fb.corrected_meaning else ""
+            self._event(
+                db,
+                fb.study_key,
+                fb.at if fb.at else time.time(),
+                f"feedback_{fb.action.value}",
+                f"{fb.model} {fb.version} finding {fb.tracking_uid}{corrected} "
+                f"by {fb.who} ({fb.source})",
+            )
+        return fb
+
+    def list_feedback(
+        self: _Host,
+        study_key: str | None = None,
+        tracking_uid: str | None = None,
+        model: str | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[Feedback]:
+        clauses, args = [], []
+        for col, op, val in (
+            ("study_key", "=", study_key),
+            ("tracking_uid", "=", tracking_uid),
+            ("model", "=", model),
+            ("at", ">=", since),
+        ):
+            if val is not None:
+                clauses.append(f"{col} {op} ?")
+                args.append(val)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT {_FEEDBACK_COLS} FROM feedback {where} ORDER BY at, rowid LIMIT ?",
+            (*args, limit),
+        )
+        return [_feedback(r) for r in rows]

@@ -20,6 +20,14 @@ reported by its path (``rules.2.match.0.regex: does not compile: ...``).
         pipelines: [ct-bone]
         priority: 10
     disabled_models: []
+
+Optionally (off unless configured), a pipeline may notify a worklist of an urgent
+finding (``cds.delivery.notify``):
+
+    notifications:
+      worklist: {url: "https://ris.local/fhir/DiagnosticReport", format: fhir-r4}
+    pipelines:
+      ct-head: {model: ..., results: [SR], notify: {target: worklist, findings: [any]}}
 """
 
 from __future__ import annotations
@@ -27,9 +35,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cds.errors import RoutingError
 
@@ -56,6 +73,10 @@ ATTRIBUTES: dict[str, str] = {
 _OPERATORS = ("equals", "in_", "regex", "range", "exists")
 _FIELD_NAMES = {"in_": "in", "continue_": "continue"}  # python names of YAML keys
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+#: headers cds sets itself on a notification
+_OWN_HEADERS = frozenset({"content-type", "content-length", "host"})
+ANY_FINDING = "any"
 
 
 class _Strict(BaseModel):
@@ -157,10 +178,71 @@ class Destination(_Strict):
     tls: Tls = Tls()
 
 
+class NotificationTarget(_Strict):
+    """Where an urgent finding is announced: an HTTP(S) endpoint receiving a FHIR R4
+    DiagnosticReport by POST. Header values (tokens) are kept as secrets: they never
+    show in a repr, a log line or a dump of the routing file."""
+
+    url: str = Field(min_length=1)
+    format: Literal["fhir-r4"] = "fhir-r4"
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    verify_tls: bool = Field(True, description="false: accept any server certificate (testing)")
+    ca_file: Path | None = Field(None, description="CA bundle that signs the server certificate")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        try:
+            parts = urlsplit(v)
+            _ = parts.port  # a port that is not a number raises here
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, not {v!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL: put them in headers")
+        return v
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, value in v.items():
+            if not _HEADER_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if name.lower() in _OWN_HEADERS:
+                raise ValueError(f"{name} is set by cds, not by the routing file")
+            if any(c in value.get_secret_value() for c in "\r\n\0"):
+                raise ValueError(f"the value of {name} holds a line break or NUL")
+        return v
+
+
+class Notify(_Strict):
+    """A pipeline's urgent findings, and the target they are announced to."""
+
+    target: str = Field(min_length=1, description="a name under notifications")
+    findings: list[str] = Field(
+        min_length=1,
+        description='code values of the findings that are urgent, or ["any"]: any finding '
+        "the model reports present",
+    )
+    min_score: float | None = Field(None, ge=0, le=1, description="and scored at least this")
+
+    @field_validator("findings")
+    @classmethod
+    def _any_alone(cls, v: list[str]) -> list[str]:
+        if ANY_FINDING in v and len(v) > 1:
+            raise ValueError(f'"{ANY_FINDING}" already matches every finding: list it alone')
+        if any(not c.strip() for c in v):
+            raise ValueError("a code value is empty")
+        return v
+
+
 class Pipeline(_Strict):
     model: str = Field(min_length=1, description="model package name (manifest name)")
     results: list[Literal["SR", "SEG", "GSPS", "SC"]] = Field(min_length=1)
     destinations: list[str] = Field(default_factory=list)
+    notify: Notify | None = Field(None, description="announce urgent findings (off if absent)")
 
 
 class Completeness(_Strict):
@@ -191,6 +273,9 @@ class Rule(_Strict):
 
 class RoutingFile(_Strict):
     destinations: dict[str, Destination] = Field(default_factory=dict)
+    notifications: dict[str, NotificationTarget] = Field(
+        default_factory=dict, description="urgent-finding notification targets (none: off)"
+    )
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
     disabled_models: list[str] = Field(
@@ -218,6 +303,8 @@ def _references(rf: RoutingFile, source: str) -> list[str]:
                     f"{source}: pipelines.{name}.destinations.{j}: unknown destination "
                     f"{d!r} (defined: {sorted(rf.destinations)})"
                 )
+        if p.notify is not None and p.notify.target not in rf.notifications:
+            errors.append(_unknown_target(source, name, p.notify.target, rf.notifications))
     for i, r in enumerate(rf.rules):
         for j, pname in enumerate(r.pipelines):
             if pname not in rf.pipelines:
@@ -248,10 +335,19 @@ def parse_routing(data: Any, source: str = "routing.yaml") -> RoutingFile:
     return rf
 
 
+def _unknown_target(source: str, pipeline: str, target: str, defined: Any) -> str:
+    return (
+        f"{source}: pipelines.{pipeline}.notify.target: unknown notification target "
+        f"{target!r} (defined: {sorted(defined)})"
+    )
+
+
 def _raw_references(data: dict[str, Any], source: str) -> list[str]:
-    """Unknown pipelines and destinations, found in data that failed the schema."""
+    """Unknown pipelines, destinations and notification targets, found in data that
+    failed the schema."""
     pipes = data.get("pipelines") if isinstance(data.get("pipelines"), dict) else {}
     dests = data.get("destinations") if isinstance(data.get("destinations"), dict) else {}
+    targets = data.get("notifications") if isinstance(data.get("notifications"), dict) else {}
     errors = []
     for name, p in (pipes or {}).items():
         for j, d in enumerate((p.get("destinations") or []) if isinstance(p, dict) else []):
@@ -260,6 +356,10 @@ def _raw_references(data: dict[str, Any], source: str) -> list[str]:
                     f"{source}: pipelines.{name}.destinations.{j}: unknown "
                     f"destination {d!r} (defined: {sorted(dests or {})})"
                 )
+        notify = p.get("notify") if isinstance(p, dict) else None
+        target = notify.get("target") if isinstance(notify, dict) else None
+        if isinstance(target, str) and target and target not in (targets or {}):
+            errors.append(_unknown_target(source, name, target, targets or {}))
     rules = data.get("rules") if isinstance(data.get("rules"), list) else []
     for i, r in enumerate(rules or []):
         names = r.get("pipelines") if isinstance(r, dict) else None

@@ -21,10 +21,12 @@ from pydicom import dcmread
 
 from cds import __version__
 from cds.config import Settings
+from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker
 from cds.domain import JobState, StudyState
 from cds.errors import CdsError, ConfigError, IngestError
 from cds.executor import Executor, InProcessExecutor
+from cds.feedback.dicom import FEEDBACK_MODALITIES, read_feedback
 from cds.inference.registry import ModelRegistry
 from cds.inference.session import DeviceSlots
 from cds.ingest.assembler import Assembler
@@ -32,7 +34,7 @@ from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
-from cds.pipeline import run_study
+from cds.pipeline import run_study, study_series
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
 
@@ -89,7 +91,13 @@ class Node:
             lambda: self.routing.rules.destinations,
             settings.dicom.ae_title,
         )
-        self._consumers: list[StudyConsumer] = [self._run_pipelines]
+        self.notifier = Notifier(  # urgent findings to a RIS/worklist: only if configured
+            self.store,
+            lambda: self.routing.rules.notifications,
+            routing=lambda: self.routing.rules,
+            language=settings.results.language,
+        )
+        self._consumers: list[StudyConsumer] = [self._run_pipelines, self._read_feedback]
         self.listener.on_association_end = self._association_ended
         self.started_at: float | None = None
         self._stopped = False
@@ -101,6 +109,19 @@ class Node:
 
     def _run_pipelines(self, study_key: str) -> None:
         run_study(self, study_key)
+
+    def _read_feedback(self, study_key: str) -> None:
+        """Rejection notes and edited objects the PACS sent back about our results."""
+        files = [
+            f
+            for s in study_series(self, study_key)
+            if s.attrs.get("Modality") in FEEDBACK_MODALITIES
+            for f in s.files
+        ]
+        if files:
+            detail = self.store.get_study(study_key)
+            calling = detail.summary.calling_ae if detail else "UNKNOWN"
+            read_feedback(self.store, study_key, files, calling)
 
     def _association_ended(self, study_keys: list[str]) -> None:
         """A sender finished a batch: rules whose required series are now all present
@@ -131,6 +152,7 @@ class Node:
         self.listener.start()
         self.assembler.start()
         self.delivery.start()  # what a stop left in the outbox goes out now
+        self.notifier.start()
         self.started_at = time.time()
         log.info("node.started", version=__version__, home=str(self.settings.home))
         self.resume()
@@ -166,6 +188,7 @@ class Node:
         self.listener.stop()
         self.executor.shutdown(wait=True)
         self.delivery.stop()  # after the executor: the last results are queued
+        self.notifier.stop()
         self.store.close()
         log.info("node.stopped")
 
@@ -244,6 +267,7 @@ class Node:
             },
             "assembly": {"running": self.assembler.running},
             "delivery": {"running": self.delivery.running},
+            "notify": {"running": self.notifier.running, "pending": self.notifier.pending},
             "models": [
                 {
                     "name": m.name,

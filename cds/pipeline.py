@@ -144,13 +144,20 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
             )
             _run_jobs(node, study_key, series, runs)
         return
-    # an admin's re-run or retry asks for every pipeline again, even one that ran
+    # a pipeline runs again when one of its series received an instance after its last
+    # run (not for another series, e.g. a rejection note sent back by the PACS), or
+    # when an admin asks for a re-run or a retry
     asked = max((e.at for e in detail.events if e.kind in _RERUN_EVENTS), default=0.0)
-    since = max(detail.summary.last_received_at, asked)
+    received = {s.series_uid: s.last_received_at for s in detail.series}
     runs = [
         (v, p)
         for v, p in plan.runs
-        if not _fresh_job(node, study_key, f"{p.pipeline}:{p.model}", since)
+        if not _fresh_job(
+            node,
+            study_key,
+            f"{p.pipeline}:{p.model}",
+            max([asked, *(received.get(u, detail.summary.last_received_at) for u in v.selected)]),
+        )
     ]
     wait = _quiet_time_left(node, study_key, [r for r, _ in runs])
     if wait > 0:
@@ -315,6 +322,7 @@ def _run_series(
     node.store.record_findings(
         findings_of(out.result, out.objects, study_key=study_key, job_kind=job_kind)
     )
+    node.notifier.after_result(study_key, series.study_uid, plan.pipeline, out.result)
     if rejected:
         node.store.record_event(
             study_key,

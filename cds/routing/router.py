@@ -268,6 +268,7 @@ class PipelinePlan:
     results: list[str]
     destinations: list[str]  # "NAME (AE@host:port)"
     status: str  # "run" | "skipped: model disabled" | "skipped: model not loaded"
+    notify: str | None = None  # "TARGET on CODES (score >= X)" when urgent findings notify
 
 
 @dataclass
@@ -384,7 +385,11 @@ def _plan(rf: RoutingFile, name: str, disabled: set[str], loaded: set[str] | Non
         status = "skipped: model disabled"
     elif loaded is not None and p.model not in loaded:
         status = "skipped: model not loaded"
-    return PipelinePlan(name, p.model, list(p.results), dests, status)
+    notify = None
+    if p.notify is not None:
+        floor = f" (score >= {p.notify.min_score:g})" if p.notify.min_score is not None else ""
+        notify = f"{p.notify.target} on {', '.join(p.notify.findings)}{floor}"
+    return PipelinePlan(name, p.model, list(p.results), dests, status, notify)
 
 
 def _completeness(rule: Rule, series: Sequence[SeriesHeader], now: datetime) -> str:
@@ -420,6 +425,8 @@ def explain_text(plan: StudyPlan) -> list[str]:
                 f"    -> pipeline {p.pipeline}: model {p.model}, results "
                 f"{'/'.join(p.results)}, to {to}: {p.status}"
             )
+            if p.notify:
+                lines.append(f"       notifies {p.notify} (urgent findings)")
     if not any(r.matched for r in plan.rules):
         lines.append("  no rule matched: nothing would run")
     return lines

@@ -126,6 +126,10 @@ def _pixel_array(
     return [tolerant(ds) for ds in referenced], array
 
 
+#: segment colours in the viewer, one per segment in turn (CSS colour names)
+_DISPLAY_COLORS = ("yellow", "orange", "magenta", "cyan", "lime", "red")
+
+
 def build_seg(
     source_datasets: Sequence[Dataset],
     result: InferenceResult,
@@ -174,6 +178,10 @@ def build_seg(
             segmented_property_type=_coded(f.label.code),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
+            # without it OHIF warns and picks a colour itself
+            display_color=hd.color.CIELabColor.from_string(
+                _DISPLAY_COLORS[(number - 1) % len(_DISPLAY_COLORS)]
+            ),
         )
         for number, f in enumerate(findings, start=1)
     ]

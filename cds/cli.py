@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cds import __version__, cli_demo, cli_process
+from cds import __version__, cli_demo, cli_observatory, cli_process
 from cds.cli_admin import jobs_app, queue_cmd, studies_app
 from cds.cli_deliveries import deliveries_app
 from cds.config import Settings, load_settings
@@ -420,6 +420,7 @@ def route_explain(
 
 
 cli_process.register(app)
+cli_observatory.register(app)
 cli_demo.register(app)
 
 

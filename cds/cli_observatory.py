@@ -135,7 +135,8 @@ def export(
     home: HomeOpt = None,
 ) -> None:
     """Write aggregated, de-identified figures per model version and ISO week (no patient,
-    study or user identifiers, no date finer than the week, small counts suppressed)."""
+    study or user identifiers, no date finer than the week, small counts suppressed).
+    --since and --until are widened to whole ISO weeks."""
     start, end = _range(since, until)
     data = build_export(_records(config, home), min_count=min_count, since=start, until=end)
     text = json.dumps(data, indent=2) + "\n" if fmt is ExportFormat.JSON else to_csv(data)

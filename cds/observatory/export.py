@@ -35,7 +35,7 @@ reviewed                     findings with feedback                             
 reviewed_rate                reviewed / findings                                findings
 accept_rate, correct_rate,   current verdict / reviewed                         reviewed
 reject_rate
-median_time_to_feedback_s    first feedback - finding made (median)            reviewed
+median_time_to_feedback_s    first feedback - finding made (median)             reviewed
 time_to_result_p50_s, _p90,  study completed -> first result                    those studies
 _p99_s
 job_run_time_p50_s, _p90,    job started -> finished                            those jobs

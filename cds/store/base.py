@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cds.domain import (
     Delivery,
@@ -20,6 +20,10 @@ from cds.domain import (
     StudyState,
     StudySummary,
 )
+
+if TYPE_CHECKING:
+    from cds.observatory.drift import RunRecord
+    from cds.observatory.metrics import MetricsSnapshot
 
 
 class StateStore(Protocol):
@@ -216,4 +220,21 @@ class StateStore(Protocol):
         limit: int = 1000,
     ) -> list[Feedback]:
         """Feedback records, oldest first."""
+        ...
+
+    # --- observatory: model runs (drift) and the counts of GET /metrics ---------
+    def record_run(self, run: RunRecord) -> None:
+        """Keep one model run on one series (headers and scores, no patient data); a
+        run with the same ``run_key`` (same series, model and version) replaces it."""
+        ...
+
+    def list_runs(
+        self, model: str | None = None, since: float | None = None, until: float | None = None
+    ) -> list[RunRecord]:
+        """Model runs with ``since <= at < until``, oldest first."""
+        ...
+
+    def metrics_snapshot(self, bounds: Sequence[float]) -> MetricsSnapshot:
+        """Counts by low-cardinality labels and the stage-latency histograms (cumulative
+        counts at or under each of ``bounds``, seconds) for ``GET /metrics``."""
         ...

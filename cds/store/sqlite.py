@@ -33,6 +33,7 @@ from cds.domain import (
 )
 from cds.errors import StoreError
 from cds.store.sqlite_feedback import FeedbackMixin
+from cds.store.sqlite_observatory import ObservatoryMixin
 from cds.store.sqlite_outbox import OutboxMixin
 from cds.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, migrate
 
@@ -54,7 +55,7 @@ _OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
 _FINAL_JOB_STATES = (JobState.DONE, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
 
 
-class SqliteStore(OutboxMixin, FeedbackMixin):
+class SqliteStore(OutboxMixin, FeedbackMixin, ObservatoryMixin):
     """StateStore on one SQLite file."""
 
     def __init__(self, path: Path) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 4  # 2: job times; 3: results, deliveries; 4: findings, feedback
+SCHEMA_VERSION = 5  # 2: job times; 3: results, deliveries; 4: findings, feedback; 5: runs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -159,6 +159,25 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_finding ON feedback (tracking_uid, at);
 CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, version, at);
 CREATE INDEX IF NOT EXISTS feedback_study ON feedback (study_key);
+CREATE TABLE IF NOT EXISTS observatory_runs (
+    run_key TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    images INTEGER NOT NULL,
+    modality TEXT NOT NULL,
+    body_part TEXT NOT NULL,
+    manufacturer TEXT NOT NULL,
+    scanner_model TEXT NOT NULL,
+    protocol TEXT NOT NULL,
+    slice_thickness REAL,
+    kvp REAL,
+    pixel_spacing REAL,
+    scores TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS observatory_runs_model ON observatory_runs (model, version, at);
 """
 
 # Columns added after schema version 1: (table, column, declaration).

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cds import __version__
-from cds.api.routes import admin, feedback, health, observatory, routing, studies
+from cds.api.routes import admin, feedback, health, metrics, observatory, routing, studies
 from cds.config import Settings
 from cds.orchestrator import Node
 
@@ -47,4 +47,5 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(feedback.router)
     app.include_router(observatory.router)
+    app.include_router(metrics.router)
     return app

@@ -128,6 +128,9 @@ def check_resend_and_rerun(
     time.sleep(QUIET_S + 1)  # past the quiet time: the study is complete or processing
     node.wait_study(study_uid, lambda s: s["state"] == "done", 120, "study done after resend")
     wait_deliveries(node, key, no_pending, 60, "outbox empty after the resend")
+    # cds' own results came back with the study: they re-open it, but nothing runs again
+    jobs = node.http.get("/api/jobs", params={"study_key": key}).json()
+    assert len(jobs) == 2, jobs
     assert result_series(orthanc, study_id) == held
     # re-run: the same inputs and model versions -> the same SOP Instance UIDs
     jobs_before = len(node.http.get("/api/jobs", params={"study_key": key}).json())

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cds import __version__
-from cds.api.routes import admin, feedback, health, metrics, observatory, routing, studies
+from cds.api.routes import admin, feedback, health, metrics, observatory, review, routing, studies
 from cds.config import Settings
 from cds.orchestrator import Node
 
@@ -46,6 +46,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(routing.router)
     app.include_router(admin.router)
     app.include_router(feedback.router)
+    app.include_router(review.router)
     app.include_router(observatory.router)
     app.include_router(metrics.router)
     return app

@@ -1,0 +1,288 @@
+"""The review page's HTML: plain strings, every value escaped with ``html.escape``.
+
+No template engine (none is a dependency) and no JavaScript needed: each
+finding is an HTML form posting to the node, so the page works in any browser
+on the hospital network. No patient attribute is ever shown: studies are named
+by their pseudonymous key and UIDs only (medical secrecy).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+from urllib.parse import quote, urlencode
+
+from cds.api.review.basis import Basis
+from cds.api.review.texts import VERDICT_KEY, t
+from cds.domain import Feedback, FindingRecord
+from cds.results.text import Lang
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1c1e21}
+header,main{padding:0 1.2rem}
+.banner{background:#ffd43b;color:#000;font-weight:600;padding:.6rem 1.2rem;margin:0}
+.note{color:#555;font-size:.9rem}
+nav{display:flex;gap:1rem;align-items:center;padding:.5rem 0}
+table{border-collapse:collapse;background:#fff}
+th,td{border:1px solid #ccd;padding:.3rem .6rem;text-align:left;vertical-align:top}
+.result{background:#fff;border:1px solid #ccd;border-radius:6px;margin:1rem 0;padding:.6rem 1rem}
+.result.superseded{opacity:.7}
+.finding{display:flex;flex-wrap:wrap;gap:1rem;border-top:1px solid #dde;padding:.8rem 0}
+.finding img{max-width:384px;width:100%;height:auto;background:#000}
+.finding .info{flex:1;min-width:18rem}
+.ok{background:#d3f9d8;border:1px solid #2b8a3e;padding:.5rem 1rem}
+.error{background:#ffe3e3;border:1px solid #c92a2a;padding:.5rem 1rem}
+.verdict{font-weight:600}
+code{font-size:.85em;word-break:break-all}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.4rem 0}
+dd{margin:0}dd ul{margin:0;padding-left:1.2rem}
+form label{display:block;margin:.3rem 0}
+textarea{width:100%;max-width:30rem}
+button{margin-right:.4rem;padding:.3rem .9rem}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelChoice:
+    value: str  # "<scheme>|<code value>", what the form posts
+    display: str
+
+
+@dataclass(frozen=True, slots=True)
+class FindingView:
+    finding: FindingRecord
+    feedback: Sequence[Feedback]
+    basis: Basis | None
+    choices: Sequence[LabelChoice]  # the model's other labels (categorical findings)
+
+
+@dataclass(frozen=True, slots=True)
+class ResultView:
+    sop_uid: str
+    model: str
+    version: str
+    sha256: str
+    pipeline: str
+    created_at: float
+    superseded: bool
+    source_series_uid: str
+    findings: Sequence[FindingView]
+
+
+@dataclass(frozen=True, slots=True)
+class StudyRow:
+    study_key: str
+    modalities: Sequence[str]
+    last_received_at: float
+    models: Sequence[str]
+    findings: int
+    unreviewed: int
+
+
+def _colon(lang: Lang) -> str:
+    """French sets a (non-breaking) space before a colon."""
+    return "&nbsp;:" if lang == "fr" else ":"
+
+
+def when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+
+def url(path: str, lang: Lang, **query: str) -> str:
+    return f"{path}?{urlencode({'lang': lang, **query})}"
+
+
+def _page(lang: Lang, title: str, body: str, switch_to: str = "") -> str:
+    other = "fr" if lang == "en" else "en"
+    switch = (
+        f'<a href="{escape(switch_to)}" hreflang="{other}">{escape(t(lang, "other_lang"))}</a>'
+        if switch_to
+        else ""
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{escape(title)} - cds</title><style>{_CSS}</style></head><body>"
+        f'<p class="banner" role="note" id="advisory">{escape(t(lang, "banner"))}</p>'
+        f'<header><nav><a href="{escape(url("/review", lang))}">{escape(t(lang, "back"))}</a>'
+        f"{switch}</nav><h1>{escape(title)}</h1></header><main>{body}</main></body></html>"
+    )
+
+
+def study_list(lang: Lang, rows: Sequence[StudyRow]) -> str:
+    if not rows:
+        body = f"<p>{escape(t(lang, 'no_studies'))}</p>"
+    else:
+        head = "".join(
+            f"<th>{escape(t(lang, k))}</th>"
+            for k in ("study_key", "modalities", "received", "models", "findings", "to_review")
+        )
+        lines = "".join(
+            f'<tr data-study-key="{escape(r.study_key)}"><td><a class="study" href="'
+            f'{escape(url("/review/" + quote(r.study_key, safe=""), lang))}">'
+            f"{escape(r.study_key)}</a></td><td>{escape(', '.join(r.modalities))}</td>"
+            f"<td>{escape(when(r.last_received_at))}</td><td>{escape(', '.join(r.models))}</td>"
+            f'<td>{r.findings}</td><td class="unreviewed">{r.unreviewed}</td></tr>'
+            for r in rows
+        )
+        body = f"<table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>"
+    other: Lang = "fr" if lang == "en" else "en"
+    return _page(lang, t(lang, "title_list"), body, url("/review", other))
+
+
+def _display(lang: Lang, f: FindingRecord) -> str:
+    return f.display_fr if lang == "fr" else f.display_en
+
+
+def _feedback_line(lang: Lang, fb: Feedback) -> str:
+    what = t(lang, VERDICT_KEY[fb.action.value])
+    if fb.corrected_meaning:
+        what += f" &rarr; {escape(fb.corrected_meaning)}"
+    by = escape(t(lang, "by", who=fb.who, when=when(fb.at), source=fb.source))
+    reason = f' <q class="reason">{escape(fb.reason)}</q>' if fb.reason else ""
+    return f'<li data-action="{escape(fb.action.value)}">{what} {by}{reason}</li>'
+
+
+def _basis(lang: Lang, study_key: str, result: ResultView, view: FindingView) -> tuple[str, str]:
+    """(the picture, the basis list) of one finding."""
+    f, basis = view.finding, view.basis
+    parts = [
+        f"<dt>{escape(t(lang, 'source_series'))}</dt><dd><code>"
+        f"{escape(result.source_series_uid)}</code></dd>"
+    ]
+    if basis is not None:
+        images = [r.image for r in basis.regions] + list(basis.images)
+        for image in dict.fromkeys(images):
+            parts.append(
+                f"<dt>{escape(t(lang, 'source_image'))}</dt><dd><code>{escape(image.sop_uid)}"
+                f"</code>{f' (frame {image.frame})' if image.frame > 1 else ''}</dd>"
+            )
+        for seg in basis.segments:
+            parts.append(
+                f"<dt>{escape(t(lang, 'segment', n=seg.segment))}</dt>"
+                f"<dd><code>{escape(seg.seg_sop_uid)}</code></dd>"
+            )
+        if basis.measurements:
+            items = "".join(
+                f"<li>{escape(m.name)}: {m.value:.4g} {escape(m.unit)}</li>"
+                for m in basis.measurements
+            )
+            parts.append(f"<dt>{escape(t(lang, 'measurements'))}</dt><dd><ul>{items}</ul></dd>")
+    src = url(
+        f"/review/{quote(study_key, safe='')}/findings/{quote(f.tracking_uid, safe='')}.png", lang
+    )
+    drawable = basis is not None and (basis.regions or basis.images or basis.segments)
+    no_preview = escape(t(lang, "no_preview"))
+    picture = (
+        f'<img class="preview" src="{escape(src)}" alt="{escape(t(lang, "image_alt"))}" '
+        f'loading="lazy" onerror="this.hidden=true;this.nextElementSibling.hidden=false">'
+        f'<p class="nopreview" hidden>{no_preview}</p>'
+        if drawable
+        else f'<p class="nopreview">{no_preview}</p>'
+    )
+    return (
+        f'<div class="picture">{picture}</div>',
+        f'<h4>{escape(t(lang, "basis"))}</h4><dl class="basis">{"".join(parts)}</dl>',
+    )
+
+
+def _form(lang: Lang, study_key: str, view: FindingView, who: str) -> str:
+    f = view.finding
+    action = url(
+        f"/review/{quote(study_key, safe='')}/findings/{quote(f.tracking_uid, safe='')}", lang
+    )
+    select = ""
+    if view.choices:
+        options = "".join(
+            f'<option value="{escape(c.value)}">{escape(c.display)}</option>' for c in view.choices
+        )
+        select = (
+            f'<label>{escape(t(lang, "corrected_label"))} <select name="corrected">'
+            f'<option value="">{escape(t(lang, "no_change"))}</option>{options}</select></label>'
+        )
+    buttons = "".join(
+        f'<button type="submit" name="action" value="{a}" class="{a}">{escape(t(lang, a))}</button>'
+        for a in ("accept", "reject", "correct")
+    )
+    return (
+        f'<form method="post" action="{escape(action)}" class="feedback">'
+        f'<label>{escape(t(lang, "who"))} <input name="who" value="{escape(who)}" '
+        f'maxlength="64" autocomplete="username"></label>'
+        f'<label>{escape(t(lang, "reason"))}<br><textarea name="reason" rows="2" '
+        f'maxlength="2000"></textarea></label>{select}<p>{buttons}</p></form>'
+    )
+
+
+def _finding(lang: Lang, study_key: str, result: ResultView, view: FindingView, who: str) -> str:
+    f = view.finding
+    state = t(lang, "present" if f.present else "absent")
+    latest = view.feedback[-1] if view.feedback else None
+    verdict = t(lang, VERDICT_KEY[latest.action.value]) if latest else t(lang, "not_reviewed")
+    history = (
+        f'<h4>{escape(t(lang, "history"))}</h4><ol class="history">'
+        + "".join(_feedback_line(lang, fb) for fb in view.feedback)
+        + "</ol>"
+        if view.feedback
+        else ""
+    )
+    picture, basis = _basis(lang, study_key, result, view)
+    return (
+        f'<section class="finding" id="f-{escape(f.tracking_uid)}" '
+        f'data-tracking-uid="{escape(f.tracking_uid)}">{picture}<div class="info">'
+        f'<h3 class="label">{escape(_display(lang, f))} '
+        f'<small class="presence">({escape(state)})</small></h3>'
+        f'<p>{escape(t(lang, "score"))}{_colon(lang)} <span class="score">{f.score:.3f}</span>'
+        f" &middot; {escape(t(lang, 'tracking_uid'))} <code>{escape(f.tracking_uid)}</code></p>"
+        f'<p>{escape(t(lang, "verdict"))}{_colon(lang)} <span class="verdict" '
+        f'data-verdict="{escape(latest.action.value) if latest else ""}">'
+        f"{escape(verdict)}</span></p>{basis}{history}"
+        f"{_form(lang, study_key, view, who)}</div></section>"
+    )
+
+
+def study_page(
+    lang: Lang,
+    study_key: str,
+    results: Sequence[ResultView],
+    *,
+    who: str,
+    recorded: Feedback | None,
+    recorded_label: str,
+) -> str:
+    parts = [f'<p class="note">{escape(t(lang, "auth_note"))}</p>']
+    if recorded is not None:
+        action = t(lang, VERDICT_KEY[recorded.action.value])
+        text = t(lang, "recorded", action=action, label=recorded_label, who=recorded.who)
+        parts.append(f'<p class="ok" role="status" id="recorded">{escape(text)}</p>')
+    for r in results:
+        meta = (
+            f'<dl><dt>{escape(t(lang, "model"))}</dt><dd class="model">{escape(r.model)}</dd>'
+            f"<dt>{escape(t(lang, 'version'))}</dt><dd>{escape(r.version)}</dd>"
+            f'<dt>SHA-256</dt><dd><code title="{escape(r.sha256)}">{escape(r.sha256[:12])}'
+            f"</code></dd><dt>{escape(t(lang, 'pipeline'))}</dt><dd>{escape(r.pipeline)}</dd>"
+            f"<dt>{escape(t(lang, 'made'))}</dt><dd>{escape(when(r.created_at))}</dd>"
+            f"<dt>{escape(t(lang, 'result_uid'))}</dt><dd><code>{escape(r.sop_uid)}</code></dd>"
+            "</dl>"
+        )
+        superseded = f" <small>({escape(t(lang, 'superseded'))})</small>" if r.superseded else ""
+        findings = "".join(_finding(lang, study_key, r, v, who) for v in r.findings)
+        parts.append(
+            f'<article class="result{" superseded" if r.superseded else ""}" '
+            f'data-result-uid="{escape(r.sop_uid)}"><h2>{escape(t(lang, "result"))}{_colon(lang)} '
+            f"{escape(r.model)} {escape(r.version)}{superseded}</h2>{meta}{findings}</article>"
+        )
+    other: Lang = "fr" if lang == "en" else "en"
+    return _page(
+        lang,
+        t(lang, "title_study", key=study_key),
+        "".join(parts),
+        url(f"/review/{quote(study_key, safe='')}", other),
+    )
+
+
+def message_page(lang: Lang, title: str, message: str, back: str | None) -> str:
+    link = f'<p><a href="{escape(back)}">{escape(t(lang, "back_to_study"))}</a></p>' if back else ""
+    body = f'<p class="error" role="alert" id="message">{escape(message)}</p>{link}'
+    return _page(lang, title, body)

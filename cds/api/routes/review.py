@@ -1,0 +1,351 @@
+"""The radiologist's review page: a study's AI findings with their image and
+overlay, model and basis, and accept / reject / correct on each (issue 6).
+
+Plain HTML forms posting to the node (no JavaScript needed), in French and
+English (``?lang=``, else ``Accept-Language``, else ``results.language``).
+Feedback goes through :func:`cds.feedback.service.give_feedback` with source
+``review``: appended, the result never changes.
+
+There is no authentication yet (issue 7 adds it): "who" is the login name the
+radiologist types, recorded as given and remembered in a cookie for the next
+finding. No patient attribute is read or shown: studies are named by their
+pseudonymous key and UIDs only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import parse_qs, quote
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from starlette.concurrency import run_in_threadpool
+
+from cds.api.deps import get_node
+from cds.api.review import pages
+from cds.api.review.basis import Basis, ImageRef, bases_of, read_basis
+from cds.api.review.render import Mask, NotRenderable, render_png, segment_frame
+from cds.api.review.texts import page_language, t
+from cds.domain import Feedback, FeedbackAction, FindingRecord, ResultObject, ResultState
+from cds.errors import FeedbackError
+from cds.feedback.service import CorrectedLabel, give_feedback
+from cds.logging import get_logger
+from cds.orchestrator import Node
+from cds.results.text import Lang, texts
+
+log = get_logger("cds.review")
+
+router = APIRouter(prefix="/review", tags=["review page"], include_in_schema=False)
+NodeDep = Annotated[Node, Depends(get_node)]
+LangQuery = Annotated[str | None, Query(description="page language: fr or en")]
+
+WHO_COOKIE = "cds_review_who"
+WHO_COOKIE_MAX_AGE = 30 * 24 * 3600
+MAX_FORM_BYTES = 64 * 1024
+STUDIES_LISTED = 200
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _lang(request: Request, node: Node, query: str | None) -> Lang:
+    return page_language(
+        query, request.headers.get("accept-language"), node.settings.results.language
+    )
+
+
+def _study_url(study_key: str, lang: Lang, **query: str) -> str:
+    return pages.url(f"/review/{quote(study_key, safe='')}", lang, **query)
+
+
+def _message(lang: Lang, status: int, title_key: str, message: str, back: str | None) -> Response:
+    return HTMLResponse(pages.message_page(lang, t(lang, title_key), message, back), status)
+
+
+def _labels_of(node: Node, f: FindingRecord, lang: Lang) -> list[pages.LabelChoice]:
+    """The model's other labels, for a categorical finding (a model with several labels)."""
+    loaded = node.models.get(f.model)
+    if loaded is None or loaded.manifest is None:
+        return []
+    return [
+        pages.LabelChoice(
+            f"{label.code.scheme}|{label.code.value}",
+            label.display.fr if lang == "fr" else label.display.en,
+        )
+        for label in loaded.manifest.output.labels
+        if (label.code.scheme, label.code.value) != (f.label_scheme, f.label_value)
+    ]
+
+
+def _corrected(node: Node, f: FindingRecord, value: str) -> CorrectedLabel | None:
+    loaded = node.models.get(f.model)
+    if loaded is None or loaded.manifest is None:
+        return None
+    for label in loaded.manifest.output.labels:
+        if f"{label.code.scheme}|{label.code.value}" == value:
+            return CorrectedLabel(label.code.scheme, label.code.value, label.code.meaning)
+    return None
+
+
+def _bases(
+    node: Node, result: ResultObject | None, findings: list[FindingRecord]
+) -> dict[str, Basis]:
+    if result is None or result.modality != "SR":
+        return {}
+    try:
+        sr = dcmread(node.settings.results_path / result.path)
+    except (OSError, InvalidDicomError):
+        return {}
+    return bases_of(sr, [f.tracking_uid for f in findings])
+
+
+@router.get("", response_class=HTMLResponse, summary="Studies with AI findings to review")
+def review_studies(request: Request, node: NodeDep, lang: LangQuery = None) -> Response:
+    page_lang = _lang(request, node, lang)
+    rows = []
+    for study in node.store.list_studies(limit=STUDIES_LISTED):
+        found = node.store.list_findings(study.study_key)
+        if not found:
+            continue
+        reviewed = {
+            fb.tracking_uid
+            for fb in node.store.list_feedback(study_key=study.study_key, limit=100_000)
+        }
+        rows.append(
+            pages.StudyRow(
+                study_key=study.study_key,
+                modalities=study.modalities,
+                last_received_at=study.last_received_at,
+                models=sorted({f"{f.model} {f.version}" for f in found}),
+                findings=len(found),
+                unreviewed=sum(1 for f in found if f.tracking_uid not in reviewed),
+            )
+        )
+    return HTMLResponse(pages.study_list(page_lang, rows))
+
+
+@router.get("/{study_key}", response_class=HTMLResponse, summary="A study's AI findings")
+def review_study(
+    study_key: str,
+    request: Request,
+    node: NodeDep,
+    lang: LangQuery = None,
+    recorded: Annotated[str | None, Query(description="id of the feedback just recorded")] = None,
+) -> Response:
+    page_lang = _lang(request, node, lang)
+    if node.store.get_study(study_key) is None:
+        return _message(
+            page_lang, 404, "not_found", t(page_lang, "no_study", key=study_key), "/review"
+        )
+    findings = node.store.list_findings(study_key)
+    feedback = node.store.list_feedback(study_key=study_key, limit=100_000)
+    objects = {r.sop_uid: r for r in node.store.list_results(study_key)}
+    by_result: dict[str, list[FindingRecord]] = {}
+    for f in findings:
+        by_result.setdefault(f.result_sop_uid, []).append(f)
+    views = []
+    for sop_uid, found in by_result.items():
+        obj = objects.get(sop_uid)
+        bases: dict[str, Basis] = _bases(node, obj, found)
+        first = found[0]
+        views.append(
+            pages.ResultView(
+                sop_uid=sop_uid,
+                model=first.model,
+                version=first.version,
+                sha256=first.sha256,
+                pipeline=first.job_kind.partition(":")[0],
+                created_at=obj.created_at if obj else first.created_at,
+                superseded=obj is not None and obj.state is ResultState.SUPERSEDED,
+                source_series_uid=obj.source_series_uid if obj else "",
+                findings=[
+                    pages.FindingView(
+                        finding=f,
+                        feedback=[fb for fb in feedback if fb.tracking_uid == f.tracking_uid],
+                        basis=bases.get(f.tracking_uid),
+                        choices=_labels_of(node, f, page_lang),
+                    )
+                    for f in found
+                ],
+            )
+        )
+    views.sort(key=lambda v: (v.superseded, -v.created_at))
+    done: Feedback | None = next((fb for fb in feedback if fb.feedback_id == recorded), None)
+    label = ""
+    if done is not None:
+        f_done = next((f for f in findings if f.tracking_uid == done.tracking_uid), None)
+        label = (f_done.display_fr if page_lang == "fr" else f_done.display_en) if f_done else ""
+    html = pages.study_page(
+        page_lang,
+        study_key,
+        views,
+        who=request.cookies.get(WHO_COOKIE, ""),
+        recorded=done,
+        recorded_label=label,
+    )
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+def _finding_in(node: Node, study_key: str, tracking_uid: str) -> FindingRecord | None:
+    f = node.store.get_finding(tracking_uid)
+    return f if f is not None and f.study_key == study_key else None
+
+
+class _NoPreview(Exception):
+    """Why a finding has no picture (answered as a 404 the page shows as "no preview")."""
+
+
+def _target(node: Node, f: FindingRecord) -> tuple[ImageRef, Mask | None, Basis]:
+    """The image to show for a finding, the segment's mask on it, and its basis."""
+    objects = {r.sop_uid: r for r in node.store.list_results(f.study_key)}
+    sr = objects.get(f.result_sop_uid)
+    if sr is None or sr.modality != "SR":
+        raise _NoPreview("this finding's result is not an SR: no image region to show")
+    try:
+        basis = read_basis(node.settings.results_path / sr.path, f.tracking_uid)
+    except (OSError, InvalidDicomError):
+        raise _NoPreview("the result's SR is no longer on this node") from None
+    if basis is None:
+        raise _NoPreview("the finding's measurement group is not in its SR")
+    if basis.regions:
+        return basis.regions[0].image, None, basis
+    if basis.segments:
+        ref = basis.segments[0]
+        seg = objects.get(ref.seg_sop_uid)
+        try:
+            if seg is None:
+                raise OSError(ref.seg_sop_uid)
+            found = segment_frame(dcmread(node.settings.results_path / seg.path), ref.segment)
+        except (OSError, InvalidDicomError):
+            raise _NoPreview("the segmentation of this finding is not on this node") from None
+        if found is None:
+            raise _NoPreview("the segment covers no image")
+        return ImageRef(found[0], found[1]), found[2], basis
+    if basis.images:
+        return basis.images[0], None, basis
+    raise _NoPreview("this finding has no image region")
+
+
+def _preview(node: Node, f: FindingRecord, banner: str) -> bytes:
+    """The PNG of one finding (_NoPreview says why there is none)."""
+    image, mask, basis = _target(node, f)
+    where = node.store.find_instance(image.sop_uid)
+    if where is None:
+        raise _NoPreview("the source image is no longer on this node (purged?)")
+    try:
+        source = dcmread(Path(node.spool.root) / where[1])
+        return render_png(
+            source,
+            image.frame,
+            regions=[r for r in basis.regions if r.image == image],
+            mask=mask,
+            banner=banner,
+        )
+    except (OSError, InvalidDicomError):
+        raise _NoPreview("the source image cannot be read") from None
+    except NotRenderable as exc:
+        raise _NoPreview(str(exc)) from None
+
+
+@router.get("/{study_key}/findings/{tracking_uid}.png", summary="A finding on its source image")
+def finding_image(
+    study_key: str, tracking_uid: str, request: Request, node: NodeDep, lang: LangQuery = None
+) -> Response:
+    page_lang = _lang(request, node, lang)
+    f = _finding_in(node, study_key, tracking_uid)
+    if f is None:
+        return Response(
+            t(page_lang, "no_finding", uid=tracking_uid, key=study_key),
+            404,
+            media_type="text/plain",
+        )
+    try:
+        png = _preview(node, f, texts(page_lang).banner)
+    except _NoPreview as exc:
+        return Response(f"{t(page_lang, 'no_preview')}: {exc}", 404, media_type="text/plain")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _form(request: Request, lang: Lang) -> dict[str, str]:
+    """The posted HTML form's fields (first value of each)."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
+        raise _Refused(415, f"content type must be {_FORM} (an HTML form)")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise _Refused(413, t(lang, "too_large"))
+    try:
+        form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+    except (UnicodeDecodeError, ValueError):
+        raise _Refused(422, t(lang, "bad_action")) from None
+    return {name: values[0] for name, values in form.items()}
+
+
+def _record(node: Node, f: FindingRecord, form: dict[str, str], lang: Lang) -> Feedback:
+    """Check the form (messages in the page language) and append the feedback."""
+    try:
+        action = FeedbackAction(form.get("action", ""))
+    except ValueError:
+        raise _Refused(422, t(lang, "bad_action")) from None
+    who, reason, label = (form.get(k, "") for k in ("who", "reason", "corrected"))
+    if not who.strip():
+        raise _Refused(422, t(lang, "who_missing"))
+    corrected = None
+    if action is FeedbackAction.CORRECT:  # the label select is ignored on accept / reject
+        if label:
+            corrected = _corrected(node, f, label)
+            if corrected is None:
+                raise _Refused(422, t(lang, "bad_label"))
+        elif not reason.strip():
+            raise _Refused(422, t(lang, "correct_missing"))
+    try:
+        return give_feedback(
+            node.store,
+            result_sop_uid=f.result_sop_uid,
+            tracking_uid=f.tracking_uid,
+            action=action,
+            who=who,
+            source="review",
+            reason=reason,
+            corrected=corrected,
+        )
+    except FeedbackError as exc:
+        raise _Refused(exc.status, str(exc)) from None
+
+
+@router.post("/{study_key}/findings/{tracking_uid}", summary="Accept, reject or correct")
+async def post_review(
+    study_key: str, tracking_uid: str, request: Request, node: NodeDep, lang: LangQuery = None
+) -> Response:
+    page_lang = _lang(request, node, lang)
+    back = _study_url(study_key, page_lang)
+    f = await run_in_threadpool(_finding_in, node, study_key, tracking_uid)
+    if f is None:
+        missing = t(page_lang, "no_finding", uid=tracking_uid, key=study_key)
+        return _message(page_lang, 404, "not_found", missing, back)
+    try:
+        form = await _form(request, page_lang)
+        fb = await run_in_threadpool(_record, node, f, form, page_lang)
+    except _Refused as exc:
+        return _message(page_lang, exc.status, "refused", str(exc), back)
+    log.info("review.feedback_recorded", study_key=fb.study_key, model=fb.model, action=fb.action)
+    response = RedirectResponse(
+        f"{_study_url(study_key, page_lang, recorded=fb.feedback_id)}#f-{quote(f.tracking_uid)}",
+        status_code=303,
+    )
+    # no sign-in yet (issue 7): the name is remembered for the next finding, not trusted
+    response.set_cookie(
+        WHO_COOKIE,
+        form.get("who", "").strip(),
+        max_age=WHO_COOKIE_MAX_AGE,
+        path="/review",
+        httponly=True,
+        samesite="lax",
+    )
+    return response

@@ -25,6 +25,7 @@ from cds.feedback.findings import findings_of
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
+from cds.observatory.drift import record_run
 from cds.results.encode import encode, write_results
 from cds.results.kos import build_rejection_kos
 from cds.routing.router import (
@@ -322,6 +323,7 @@ def _run_series(
     node.store.record_findings(
         findings_of(out.result, out.objects, study_key=study_key, job_kind=job_kind)
     )
+    record_run(node.store, dcmread(series.files[0], stop_before_pixels=True), out.result)
     node.notifier.after_result(study_key, series.study_uid, plan.pipeline, out.result)
     if rejected:
         node.store.record_event(

@@ -7,13 +7,11 @@ verdict.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Protocol
 
 from cds.domain import Feedback, FeedbackAction, FindingRecord
+from cds.store.sqlite_host import SqliteHost as _Host
 
 _FINDING_COLS = (
     "tracking_uid, result_sop_uid, study_key, job_kind, model, version, sha256, label_scheme, "
@@ -68,17 +66,6 @@ def _feedback(row: tuple[object, ...]) -> Feedback:
         version=str(row[13]),
         sha256=str(row[14]),
     )
-
-
-class _Host(Protocol):
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
-
-    @staticmethod
-    def _event(
-        db: sqlite3.Connection, study_key: str, at: float, kind: str, detail: str
-    ) -> None: ...
 
 
 class FeedbackMixin:

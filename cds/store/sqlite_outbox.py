@@ -8,14 +8,12 @@ result UIDs are deterministic, so a resend is the same object to the PACS.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Protocol
 
 from cds.domain import Delivery, DeliveryState, ResultObject, ResultState
+from cds.store.sqlite_host import SqliteHost as _Host
 
 _RESULT_COLS = (
     "sop_uid, study_key, study_uid, series_uid, sop_class_uid, modality, path, job_kind, "
@@ -69,17 +67,6 @@ def _delivery(row: tuple[object, ...]) -> Delivery:
         updated_at=float(row[12]),  # type: ignore[arg-type]
         delivered_at=_opt(row[13]),
     )
-
-
-class _Host(Protocol):
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
-
-    @staticmethod
-    def _event(
-        db: sqlite3.Connection, study_key: str, at: float, kind: str, detail: str
-    ) -> None: ...
 
 
 class OutboxMixin:

@@ -1,0 +1,18 @@
+"""What the SQLite store's mixins (outbox, feedback) use of ``SqliteStore``."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+
+class SqliteHost(Protocol):
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
+
+    @staticmethod
+    def _event(
+        db: sqlite3.Connection, study_key: str, at: float, kind: str, detail: str
+    ) -> None: ...

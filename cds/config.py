@@ -48,6 +48,56 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DicomTlsSettings(_Section):
+    """DICOM over TLS (BCP 195) on a port of its own, beside the plain listener."""
+
+    enabled: bool = False
+    port: Port = 2762
+    cert_file: Path | None = Field(None, description="our certificate (PEM)")
+    key_file: Path | None = Field(None, description="its private key (PEM)")
+    ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that client certificates must chain to"
+    )
+    client_certs: Literal["none", "optional", "required"] = Field(
+        "optional", description="whether peers must present a certificate"
+    )
+    handshake_timeout_s: Seconds = Field(
+        10.0,
+        description="a TLS handshake not done in this time is dropped (it runs off the "
+        "accept loop, so a silent peer delays nobody else)",
+    )
+
+
+class SourceRule(_Section):
+    """Who may send: a calling AE title bound to addresses (and a certificate under TLS)."""
+
+    ae_title: AETitle
+    addresses: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or networks (CIDR) this AE title may call from; "
+        "empty = any address",
+    )
+    cert_subject_cn: str | None = Field(
+        None, description="under TLS, the Common Name the peer's certificate must carry"
+    )
+
+
+class IngestLimits(_Section):
+    """Bounds on what one instance may cost us before it is refused and quarantined."""
+
+    max_dataset_mb: int = Field(
+        4096, ge=1, description="largest data set accepted (MiB, as received)"
+    )
+    max_inflated_mb: int = Field(
+        1024,
+        ge=1,
+        description="a deflated data set that inflates past this is refused (decompression bomb)",
+    )
+    max_sequence_depth: int = Field(
+        32, ge=1, le=500, description="deepest nesting of sequences accepted"
+    )
+
+
 class DicomSettings(_Section):
     """The DICOM listener (C-ECHO, C-STORE SCP)."""
 
@@ -75,11 +125,55 @@ class DicomSettings(_Section):
         default_factory=list,
         description="if not empty, only these Calling AE Titles may associate",
     )
+    sources: list[SourceRule] = Field(
+        default_factory=list,
+        description="if not empty, only these AE titles, from these addresses, may associate",
+    )
+    tls: DicomTlsSettings = DicomTlsSettings()
+    limits: IngestLimits = IngestLimits()
+
+
+class ApiToken(_Section):
+    """One bearer token: who it is and what they may do."""
+
+    name: str = Field(min_length=1, description="who: shown in the audit trail and feedback")
+    role: Literal["admin", "radiologist", "observer"]
+    token_sha256: str | None = Field(
+        None, description="hex SHA-256 of the token (preferred: no secret in the file)"
+    )
+    token: str | None = Field(None, description="the token itself (prefer token_sha256)")
+
+
+class OidcSettings(_Section):
+    issuer: str = Field(description="the identity provider's issuer URL")
+    audience: str = Field(description="the audience (client id) tokens must be issued for")
+    jwks_url: str | None = Field(None, description="default: <issuer>/.well-known/jwks.json")
+    jwks_file: Path | None = Field(None, description="keys from a file instead of the network")
+    role_claim: str = Field("roles", description="claim that lists the user's roles")
+    role_map: dict[str, Literal["admin", "radiologist", "observer"]] = Field(
+        default_factory=dict, description="identity-provider role -> cds role"
+    )
+
+
+class AuthSettings(_Section):
+    """Who may use the HTTP API and pages. 'none' is refused off loopback."""
+
+    mode: Literal["none", "token", "oidc"] = "none"
+    tokens: list[ApiToken] = Field(default_factory=list)
+    oidc: OidcSettings | None = None
+    session_secret: str | None = Field(
+        None,
+        description="signs the review page's login cookie and CSRF tokens "
+        "(default: a random key kept in <home>/keys)",
+    )
 
 
 class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
+    tls_cert_file: Path | None = Field(None, description="HTTPS certificate (PEM)")
+    tls_key_file: Path | None = Field(None, description="HTTPS private key (PEM)")
+    auth: AuthSettings = AuthSettings()
 
 
 class SpoolSettings(_Section):
@@ -117,6 +211,13 @@ class InferenceSettings(_Section):
     max_sessions_per_gpu: int = Field(1, ge=1, le=64)
     max_sessions_cpu: int = Field(1, ge=1, le=64)
     warm_up: bool = True
+    max_job_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="a study whose processing crashes this many times goes to the dead "
+        "letter (state failed, an alert), instead of crashing the node again",
+    )
 
 
 class RoutingSettings(_Section):
@@ -156,6 +257,55 @@ class DeliverySettings(_Section):
     batch_size: int = Field(200, ge=1, le=10_000, description="objects per association at most")
 
 
+class RetentionSettings(_Section):
+    """How long spooled images stay once their results are delivered."""
+
+    spool_days: float | None = Field(
+        None,
+        gt=0,
+        description="purge a study's images this many days after its last "
+        "instance, once every result is delivered; none = keep",
+    )
+    check_interval_s: Seconds = Field(3600.0, description="how often retention runs")
+
+
+class SyslogSettings(_Section):
+    """Send audit messages to an audit record repository (RFC 5424 over TLS, RFC 5425)."""
+
+    host: str
+    port: Port = 6514
+    ca_file: Path | None = Field(None, description="CA that the repository's certificate chains to")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    app_name: str = "cds"
+
+
+class AuditSettings(_Section):
+    path: Path | None = Field(None, description="the audit trail (default: <home>/audit)")
+    syslog: SyslogSettings | None = Field(
+        None, description="also send each record there; spooled while it is down"
+    )
+
+
+class PrivacySettings(_Section):
+    """De-identification of anything that leaves other than results to the PACS."""
+
+    key_file: Path | None = Field(
+        None, description="pseudonymisation key, kept on site (default: <home>/keys/deid.key)"
+    )
+    exports_path: Path | None = Field(None, description="default: <home>/exports")
+
+
+class ObservatorySettings(_Section):
+    drift_baseline_days: Seconds = Field(28.0, description="baseline window (days)")
+    drift_recent_days: Seconds = Field(7.0, description="recent window compared (days)")
+    drift_baseline_runs: int | None = Field(
+        None, ge=1, description="use the first N runs as the baseline instead of a window"
+    )
+    drift_psi_alert: Seconds = Field(0.25, description="PSI at or above this alerts")
+    drift_min_runs: int = Field(30, ge=1, description="fewer runs in a window: no verdict")
+
+
 class LogSettings(_Section):
     format: Literal["json", "console"] = "json"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -181,6 +331,10 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     results: ResultsSettings = ResultsSettings()
     delivery: DeliverySettings = DeliverySettings()
+    retention: RetentionSettings = RetentionSettings()
+    audit: AuditSettings = AuditSettings()
+    privacy: PrivacySettings = PrivacySettings()
+    observatory: ObservatorySettings = ObservatorySettings()
     log: LogSettings = LogSettings()
 
     @classmethod
@@ -208,6 +362,30 @@ class Settings(BaseSettings):
     @property
     def results_path(self) -> Path:
         return self.results.path if self.results.path is not None else self.home / "results"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.path if self.audit.path is not None else self.home / "audit"
+
+    @property
+    def keys_path(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def deid_key_path(self) -> Path:
+        return (
+            self.privacy.key_file
+            if self.privacy.key_file is not None
+            else self.keys_path / "deid.key"
+        )
+
+    @property
+    def exports_path(self) -> Path:
+        return (
+            self.privacy.exports_path
+            if self.privacy.exports_path is not None
+            else self.home / "exports"
+        )
 
     def quiet_time_for(self, calling_ae: str) -> float:
         return self.assembly.quiet_time_by_calling_ae.get(

@@ -41,6 +41,7 @@ from cds.logging import get_logger
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from cds.config import Settings
     from cds.inference.runner import InferenceResult
     from cds.store.base import StateStore
 
@@ -84,18 +85,15 @@ class DriftSettings:
     min_runs: int = 30
 
 
-def drift_settings_of(settings: object) -> DriftSettings:
-    """The drift settings of a ``Settings`` object; the defaults where it has none."""
-    section = getattr(settings, "observatory", None)
-    d = DriftSettings()
-    if section is None:
-        return d
+def drift_settings_of(settings: Settings) -> DriftSettings:
+    """The drift settings of the node's ``observatory`` section."""
+    o = settings.observatory
     return DriftSettings(
-        baseline_days=float(getattr(section, "drift_baseline_days", d.baseline_days)),
-        recent_days=float(getattr(section, "drift_recent_days", d.recent_days)),
-        baseline_runs=getattr(section, "drift_baseline_runs", d.baseline_runs),
-        psi_alert=float(getattr(section, "drift_psi_alert", d.psi_alert)),
-        min_runs=int(getattr(section, "drift_min_runs", d.min_runs)),
+        baseline_days=o.drift_baseline_days,
+        recent_days=o.drift_recent_days,
+        baseline_runs=o.drift_baseline_runs,
+        psi_alert=o.drift_psi_alert,
+        min_runs=o.drift_min_runs,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from pydicom import dcmread
 
 from cds import __version__
+from cds.audit import AuditEvent, AuditTrail
 from cds.config import Settings
 from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker
@@ -63,11 +64,12 @@ class Node:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
         self.secret = load_secret(settings.home)
+        self.audit = AuditTrail(settings.audit_path)
         self.spool = Spool(settings.spool_path, settings.spool.min_free_mb * 2**20)
         self.store: StateStore = open_store(settings)
         self.executor: Executor = executor or InProcessExecutor()
         self.receiver = Receiver(settings, self.spool, self.store, self.secret)
-        self.listener = DicomListener(settings, self.receiver)
+        self.listener = DicomListener(settings, self.receiver, self.audit)
         self.assembler = Assembler(
             self.store, self._study_complete, settings.assembly.check_interval_s
         )
@@ -155,6 +157,9 @@ class Node:
         self.notifier.start()
         self.started_at = time.time()
         log.info("node.started", version=__version__, home=str(self.settings.home))
+        self.audit.record(
+            AuditEvent.APPLICATION_START, who="system", detail={"version": __version__}
+        )
         self.resume()
 
     def resume(self) -> int:
@@ -190,6 +195,10 @@ class Node:
         self.delivery.stop()  # after the executor: the last results are queued
         self.notifier.stop()
         self.store.close()
+        self.audit.record(
+            AuditEvent.APPLICATION_STOP, who="system", detail={"version": __version__}
+        )
+        self.audit.close()
         log.info("node.stopped")
 
     def reconcile(self) -> int:

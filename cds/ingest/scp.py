@@ -27,6 +27,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from cds.audit import AuditTrail, NullAuditTrail
 from cds.config import Settings
 from cds.errors import IngestError
 from cds.ingest import fastpath
@@ -85,9 +86,12 @@ def _status(code: int, comment: str) -> Dataset:
 class DicomListener:
     """Runs the association server in background threads."""
 
-    def __init__(self, settings: Settings, receiver: Receiver) -> None:
+    def __init__(
+        self, settings: Settings, receiver: Receiver, audit: AuditTrail | None = None
+    ) -> None:
         self._settings = settings
         self._receiver = receiver
+        self.audit = audit if audit is not None else NullAuditTrail()
         self._server: _HardenedServer | None = None
         self._thread: threading.Thread | None = None
         self._stats: dict[int, _AssocStats] = {}

@@ -1,0 +1,17 @@
+"""The audit trail: who did what to which study, when, append-only.
+
+Every stage records its acts through one ``AuditTrail`` (``Node.audit``):
+
+    node.audit.record(AuditEvent.INSTANCES_RECEIVED, who="AE:ORTHANC",
+                      where="10.1.2.3", study_key=key, detail={"instances": 40})
+
+Records carry no patient data: study keys (pseudonymous), AE titles, user
+names, addresses, counts. ``cds audit`` reads them back.
+"""
+
+from __future__ import annotations
+
+from cds.audit.events import AuditEvent, AuditOutcome
+from cds.audit.trail import AuditRecord, AuditTrail, NullAuditTrail
+
+__all__ = ["AuditEvent", "AuditOutcome", "AuditRecord", "AuditTrail", "NullAuditTrail"]

@@ -14,7 +14,15 @@ from typing import Annotated
 
 import typer
 
-from cds import __version__, cli_demo, cli_observatory, cli_process
+from cds import (
+    __version__,
+    cli_audit,
+    cli_demo,
+    cli_export,
+    cli_observatory,
+    cli_process,
+    cli_security,
+)
 from cds.cli_admin import jobs_app, queue_cmd, studies_app
 from cds.cli_deliveries import deliveries_app
 from cds.config import Settings, load_settings
@@ -422,6 +430,9 @@ def route_explain(
 cli_process.register(app)
 cli_observatory.register(app)
 cli_demo.register(app)
+cli_audit.register(app)
+cli_security.register(app)
+cli_export.register(app)
 
 
 def main() -> None:

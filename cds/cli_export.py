@@ -1,0 +1,10 @@
+"""cds export: de-identified case exports (issue 7). Filled in by the privacy work."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the main app."""
+    del app  # no command yet

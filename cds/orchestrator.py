@@ -35,13 +35,17 @@ from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
-from cds.pipeline import run_study, study_series
+from cds.pipeline import RERUN_EVENTS, run_study, study_series
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
 
 log = get_logger("cds.node")
 
 StudyConsumer = Callable[[str], None]
+
+#: study events of the poison-study guard (``Node._interrupted``)
+INTERRUPTED_EVENT = "processing_interrupted"
+DEAD_LETTER_EVENT = "dead_letter"
 
 
 def load_secret(home: Path) -> bytes:
@@ -172,16 +176,43 @@ class Node:
                 self.store.set_job_state(
                     job.job_id, JobState.FAILED, error="interrupted: node stopped"
                 )
-        keys = [
-            s.study_key
-            for state in (StudyState.COMPLETE, StudyState.PROCESSING)
-            for s in self.store.list_studies(state, limit=100_000)
-        ]
+        keys = [s.study_key for s in self.store.list_studies(StudyState.COMPLETE, limit=100_000)]
+        for s in self.store.list_studies(StudyState.PROCESSING, limit=100_000):
+            if self._interrupted(s.study_key):
+                keys.append(s.study_key)
         for key in keys:
             self.submit_study(key)
         if keys:
             log.warning("node.resumed_studies", studies=len(keys))
         return len(keys)
+
+    def _interrupted(self, study_key: str) -> bool:
+        """A study was processing when the node went down. A graceful stop finishes
+        the work under way, so this is a crash (or a kill): count it. A study that
+        took the node down ``inference.max_job_attempts`` times since it arrived or
+        an admin last asked for it is a poison study: it goes to the dead letter
+        (state failed, an alert) instead of taking the node down again. Returns
+        whether it should run again."""
+        self.store.record_event(
+            study_key, INTERRUPTED_EVENT, "the node stopped while processing this study"
+        )
+        detail = self.store.get_study(study_key)
+        if detail is None:
+            return False
+        since = max((e.at for e in detail.events if e.kind in RERUN_EVENTS), default=0.0)
+        crashes = sum(1 for e in detail.events if e.kind == INTERRUPTED_EVENT and e.at >= since)
+        limit = self.settings.inference.max_job_attempts
+        if crashes < limit:
+            return True
+        reason = (
+            f"dead letter: processing was interrupted {crashes} times (limit "
+            f"inference.max_job_attempts = {limit}); not run again until an admin "
+            "re-runs it (cds studies rerun KEY, POST /api/studies/KEY/rerun)"
+        )
+        self.store.record_event(study_key, DEAD_LETTER_EVENT, reason)
+        self.store.set_study_state(study_key, StudyState.FAILED, reason)
+        log.error("node.dead_letter_study", study_key=study_key, interruptions=crashes)
+        return False
 
     def stop(self) -> None:
         """Stop accepting, finish queued work, close the store. Safe to call twice."""

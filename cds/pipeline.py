@@ -99,7 +99,7 @@ def _required_present(rule: Rule, series: list[SeriesHeader]) -> bool:
 
 
 #: study history lines by which an admin asks for the study's pipelines to run again
-_RERUN_EVENTS = ("rerun_requested", "job_retried")
+RERUN_EVENTS = ("rerun_requested", "job_retried")
 
 
 def _fresh_job(node: Node, study_key: str, kind: str, since: float) -> bool:
@@ -148,7 +148,7 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
     # a pipeline runs again when one of its series received an instance after its last
     # run (not for another series, e.g. a rejection note sent back by the PACS), or
     # when an admin asks for a re-run or a retry
-    asked = max((e.at for e in detail.events if e.kind in _RERUN_EVENTS), default=0.0)
+    asked = max((e.at for e in detail.events if e.kind in RERUN_EVENTS), default=0.0)
     received = {s.series_uid: s.last_received_at for s in detail.series}
     runs = [
         (v, p)

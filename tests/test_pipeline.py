@@ -6,16 +6,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pydicom
 import pytest
 from pynetdicom import AE
 
+from cds import admin
 from cds.config import Settings
 from cds.domain import JobState, StudyState
 from cds.errors import ConfigError
 from cds.orchestrator import Node
+from cds.store import open_store
 
 from .conftest import make_settings
 
@@ -233,3 +236,70 @@ def test_required_series_start_before_the_quiet_time(tmp_path: Path, ct_files: l
         assert kinds.index("early_start") < kinds.index("complete")
     finally:
         node.stop()
+
+
+class _Crashing:
+    """An executor whose work never finishes: the node "crashes" before it does."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+
+    def submit(self, fn: object, /, *args: object, **kwargs: object) -> object:
+        self.submitted.append(str(args[-1]) if args else "")
+        return None
+
+    def shutdown(self, wait: bool = True) -> None:
+        pass
+
+
+def test_poison_study_goes_to_the_dead_letter(tmp_path: Path, ct_files: list[Path]) -> None:
+    """issue 7: a study that takes the node down while processing is run again at restart,
+    up to inference.max_job_attempts times; then it is failed with a dead-letter reason
+    instead of taking the node down again, until an admin re-runs it."""
+    settings = settings_with_routing(tmp_path, ROUTING)
+    settings = settings.model_copy(
+        update={"inference": settings.inference.model_copy(update={"max_job_attempts": 2})}
+    )
+    node = Node(settings)
+    node.start()
+    try:
+        node._consumers.clear()
+        send_files(node, ct_files[:2])
+        wait_state(node, {StudyState.COMPLETE})
+        key = node.store.list_studies()[0].study_key
+        node.store.set_study_state(key, StudyState.PROCESSING, "routed")  # then: kill -9
+    finally:
+        node.stop()
+
+    def restart() -> tuple[list[str], StudyState]:
+        ex = _Crashing()
+        n = Node(settings, executor=ex)  # type: ignore[arg-type]
+        n.start()
+        n.stop()  # the work handed out never finished: as if the node crashed again
+        with closing(open_store(settings)) as store:
+            return ex.submitted, store.list_studies()[0].state
+
+    first, state = restart()  # interruption 1: run again
+    assert key in first
+    assert state is StudyState.PROCESSING
+    second, state = restart()  # interruption 2 = the limit: dead letter, not run
+    assert key not in second
+    assert state is StudyState.FAILED
+    third, state = restart()  # stays there across restarts
+    assert key not in third
+    assert state is StudyState.FAILED
+    with closing(open_store(settings)) as store:
+        detail = store.get_study(key)
+        assert detail is not None
+        kinds = [e.kind for e in detail.events]
+        assert kinds.count("processing_interrupted") == 2
+        (dead,) = [e for e in detail.events if e.kind == "dead_letter"]
+        assert "inference.max_job_attempts = 2" in dead.detail
+        # an admin re-run clears the count: it runs again after the next crash
+        # an admin re-run resets the count: the re-run crashes once, and runs again
+        time.sleep(0.01)
+        admin.rerun_study(store, lambda k: None, key)
+        store.set_study_state(key, StudyState.PROCESSING, "routed")
+    fourth, state = restart()
+    assert key in fourth
+    assert state is StudyState.PROCESSING

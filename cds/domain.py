@@ -225,6 +225,7 @@ class Delivery:
     created_at: float
     updated_at: float
     delivered_at: float | None
+    priority: int = 0  # the routing rule's: higher goes out first
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,8 +257,10 @@ def _run_series(
     *,
     runner: ModelRunner,
     series: SeriesHeader,
+    priority: int = 0,
 ) -> None:
-    """Infer, encode, keep the objects durably, then queue them for delivery (outbox).
+    """Infer, encode, keep the objects durably, then queue them for delivery (outbox),
+    with the routing rule's ``priority``.
 
     A second run on the same inputs with the same model version makes the same
     objects (same UIDs): nothing is superseded and nothing already delivered is
@@ -319,7 +321,9 @@ def _run_series(
         rows.append(row(kos, kos_path, ResultState.REJECTION))
     pipeline = node.routing.rules.pipelines.get(plan.pipeline)
     destinations = list(pipeline.destinations) if pipeline is not None else []
-    node.store.record_results(rows, destinations, superseded=[r.sop_uid for r in rejected])
+    node.store.record_results(
+        rows, destinations, superseded=[r.sop_uid for r in rejected], priority=priority
+    )
     node.store.record_findings(
         findings_of(out.result, out.objects, study_key=study_key, job_kind=job_kind)
     )
@@ -357,9 +361,13 @@ def _run_jobs(
             if model is None:
                 raise CdsError(f"model {p.model} is not loaded")
             runner = ModelRunner(model, node.models.slots)
+            by_name = {r.name: r for r in node.routing.rules.rules}
+            priority = by_name[rule.rule].priority if rule.rule in by_name else 0
             for s in series:
                 if s.series_uid in rule.selected:
-                    _run_series(node, study_key, job.kind, p, runner=runner, series=s)
+                    _run_series(
+                        node, study_key, job.kind, p, runner=runner, series=s, priority=priority
+                    )
         except Exception as exc:  # recorded on the job; the study goes on
             failed += 1
             node.store.set_job_state(

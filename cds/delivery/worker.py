@@ -9,6 +9,11 @@ try: delivered; pending again after an exponential backoff
 (``backoff_initial_s`` doubling up to ``backoff_max_s``); or dead after
 ``max_attempts`` tries, where it waits for an admin's retry.
 
+Due rows go out highest priority first (the routing rule's ``priority``). When a
+destination answers again after an outage, everything waiting for it is made
+due at once, so the backlog drains in priority order rather than in the order
+the backoff timers happen to expire.
+
 Only destinations named in the routing file receive anything: a row whose
 destination has been removed from it is not sent (dead, and said so).
 """
@@ -102,6 +107,10 @@ class DeliveryWorker:
             seconds=round(time.perf_counter() - t0, 3),
         )
         self._record(name, dest, batch, outcomes, final=False)
+        # it answers: whatever waits for it (backing off since an outage) goes now,
+        # highest priority first, not each at the end of its own backoff
+        if any(o.ok for o in outcomes) and self._store.deliveries_due_now(name, self._clock()):
+            self._wake.set()
 
     def _record(
         self,

@@ -264,7 +264,11 @@ class Rule(_Strict):
         "all", description="which matching series feed the model"
     )
     pipelines: list[str] = Field(min_length=1)
-    priority: int = Field(0, description="higher runs first when several rules match")
+    priority: int = Field(
+        0,
+        description="higher runs first when several rules match; its results also go out "
+        "first when deliveries wait (e.g. after the PACS was down)",
+    )
     completeness: Completeness | None = None
     continue_: bool = Field(
         False, alias="continue", description="evaluate later rules after this one matched"

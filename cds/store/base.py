@@ -141,10 +141,12 @@ class StateStore(Protocol):
         destinations: Sequence[str],
         superseded: Sequence[str] = (),
         now: float | None = None,
+        priority: int = 0,
     ) -> list[Delivery]:
         """Record durably written result objects and queue one delivery per object and
         destination, in one transaction (the outbox). ``superseded``: SOP Instance UIDs
         of earlier results these replace; their deliveries not yet sent are cancelled.
+        ``priority``: the routing rule's; higher goes out first.
 
         Recording the same object again (a re-run of the same inputs) leaves a delivery
         already delivered as it is and re-queues one pending or dead.
@@ -160,7 +162,14 @@ class StateStore(Protocol):
     def list_results(self, study_key: str) -> list[ResultObject]: ...
 
     def due_deliveries(self, now: float, limit: int = 500) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest first."""
+        """Pending deliveries whose next attempt is due: highest priority first, then
+        the longest due, then the oldest."""
+        ...
+
+    def deliveries_due_now(self, destination: str, now: float) -> int:
+        """Make every pending delivery to ``destination`` due at ``now`` (it answered
+        again after an outage: what waits for it goes out now, by priority, instead of
+        each at the end of its own backoff). Returns how many were brought forward."""
         ...
 
     def next_delivery_due(self) -> float | None:

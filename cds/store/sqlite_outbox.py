@@ -21,7 +21,7 @@ _RESULT_COLS = (
 )
 _DELIVERY_COLS = (
     "delivery_id, study_key, sop_uid, sop_class_uid, modality, path, destination, state, "
-    "attempts, last_error, next_attempt_at, created_at, updated_at, delivered_at"
+    "attempts, last_error, next_attempt_at, created_at, updated_at, delivered_at, priority"
 )
 
 
@@ -66,6 +66,7 @@ def _delivery(row: tuple[object, ...]) -> Delivery:
         created_at=float(row[11]),  # type: ignore[arg-type]
         updated_at=float(row[12]),  # type: ignore[arg-type]
         delivered_at=_opt(row[13]),
+        priority=int(row[14]),  # type: ignore[call-overload]
     )
 
 
@@ -78,6 +79,7 @@ class OutboxMixin:
         destinations: Sequence[str],
         superseded: Sequence[str] = (),
         now: float | None = None,
+        priority: int = 0,
     ) -> list[Delivery]:
         at = time.time() if now is None else now
         out: list[Delivery] = []
@@ -127,9 +129,10 @@ class OutboxMixin:
                     # delivered is not sent again; one pending or dead starts afresh
                     db.execute(
                         f"INSERT INTO deliveries ({_DELIVERY_COLS}) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, NULL) "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, NULL, ?) "
                         "ON CONFLICT (sop_uid, destination) DO UPDATE SET "
                         "path = excluded.path, updated_at = excluded.updated_at, "
+                        "priority = excluded.priority, "
                         "state = CASE WHEN state = 'delivered' THEN state ELSE 'pending' END, "
                         "attempts = CASE WHEN state = 'delivered' THEN attempts ELSE 0 END, "
                         "next_attempt_at = CASE WHEN state = 'delivered' THEN NULL "
@@ -146,6 +149,7 @@ class OutboxMixin:
                             at,
                             at,
                             at,
+                            priority,
                         ),
                     )
                     row = db.execute(
@@ -177,10 +181,19 @@ class OutboxMixin:
     def due_deliveries(self: _Host, now: float, limit: int = 500) -> list[Delivery]:
         rows = self._query(
             f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE state = ? AND next_attempt_at <= ? "
-            "ORDER BY next_attempt_at, created_at LIMIT ?",
+            "ORDER BY priority DESC, next_attempt_at, created_at LIMIT ?",
             (DeliveryState.PENDING.value, now, limit),
         )
         return [_delivery(r) for r in rows]
+
+    def deliveries_due_now(self: _Host, destination: str, now: float) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE deliveries SET next_attempt_at = ? WHERE destination = ? "
+                "AND state = ? AND next_attempt_at > ?",
+                (now, destination, DeliveryState.PENDING.value, now),
+            )
+            return int(cur.rowcount)
 
     def next_delivery_due(self: _Host) -> float | None:
         rows = self._query(

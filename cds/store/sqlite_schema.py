@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5  # 2: job times; 3: results, deliveries; 4: findings, feedback; 5: runs
+SCHEMA_VERSION = 6  # 2: job times; 3: results, deliveries; 4: findings, feedback; 5: runs;
+# 6: delivery priority
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -116,6 +117,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     delivered_at REAL,
+    priority INTEGER NOT NULL DEFAULT 0,
     UNIQUE (sop_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
@@ -181,7 +183,11 @@ CREATE INDEX IF NOT EXISTS observatory_runs_model ON observatory_runs (model, ve
 """
 
 # Columns added after schema version 1: (table, column, declaration).
-ADDED_COLUMNS = (("jobs", "started_at", "REAL"), ("jobs", "finished_at", "REAL"))
+ADDED_COLUMNS = (
+    ("jobs", "started_at", "REAL"),
+    ("jobs", "finished_at", "REAL"),
+    ("deliveries", "priority", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 def migrate(db: sqlite3.Connection) -> None:

@@ -3,6 +3,7 @@ supersession, tries, the dead letter and its retry (issue 5, delivery)."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,34 @@ def test_list_deliveries_filters(store: SqliteStore) -> None:
     assert {d.sop_uid for d in store.list_deliveries(study_key="k2")} == {"3.1"}
     assert len(store.list_deliveries(destination="archive")) == 1
     assert store.list_deliveries(state=DeliveryState.DEAD) == []
+
+
+def test_schema_5_outbox_gains_priority_in_place(tmp_path: Path) -> None:
+    """A store written before delivery priorities (schema 5) opens with its pending
+    deliveries intact, at priority 0, and still due."""
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '5');
+        CREATE TABLE deliveries (delivery_id TEXT PRIMARY KEY, study_key TEXT NOT NULL,
+            sop_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, modality TEXT NOT NULL,
+            path TEXT NOT NULL, destination TEXT NOT NULL, state TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, next_attempt_at REAL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, delivered_at REAL,
+            UNIQUE (sop_uid, destination));
+        INSERT INTO deliveries VALUES ('d1', 'k1', '1.2.3', '1.2', 'SR', 'k1/SR/x.dcm', 'pacs',
+            'pending', 1, 'down', 50.0, 1.0, 1.0, NULL);
+        """
+    )
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    try:
+        (d,) = store.due_deliveries(100.0)
+        assert (d.delivery_id, d.priority, d.attempts) == ("d1", 0, 1)
+        store.record_results([result("1.9", study="k1")], ["pacs"], now=60.0, priority=3)
+        assert [x.sop_uid for x in store.due_deliveries(100.0)] == ["1.9", "1.2.3"]
+    finally:
+        store.close()

@@ -71,7 +71,9 @@ def store(tmp_path: Path) -> SqliteStore:
     return SqliteStore(tmp_path / "state.db")
 
 
-def queue(store: SqliteStore, root: Path, files: list[Path], now: float = 1000.0) -> list[str]:
+def queue(
+    store: SqliteStore, root: Path, files: list[Path], now: float = 1000.0, priority: int = 0
+) -> list[str]:
     """Put ``files`` (as result objects of study k1) in the outbox for destination ``pacs``."""
     if store.get_study("k1") is None:  # the study the results belong to, for its history
         store.record_instance(
@@ -115,7 +117,7 @@ def queue(store: SqliteStore, root: Path, files: list[Path], now: float = 1000.0
                 created_at=now,
             )
         )
-    store.record_results(rows, ["pacs"], now=now)
+    store.record_results(rows, ["pacs"], now=now, priority=priority)
     return [r.sop_uid for r in rows]
 
 
@@ -304,3 +306,35 @@ def test_tls_destination_verified_against_its_ca(
         assert received == sops
     finally:
         server.shutdown()
+
+
+def test_after_an_outage_the_backlog_drains_at_once_highest_priority_first(
+    tmp_path: Path, store: SqliteStore, ct: list[Path]
+) -> None:
+    """issue 8: results wait while the PACS is down, each on its own backoff. The first
+    one that gets through brings the others forward: they go at once, the routing
+    rule's priority first, not when their timers happen to expire."""
+    clock = Clock()
+    port = free_port()
+    dests = {"pacs": Destination(ae_title="PACS", host="127.0.0.1", port=port)}
+    w = worker(store, tmp_path, dests, clock)
+    (low1,) = queue(store, tmp_path, ct[:1], now=1000.0, priority=0)
+    w.tick()  # down: low1 next at 1010
+    clock.now = 1001.0
+    (low2,) = queue(store, tmp_path, ct[1:2], now=1001.0, priority=0)
+    w.tick()  # down: low2 next at 1011
+    clock.now = 1005.0
+    (high,) = queue(store, tmp_path, ct[2:3], now=1005.0, priority=10)
+    w.tick()  # down: high next at 1015
+    assert {d.attempts for d in store.list_deliveries()} == {1}
+    pacs = Pacs(port=port)  # the PACS is back
+    try:
+        clock.now = 1010.0
+        assert w.tick() == 1  # only low1 is due ... and gets through
+        assert [d.sop_uid for d in store.due_deliveries(clock.now)] == [high, low2]
+        assert w.tick() == 2
+        assert pacs.received == [low1, high, low2]
+        assert {d.state for d in store.list_deliveries()} == {DeliveryState.DELIVERED}
+        assert {d.priority for d in store.list_deliveries() if d.sop_uid == high} == {10}
+    finally:
+        pacs.close()

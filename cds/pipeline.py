@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 
 from cds.domain import JobState, ResultObject, ResultRef, ResultState, StudyState
 from cds.errors import CdsError
+from cds.faults import failpoint
 from cds.feedback.findings import findings_of
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
@@ -284,6 +285,7 @@ def _run_series(
     node.store.record_event(study_key, "inferred", _summary(out.result))
     root = node.settings.results_path
     paths = write_results(root, study_key, out.objects)
+    failpoint("pipeline.encoded")
     _encoded_event(node, study_key, out, paths)
     made = {str(ds.SOPInstanceUID) for ds in out.objects}
     rejected = [r for r in prev if r.sop_uid not in made]
@@ -361,6 +363,7 @@ def _run_jobs(
             if model is None:
                 raise CdsError(f"model {p.model} is not loaded")
             runner = ModelRunner(model, node.models.slots)
+            failpoint("pipeline.inferring")
             by_name = {r.name: r for r in node.routing.rules.rules}
             priority = by_name[rule.rule].priority if rule.rule in by_name else 0
             for s in series:

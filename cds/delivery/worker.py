@@ -29,6 +29,7 @@ from pathlib import Path
 from cds.config import DeliverySettings
 from cds.delivery.scu import Outcome, describe, store_batch
 from cds.domain import Delivery, DeliveryState
+from cds.faults import failpoint
 from cds.logging import get_logger
 from cds.routing.rules import Destination
 from cds.store.base import StateStore
@@ -95,6 +96,7 @@ class DeliveryWorker:
         to_send = [f for f, m in zip(files, missing, strict=True) if not m]
         t0 = time.perf_counter()
         sent = iter(self._send(to_send, dest, self._calling_ae, self._cfg.timeout_s))
+        failpoint("delivery.sent")
         outcomes = [
             Outcome(False, f"result file missing: {d.path}", permanent=True) if m else next(sent)
             for d, m in zip(batch, missing, strict=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
@@ -380,3 +381,25 @@ def write_ct_series(
         ds.save_as(path, enforce_file_format=True)
         out.append((path, sop_uid))
     return out
+
+
+def write_bone_study(
+    folder: Path, description: str = "SYNTHETIC", count: int = 12
+) -> tuple[list[Path], str]:
+    """A small synthetic CT study in which ``cds-ref-ct-bone`` finds bone (so it makes a
+    SEG and an SR): a dense block in every slice, and the geometry a SEG needs.
+    Returns the files and the Study Instance UID."""
+    files = [p for p, _ in write_ct_series(folder, count)]
+    frame_of_reference = generate_uid()
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.StudyDescription = description
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.8, 0.8]
+        ds.SliceThickness = 1.0
+        pixels = ds.pixel_array.copy()
+        pixels[20:40, 20:40] = 1500
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(f)
+    return files, str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)

@@ -15,13 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 import yaml
-from pydicom.uid import generate_uid
 
 from integration_tests.conftest import CdsNode, Orthanc, wait_for
-from integration_tests.support import dcmsend, free_port, write_ct_series
+from integration_tests.support import dcmsend, free_port, write_bone_study
 
 pytestmark = pytest.mark.integration
 
@@ -49,23 +47,6 @@ ROUTING = {
         },
     ],
 }
-
-
-def _study(folder: Path, description: str) -> tuple[list[Path], str]:
-    files = [p for p, _ in write_ct_series(folder, 12)]
-    frame_of_reference = generate_uid()
-    for f in files:
-        ds = pydicom.dcmread(f)
-        ds.StudyDescription = description
-        ds.FrameOfReferenceUID = frame_of_reference  # what a SEG needs of its sources
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.8, 0.8]
-        ds.SliceThickness = 1.0
-        pixels = ds.pixel_array.copy()
-        pixels[20:40, 20:40] = 1500  # "bone": the model finds something, SEG and SR
-        ds.PixelData = pixels.tobytes()
-        ds.save_as(f)
-    return files, str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
 
 def _failed_once(node: CdsNode, key: str, count: int) -> list[dict[str, Any]] | None:
@@ -111,7 +92,7 @@ def test_i8_pacs_down_then_back_delivers_everything_by_priority(
     )
     keys = {}
     for name, description in (("routine", "ROUTINE"), ("stat", "STAT")):
-        files, study_uid = _study(tmp_path / name, description)
+        files, study_uid = write_bone_study(tmp_path / name, description)
         assert dcmsend(node.dicom_port, node.ae_title, files).returncode == 0
         s = node.wait_study(study_uid, lambda s: s["state"] in ("done", "failed"), 120, "done")
         assert s["state"] == "done", s["history"]

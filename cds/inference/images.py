@@ -96,48 +96,44 @@ def _rescale(ds: Dataset) -> tuple[float, float]:
         return 1.0, 0.0
 
 
+def _name(item: Dataset | Path | str, ds: Dataset | None) -> str:
+    """How an error names an instance: its file, else its SOP Instance UID. Never the
+    data set itself (its text holds the patient's attributes)."""
+    if not isinstance(item, Dataset):
+        return str(item)
+    filename = getattr(ds, "filename", None)
+    if isinstance(filename, str) and filename:
+        return filename
+    try:
+        return f"instance {ds.get('SOPInstanceUID', '?') if ds is not None else '?'}"
+    except Exception:
+        return "instance (unreadable SOP Instance UID)"
+
+
 def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
-    """Decode instances of one series (in the given order) into an ImageStack."""
+    """Decode instances of one series (in the given order) into an ImageStack.
+
+    Raises ModelError naming the instance (file or SOP Instance UID) and the
+    attribute for anything it cannot use; a data set that does not even read
+    (malformed elements) is a ModelError too, never another exception.
+    """
     arrays: list[np.ndarray] = []
     metas: list[ImageMeta] = []
     series_uid = modality = ""
     for item in datasets:
-        ds = item if isinstance(item, Dataset) else dcmread(item)
-        name = getattr(ds, "filename", None) or str(item)[:80]
-        if "PixelData" not in ds:
-            raise ModelError(f"{name}: (7FE0,0010) Pixel Data missing")
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            raise ModelError(
-                f"{name}: (0028,0004) PhotometricInterpretation {photometric} "
-                "not supported (grayscale only)"
-            )
+        ds: Dataset | None = None
         try:
-            px = np.asarray(ds.pixel_array, dtype=np.float32)
-        except Exception as exc:  # decoder errors come in many types
-            raise ModelError(f"{name}: cannot decode Pixel Data ({type(exc).__name__})") from exc
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        if frames == 1 and px.ndim == 2:
-            px = px[None]
-        slope, intercept = _rescale(ds)
-        series_uid = series_uid or str(ds.get("SeriesInstanceUID", ""))
-        modality = modality or str(ds.get("Modality", ""))
-        for f in range(px.shape[0]):
-            orientation, position, spacing = _frame_meta(ds, f)
-            metas.append(
-                ImageMeta(
-                    sop_uid=str(ds.get("SOPInstanceUID", "")),
-                    frame=f + 1,
-                    rows=int(px.shape[1]),
-                    columns=int(px.shape[2]),
-                    slope=slope,
-                    intercept=intercept,
-                    photometric=photometric,
-                    pixel_spacing=spacing,  # type: ignore[arg-type]
-                    orientation=orientation,
-                    position=position,
-                )
-            )
+            ds = item if isinstance(item, Dataset) else dcmread(item)
+            px, frame_metas, series, mod = _decode_one(ds, _name(item, ds))
+        except ModelError:
+            raise
+        except Exception as exc:  # malformed elements surface here in many types
+            raise ModelError(
+                f"{_name(item, ds)}: cannot read the data set ({type(exc).__name__})"
+            ) from exc
+        series_uid = series_uid or series
+        modality = modality or mod
+        metas.extend(frame_metas)
         arrays.append(px)
     if not arrays:
         raise ModelError("no images to decode")
@@ -148,3 +144,43 @@ def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
     stack.order = list(range(len(metas)))
     stack.flips = [(False, False)] * len(metas)
     return stack
+
+
+def _decode_one(ds: Dataset, name: str) -> tuple[np.ndarray, list[ImageMeta], str, str]:
+    """One instance: its frames (float32, [frames, rows, columns]) and their geometry."""
+    if "PixelData" not in ds:
+        raise ModelError(f"{name}: (7FE0,0010) Pixel Data missing")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ModelError(
+            f"{name}: (0028,0004) PhotometricInterpretation {photometric[:16]} "
+            "not supported (grayscale only)"
+        )
+    try:
+        px = np.asarray(ds.pixel_array, dtype=np.float32)
+    except Exception as exc:  # decoder errors come in many types
+        raise ModelError(f"{name}: cannot decode Pixel Data ({type(exc).__name__})") from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames == 1 and px.ndim == 2:
+        px = px[None]
+    if px.ndim != 3:
+        raise ModelError(f"{name}: (7FE0,0010) Pixel Data is not grayscale frames")
+    slope, intercept = _rescale(ds)
+    metas = []
+    for f in range(px.shape[0]):
+        orientation, position, spacing = _frame_meta(ds, f)
+        metas.append(
+            ImageMeta(
+                sop_uid=str(ds.get("SOPInstanceUID", "")),
+                frame=f + 1,
+                rows=int(px.shape[1]),
+                columns=int(px.shape[2]),
+                slope=slope,
+                intercept=intercept,
+                photometric=photometric,
+                pixel_spacing=spacing,  # type: ignore[arg-type]
+                orientation=orientation,
+                position=position,
+            )
+        )
+    return px, metas, str(ds.get("SeriesInstanceUID", "")), str(ds.get("Modality", ""))

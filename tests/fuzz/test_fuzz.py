@@ -1,0 +1,80 @@
+"""issue 8: the atheris fuzz target (fuzz_ingest.py) runs for a bounded time on seeds
+made from real files of ../shared/dicom: no exception other than a clean CdsError
+escapes ingest's header check, decode or preprocess.
+
+``CDS_FUZZ_SECONDS`` sets the time (default 20 s); a crash leaves its input in the
+test's folder (``crash-*``) and the test prints how to replay it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+
+pytest.importorskip("atheris")
+
+HERE = Path(__file__).resolve().parent
+SEEDS = ["ct", "mr", "cr_dx", "malformed"]
+
+
+def _seed(path: Path) -> bytes | None:
+    """The data set of ``path`` re-encoded Explicit VR Little Endian (the target's
+    transfer syntax), without its File Meta; None when it does not read."""
+    try:
+        ds = dcmread(path, force=True)
+        if ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2.1") not in (
+            "1.2.840.10008.1.2.1",
+            "1.2.840.10008.1.2",
+        ):
+            return None
+        buf = DicomBytesIO()
+        buf.is_little_endian, buf.is_implicit_VR = True, False
+        write_dataset(buf, ds)
+        return buf.getvalue()
+    except Exception:
+        return None
+
+
+def test_fuzz_parse_decode_preprocess(corpus: Path, tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    n = 0
+    for folder in SEEDS:
+        files = sorted(p for p in (corpus / folder).rglob("*") if p.is_file())
+        for f in [p for p in files if p.stat().st_size < 600_000][:6]:
+            data = _seed(f)
+            if data:
+                (seeds / f"seed{n:03d}").write_bytes(data)
+                n += 1
+    assert n >= 6, "too few seeds read from the corpus"
+    seconds = int(os.environ.get("CDS_FUZZ_SECONDS", "20"))
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "fuzz_ingest.py"),
+            f"-max_total_time={seconds}",
+            "-rss_limit_mb=3072",
+            "-timeout=20",
+            f"-artifact_prefix={tmp_path}/",
+            str(seeds),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        cwd=HERE.parent.parent,
+    )
+    crashes = sorted(tmp_path.glob("crash-*")) + sorted(tmp_path.glob("timeout-*"))
+    tail = "\n".join(p.stderr.splitlines()[-40:])
+    replay = f"replay with: python tests/fuzz/fuzz_ingest.py {crashes[0] if crashes else ''}"
+    assert not crashes, f"fuzzing found a problem; {replay}\n{tail}"
+    assert p.returncode == 0, f"the fuzzer failed:\n{tail}"
+    runs = [line for line in p.stderr.splitlines() if line.startswith("Done ")]
+    print(f"\n{n} seeds; {runs[-1] if runs else tail}")

@@ -35,6 +35,7 @@ from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
+from cds.memory import trim_heap
 from cds.pipeline import RERUN_EVENTS, run_study, study_series
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
@@ -114,7 +115,10 @@ class Node:
         self._consumers.append(consumer)
 
     def _run_pipelines(self, study_key: str) -> None:
-        run_study(self, study_key)
+        try:
+            run_study(self, study_key)
+        finally:
+            trim_heap()  # the study's arrays are freed: give the memory back
 
     def _read_feedback(self, study_key: str) -> None:
         """Rejection notes and edited objects the PACS sent back about our results."""

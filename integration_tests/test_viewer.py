@@ -8,9 +8,8 @@ drawn, no series fails. SR *hydration* (OHIF turning the SR into its own editabl
 measurements) is reported in the test output, not required. GSPS is skipped by the
 tool: OHIF 3 does not support it.
 
-One check per model: the two models' SR series both carry Series Number 902 (see
-``cds/results/sr.py``), and the viewer check, which finds a series' thumbnail by its
-number, cannot tell them apart in one study.
+One check per model, so that each model's objects are judged on their own (each
+model's series have their own Series Numbers: ``cds.results.common.series_number``).
 """
 
 from __future__ import annotations

@@ -46,6 +46,22 @@ def result_uids(
     return _derived_uid([*base, "series"]), _derived_uid([*base, "instance"])
 
 
+#: last digit of a result series' number, per kind of object
+_KIND_DIGIT = {"SEG": 1, "SR": 2, "GSPS": 3, "SC": 4}
+
+
+def series_number(model: str, kind: str) -> int:
+    """The Series Number of ``model``'s ``kind`` series: 9000 + 10 x (a number 1..89
+    derived from the model name) + the kind's digit (SEG 1, SR 2, GSPS 3, SC 4).
+
+    Stable (the same model always gets the same numbers, whatever the study or the
+    version), after the acquisition series in a viewer's list, and different for two
+    models in one study except for a 1-in-89 collision of their names.
+    """
+    slot = 1 + uuid.uuid5(_UID_NAMESPACE, model).int % 89
+    return 9000 + 10 * slot + _KIND_DIGIT[kind]
+
+
 def _derived_uid(parts: Sequence[str]) -> str:
     """A '2.25.' UID from a name-based (SHA-1, version 5) UUID of ``parts``.
 

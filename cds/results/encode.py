@@ -19,6 +19,7 @@ from cds.domain import ResultRef
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.runner import InferenceResult
+from cds.results.common import series_number
 from cds.results.gsps import build_gsps
 from cds.results.sc import build_sc
 from cds.results.seg import build_seg
@@ -48,7 +49,14 @@ def encode(
     seg: Dataset | None = None
     if "SEG" in kinds:
         try:
-            seg = build_seg(sources, result, manifest, lang, uid_root_seed=seed)
+            seg = build_seg(
+                sources,
+                result,
+                manifest,
+                lang,
+                uid_root_seed=seed,
+                series_number=series_number(manifest.name, "SEG"),
+            )
             objects.append(seg)
         except EncodingError as exc:
             skipped.append(f"SEG: {exc}")
@@ -62,11 +70,21 @@ def encode(
                 seg=seg,
                 uid_root_seed=seed,
                 predecessors=predecessors,
+                series_number=series_number(manifest.name, "SR"),
             )
         )
     if "GSPS" in kinds:
         try:
-            objects.append(build_gsps(sources, result, manifest, lang, uid_root_seed=seed))
+            objects.append(
+                build_gsps(
+                    sources,
+                    result,
+                    manifest,
+                    lang,
+                    uid_root_seed=seed,
+                    series_number=series_number(manifest.name, "GSPS"),
+                )
+            )
         except EncodingError as exc:
             skipped.append(f"GSPS: {exc}")
     if "SC" in kinds:
@@ -86,6 +104,7 @@ def encode(
                         lang,
                         instance_number=n + 1,
                         uid_root_seed=seed or None,
+                        series_number=series_number(manifest.name, "SC"),
                     )
                 )
     return objects, skipped

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from cds import __version__
@@ -31,6 +34,15 @@ STATUS_INVALID_UID = 0xC221  # a UID is not a valid DICOM UID
 STATUS_UID_MISMATCH = 0xC222  # data set SOP Instance UID differs from the request
 STATUS_SOP_CLASS_MISMATCH = 0xA900  # data set SOP Class UID differs from the request
 STATUS_PROCESSING_FAILURE = 0xC211  # unexpected error in the node
+STATUS_TOO_DEEP = 0xC212  # sequences nested deeper than dicom.limits.max_sequence_depth
+# A size limit is a resource this node refuses to spend: "Refused: Out of Resources"
+# (PS3.4 B.2.3), the same family as a full disk, with a comment naming the limit.
+STATUS_TOO_LARGE = 0xA700
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -94,7 +106,11 @@ def encode_file_meta(
 
 
 def read_header(file_meta: bytes, dataset: bytes) -> Header:
-    """Parse the identifying UIDs of a data set, stopping before Pixel Data."""
+    """Parse the identifying UIDs of a data set, stopping before Pixel Data.
+
+    Call ``check_limits`` first: it bounds what this parse (which recurses into
+    sequences) may meet. A RecursionError here is still answered, never raised.
+    """
     buf = BytesIO(b"\x00" * 128 + b"DICM" + file_meta + dataset)
     try:
         ds = dcmread(buf, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
@@ -106,6 +122,8 @@ def read_header(file_meta: bytes, dataset: bytes) -> Header:
             "modality": str(ds.get("Modality", "") or "").strip(),
         }
         series_number_raw = ds.get("SeriesNumber")
+    except RecursionError as exc:
+        raise IngestError(STATUS_TOO_DEEP, "sequences nested too deeply to parse") from exc
     except Exception as exc:
         raise IngestError(
             STATUS_CANNOT_UNDERSTAND, f"cannot parse data set: {safe_message(exc)}"
@@ -131,3 +149,233 @@ def read_header(file_meta: bytes, dataset: bytes) -> Header:
         modality=values["modality"] or "OT",
         series_number=series_number,
     )
+
+
+# --- bounds checked before any parse (issue 7, bad input) --------------------
+
+
+def inflate(dataset: bytes, max_bytes: int) -> bytes:
+    """Inflate a Deflated Explicit VR Little Endian data set (raw deflate, PS3.5 A.5),
+    never holding more than ``max_bytes`` of output: a decompression bomb is refused
+    after at most that much work, not after it has filled memory.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    pending = dataset
+    chunk = 1 << 20
+    try:
+        while True:
+            room = max_bytes + 1 - len(out)
+            part = inflater.decompress(pending, min(chunk, room))
+            out += part
+            if len(out) > max_bytes:
+                raise IngestError(
+                    STATUS_TOO_LARGE,
+                    f"inflated size over dicom.limits.max_inflated_mb ({max_bytes // 2**20} MiB)",
+                )
+            pending = inflater.unconsumed_tail
+            if not pending:
+                break
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise IngestError(STATUS_CANNOT_UNDERSTAND, "deflated data set is corrupt") from exc
+    if len(out) > max_bytes:
+        raise IngestError(
+            STATUS_TOO_LARGE,
+            f"inflated size over dicom.limits.max_inflated_mb ({max_bytes // 2**20} MiB)",
+        )
+    return bytes(out)
+
+
+_ITEM = 0xFFFEE000
+_ITEM_END = 0xFFFEE00D
+_SEQ_END = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA = 0x7FE00010
+#: explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2)
+_LONG_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+
+
+@dataclass(slots=True)
+class _Frame:
+    """One open level while scanning: a data set (or item) or a sequence."""
+
+    is_sequence: bool
+    end: int | None  # None: undefined length, ends at a delimiter
+    implicit: bool
+    little: bool
+    fresh: bool = True  # no element read yet: its encoding is still to be confirmed
+
+
+def check_nesting(file_meta: bytes, dataset: bytes, transfer_syntax_uid: str, limit: int) -> int:
+    """Refuse (IngestError STATUS_TOO_DEEP) a data set nesting sequences past ``limit``.
+
+    The bounded scan decides; where it cannot follow the encoding to the end (a
+    garbled element a tolerant parser may still get past), the data set is parsed
+    in full and its depth measured, any RecursionError counting as too deep.
+    Returns the depth found.
+    """
+    deepest, complete = sequence_depth(dataset, transfer_syntax_uid, limit)
+    if complete:
+        return deepest
+    buf = BytesIO(b"\x00" * 128 + b"DICM" + file_meta + dataset)
+    try:
+        ds = dcmread(buf, force=True)
+        deepest = _parsed_depth(ds, limit)
+    except RecursionError as exc:
+        raise _too_deep(limit) from exc
+    except IngestError:
+        raise
+    except Exception:  # unreadable: read_header answers with its own status
+        return deepest
+    return deepest
+
+
+def _parsed_depth(ds: Dataset, limit: int) -> int:
+    """Nesting of sequences in a parsed data set, walked with an explicit stack."""
+    todo: list[tuple[Dataset, int]] = [(ds, 0)]
+    deepest = 0
+    while todo:
+        item, depth = todo.pop()
+        for elem in item:
+            if elem.VR == "SQ":
+                if depth + 1 > limit:
+                    raise _too_deep(limit)
+                deepest = max(deepest, depth + 1)
+                todo.extend((child, depth + 1) for child in elem.value)
+    return deepest
+
+
+def _too_deep(limit: int) -> IngestError:
+    return IngestError(
+        STATUS_TOO_DEEP,
+        f"sequence nesting over dicom.limits.max_sequence_depth ({limit})",
+    )
+
+
+def sequence_depth(  # noqa: PLR0912, PLR0915 (one flat loop over element kinds, one stack)
+    dataset: bytes, transfer_syntax_uid: str, limit: int
+) -> tuple[int, bool]:
+    """The deepest nesting of sequences in an encoded data set, found without recursion.
+
+    Scans element headers only (values are skipped, pixels never read), with an
+    explicit stack, so a hostile file cannot exhaust Python's call stack. Raises
+    IngestError(STATUS_TOO_DEEP) as soon as ``limit`` is passed. Stops quietly at
+    anything it cannot follow (a truncated or garbled element): the parse that comes
+    next reports those. Returns (deepest, complete): complete is False where the
+    scan stopped at an element it could not follow (``check_nesting`` then parses).
+    """
+    implicit = transfer_syntax_uid == IMPLICIT_LE
+    little = transfer_syntax_uid != BIG_ENDIAN
+    stack = [_Frame(is_sequence=False, end=len(dataset), implicit=implicit, little=little)]
+    depth = deepest = 0
+    pos, size = 0, len(dataset)
+    while stack:
+        frame = stack[-1]
+        if frame.end is not None and pos >= frame.end:
+            stack.pop()
+            depth -= frame.is_sequence
+            continue
+        if pos + 8 > size:
+            break  # truncated: no parser can read further either
+        fmt = "<HHI" if frame.little else ">HHI"
+        group, elem, length = struct.unpack_from(fmt, dataset, pos)
+        tag = group << 16 | elem
+        if tag in (_ITEM, _ITEM_END, _SEQ_END):  # delimiters are always 8 bytes
+            pos += 8
+            if tag == _ITEM and frame.is_sequence:
+                item_end = None if length == _UNDEFINED else pos + length
+                stack.append(_Frame(False, item_end, frame.implicit, frame.little))
+            elif tag == _ITEM_END and not frame.is_sequence and frame.end is None:
+                stack.pop()
+            elif tag == _SEQ_END and frame.is_sequence and frame.end is None:
+                stack.pop()
+                depth -= 1
+            elif tag == _ITEM and not frame.is_sequence:
+                return deepest, False  # an item outside a sequence
+            continue
+        if frame.is_sequence:
+            return deepest, False  # a sequence holds items only
+        if frame.fresh:
+            frame.fresh = False
+            # as parsers do: the first element shows whether a data set is really
+            # explicit VR (two capital letters where a VR goes); an item of a
+            # sequence in implicit VR stays implicit (PS3.5 6.2.2)
+            if not (frame.implicit and len(stack) > 1):
+                frame.implicit = not _looks_like_vr(dataset[pos + 4 : pos + 6])
+        vr, length, header = _element_header(dataset, pos, tag, frame, length)
+        if header == 0:
+            break  # truncated
+        pos += header
+        if vr == b"SQ" or (vr in (b"UN", None) and _holds_items(dataset, pos, length, frame, tag)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > limit:
+                raise _too_deep(limit)
+            # an undefined-length UN is a sequence encoded in implicit VR (PS3.5 6.2.2)
+            inner_implicit = frame.implicit or vr == b"UN"
+            end = None if length == _UNDEFINED else pos + length
+            stack.append(_Frame(True, end, inner_implicit, frame.little))
+        elif length == _UNDEFINED:
+            # encapsulated pixel data: fragments in items, up to a sequence delimiter
+            pos = _skip_fragments(dataset, pos, frame.little)
+            if pos < 0:
+                return deepest, False
+        else:
+            pos += length
+    return deepest, True
+
+
+def _element_header(
+    data: bytes, pos: int, tag: int, frame: _Frame, implicit_length: int
+) -> tuple[bytes | None, int, int]:
+    """(VR, value length, header size) of the element at ``pos``; header size 0 if it
+    runs past the end. VR is None where implicit and not in the dictionary."""
+    if frame.implicit:
+        try:
+            vr: bytes | None = dictionary_VR(tag).encode("ascii")[:2]
+        except KeyError:
+            vr = None
+        return vr, implicit_length, 8
+    vr = data[pos + 4 : pos + 6]
+    if vr in _LONG_VRS:
+        if pos + 12 > len(data):
+            return vr, 0, 0
+        (length,) = struct.unpack_from("<I" if frame.little else ">I", data, pos + 8)
+        return vr, length, 12
+    (length,) = struct.unpack_from("<H" if frame.little else ">H", data, pos + 6)
+    return vr, length, 8
+
+
+def _looks_like_vr(raw: bytes) -> bool:
+    return len(raw) == 2 and 0x40 < raw[0] < 0x5B and 0x40 < raw[1] < 0x5B
+
+
+def _holds_items(data: bytes, pos: int, length: int, frame: _Frame, tag: int) -> bool:
+    """Whether an element of unknown VR is a sequence, as a parser would take it:
+    undefined length, or a value that starts with an Item tag."""
+    if tag == _PIXEL_DATA:
+        return False
+    if length == _UNDEFINED:
+        return True
+    if length < 8 or pos + 4 > len(data):
+        return False
+    group, elem = struct.unpack_from("<HH" if frame.little else ">HH", data, pos)
+    return bool((group << 16 | elem) == _ITEM)
+
+
+def _skip_fragments(data: bytes, pos: int, little: bool) -> int:
+    """The offset after an encapsulated Pixel Data's sequence delimiter, or -1."""
+    fmt = "<HHI" if little else ">HHI"
+    while pos + 8 <= len(data):
+        group, elem, length = struct.unpack_from(fmt, data, pos)
+        tag = group << 16 | elem
+        pos += 8
+        if tag == _SEQ_END:
+            return pos
+        if tag != _ITEM or length == _UNDEFINED:
+            return -1
+        pos += length
+    return -1

@@ -18,11 +18,17 @@ from cds.config import Settings
 from cds.domain import InstanceRecord, RecordResult, StoreOutcome
 from cds.errors import IngestError, StoreError
 from cds.ingest.instance import (
+    DEFLATED,
+    EXPLICIT_LE,
     STATUS_INVALID_UID,
     STATUS_SOP_CLASS_MISMATCH,
+    STATUS_TOO_DEEP,
+    STATUS_TOO_LARGE,
     STATUS_UID_MISMATCH,
     Header,
+    check_nesting,
     encode_file_meta,
+    inflate,
     is_valid_uid,
     read_header,
 )
@@ -73,13 +79,22 @@ class Receiver:
         """
         sop_class_uid = sop_class_uid.strip()
         sop_uid = sop_uid.strip()
-        if not is_valid_uid(sop_uid):
-            raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Instance UID in request")
-        if not is_valid_uid(sop_class_uid):
-            raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Class UID in request")
+        _check_request(sop_uid, sop_class_uid)
+        self._check_size(len(dataset))
         self._spool.check_space(len(dataset))
 
         meta = encode_file_meta(sop_class_uid, sop_uid, transfer_syntax_uid, calling_ae)
+        try:
+            header_meta, plain = self._bounded(
+                meta,
+                dataset,
+                transfer_syntax_uid=transfer_syntax_uid,
+                request_uids=(sop_class_uid, sop_uid),
+                calling_ae=calling_ae,
+            )
+        except IngestError as exc:
+            self._quarantine(exc, meta, dataset, calling_ae, sop_class_uid, sop_uid)
+            raise
         # Overlapped, as they do not depend on each other: the SHA-256 on a worker
         # thread (hashlib releases the GIL), the write-back of the file by the
         # kernel, and the header parse here. Errors are still raised in the same
@@ -94,7 +109,12 @@ class Receiver:
         # only once the digest says it is not.
         first = known is None and known_error is None
         with self._spool.begin(meta, dataset) if first else nullcontext() as began:
-            header = _checked_header(meta, dataset, sop_uid, sop_class_uid)
+            try:
+                header = _checked_header(header_meta, plain, sop_uid, sop_class_uid)
+            except IngestError as exc:
+                if exc.status == STATUS_TOO_DEEP:  # the parser's own recursion limit
+                    self._quarantine(exc, meta, dataset, calling_ae, sop_class_uid, sop_uid)
+                raise
             digest = hashing.result()
             if known_error is not None:
                 raise known_error
@@ -144,6 +164,77 @@ class Receiver:
         for fn in self._listeners:
             fn(rec, result)
         return result
+
+    def _check_size(self, size: int) -> None:
+        limit_mb = self._settings.dicom.limits.max_dataset_mb
+        if size > limit_mb * 2**20:
+            # not quarantined: keeping what is too big to keep would defeat the limit
+            raise IngestError(
+                STATUS_TOO_LARGE, f"data set over dicom.limits.max_dataset_mb ({limit_mb} MiB)"
+            )
+
+    def _bounded(
+        self,
+        meta: bytes,
+        dataset: bytes,
+        *,
+        transfer_syntax_uid: str,
+        request_uids: tuple[str, str],
+        calling_ae: str,
+    ) -> tuple[bytes, bytes]:
+        """Bound what a hostile data set can cost before any recursive parse reads it.
+
+        Inflates a deflated data set (capped) and checks the nesting of sequences.
+        Every later read of the spooled file (assembly, routing, the pipelines, the
+        API) meets only what passed here. Returns the File Meta and data set bytes
+        to read the header from (inflated, for a deflated transfer syntax).
+        """
+        limits = self._settings.dicom.limits
+        ts = transfer_syntax_uid.strip()
+        if ts == DEFLATED:
+            dataset = inflate(dataset, limits.max_inflated_mb * 2**20)
+            ts = EXPLICIT_LE
+            meta = encode_file_meta(*request_uids, ts, calling_ae)
+        check_nesting(meta, dataset, ts, limits.max_sequence_depth)
+        return meta, dataset
+
+    def _quarantine(  # noqa: PLR0917 (a private helper; every argument is needed)
+        self,
+        exc: IngestError,
+        meta: bytes,
+        dataset: bytes,
+        calling_ae: str,
+        sop_class_uid: str,
+        sop_uid: str,
+    ) -> None:
+        """Keep a refused hostile data set aside (never in the store), with a sidecar."""
+        try:
+            name = self._spool.quarantine(
+                meta,
+                dataset,
+                reason=str(exc),
+                status=exc.status,
+                calling_ae=calling_ae.strip(),
+                sop_class_uid=sop_class_uid,
+                sop_uid=sop_uid,
+            )
+        except OSError as err:  # the refusal stands even if it cannot be kept
+            log.error("ingest.quarantine_failed", error_type=type(err).__name__, reason=str(exc))
+            return
+        log.warning(
+            "ingest.instance_quarantined",
+            file=name,
+            status=f"0x{exc.status:04X}",
+            reason=str(exc),
+            calling_ae=calling_ae.strip(),
+        )
+
+
+def _check_request(sop_uid: str, sop_class_uid: str) -> None:
+    if not is_valid_uid(sop_uid):
+        raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Instance UID in request")
+    if not is_valid_uid(sop_class_uid):
+        raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Class UID in request")
 
 
 def _checked_header(meta: bytes, dataset: bytes, sop_uid: str, sop_class_uid: str) -> Header:

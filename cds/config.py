@@ -8,12 +8,20 @@ example ``CDS_DICOM__PORT=11113``). Every error is reported with its path
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cds.errors import ConfigError
@@ -78,8 +86,31 @@ class SourceRule(_Section):
         "empty = any address",
     )
     cert_subject_cn: str | None = Field(
-        None, description="under TLS, the Common Name the peer's certificate must carry"
+        None,
+        description="the Common Name the peer's certificate must carry; a rule that "
+        "names one only admits associations over TLS",
     )
+
+    @field_validator("addresses")
+    @classmethod
+    def _check_addresses(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=True)
+            except ValueError as exc:
+                hint = " (host bits set: name the network, e.g. 10.1.2.0/24)"
+                plain = "has host bits set" in str(exc)
+                raise ValueError(
+                    f"{value!r} is not an IP address or CIDR network{hint if plain else ''}"
+                ) from exc
+        return values
+
+    @field_validator("cert_subject_cn")
+    @classmethod
+    def _check_cn(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty (leave it out to not check certificates)")
+        return value
 
 
 class IngestLimits(_Section):

@@ -10,12 +10,25 @@ Network hardening that pynetdicom does not do by itself:
   is dropped instead of holding an association slot forever;
 - any storage SOP Class (standard, private or unknown) is accepted in the
   transfer syntax the sender proposes first, so the data set is spooled
-  byte for byte as sent (pynetdicom's ``UNRESTRICTED_STORAGE_SERVICE``).
+  byte for byte as sent (pynetdicom's ``UNRESTRICTED_STORAGE_SERVICE``);
+- with ``dicom.tls.enabled``, a second port speaks DICOM over TLS, its
+  handshake done off the accept loop with a timeout (cds/ingest/tls.py);
+- ``dicom.sources`` binds calling AE titles to addresses and certificates,
+  checked before anything else in the A-ASSOCIATE-RQ (cds/ingest/sources.py);
+- a PDU announcing more than ``dicom.max_pdu_bytes`` is refused with an
+  A-ABORT before any of it is read (cds/ingest/fastpath/dul.py);
+- pynetdicom never logs data sets or identifiers (its standard DIMSE/PDU
+  handlers are not bound, request and response identifiers not logged).
+
+Associations accepted and rejected, instances received (per association and
+study), refused TLS handshakes and oversized PDUs are recorded in the audit
+trail, with AE titles, addresses, certificate CNs and counts only.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -24,15 +37,24 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from cds.audit import AuditTrail, NullAuditTrail
+from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
 from cds.errors import IngestError
 from cds.ingest import fastpath
 from cds.ingest.instance import STATUS_PROCESSING_FAILURE, safe_message
 from cds.ingest.receiver import Receiver
+from cds.ingest.sources import GatedACSE, Peer, SourcePolicy, reject_words
+from cds.ingest.tls import HandshakeError, handshake, peer_cert_cn, server_context
 from cds.logging import get_logger
 
 log = get_logger("cds.ingest")
@@ -45,10 +67,22 @@ ALL_TRANSFER_SYNTAXES = [
 ]
 
 
+#: pynetdicom's DIMSE/PDU logging handlers: at DEBUG they dump whole requests
+_STANDARD_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
 class _HardenedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with options set on every accepted socket."""
+    """pynetdicom's threaded server, with options set on every accepted socket
+    and every association gated by the source rules."""
 
     daemon_threads = True
+    listener: DicomListener
+    tls = False
 
     def get_request(self) -> tuple[socket.socket, Any]:
         client, address = super().get_request()
@@ -56,17 +90,91 @@ class _HardenedServer(ThreadedAssociationServer):
         client.settimeout(self.ae.network_timeout)
         return client, address
 
+    def prepare_association(self, assoc: Association, sock: Any, address: Any) -> None:
+        """Called by the request handler once the association exists, before it runs."""
+        tls_version = sock.version() if isinstance(sock, ssl.SSLSocket) else None
+        peer = Peer(
+            address=str(address[0]),
+            port=int(address[1]),
+            tls=self.tls,
+            cert_cn=peer_cert_cn(sock),
+            tls_version=tls_version,
+        )
+        assoc.acse = GatedACSE(assoc, self.listener.sources, peer)
+        for event, handler in _STANDARD_LOG_HANDLERS:  # they print requests at DEBUG
+            assoc.unbind(event, handler)
+
+
+class _TlsServer(_HardenedServer):
+    """The TLS port: accepts in the accept loop, handshakes in the connection's thread.
+
+    pynetdicom's ``get_request`` wraps and handshakes in the accept loop
+    without a timeout; here ``ssl_context`` stays None for pynetdicom and the
+    handshake runs in ``process_request_thread`` within ``handshake_timeout_s``.
+    """
+
+    tls = True
+    tls_context: ssl.SSLContext
+    handshake_timeout_s: float
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            tls_sock, done = handshake(self.tls_context, request, self.handshake_timeout_s)
+        except HandshakeError as exc:
+            self.listener._on_handshake_failed(client_address, exc)
+            return
+        tls_sock.settimeout(self.ae.network_timeout)  # as the plain port: no endless read
+        log.debug(
+            "ingest.tls_handshake_done",
+            peer=f"{client_address[0]}:{client_address[1]}",
+            tls_version=done.version,
+            cipher=done.cipher,
+            cert_cn=done.cert_cn,
+            seconds=round(done.seconds, 3),
+        )
+        super().process_request_thread(tls_sock, client_address)
+
+
+class _RequestHandler(RequestHandler):
+    """pynetdicom's request handler, letting the server prepare each association."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        server = self.server
+        assert isinstance(server, _HardenedServer)
+        server.prepare_association(assoc, self.request, self.client_address)
+        return assoc
+
+
+@dataclass
+class _StudyCounts:
+    instances: int = 0
+    duplicates: int = 0
+
 
 @dataclass
 class _AssocStats:
     calling_ae: str
     peer: str
+    address: str
+    tls: bool = False
     started: float = field(default_factory=time.monotonic)
     stored: int = 0
     duplicates: int = 0
     failed: int = 0
     bytes: int = 0
-    study_keys: set[str] = field(default_factory=set)
+    studies: dict[str, _StudyCounts] = field(default_factory=dict)
+
+    @property
+    def study_keys(self) -> list[str]:
+        return sorted(self.studies)
+
+
+def _peer_of(assoc: Any) -> Peer:
+    acse = assoc.acse
+    if isinstance(acse, GatedACSE):
+        return acse.peer
+    return Peer(address=str(assoc.requestor.address), port=int(assoc.requestor.port))
 
 
 def _called_ae_title(assoc: Any) -> str:
@@ -84,7 +192,7 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 class DicomListener:
-    """Runs the association server in background threads."""
+    """Runs the association servers (plain, and TLS when enabled) in background threads."""
 
     def __init__(
         self, settings: Settings, receiver: Receiver, audit: AuditTrail | None = None
@@ -92,8 +200,13 @@ class DicomListener:
         self._settings = settings
         self._receiver = receiver
         self.audit = audit if audit is not None else NullAuditTrail()
+        self.sources = SourcePolicy(list(settings.dicom.sources))
+        tls_cfg = settings.dicom.tls
+        # built now, so a bad certificate or key stops the node at start
+        self._tls_context = server_context(tls_cfg) if tls_cfg.enabled else None
         self._server: _HardenedServer | None = None
-        self._thread: threading.Thread | None = None
+        self._tls_server: _TlsServer | None = None
+        self._threads: list[threading.Thread] = []
         self._stats: dict[int, _AssocStats] = {}
         self._stats_lock = threading.Lock()
         #: called with the study keys an association stored into, when it ends
@@ -103,6 +216,12 @@ class DicomListener:
     def _make_ae(self) -> AE:
         cfg = self._settings.dicom
         _config.UNRESTRICTED_STORAGE_SERVICE = True
+        # No patient data in logs: pynetdicom logs C-FIND/GET/MOVE identifiers and,
+        # through its standard DIMSE/PDU handlers, whole requests at DEBUG.
+        # The standard handlers are unbound from our servers and associations (not
+        # through _config.LOG_HANDLER_LEVEL, which other AEs of the process share).
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
         ae = AE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
         ae.maximum_pdu_size = cfg.max_pdu_bytes
@@ -116,19 +235,45 @@ class DicomListener:
 
     @property
     def listening(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     @property
     def address(self) -> tuple[str, int]:
+        """The plain port's (host, port)."""
         if self._server is None:
             raise RuntimeError("listener not started")
         host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def tls_address(self) -> tuple[str, int] | None:
+        """The TLS port's (host, port), None when TLS is off."""
+        if self._tls_server is None:
+            return None
+        host, port = self._tls_server.server_address[:2]
         return str(host), int(port)
 
     def active_associations(self) -> int:
         return len(self.ae.active_associations)
 
     def start(self) -> None:
+        cfg = self._settings.dicom
+        self._server = self._serve(_HardenedServer, cfg.port, "cds-dicom-accept")
+        host, port = self.address
+        log.info("ingest.listener_started", ae_title=cfg.ae_title, host=host, port=port)
+        if self._tls_context is not None:
+            tls = self._serve(_TlsServer, cfg.tls.port, "cds-dicom-tls-accept")
+            assert isinstance(tls, _TlsServer)
+            self._tls_server = tls
+            log.info(
+                "ingest.tls_listener_started",
+                ae_title=cfg.ae_title,
+                host=host,
+                port=tls.server_address[1],
+                client_certs=cfg.tls.client_certs,
+            )
+
+    def _serve(self, server_class: type[_HardenedServer], port: int, name: str) -> _HardenedServer:
         cfg = self._settings.dicom
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
@@ -139,52 +284,123 @@ class DicomListener:
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
         ]
         server = self.ae.make_server(
-            (cfg.host, cfg.port), evt_handlers=handlers, server_class=_HardenedServer
+            (cfg.host, port),
+            evt_handlers=handlers,
+            server_class=server_class,
+            request_handler=_RequestHandler,
         )
         assert isinstance(server, _HardenedServer)
+        server.listener = self
+        for event, handler in _STANDARD_LOG_HANDLERS:
+            server.unbind(event, handler)
+        if isinstance(server, _TlsServer):
+            assert self._tls_context is not None
+            server.tls_context = self._tls_context
+            server.handshake_timeout_s = cfg.tls.handshake_timeout_s
         if cfg.fast_receive:
             fastpath.install(server)  # the receive hot path (cds/ingest/fastpath/)
-        self._server = server
         self.ae._servers.append(server)  # as AE.start_server does; shutdown() removes it
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="cds-dicom-accept",
-            daemon=True,
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name=name, daemon=True
         )
-        self._thread.start()
-        host, port = self.address
-        log.info("ingest.listener_started", ae_title=cfg.ae_title, host=host, port=port)
+        thread.start()
+        self._threads.append(thread)
+        return server
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()  # also closes the socket
+        servers = [s for s in (self._server, self._tls_server) if s is not None]
+        for server in servers:
+            server.shutdown()  # also closes the socket
+        if servers:
             for assoc in list(self.ae.active_associations):
                 assoc.abort()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._server = self._tls_server = None
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
         log.info("ingest.listener_stopped")
 
     # --- event handlers (run in association threads) ----------------------
+    def _on_handshake_failed(self, address: Any, exc: HandshakeError) -> None:
+        where = str(address[0])
+        log.warning(
+            "ingest.tls_handshake_failed",
+            peer=f"{address[0]}:{address[1]}",
+            reason=exc.reason,
+            detail=exc.detail,
+        )
+        self._audit(
+            AuditEvent.SECURITY_ALERT,
+            who="peer",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            where=where,
+            detail={"alert": exc.reason, "error": exc.detail, "tls": True},
+        )
+
     def _on_accepted(self, event: Any) -> None:
         a = event.assoc
+        peer = _peer_of(a)
         stats = _AssocStats(
             calling_ae=str(a.requestor.ae_title).strip(),
-            peer=f"{a.requestor.address}:{a.requestor.port}",
+            peer=f"{peer.address}:{peer.port}",
+            address=peer.address,
+            tls=peer.tls,
         )
         with self._stats_lock:
             self._stats[id(a)] = stats
-        log.info("ingest.association_accepted", calling_ae=stats.calling_ae, peer=stats.peer)
+        log.info(
+            "ingest.association_accepted",
+            calling_ae=stats.calling_ae,
+            peer=stats.peer,
+            tls=peer.tls,
+            cert_cn=peer.cert_cn,
+        )
+        detail: dict[str, Any] = {"called_ae": _called_ae_title(a), "tls": peer.tls}
+        if peer.tls:
+            detail["tls_version"] = peer.tls_version
+        if peer.cert_cn is not None:
+            detail["cert_cn"] = peer.cert_cn
+        self._audit(
+            AuditEvent.ASSOCIATION_ACCEPTED,
+            who=f"AE:{stats.calling_ae}",
+            where=peer.address,
+            detail=detail,
+        )
 
     def _on_rejected(self, event: Any) -> None:
         a = event.assoc
+        peer = _peer_of(a)
+        calling = str(a.requestor.ae_title).strip()
+        acse = a.acse
+        rsd = acse.rejection if isinstance(acse, GatedACSE) else None
+        source_reason = acse.source_reason if isinstance(acse, GatedACSE) else None
+        reason = reject_words(rsd) if rsd is not None else "rejected"
         log.warning(
             "ingest.association_rejected",
-            calling_ae=str(a.requestor.ae_title).strip(),
+            calling_ae=calling,
             called_ae=_called_ae_title(a),
-            peer=f"{a.requestor.address}:{a.requestor.port}",
+            peer=f"{peer.address}:{peer.port}",
+            tls=peer.tls,
+            reason=reason,
+            source_rule=source_reason,
+        )
+        detail: dict[str, Any] = {
+            "called_ae": _called_ae_title(a),
+            "tls": peer.tls,
+            "reason": reason,
+        }
+        if rsd is not None:
+            detail["result"], detail["source"], detail["diagnostic"] = rsd
+        if source_reason is not None:
+            detail["source_rule"] = source_reason
+        if peer.cert_cn is not None:
+            detail["cert_cn"] = peer.cert_cn
+        self._audit(
+            AuditEvent.ASSOCIATION_REJECTED,
+            who=f"AE:{calling}",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            where=peer.address,
+            detail=detail,
         )
 
     def _on_conn_close(self, event: Any) -> None:
@@ -197,13 +413,17 @@ class DicomListener:
             a.dul.to_user_queue.put(None)
 
     def _on_closed(self, event: Any) -> None:
+        a = event.assoc
         with self._stats_lock:
-            stats = self._stats.pop(id(event.assoc), None)
+            stats = self._stats.pop(id(a), None)
+        refused = getattr(a.dul, "refused_pdu", None)
+        if refused is not None:
+            self._on_pdu_refused(a, refused)
         if stats is None:
             return
-        if stats.study_keys and self.on_association_end is not None:
+        if stats.studies and self.on_association_end is not None:
             try:
-                self.on_association_end(sorted(stats.study_keys))
+                self.on_association_end(stats.study_keys)
             except Exception as exc:  # a consumer's bug must not break the association
                 log.error("ingest.association_end_hook_failed", error_type=type(exc).__name__)
         log.info(
@@ -217,6 +437,67 @@ class DicomListener:
             bytes=stats.bytes,
             seconds=round(time.monotonic() - stats.started, 3),
         )
+        self._audit_received(stats)
+
+    def _audit_received(self, stats: _AssocStats) -> None:
+        """INSTANCES_RECEIVED once per study the association stored into (and once,
+        without a study, if it only had failures)."""
+        who = f"AE:{stats.calling_ae}"
+        for key in stats.study_keys:
+            counts = stats.studies[key]
+            self._audit(
+                AuditEvent.INSTANCES_RECEIVED,
+                who=who,
+                where=stats.address,
+                study_key=key,
+                detail={
+                    "instances": counts.instances,
+                    "duplicates": counts.duplicates,
+                    # refused instances cannot be tied to a study: the association's count
+                    "failed": stats.failed,
+                    "tls": stats.tls,
+                },
+            )
+        if not stats.studies and stats.failed:
+            self._audit(
+                AuditEvent.INSTANCES_RECEIVED,
+                who=who,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                where=stats.address,
+                detail={"instances": 0, "duplicates": 0, "failed": stats.failed, "tls": stats.tls},
+            )
+
+    def _on_pdu_refused(self, assoc: Any, refused: fastpath.PduTooLarge) -> None:
+        peer = _peer_of(assoc)
+        calling = str(assoc.requestor.ae_title or "").strip()
+        log.warning(
+            "ingest.pdu_too_large",
+            calling_ae=calling,
+            peer=f"{peer.address}:{peer.port}",
+            pdu_type=f"0x{refused.pdu_type:02X}",
+            announced=refused.length,
+            limit=refused.limit,
+        )
+        self._audit(
+            AuditEvent.SECURITY_ALERT,
+            who=f"AE:{calling}" if calling else "peer",
+            outcome=AuditOutcome.SERIOUS_FAILURE,
+            where=peer.address,
+            detail={
+                "alert": "pdu_too_large",
+                "pdu_type": refused.pdu_type,
+                "announced_bytes": refused.length,
+                "limit_bytes": refused.limit,
+                "tls": peer.tls,
+            },
+        )
+
+    def _audit(self, event: AuditEvent, **kwargs: Any) -> None:
+        """Record, never letting an audit failure break the association."""
+        try:
+            self.audit.record(event, **kwargs)
+        except Exception as exc:
+            log.error("ingest.audit_failed", audit_event=event.value, error_type=type(exc).__name__)
 
     def _on_store(self, event: Any) -> Dataset | int:
         req = event.request
@@ -253,9 +534,11 @@ class DicomListener:
             return _status(STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
         if stats:
             stats.bytes += len(data)
-            stats.study_keys.add(result.study_key)
+            counts = stats.studies.setdefault(result.study_key, _StudyCounts())
             if result.outcome.value == "duplicate":
                 stats.duplicates += 1
+                counts.duplicates += 1
             else:
                 stats.stored += 1
+                counts.instances += 1
         return 0x0000

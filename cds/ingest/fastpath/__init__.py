@@ -16,6 +16,9 @@ every instance. This package owns that loop, through small subclasses that
   received while established (Sta6) straight to the DIMSE provider, skipping
   the PDU object, the event queue and the state machine, whose DT-2 action
   does exactly that and stays in Sta6;
+- ``FastDUL._read_whole_pdu`` refuses, with an A-ABORT and before reading
+  its body, a P-DATA-TF announcing more than the Maximum Length we
+  negotiated (``dicom.max_pdu_bytes``) or any other PDU over 1 MiB;
 - ``FastAssociation._serve_c_store`` encodes the C-STORE response command set
   directly instead of through pydicom.
 
@@ -45,11 +48,19 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from cds.ingest.fastpath.association import FastAssociation, _silent, encode_c_store_rsp
-from cds.ingest.fastpath.dul import FastDUL
+from cds.ingest.fastpath.dul import MAX_CONTROL_PDU, FastDUL, PduTooLarge
 
 PYNETDICOM_SERIES = "3.0."
 
-__all__ = ["FastAssociation", "FastDUL", "FastRequestHandler", "encode_c_store_rsp", "install"]
+__all__ = [
+    "MAX_CONTROL_PDU",
+    "FastAssociation",
+    "FastDUL",
+    "FastRequestHandler",
+    "PduTooLarge",
+    "encode_c_store_rsp",
+    "install",
+]
 
 
 class FastRequestHandler(RequestHandler):
@@ -78,6 +89,10 @@ class FastRequestHandler(RequestHandler):
                     handler = cast(Any, handler)
                     if not _silent(event, handler[0]):  # the one change
                         assoc.bind(event, handler[0], handler[1])
+        # and a hook: the server may gate the association (cds.ingest.scp: source rules)
+        prepare = getattr(self.server, "prepare_association", None)
+        if prepare is not None:
+            prepare(assoc, self.request, self.client_address)
         return assoc
 
 

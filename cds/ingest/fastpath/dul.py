@@ -33,6 +33,12 @@ _DUL_LOG = logging.getLogger("pynetdicom.dul")
 #: a PDU announcing up to this many bytes is read into one buffer of that size;
 #: a longer one is read as it arrives, so a lying length cannot allocate 4 GiB
 _PREALLOC_MAX = 4 * 2**20
+#: PDUs other than P-DATA-TF (A-ASSOCIATE-RQ and the like) announcing more are
+#: refused: 128 presentation contexts of 50 transfer syntaxes each and a 64 KiB
+#: user identity come to under 0.5 MiB
+MAX_CONTROL_PDU = 2**20
+#: A-ABORT source 2 (service provider), reason 6 (invalid PDU parameter value)
+_ABORT_INVALID_PARAMETER = (0x02, 0x06)
 #: upper bound of the blocking wait, so timers are still checked
 _DUL_WAIT_MAX_S = 0.5
 _PDU_HEADER = struct.Struct(">BBL")
@@ -41,6 +47,16 @@ _PDV_HEADER = struct.Struct(">LB")
 _SKIPPED_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
 _T = TypeVar("_T")
+
+
+class PduTooLarge(Exception):
+    """A PDU header announced more than we accept (``dicom.max_pdu_bytes``)."""
+
+    def __init__(self, pdu_type: int, length: int, limit: int) -> None:
+        super().__init__(f"PDU type 0x{pdu_type:02X} announces {length} bytes, limit {limit}")
+        self.pdu_type = pdu_type
+        self.length = length
+        self.limit = limit
 
 
 class _RingingQueue(queue.Queue[_T]):
@@ -69,6 +85,8 @@ class FastDUL(DULServiceProvider):
         self._ident: int | None = None
         self._poller: tuple[int, select.poll] | None = None
         self._header = bytearray(6)
+        #: set when a PDU over the limit was refused (the association is aborted)
+        self.refused_pdu: PduTooLarge | None = None
         # Local primitives and events put by other threads must wake the reactor.
         self.to_provider_queue = _RingingQueue(self._wake)
         self.event_queue = _RingingQueue(self._wake_if_other_thread)
@@ -130,6 +148,9 @@ class FastDUL(DULServiceProvider):
                 if not progressed and self._is_transport_event():
                     progressed = True
                     self._idle_timer.restart()
+            except PduTooLarge as exc:
+                self._refuse_pdu(exc)
+                return
             except Exception as exc:
                 # as pynetdicom: bypass the state machine and send an A-ABORT
                 _DUL_LOG.error("Exception in DUL.run(), aborting association")
@@ -189,6 +210,36 @@ class FastDUL(DULServiceProvider):
                     pass
         return on_socket
 
+    def _refuse_pdu(self, exc: PduTooLarge) -> None:
+        """A-ABORT the association and drop the connection without reading the PDU.
+
+        Its body is never read (nothing is allocated for it); the state machine
+        is bypassed as for any DUL exception, since what follows on the wire is
+        the refused PDU's body, not a PDU.
+        """
+        _DUL_LOG.warning(str(exc) + ", aborting association")
+        self.refused_pdu = exc
+        sock = cast(AssociationSocket, self.socket)
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source, abort_pdu.reason_diagnostic = _ABORT_INVALID_PARAMETER
+        with contextlib.suppress(Exception):
+            sock.send(abort_pdu.encode())
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._kill_thread = True
+        with contextlib.suppress(Exception):
+            sock.close()
+        evt.trigger(self.assoc, evt.EVT_ABORTED, {})
+
+    def _pdu_limit(self, pdu_type: int) -> int | None:
+        """The most bytes a PDU of this type may announce, None = no limit."""
+        if pdu_type != 0x04:
+            return MAX_CONTROL_PDU
+        # the Maximum Length we announced bounds the P-DATA-TF variable field (PS3.8 D.1)
+        limit = self.assoc.acceptor.maximum_length if self.assoc.is_acceptor else None
+        return limit or None
+
     # --- reading PDUs -------------------------------------------------------
     def _read_pdu_data(self) -> None:
         """Replaces ``_read_pdu_data``: recv_into one buffer; P-DATA shortcut in Sta6."""
@@ -223,6 +274,9 @@ class FastDUL(DULServiceProvider):
                 _DUL_LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
                 self.event_queue.put("Evt19")
                 return None
+            limit = self._pdu_limit(pdu_type)
+            if limit is not None and pdu_length > limit:
+                raise PduTooLarge(pdu_type, pdu_length, limit)
             if pdu_length <= _PREALLOC_MAX:
                 pdu = bytearray(6 + pdu_length)
                 got = 6 + _recv_exactly(raw, memoryview(pdu)[6:])

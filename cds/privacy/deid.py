@@ -1,0 +1,198 @@
+"""Apply the Basic Application Level Confidentiality Profile (PS3.15 E.1.1).
+
+Consistent across runs under one key kept on site (``settings.deid_key_path``):
+the same Patient ID gives the same pseudonym, the same UID the same new UID
+(``2.25.<128 bits of HMAC-SHA-256(key, uid)>``), so exports of one patient's
+studies made on different days still link, and nobody without the key can go back.
+
+Declared (DeidentificationMethodCodeSequence, CID 7050): 113100 Basic Application
+Confidentiality Profile, no option. Dates are zeroed or removed as the table says
+(Longitudinal Temporal Information: REMOVED), descriptions removed (no Clean
+Descriptors), private attributes removed (no Retain Safe Private), device identity
+removed, pixels untouched (no Clean Pixel Data): so an instance where burned-in
+text is possible is refused, never exported (``check_burned_in``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from cds.errors import CdsError
+from cds.privacy.profile import (
+    BASIC_PROFILE,
+    CODE_BASIC_PROFILE,
+    KEEP_UID_KEYWORDS,
+    SAFE_TEXT,
+    TEXT_VRS,
+)
+
+PROFILE_NAME = "DICOM PS3.15 E.1.1 Basic Application Level Confidentiality Profile"
+OPTIONS: tuple[str, ...] = ()  # no option of Table E.1-1 is claimed
+METHOD = "cds: PS3.15 Basic Profile; keyed pseudonyms and UIDs"  # LO: <= 64 characters
+
+#: modalities whose pixels often carry burned-in text (screens, reports, video)
+PRONE_MODALITIES = frozenset({"US", "OT", "XA", "RF", "ES", "XC", "SC", "DOC", "GM", "SM", "IVUS"})
+#: SOP classes of the same kind, whatever their Modality says
+_PRONE_CLASS_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture, all kinds
+    "1.2.840.10008.5.1.4.1.1.6.",  # Ultrasound
+    "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound Multi-frame
+    "1.2.840.10008.5.1.4.1.1.77.",  # Visible Light (endoscopy, photo, video, slide)
+    "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated documents (PDF, CDA...)
+    "1.2.840.10008.5.1.4.1.1.12.",  # X-Ray Angiographic / RF
+)
+_STANDARD_UID_ROOT = "1.2.840.10008."
+_KEY_BYTES = 32
+
+
+class DeidRefused(CdsError):
+    """An instance that cannot be de-identified safely; the message names file and field."""
+
+
+def load_key(path: Path) -> bytes:
+    """The pseudonymisation key; created (random, 0600) if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_hex(_KEY_BYTES).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    text = path.read_text(encoding="ascii").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise CdsError(f"{path}: privacy.key_file: not a hex key") from None
+    if len(key) < 16:
+        raise CdsError(f"{path}: privacy.key_file: key shorter than 128 bits")
+    return key
+
+
+def key_id(key: bytes) -> str:
+    """A short public name for a key (which key made an export), not the key."""
+    return hashlib.sha256(b"cds-deid-key-id:" + key).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Deidentifier:
+    key: bytes
+
+    def _mac(self, kind: str, value: str) -> bytes:
+        return hmac.new(self.key, f"{kind}:{value}".encode(), hashlib.sha256).digest()
+
+    def uid(self, value: str) -> str:
+        """The new UID for ``value``: same key and input, same output; standard UIDs kept."""
+        value = value.strip().rstrip("\x00")
+        if not value or value.startswith(_STANDARD_UID_ROOT):
+            return value
+        return "2.25." + str(int.from_bytes(self._mac("uid", value)[:16], "big"))
+
+    def pseudonym(self, patient_id: str) -> str:
+        """The patient's pseudonym (16 characters, upper case): from Patient ID."""
+        digest = self._mac("patient", patient_id.strip())
+        return base64.b32encode(digest).decode("ascii")[:16]
+
+    def apply(self, ds: Dataset) -> Dataset:
+        """De-identify ``ds`` in place (and its File Meta); returns it."""
+        pseudo = self.pseudonym(str(ds.get("PatientID", "") or ""))
+        self._walk(ds, pseudo)
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = METHOD
+        ds.DeidentificationMethodCodeSequence = Sequence([_code(*CODE_BASIC_PROFILE)])
+        ds.LongitudinalTemporalInformationModified = "REMOVED"
+        ds.BurnedInAnnotation = ds.get("BurnedInAnnotation") or "NO"
+        ds.preamble = b"\x00" * 128  # CVE-2019-11687: no polyglot
+        meta = FileMetaDataset()
+        old = getattr(ds, "file_meta", None)
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ts: str = "1.2.840.10008.1.2.1"
+        if old is not None and "TransferSyntaxUID" in old:
+            ts = str(old.TransferSyntaxUID)
+        meta.TransferSyntaxUID = UID(ts)
+        ds.file_meta = meta
+        return ds
+
+    def _walk(self, ds: Dataset, pseudo: str) -> None:
+        # nesting is bounded at ingest (dicom.limits.max_sequence_depth)
+        for elem in list(ds):
+            tag = elem.tag
+            action = _action(tag, elem.keyword, elem.VR)
+            if action == "X":
+                del ds[tag]
+            elif action == "Z":
+                elem.value = Sequence() if elem.VR == "SQ" else ""
+            elif action == "D":
+                elem.value = f"ANON^{pseudo}" if elem.VR == "PN" else pseudo
+            elif action == "U":
+                if elem.VM > 1:
+                    elem.value = [self.uid(str(v)) for v in elem.value]
+                elif elem.value:
+                    elem.value = self.uid(str(elem.value))
+            elif elem.VR == "SQ":
+                for item in elem.value:
+                    self._walk(item, pseudo)
+
+
+def _action(tag: BaseTag, keyword: str, vr: str) -> str:
+    if tag.is_private or (tag.group & 0xFF00) in (0x5000, 0x6000):
+        return "X"  # private attributes, curves and overlays (no Retain Safe Private)
+    listed = BASIC_PROFILE.get(int(tag))
+    if listed is not None:
+        return listed
+    if vr == "UI":
+        return "K" if keyword in KEEP_UID_KEYWORDS else "U"
+    if vr in TEXT_VRS and keyword not in SAFE_TEXT:
+        return "X"
+    return "K"
+
+
+def _code(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = meaning
+    return item
+
+
+def check_burned_in(ds: Dataset, name: str) -> None:
+    """Refuse (DeidRefused) an instance whose pixels may carry identifying text.
+
+    Pixels are not cleaned (no Clean Pixel Data option): an image is exported only
+    when BurnedInAnnotation is NO, or is absent on a modality and SOP class where
+    burned-in text is not usual (CT, MR, ...). The message names file and field.
+    """
+    burned = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    visual = str(ds.get("RecognizableVisualFeatures", "") or "").strip().upper()
+    if visual == "YES":
+        raise DeidRefused(
+            f"{name}: (0028,0302) RecognizableVisualFeatures is YES: the image may show "
+            "the patient; not exported"
+        )
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "EncapsulatedDocument" not in ds:
+        return
+    if burned == "YES":
+        raise DeidRefused(
+            f"{name}: (0028,0301) BurnedInAnnotation is YES: pixels are not cleaned; not exported"
+        )
+    if burned == "NO":
+        return
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if modality in PRONE_MODALITIES or sop_class.startswith(_PRONE_CLASS_PREFIXES):
+        raise DeidRefused(
+            f"{name}: (0028,0301) BurnedInAnnotation absent on a {modality or 'no-Modality'} "
+            "instance: burned-in text is possible and pixels are not cleaned; not exported"
+        )

@@ -77,6 +77,10 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     from cds.orchestrator import Node
 
     settings = _settings(config, home)
+    http = settings.http
+    for name, path in (("tls_cert_file", http.tls_cert_file), ("tls_key_file", http.tls_key_file)):
+        if path is not None and not path.is_file():
+            raise _fail(f"http.{name}: no such file {path}", 1)
     configure_logging(settings.log.format, settings.log.level)
     try:
         node = Node(settings)
@@ -91,12 +95,20 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     except CdsError as exc:
         raise _fail(f"cannot start: {exc}", 1) from None
     try:
+        api = create_app(settings, node)
+    except (OSError, ValueError) as exc:  # the session key, or the OIDC keys (jwks_file)
+        node.stop()
+        raise _fail(f"cannot start the HTTP API: {exc}", 1) from None
+    try:
         uvicorn.run(
-            create_app(settings, node),
-            host=settings.http.host,
-            port=settings.http.port,
+            api,
+            host=http.host,
+            port=http.port,
             log_config=None,
             access_log=False,
+            # HTTPS when both are set (the settings refuse one without the other)
+            ssl_certfile=str(http.tls_cert_file) if http.tls_cert_file else None,
+            ssl_keyfile=str(http.tls_key_file) if http.tls_key_file else None,
         )
     finally:
         node.stop()  # normally already done by the app's shutdown

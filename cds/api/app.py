@@ -8,13 +8,28 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cds import __version__
-from cds.api.routes import admin, feedback, health, metrics, observatory, review, routing, studies
+from cds.api.auth import Authenticator, check_routes
+from cds.api.routes import (
+    admin,
+    docs,
+    feedback,
+    health,
+    login,
+    metrics,
+    observatory,
+    review,
+    routing,
+    studies,
+)
 from cds.config import Settings
 from cds.orchestrator import Node
 
 
 def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     """Build the HTTP app; the node stops when the app shuts down.
+
+    Every route states who may call it (:mod:`cds.api.auth`); the app is refused
+    if one does not.
 
     Without ``node``, one is created and started with the app. (``cds serve``
     starts the node first, so that a port in use is reported before HTTP starts.)
@@ -40,7 +55,12 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             "a suggestion for a radiologist to accept, correct or reject."
         ),
         lifespan=lifespan,
+        # served by routes.docs behind the observer role
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
+    app.state.auth = Authenticator(settings)
     app.include_router(health.router)
     app.include_router(studies.router)
     app.include_router(routing.router)
@@ -49,4 +69,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(review.router)
     app.include_router(observatory.router)
     app.include_router(metrics.router)
+    app.include_router(login.router)
+    app.include_router(docs.router)
+    check_routes(app)
     return app

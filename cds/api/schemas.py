@@ -282,7 +282,13 @@ class CodeIn(BaseModel):
 
 class FeedbackIn(BaseModel):
     action: FeedbackAction
-    user: str = Field(min_length=1, max_length=64, description="who: the radiologist's login")
+    user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="who, while authentication is off; with it on, the signed-in user "
+        "(user:<name>) is recorded and this is ignored",
+    )
     reason: str = Field("", max_length=2000, description="free text, e.g. why it is rejected")
     corrected_label: CodeIn | None = Field(
         None, description="for 'correct': the finding the radiologist puts instead"

@@ -3,6 +3,11 @@ real CT (boxes: SR + GSPS; bone: SR + SEG) and a real DX (triage: SR), its HTTP 
 served by uvicorn on a loopback port, and the page is driven in the system Chromium:
 accept, correct and reject are clicked, then read back from the store. Plain HTTP
 tests cover the endpoints (404s, the PNG and its overlay, escaping, languages, refusals).
+
+issue 7: the node runs with token authentication; the browser signs in at /login
+(a radiologist's token), feedback is recorded as ``user:dr.martin``, and every form
+carries a CSRF token: a post without it, or with a forged one, is refused (403) and
+nothing is stored.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from cds.api.review.texts import page_language
 from cds.domain import Feedback, FindingRecord, StudyState
 from cds.orchestrator import Node
 
-from ..conftest import DICOM, REPO, free_port, make_settings
+from ..api.authkit import NAMES, TOKENS, bearer, csrf_of, login, token_settings
+from ..conftest import DICOM, REPO, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROUTING = """
@@ -105,7 +111,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("review")
     (tmp / "routing.yaml").write_text(ROUTING)
     models = ["cds-ref-blob-detect", "cds-ref-ct-bone", "cds-ref-cxr-triage"]
-    settings = make_settings(
+    settings = token_settings(
         tmp / "home",
         inference={"model_dirs": [str(REPO / "models" / m) for m in models], "providers": "cpu"},
         routing={"file": str(tmp / "routing.yaml")},
@@ -145,8 +151,16 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 @pytest.fixture
 def http(served: Served) -> Iterator[httpx.Client]:
+    """Signed in as the radiologist dr.martin, through the login form."""
     with httpx.Client(base_url=served.base, follow_redirects=False) as client:
+        assert login(client, TOKENS["radiologist"]).status_code == 303
         yield client
+
+
+def _post(http: httpx.Client, url: str, form: dict[str, str], **kw: object) -> httpx.Response:
+    """Post a review form as the page does: with the CSRF token of this session."""
+    page = http.get("/review")
+    return http.post(url, data={"csrf": csrf_of(page.text), **form}, **kw)  # type: ignore[arg-type]
 
 
 def _no_traceback(text: str) -> None:
@@ -171,7 +185,12 @@ def _accept_then_reject(page: Any, served: Served) -> None:
     bone = served.findings(served.ct_key, "cds-ref-ct-bone")
     assert len(boxes) >= 2
     assert bone
-    page.goto(f"{served.base}/review")
+    page.goto(f"{served.base}/review")  # not signed in: sent to the login form
+    page.wait_for_url("**/login?next=*")
+    page.locator("input[name=token]").fill(TOKENS["radiologist"])
+    page.locator("button.sign-in").click()
+    page.wait_for_url(f"{served.base}/review")
+    assert page.locator("#signed-in").inner_text() == "Signed in as dr.martin (radiologist)"
     assert page.locator("#advisory").inner_text() == BANNER_EN
     ct_row = page.locator(f'tr[data-study-key="{served.ct_key}"]')
     assert "CT" in ct_row.inner_text()
@@ -182,17 +201,15 @@ def _accept_then_reject(page: Any, served: Served) -> None:
         _loaded(page, _section(page, f).locator("img.preview"))
     first = _section(page, boxes[0])
     assert first.locator(".verdict").inner_text() == "not reviewed yet"
-    first.locator("input[name=who]").fill("dr.martin")
+    assert first.locator("input[name=who]").count() == 0  # who is the signed-in user
     first.locator("button.accept").click()
     page.wait_for_selector("#recorded")
     (fb,) = served.feedback(boxes[0])
-    assert (fb.action.value, fb.source, fb.who) == ("accept", "review", "dr.martin")
+    assert (fb.action.value, fb.source, fb.who) == ("accept", "review", "user:dr.martin")
     assert (fb.model, fb.sha256) == (boxes[0].model, boxes[0].sha256)
     assert _section(page, boxes[0]).locator(".verdict").inner_text() == "accepted"
     assert "dr.martin" in page.locator("#recorded").inner_text()
-    # the name is remembered for the next finding (cookie)
     second = _section(page, boxes[1])
-    assert second.locator("input[name=who]").input_value() == "dr.martin"
     second.locator("textarea[name=reason]").fill("beam-hardening artefact")
     second.locator("button.reject").click()
     page.wait_for_selector("#recorded")
@@ -200,7 +217,7 @@ def _accept_then_reject(page: Any, served: Served) -> None:
     assert (fb.action.value, fb.reason, fb.who) == (
         "reject",
         "beam-hardening artefact",
-        "dr.martin",
+        "user:dr.martin",
     )
     assert _section(page, boxes[1]).locator(".verdict").inner_text() == "rejected"
     assert "beam-hardening artefact" in _section(page, boxes[1]).locator(".history").inner_text()
@@ -240,14 +257,14 @@ def _french_then_refused(page: Any, served: Served, low_contrast: FindingRecord)
     assert target.locator(".verdict").inner_text() == "corrigé"
     assert target.locator("button.accept").inner_text() == "Accepter"
     assert "Image peu contrastée" in target.locator("h3").inner_text()
-    # a form without a name: refused with a message, nothing stored
+    # a form whose CSRF token was tampered with: refused with a message, nothing stored
     before = len(served.node.store.list_feedback(study_key=served.dx_key))
-    target.locator("input[name=who]").fill("")
+    target.locator("input[name=csrf]").evaluate("e => e.value = 'forged'")
     with page.expect_navigation() as nav:
         target.locator("button.accept").click()
     assert nav.value is not None
-    assert nav.value.status == 422
-    assert "identifiant" in page.locator("#message").inner_text()
+    assert nav.value.status == 403
+    assert "formulaire a expiré" in page.locator("#message").inner_text()
     _no_traceback(page.content())
     assert len(served.node.store.list_feedback(study_key=served.dx_key)) == before
 
@@ -284,13 +301,11 @@ def test_unknown_study_or_finding_is_404_with_a_message(served: Served, http: ht
     assert http.get(f"/review/{served.ct_key}/findings/1.2.3.png").status_code == 404
     # a finding of another study is not found under this one
     assert http.get(f"/review/{served.dx_key}/findings/{f.tracking_uid}.png").status_code == 404
-    posted = http.post(
-        f"/review/{served.dx_key}/findings/{f.tracking_uid}", data={"action": "accept", "who": "x"}
-    )
+    posted = _post(http, f"/review/{served.dx_key}/findings/{f.tracking_uid}", {"action": "accept"})
     assert posted.status_code == 404
     for r in (got, posted):
         _no_traceback(r.text)
-    assert served.feedback(f) == [] or all(x.who != "x" for x in served.feedback(f))
+    assert all(x.study_key == served.ct_key for x in served.feedback(f))
 
 
 def _png(http: httpx.Client, key: str, f: FindingRecord) -> np.ndarray:
@@ -332,20 +347,21 @@ def test_finding_png_draws_the_box_where_the_sr_puts_it(served: Served, http: ht
 
 def test_reasons_and_names_are_html_escaped(served: Served, http: httpx.Client) -> None:
     f = served.findings(served.ct_key, "cds-ref-blob-detect")[-1]
-    posted = http.post(
+    posted = _post(
+        http,
         f"/review/{served.ct_key}/findings/{f.tracking_uid}",
-        data={"action": "reject", "who": "dr.<b>x</b>", "reason": "<script>alert(1)</script>"},
+        {"action": "reject", "who": "dr.<b>x</b>", "reason": "<script>alert(1)</script>"},
     )
     assert posted.status_code == 303
     assert posted.headers["location"].startswith(f"/review/{served.ct_key}?")
-    page = http.get(posted.headers["location"])  # the client keeps the who cookie
+    page = http.get(posted.headers["location"])
     assert page.status_code == 200
     assert "<script>alert(1)</script>" not in page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "<b>x</b>" not in page.text
-    assert "dr.&lt;b&gt;x&lt;/b&gt;" in page.text
     (fb,) = served.feedback(f)
     assert fb.reason == "<script>alert(1)</script>"  # stored as given
+    assert fb.who == "user:dr.martin"  # a "who" field posted is not who the user is
 
 
 def test_language_from_query_then_header_then_settings(served: Served, http: httpx.Client) -> None:
@@ -364,20 +380,64 @@ def test_bad_forms_are_refused_and_nothing_is_stored(served: Served, http: httpx
     url = f"/review/{served.dx_key}/findings/{f.tracking_uid}"
     before = len(served.feedback(f))
     cases: list[tuple[dict[str, str], int, str]] = [
-        ({"action": "accept", "who": "  "}, 422, "login name"),
-        ({"action": "maybe", "who": "dr.x"}, 422, "Accept, Reject or Correct"),
-        ({"action": "correct", "who": "dr.x"}, 422, "corrected label, a reason"),
-        ({"action": "correct", "who": "dr.x", "corrected": "SCT|1"}, 422, "not one of"),
-        ({"action": "accept", "who": "x" * 65}, 422, "at most 64"),
+        ({"action": "maybe"}, 422, "Accept, Reject or Correct"),
+        ({"action": "correct"}, 422, "corrected label, a reason"),
+        ({"action": "correct", "corrected": "SCT|1"}, 422, "not one of"),
     ]
     for form, status, text in cases:
-        got = http.post(url, data=form)
+        got = _post(http, url, form)
         assert got.status_code == status, (form, got.text)
         assert text in got.text, (form, got.text)
         _no_traceback(got.text)
-    fr = http.post(f"{url}?lang=fr", data={"action": "accept", "who": ""})
+    fr = _post(http, f"{url}?lang=fr", {"action": "maybe"})
     assert fr.status_code == 422
-    assert "identifiant" in fr.text
-    json = http.post(url, json={"action": "accept", "who": "dr.x"})
+    assert "Accepter, Rejeter ou Corriger" in fr.text
+    json = http.post(url, json={"action": "accept"})
     assert json.status_code == 415
     assert len(served.feedback(f)) == before
+
+
+def test_csrf_a_form_without_or_with_a_wrong_token_is_refused(
+    served: Served, http: httpx.Client
+) -> None:
+    """issue 7 'CSRF': the signed-in browser's cookie alone is not enough to post."""
+    f = served.findings(served.dx_key, "cds-ref-cxr-triage")[0]
+    url = f"/review/{served.dx_key}/findings/{f.tracking_uid}"
+    before = len(served.feedback(f))
+    other = httpx.Client(base_url=served.base)  # another browser's session and token
+    assert login(other, TOKENS["radiologist"]).status_code == 303
+    foreign = csrf_of(other.get("/review").text)
+    other.close()
+    for form in (
+        {"action": "accept"},
+        {"action": "accept", "csrf": ""},
+        {"action": "accept", "csrf": "forged"},
+        {"action": "accept", "csrf": foreign},
+    ):
+        got = http.post(url, data=form)
+        assert got.status_code == 403, (form, got.text)
+        assert "did not come from this node" in got.text
+        _no_traceback(got.text)
+    # a bearer token alone (no page session) cannot post the form either
+    bare = httpx.post(served.base + url, data={"action": "accept"}, headers=bearer("radiologist"))
+    assert bare.status_code == 403
+    assert len(served.feedback(f)) == before
+    # with the page's token it goes through
+    assert _post(http, url, {"action": "accept"}).status_code == 303
+    assert len(served.feedback(f)) == before + 1
+
+
+def test_only_radiologists_and_admins_reach_the_review_page(served: Served) -> None:
+    with httpx.Client(base_url=served.base) as observer:
+        assert login(observer, TOKENS["observer"]).status_code == 303
+        got = observer.get("/review")
+        assert got.status_code == 403
+        assert "needs the radiologist role" in got.text
+    with httpx.Client(base_url=served.base) as nobody:
+        assert nobody.get("/review").status_code == 401
+        assert login(nobody, "not-a-token-at-all-000").status_code == 401
+    with httpx.Client(base_url=served.base) as admin:
+        assert login(admin, TOKENS["admin"]).status_code == 303
+        page = admin.get("/review")
+        assert page.status_code == 200
+        assert f"Signed in as {NAMES['admin']} (admin)" in page.text

@@ -39,9 +39,20 @@ code{font-size:.85em;word-break:break-all}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.4rem 0}
 dd{margin:0}dd ul{margin:0;padding-left:1.2rem}
 form label{display:block;margin:.3rem 0}
+nav form{display:inline;margin:0}
+.user{margin-left:auto;color:#333}
 textarea{width:100%;max-width:30rem}
 button{margin-right:.4rem;padding:.3rem .9rem}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who reads the page (name None: authentication is off) and the forms' CSRF token."""
+
+    name: str | None
+    role: str | None
+    csrf: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,24 @@ def url(path: str, lang: Lang, **query: str) -> str:
     return f"{path}?{urlencode({'lang': lang, **query})}"
 
 
-def _page(lang: Lang, title: str, body: str, switch_to: str = "") -> str:
+def _csrf(viewer: Viewer) -> str:
+    return f'<input type="hidden" name="csrf" value="{escape(viewer.csrf)}">'
+
+
+def _signed_in(lang: Lang, viewer: Viewer | None) -> str:
+    if viewer is None or viewer.name is None:
+        return ""
+    text = t(lang, "signed_in_as", name=viewer.name, role=viewer.role or "")
+    return (
+        f'<span class="user" id="signed-in">{escape(text)}</span>'
+        f'<form method="post" action="/logout" class="logout">{_csrf(viewer)}'
+        f'<button type="submit">{escape(t(lang, "sign_out"))}</button></form>'
+    )
+
+
+def _page(
+    lang: Lang, title: str, body: str, switch_to: str = "", viewer: Viewer | None = None
+) -> str:
     other = "fr" if lang == "en" else "en"
     switch = (
         f'<a href="{escape(switch_to)}" hreflang="{other}">{escape(t(lang, "other_lang"))}</a>'
@@ -107,11 +135,12 @@ def _page(lang: Lang, title: str, body: str, switch_to: str = "") -> str:
         f"<title>{escape(title)} - cds</title><style>{_CSS}</style></head><body>"
         f'<p class="banner" role="note" id="advisory">{escape(t(lang, "banner"))}</p>'
         f'<header><nav><a href="{escape(url("/review", lang))}">{escape(t(lang, "back"))}</a>'
-        f"{switch}</nav><h1>{escape(title)}</h1></header><main>{body}</main></body></html>"
+        f"{switch}{_signed_in(lang, viewer)}</nav><h1>{escape(title)}</h1></header>"
+        f"<main>{body}</main></body></html>"
     )
 
 
-def study_list(lang: Lang, rows: Sequence[StudyRow]) -> str:
+def study_list(lang: Lang, rows: Sequence[StudyRow], viewer: Viewer | None = None) -> str:
     if not rows:
         body = f"<p>{escape(t(lang, 'no_studies'))}</p>"
     else:
@@ -129,7 +158,7 @@ def study_list(lang: Lang, rows: Sequence[StudyRow]) -> str:
         )
         body = f"<table><thead><tr>{head}</tr></thead><tbody>{lines}</tbody></table>"
     other: Lang = "fr" if lang == "en" else "en"
-    return _page(lang, t(lang, "title_list"), body, url("/review", other))
+    return _page(lang, t(lang, "title_list"), body, url("/review", other), viewer)
 
 
 def _display(lang: Lang, f: FindingRecord) -> str:
@@ -188,7 +217,7 @@ def _basis(lang: Lang, study_key: str, result: ResultView, view: FindingView) ->
     )
 
 
-def _form(lang: Lang, study_key: str, view: FindingView, who: str) -> str:
+def _form(lang: Lang, study_key: str, view: FindingView, who: str, viewer: Viewer) -> str:
     f = view.finding
     action = url(
         f"/review/{quote(study_key, safe='')}/findings/{quote(f.tracking_uid, safe='')}", lang
@@ -206,16 +235,22 @@ def _form(lang: Lang, study_key: str, view: FindingView, who: str) -> str:
         f'<button type="submit" name="action" value="{a}" class="{a}">{escape(t(lang, a))}</button>'
         for a in ("accept", "reject", "correct")
     )
-    return (
-        f'<form method="post" action="{escape(action)}" class="feedback">'
+    name = (
         f'<label>{escape(t(lang, "who"))} <input name="who" value="{escape(who)}" '
         f'maxlength="64" autocomplete="username"></label>'
+        if viewer.name is None  # signed in: who is the signed-in user, not a field
+        else ""
+    )
+    return (
+        f'<form method="post" action="{escape(action)}" class="feedback">{_csrf(viewer)}{name}'
         f'<label>{escape(t(lang, "reason"))}<br><textarea name="reason" rows="2" '
         f'maxlength="2000"></textarea></label>{select}<p>{buttons}</p></form>'
     )
 
 
-def _finding(lang: Lang, study_key: str, result: ResultView, view: FindingView, who: str) -> str:
+def _finding(
+    lang: Lang, study_key: str, result: ResultView, view: FindingView, *, who: str, viewer: Viewer
+) -> str:
     f = view.finding
     state = t(lang, "present" if f.present else "absent")
     latest = view.feedback[-1] if view.feedback else None
@@ -238,7 +273,7 @@ def _finding(lang: Lang, study_key: str, result: ResultView, view: FindingView, 
         f'<p>{escape(t(lang, "verdict"))}{_colon(lang)} <span class="verdict" '
         f'data-verdict="{escape(latest.action.value) if latest else ""}">'
         f"{escape(verdict)}</span></p>{basis}{history}"
-        f"{_form(lang, study_key, view, who)}</div></section>"
+        f"{_form(lang, study_key, view, who, viewer)}</div></section>"
     )
 
 
@@ -250,8 +285,9 @@ def study_page(
     who: str,
     recorded: Feedback | None,
     recorded_label: str,
+    viewer: Viewer,
 ) -> str:
-    parts = [f'<p class="note">{escape(t(lang, "auth_note"))}</p>']
+    parts = [f'<p class="note">{escape(t(lang, "auth_note"))}</p>'] if viewer.name is None else []
     if recorded is not None:
         action = t(lang, VERDICT_KEY[recorded.action.value])
         text = t(lang, "recorded", action=action, label=recorded_label, who=recorded.who)
@@ -267,7 +303,9 @@ def study_page(
             "</dl>"
         )
         superseded = f" <small>({escape(t(lang, 'superseded'))})</small>" if r.superseded else ""
-        findings = "".join(_finding(lang, study_key, r, v, who) for v in r.findings)
+        findings = "".join(
+            _finding(lang, study_key, r, v, who=who, viewer=viewer) for v in r.findings
+        )
         parts.append(
             f'<article class="result{" superseded" if r.superseded else ""}" '
             f'data-result-uid="{escape(r.sop_uid)}"><h2>{escape(t(lang, "result"))}{_colon(lang)} '
@@ -279,7 +317,32 @@ def study_page(
         t(lang, "title_study", key=study_key),
         "".join(parts),
         url(f"/review/{quote(study_key, safe='')}", other),
+        viewer,
     )
+
+
+def login_page(
+    lang: Lang, next_url: str, viewer: Viewer, *, auth_off: bool, error: str | None = None
+) -> str:
+    """The sign-in form: paste a token, get a session cookie."""
+    parts = []
+    if error:
+        parts.append(f'<p class="error" role="alert" id="message">{escape(error)}</p>')
+    if auth_off:
+        parts.append(f'<p class="note" id="auth-off">{escape(t(lang, "auth_off"))}</p>')
+    else:
+        parts.append(
+            f'<form method="post" action="{escape(url("/login", lang))}" class="login">'
+            f'{_csrf(viewer)}<input type="hidden" name="next" value="{escape(next_url)}">'
+            f'<label>{escape(t(lang, "token_label"))}<br><input type="password" name="token" '
+            f'autocomplete="current-password" size="48" required></label>'
+            f'<p class="note">{escape(t(lang, "token_help"))}</p>'
+            f'<p><button type="submit" class="sign-in">{escape(t(lang, "sign_in"))}</button></p>'
+            "</form>"
+        )
+    other: Lang = "fr" if lang == "en" else "en"
+    switch = url("/login", other, next=next_url)
+    return _page(lang, t(lang, "login_title"), "".join(parts), switch, viewer)
 
 
 def message_page(lang: Lang, title: str, message: str, back: str | None) -> str:

@@ -70,6 +70,18 @@ _EN: Final[dict[str, str]] = {
     "other_lang": "Français",
     "auth_note": "No sign-in yet: the login name you give is recorded as given.",
     "tracking_uid": "Tracking UID",
+    "login_title": "Sign in",
+    "token_label": "Your access token",
+    "token_help": "Paste the token your administrator gave you (or your identity provider's "
+    "access token). It is checked, then forgotten: the browser keeps a signed session "
+    "cookie, not the token.",
+    "sign_in": "Sign in",
+    "signed_in_as": "Signed in as {name} ({role})",
+    "sign_out": "Sign out",
+    "login_refused": "This token is not accepted.",
+    "auth_off": "Authentication is off on this node (loopback only): no sign-in needed.",
+    "csrf_refused": "This form has expired or did not come from this node's page: "
+    "reload the page and try again.",
 }
 
 _FR: Final[dict[str, str]] = {
@@ -131,6 +143,19 @@ _FR: Final[dict[str, str]] = {
     "other_lang": "English",
     "auth_note": "Pas encore d'authentification : l'identifiant saisi est enregistré tel quel.",
     "tracking_uid": "UID de suivi",
+    "login_title": "Connexion",
+    "token_label": "Votre jeton d'accès",
+    "token_help": "Collez le jeton donné par votre administrateur (ou le jeton d'accès de "
+    "votre fournisseur d'identité). Il est vérifié puis oublié : le navigateur garde un "
+    "cookie de session signé, pas le jeton.",
+    "sign_in": "Se connecter",
+    "signed_in_as": "Connecté en tant que {name} ({role})",
+    "sign_out": "Se déconnecter",
+    "login_refused": "Ce jeton n'est pas accepté.",
+    "auth_off": "L'authentification est désactivée sur ce nœud (boucle locale seulement) : "
+    "pas de connexion nécessaire.",
+    "csrf_refused": "Ce formulaire a expiré ou ne vient pas de la page de ce nœud : "
+    "rechargez la page et recommencez.",
 }
 
 TEXTS: Final[dict[Lang, dict[str, str]]] = {"en": _EN, "fr": _FR}

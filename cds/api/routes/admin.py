@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from cds import admin
+from cds.api.auth import ADMIN, OBSERVER, AdminUser, audit
 from cds.api.deps import get_node
 from cds.api.schemas import DeliveryOut, JobOut, Problem, PurgeOut, QueueOut, RequeuedOut
+from cds.audit import AuditEvent
 from cds.domain import DeliveryState, JobState
 from cds.errors import AdminError
 from cds.logging import get_logger
@@ -42,7 +44,9 @@ def _admin(op: Callable[[], T]) -> T:
         raise HTTPException(exc.status, str(exc)) from None
 
 
-@router.get("/jobs", summary="Jobs with their state and timings, newest first")
+@router.get(
+    "/jobs", summary="Jobs with their state and timings, newest first", dependencies=[ADMIN]
+)
 def list_jobs(
     node: NodeDep,
     state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
@@ -58,6 +62,7 @@ def list_jobs(
     summary="Retry a failed job: re-queue its study (recorded as job_retried)",
     status_code=status.HTTP_202_ACCEPTED,
     responses=_REFUSALS,
+    dependencies=[ADMIN],
 )
 def retry_job(job_id: str, node: NodeDep) -> RequeuedOut:
     job = _admin(lambda: admin.retry_job(node.store, node.submit_study, job_id))
@@ -69,6 +74,7 @@ def retry_job(job_id: str, node: NodeDep) -> RequeuedOut:
     "/jobs/{job_id}/cancel",
     summary="Cancel a queued or running job",
     responses=_REFUSALS,
+    dependencies=[ADMIN],
 )
 def cancel_job(job_id: str, node: NodeDep) -> JobOut:
     job = _admin(lambda: admin.cancel_job(node.store, job_id))
@@ -81,6 +87,7 @@ def cancel_job(job_id: str, node: NodeDep) -> JobOut:
     summary="Re-run a study through routing and its models (recorded as rerun_requested)",
     status_code=status.HTTP_202_ACCEPTED,
     responses=_REFUSALS,
+    dependencies=[ADMIN],
 )
 def rerun_study(study_key: str, node: NodeDep) -> RequeuedOut:
     _admin(lambda: admin.rerun_study(node.store, node.submit_study, study_key))
@@ -92,10 +99,13 @@ def rerun_study(study_key: str, node: NodeDep) -> RequeuedOut:
     "/studies/{study_key}/purge",
     summary="Purge a study's files from the spool; its record and history stay",
     responses=_REFUSALS,
+    dependencies=[ADMIN],
 )
 def purge_study(
     study_key: str,
     node: NodeDep,
+    request: Request,
+    user: AdminUser,
     force: Annotated[
         bool,
         Query(description="purge even while receiving or processing; cancels its open jobs"),
@@ -109,15 +119,28 @@ def purge_study(
         forced=force,
         complete=result.purged,
     )
+    audit(
+        request,
+        AuditEvent.PURGE,
+        user.who,
+        study_key=study_key,
+        detail={"via": "http", "forced": force, "files_removed": result.files_removed},
+    )
     return PurgeOut.of(result)
 
 
-@router.get("/queue", summary="Queue depth, oldest waiting job, studies waiting")
+@router.get(
+    "/queue", summary="Queue depth, oldest waiting job, studies waiting", dependencies=[OBSERVER]
+)
 def queue(node: NodeDep) -> QueueOut:
     return QueueOut.of(admin.queue_stats(node.store), time.time())
 
 
-@router.get("/deliveries", summary="Result objects sent or to send, per destination, newest first")
+@router.get(
+    "/deliveries",
+    summary="Result objects sent or to send, per destination, newest first",
+    dependencies=[ADMIN],
+)
 def list_deliveries(
     node: NodeDep,
     state: Annotated[
@@ -136,6 +159,7 @@ def list_deliveries(
     summary="Try a dead (or backing-off) delivery again now (recorded as delivery_retried)",
     status_code=status.HTTP_202_ACCEPTED,
     responses=_REFUSALS,
+    dependencies=[ADMIN],
 )
 def retry_delivery(delivery_id: str, node: NodeDep) -> DeliveryOut:
     d = _admin(lambda: admin.retry_delivery(node.store, delivery_id))
@@ -148,6 +172,7 @@ def retry_delivery(delivery_id: str, node: NodeDep) -> DeliveryOut:
     "/deliveries/retry-dead",
     summary="Try every dead delivery (of one destination) again now",
     status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[ADMIN],
 )
 def retry_dead(
     node: NodeDep,

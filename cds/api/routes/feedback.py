@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
+from cds.api.auth import RADIOLOGIST, RadiologistUser
 from cds.api.deps import get_node
 from cds.api.schemas import FeedbackIn, FeedbackOut, FindingOut, Problem
 from cds.errors import FeedbackError
@@ -20,7 +21,7 @@ from cds.orchestrator import Node
 
 log = get_logger("cds.feedback")
 
-router = APIRouter(prefix="/api", tags=["feedback"])
+router = APIRouter(prefix="/api", tags=["feedback"], dependencies=[RADIOLOGIST])
 NodeDep = Annotated[Node, Depends(get_node)]
 
 
@@ -43,8 +44,19 @@ def study_findings(study_key: str, node: NodeDep) -> list[FindingOut]:
     responses={404: {"model": Problem}, 422: {"model": Problem}},
 )
 def post_feedback(
-    sop_instance_uid: str, tracking_uid: str, body: FeedbackIn, node: NodeDep
+    sop_instance_uid: str,
+    tracking_uid: str,
+    body: FeedbackIn,
+    node: NodeDep,
+    user: RadiologistUser,
 ) -> FeedbackOut:
+    # signed in: who is the caller (user:<name>), whatever the body says
+    if user.via != "none":
+        who = user.who
+    elif body.user is not None:
+        who = body.user
+    else:
+        raise HTTPException(422, "user: required while authentication is off")
     corrected = (
         CorrectedLabel(
             body.corrected_label.scheme, body.corrected_label.value, body.corrected_label.meaning
@@ -58,7 +70,7 @@ def post_feedback(
             result_sop_uid=sop_instance_uid,
             tracking_uid=tracking_uid,
             action=body.action,
-            who=body.user,
+            who=who,
             source="api",
             reason=body.reason,
             corrected=corrected,

@@ -2,20 +2,36 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from cds.api.auth import PUBLIC, identify
 from cds.api.deps import get_node
 from cds.orchestrator import Node
 
 router = APIRouter(tags=["status"])
 
 
+def _detailed(request: Request) -> bool:
+    """Whether the caller may see the details (observer and up; everyone when auth
+    is off). A load balancer without credentials gets the status alone."""
+    try:
+        return identify(request, cookie=True) is not None
+    except HTTPException:
+        return False
+
+
 @router.get(
     "/health",
     summary="Node status: DICOM listener, state store, spool free space",
+    description="Open to load balancers: without credentials (when authentication is on) "
+    "the answer is the status alone; observers and up see every part.",
     responses={503: {"description": "a part of the node is down or the disk is low"}},
+    dependencies=[PUBLIC],
 )
-def health(node: Annotated[Node, Depends(get_node)]) -> JSONResponse:
+def health(request: Request, node: Annotated[Node, Depends(get_node)]) -> JSONResponse:
     body: dict[str, Any] = node.health()
-    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+    code = 200 if body["status"] == "ok" else 503
+    if not _detailed(request):
+        body = {"status": body["status"]}
+    return JSONResponse(body, status_code=code)

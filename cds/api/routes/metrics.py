@@ -13,13 +13,14 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from cds.api.auth import OBSERVER
 from cds.api.deps import get_node
 from cds.api.schemas import Problem
 from cds.observatory.drift import DriftSettings, drift_report, drift_settings_of
 from cds.observatory.metrics import build_registry
 from cds.orchestrator import Node
 
-router = APIRouter(tags=["observatory"])
+router = APIRouter(tags=["observatory"], dependencies=[OBSERVER])
 NodeDep = Annotated[Node, Depends(get_node)]
 
 

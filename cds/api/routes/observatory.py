@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Header, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
+from cds.api.auth import OBSERVER, observer_page
 from cds.api.deps import get_node
 from cds.api.schemas import Problem
 from cds.observatory.stats import (
@@ -55,6 +56,7 @@ def _range(since: str | None, until: str | None) -> tuple[float | None, float | 
     summary="Figures per model version and period: studies, findings, positive rate, "
     "accept/correct/reject rates, time to feedback, time-to-result and run-time percentiles",
     responses={422: {"model": Problem}},
+    dependencies=[OBSERVER],
 )
 def models(
     node: NodeDep, since: SinceQ = None, until: UntilQ = None, bucket: BucketQ = Bucket.WEEK
@@ -355,6 +357,7 @@ def render_dashboard(
     summary="Dashboard page for admins (HTML, ?lang=fr|en)",
     response_class=HTMLResponse,
     responses={422: {"model": Problem}},
+    dependencies=[Depends(observer_page)],
 )
 def dashboard(
     node: NodeDep,

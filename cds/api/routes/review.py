@@ -6,10 +6,13 @@ English (``?lang=``, else ``Accept-Language``, else ``results.language``).
 Feedback goes through :func:`cds.feedback.service.give_feedback` with source
 ``review``: appended, the result never changes.
 
-There is no authentication yet (issue 7 adds it): "who" is the login name the
-radiologist types, recorded as given and remembered in a cookie for the next
-finding. No patient attribute is read or shown: studies are named by their
-pseudonymous key and UIDs only.
+Radiologists and admins only (issue 7): a browser signs in at ``/login`` and
+keeps a signed session cookie; feedback is recorded as the signed-in user
+(``user:<name>``). Every form carries a CSRF token bound to that session and a
+post without it is refused (403), nothing stored. With authentication off
+(loopback only) "who" is the login name typed in the form, recorded as given and
+remembered in a cookie for the next finding. No patient attribute is read or
+shown: studies are named by their pseudonymous key and UIDs only.
 """
 
 from __future__ import annotations
@@ -24,11 +27,20 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from starlette.concurrency import run_in_threadpool
 
+from cds.api.auth import (
+    Identity,
+    authenticator,
+    csrf_ok,
+    page_session,
+    radiologist_form,
+    radiologist_page,
+)
 from cds.api.deps import get_node
 from cds.api.review import pages
 from cds.api.review.basis import Basis, ImageRef, bases_of, read_basis
 from cds.api.review.render import Mask, NotRenderable, render_png, segment_frame
 from cds.api.review.texts import page_language, t
+from cds.api.session import Session
 from cds.domain import Feedback, FeedbackAction, FindingRecord, ResultObject, ResultState
 from cds.errors import FeedbackError
 from cds.feedback.service import CorrectedLabel, give_feedback
@@ -41,6 +53,8 @@ log = get_logger("cds.review")
 router = APIRouter(prefix="/review", tags=["review page"], include_in_schema=False)
 NodeDep = Annotated[Node, Depends(get_node)]
 LangQuery = Annotated[str | None, Query(description="page language: fr or en")]
+PageUser = Annotated[Identity, Depends(radiologist_page)]
+FormUser = Annotated[Identity, Depends(radiologist_form)]
 
 WHO_COOKIE = "cds_review_who"
 WHO_COOKIE_MAX_AGE = 30 * 24 * 3600
@@ -57,6 +71,22 @@ def _lang(request: Request, node: Node, query: str | None) -> Lang:
 
 def _study_url(study_key: str, lang: Lang, **query: str) -> str:
     return pages.url(f"/review/{quote(study_key, safe='')}", lang, **query)
+
+
+def _viewer(request: Request, user: Identity) -> tuple[pages.Viewer, Session | None]:
+    """Who reads the page, with the CSRF token of its forms, and the session to set
+    as a cookie when the browser had none."""
+    session, new = page_session(request)
+    csrf = authenticator(request).sessions.csrf_token(session)
+    name = None if user.via == "none" else user.name
+    return pages.Viewer(name, user.role, csrf), session if new else None
+
+
+def _html(request: Request, html: str, new_session: Session | None) -> Response:
+    response = HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    if new_session is not None:
+        authenticator(request).set_cookie(response, new_session)
+    return response
 
 
 def _message(lang: Lang, status: int, title_key: str, message: str, back: str | None) -> Response:
@@ -101,7 +131,9 @@ def _bases(
 
 
 @router.get("", response_class=HTMLResponse, summary="Studies with AI findings to review")
-def review_studies(request: Request, node: NodeDep, lang: LangQuery = None) -> Response:
+def review_studies(
+    request: Request, node: NodeDep, user: PageUser, lang: LangQuery = None
+) -> Response:
     page_lang = _lang(request, node, lang)
     rows = []
     for study in node.store.list_studies(limit=STUDIES_LISTED):
@@ -122,14 +154,17 @@ def review_studies(request: Request, node: NodeDep, lang: LangQuery = None) -> R
                 unreviewed=sum(1 for f in found if f.tracking_uid not in reviewed),
             )
         )
-    return HTMLResponse(pages.study_list(page_lang, rows))
+    viewer, new_session = _viewer(request, user)
+    return _html(request, pages.study_list(page_lang, rows, viewer), new_session)
 
 
 @router.get("/{study_key}", response_class=HTMLResponse, summary="A study's AI findings")
 def review_study(
     study_key: str,
     request: Request,
+    *,
     node: NodeDep,
+    user: PageUser,
     lang: LangQuery = None,
     recorded: Annotated[str | None, Query(description="id of the feedback just recorded")] = None,
 ) -> Response:
@@ -176,6 +211,7 @@ def review_study(
     if done is not None:
         f_done = next((f for f in findings if f.tracking_uid == done.tracking_uid), None)
         label = (f_done.display_fr if page_lang == "fr" else f_done.display_en) if f_done else ""
+    viewer, new_session = _viewer(request, user)
     html = pages.study_page(
         page_lang,
         study_key,
@@ -183,8 +219,9 @@ def review_study(
         who=request.cookies.get(WHO_COOKIE, ""),
         recorded=done,
         recorded_label=label,
+        viewer=viewer,
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return _html(request, html, new_session)
 
 
 def _finding_in(node: Node, study_key: str, tracking_uid: str) -> FindingRecord | None:
@@ -250,8 +287,15 @@ def _preview(node: Node, f: FindingRecord, banner: str) -> bytes:
 
 @router.get("/{study_key}/findings/{tracking_uid}.png", summary="A finding on its source image")
 def finding_image(
-    study_key: str, tracking_uid: str, request: Request, node: NodeDep, lang: LangQuery = None
+    study_key: str,
+    tracking_uid: str,
+    request: Request,
+    *,
+    node: NodeDep,
+    user: PageUser,
+    lang: LangQuery = None,
 ) -> Response:
+    del user  # the dependency is the access check
     page_lang = _lang(request, node, lang)
     f = _finding_in(node, study_key, tracking_uid)
     if f is None:
@@ -287,13 +331,17 @@ async def _form(request: Request, lang: Lang) -> dict[str, str]:
     return {name: values[0] for name, values in form.items()}
 
 
-def _record(node: Node, f: FindingRecord, form: dict[str, str], lang: Lang) -> Feedback:
+def _record(
+    node: Node, f: FindingRecord, form: dict[str, str], lang: Lang, user: Identity
+) -> Feedback:
     """Check the form (messages in the page language) and append the feedback."""
     try:
         action = FeedbackAction(form.get("action", ""))
     except ValueError:
         raise _Refused(422, t(lang, "bad_action")) from None
     who, reason, label = (form.get(k, "") for k in ("who", "reason", "corrected"))
+    if user.via != "none":
+        who = user.who  # signed in: the user, never a form field
     if not who.strip():
         raise _Refused(422, t(lang, "who_missing"))
     corrected = None
@@ -321,17 +369,28 @@ def _record(node: Node, f: FindingRecord, form: dict[str, str], lang: Lang) -> F
 
 @router.post("/{study_key}/findings/{tracking_uid}", summary="Accept, reject or correct")
 async def post_review(
-    study_key: str, tracking_uid: str, request: Request, node: NodeDep, lang: LangQuery = None
+    study_key: str,
+    tracking_uid: str,
+    request: Request,
+    *,
+    node: NodeDep,
+    user: FormUser,
+    lang: LangQuery = None,
 ) -> Response:
     page_lang = _lang(request, node, lang)
     back = _study_url(study_key, page_lang)
+    try:
+        form = await _form(request, page_lang)
+        if not csrf_ok(request, form.get("csrf")):  # before anything else is looked at
+            raise _Refused(403, t(page_lang, "csrf_refused"))
+    except _Refused as exc:
+        return _message(page_lang, exc.status, "refused", str(exc), back)
     f = await run_in_threadpool(_finding_in, node, study_key, tracking_uid)
     if f is None:
         missing = t(page_lang, "no_finding", uid=tracking_uid, key=study_key)
         return _message(page_lang, 404, "not_found", missing, back)
     try:
-        form = await _form(request, page_lang)
-        fb = await run_in_threadpool(_record, node, f, form, page_lang)
+        fb = await run_in_threadpool(_record, node, f, form, page_lang, user)
     except _Refused as exc:
         return _message(page_lang, exc.status, "refused", str(exc), back)
     log.info("review.feedback_recorded", study_key=fb.study_key, model=fb.model, action=fb.action)
@@ -339,7 +398,9 @@ async def post_review(
         f"{_study_url(study_key, page_lang, recorded=fb.feedback_id)}#f-{quote(f.tracking_uid)}",
         status_code=303,
     )
-    # no sign-in yet (issue 7): the name is remembered for the next finding, not trusted
+    if user.via != "none":
+        return response
+    # authentication off: the name is remembered for the next finding, not trusted
     response.set_cookie(
         WHO_COOKIE,
         form.get("who", "").strip(),

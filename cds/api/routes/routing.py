@@ -6,11 +6,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from cds.api.auth import ADMIN, OBSERVER, AdminUser, audit
 from cds.api.deps import get_node
 from cds.api.schemas import Problem
+from cds.audit import AuditEvent
 from cds.orchestrator import Node
 from cds.pipeline import study_series
 from cds.routing.router import read_headers, route
@@ -30,6 +32,7 @@ class ExplainRequest(BaseModel):
     "/api/route/explain",
     summary="Dry-run routing: which rules match, why, which series, what would be sent where",
     responses={404: {"model": Problem}, 422: {"model": Problem}},
+    dependencies=[ADMIN],  # reads files on the node's disk
 )
 def explain(req: ExplainRequest, node: Annotated[Node, Depends(get_node)]) -> dict[str, Any]:
     loaded = {m.name for m in node.models.all() if m.status == "ready"}
@@ -59,7 +62,11 @@ def explain(req: ExplainRequest, node: Annotated[Node, Depends(get_node)]) -> di
     return {"studies": [asdict(p) for p in plans], "skipped": skipped}
 
 
-@router.get("/api/routing", summary="The routing rules in force and the last refused change")
+@router.get(
+    "/api/routing",
+    summary="The routing rules in force and the last refused change",
+    dependencies=[ADMIN],  # names the destinations (hosts, ports)
+)
 def routing_state(node: Annotated[Node, Depends(get_node)]) -> dict[str, Any]:
     rf = node.routing.rules
     return {
@@ -74,7 +81,11 @@ def routing_state(node: Annotated[Node, Depends(get_node)]) -> dict[str, Any]:
     }
 
 
-@router.get("/api/models", summary="Model packages: version, SHA-256, provider in use, status")
+@router.get(
+    "/api/models",
+    summary="Model packages: version, SHA-256, provider in use, status",
+    dependencies=[OBSERVER],
+)
 def models(node: Annotated[Node, Depends(get_node)]) -> list[dict[str, Any]]:
     disabled = node.routing.disabled()
     return [
@@ -91,13 +102,17 @@ def models(node: Annotated[Node, Depends(get_node)]) -> list[dict[str, Any]]:
     ]
 
 
-def _switch(node: Node, name: str, disabled: bool) -> dict[str, Any]:
+def _switch(
+    node: Node, name: str, disabled: bool, request: Request, user: AdminUser
+) -> dict[str, Any]:
     known = {m.name for m in node.models.all()} | {
         p.model for p in node.routing.rules.pipelines.values()
     }
     if name not in known:
         raise HTTPException(404, f"no model named {name!r} is loaded or routed")
     node.routing.set_disabled(name, disabled)
+    event = AuditEvent.MODEL_DISABLED if disabled else AuditEvent.MODEL_ENABLED
+    audit(request, event, user.who, detail={"model": name, "via": "http"})
     return {"model": name, "disabled": name in node.routing.disabled()}
 
 
@@ -106,8 +121,10 @@ def _switch(node: Node, name: str, disabled: bool) -> dict[str, Any]:
     summary="Kill switch: the model stops running at once; routed studies are recorded as skipped",
     responses={404: {"model": Problem}},
 )
-def disable(name: str, node: Annotated[Node, Depends(get_node)]) -> dict[str, Any]:
-    return _switch(node, name, True)
+def disable(
+    name: str, request: Request, user: AdminUser, node: Annotated[Node, Depends(get_node)]
+) -> dict[str, Any]:
+    return _switch(node, name, True, request, user)
 
 
 @router.post(
@@ -115,5 +132,7 @@ def disable(name: str, node: Annotated[Node, Depends(get_node)]) -> dict[str, An
     summary="Lift the kill switch set through the API (config and routing-file switches stay)",
     responses={404: {"model": Problem}},
 )
-def enable(name: str, node: Annotated[Node, Depends(get_node)]) -> dict[str, Any]:
-    return _switch(node, name, False)
+def enable(
+    name: str, request: Request, user: AdminUser, node: Annotated[Node, Depends(get_node)]
+) -> dict[str, Any]:
+    return _switch(node, name, False, request, user)

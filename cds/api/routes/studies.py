@@ -4,12 +4,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query
 
+from cds.api.auth import RADIOLOGIST
 from cds.api.deps import get_node
 from cds.api.schemas import Problem, ResultOut, StudyDetailOut, StudyOut
 from cds.domain import StudyState
 from cds.orchestrator import Node
 
-router = APIRouter(prefix="/api/studies", tags=["studies"])
+router = APIRouter(prefix="/api/studies", tags=["studies"], dependencies=[RADIOLOGIST])
 
 
 @router.get("", summary="Received studies, newest first")

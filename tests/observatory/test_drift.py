@@ -31,6 +31,7 @@ from cds.observatory.drift import (
 )
 from cds.observatory.metrics import StoreCollector
 from cds.store.sqlite import SqliteStore
+from cds.store.sqlite_schema import SCHEMA_VERSION
 
 from .test_metrics import CANARIES, canary_headers, inference_result, parse, val
 
@@ -299,4 +300,6 @@ def test_a_version_4_store_gets_the_runs_table(tmp_path: Path) -> None:
     store = SqliteStore(path)
     store.record_run(_run(1, NOW, maker="A", thickness=1.0, score=0.5))
     assert len(store.list_runs()) == 1
-    assert store._query("SELECT value FROM meta WHERE key = 'schema_version'") == [("5",)]
+    assert store._query("SELECT value FROM meta WHERE key = 'schema_version'") == [
+        (str(SCHEMA_VERSION),)
+    ]

@@ -101,6 +101,8 @@ class _HardenedServer(ThreadedAssociationServer):
             tls_version=tls_version,
         )
         assoc.acse = GatedACSE(assoc, self.listener.sources, peer)
+        if not isinstance(assoc.dul, fastpath.FastDUL):  # fast_receive: false
+            fastpath.bound_stock_dul(assoc.dul)
         for event, handler in _STANDARD_LOG_HANDLERS:  # they print requests at DEBUG
             assoc.unbind(event, handler)
 

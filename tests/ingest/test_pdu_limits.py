@@ -4,7 +4,8 @@ The node announces ``dicom.max_pdu_bytes`` as its Maximum Length; a peer whose
 P-DATA-TF header announces more is aborted at once, before its body is read
 (nothing is allocated for it), the refusal is a SECURITY_ALERT in the audit
 trail, and the node goes on serving everyone else. A-ASSOCIATE-RQ and other
-control PDUs are bounded too (1 MiB). Real sockets on 127.0.0.1.
+control PDUs are bounded too (1 MiB). Both receive loops (cds' fast path and
+pynetdicom's stock one, ``dicom.fast_receive: false``). Real sockets on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from .test_scp import CT, ct, stored_files
 MAX_PDU = 16_384
 
 
-@pytest.fixture
-def limited(tmp_path: Path) -> Iterator[tuple[Node, SpyAudit]]:
-    node, audit = start_node(make_settings(tmp_path / "home", dicom={"max_pdu_bytes": MAX_PDU}))
+@pytest.fixture(params=[True, False], ids=["fast_receive", "stock_pynetdicom"])
+def limited(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Node, SpyAudit]]:
+    dicom = {"max_pdu_bytes": MAX_PDU, "fast_receive": request.param}
+    node, audit = start_node(make_settings(tmp_path / "home", dicom=dicom))
     try:
         yield node, audit
     finally:

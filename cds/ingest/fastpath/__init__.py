@@ -48,7 +48,7 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHandler
 
 from cds.ingest.fastpath.association import FastAssociation, _silent, encode_c_store_rsp
-from cds.ingest.fastpath.dul import MAX_CONTROL_PDU, FastDUL, PduTooLarge
+from cds.ingest.fastpath.dul import MAX_CONTROL_PDU, FastDUL, PduTooLarge, bound_stock_dul
 
 PYNETDICOM_SERIES = "3.0."
 
@@ -58,6 +58,7 @@ __all__ = [
     "FastDUL",
     "FastRequestHandler",
     "PduTooLarge",
+    "bound_stock_dul",
     "encode_c_store_rsp",
     "install",
 ]

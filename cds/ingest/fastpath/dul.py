@@ -211,34 +211,10 @@ class FastDUL(DULServiceProvider):
         return on_socket
 
     def _refuse_pdu(self, exc: PduTooLarge) -> None:
-        """A-ABORT the association and drop the connection without reading the PDU.
-
-        Its body is never read (nothing is allocated for it); the state machine
-        is bypassed as for any DUL exception, since what follows on the wire is
-        the refused PDU's body, not a PDU.
-        """
-        _DUL_LOG.warning(str(exc) + ", aborting association")
-        self.refused_pdu = exc
-        sock = cast(AssociationSocket, self.socket)
-        abort_pdu = A_ABORT_RQ()
-        abort_pdu.source, abort_pdu.reason_diagnostic = _ABORT_INVALID_PARAMETER
-        with contextlib.suppress(Exception):
-            sock.send(abort_pdu.encode())
-        self.assoc.is_aborted = True
-        self.assoc.is_established = False
-        self.assoc._kill = True
-        self._kill_thread = True
-        with contextlib.suppress(Exception):
-            sock.close()
-        evt.trigger(self.assoc, evt.EVT_ABORTED, {})
+        refuse_pdu(self, exc)
 
     def _pdu_limit(self, pdu_type: int) -> int | None:
-        """The most bytes a PDU of this type may announce, None = no limit."""
-        if pdu_type != 0x04:
-            return MAX_CONTROL_PDU
-        # the Maximum Length we announced bounds the P-DATA-TF variable field (PS3.8 D.1)
-        limit = self.assoc.acceptor.maximum_length if self.assoc.is_acceptor else None
-        return limit or None
+        return pdu_limit(self.assoc, pdu_type)
 
     # --- reading PDUs -------------------------------------------------------
     def _read_pdu_data(self) -> None:
@@ -325,6 +301,92 @@ class FastDUL(DULServiceProvider):
         primitive = P_DATA()
         primitive._presentation_data_value_list = items  # memoryviews: no copy
         self.assoc.dimse.receive_primitive(primitive)
+
+
+# --- the PDU bound, shared with pynetdicom's stock DUL (bound_stock_dul) ----------------
+def pdu_limit(assoc: Association, pdu_type: int) -> int | None:
+    """The most bytes a PDU of this type may announce, None = no limit."""
+    if pdu_type != 0x04:
+        return MAX_CONTROL_PDU
+    # the Maximum Length we announced bounds the P-DATA-TF variable field (PS3.8 D.1)
+    limit = assoc.acceptor.maximum_length if assoc.is_acceptor else None
+    return limit or None
+
+
+def refuse_pdu(dul: DULServiceProvider, exc: PduTooLarge) -> None:
+    """A-ABORT the association and drop the connection without reading the PDU.
+
+    Its body is never read (nothing is allocated for it); the state machine is
+    bypassed as for any DUL exception, since what follows on the wire is the
+    refused PDU's body, not a PDU. EVT_ABORTED tells the listener (audit).
+    """
+    _DUL_LOG.warning(str(exc) + ", aborting association")
+    dul.refused_pdu = exc  # type: ignore[attr-defined]
+    sock = cast(AssociationSocket, dul.socket)
+    abort_pdu = A_ABORT_RQ()
+    abort_pdu.source, abort_pdu.reason_diagnostic = _ABORT_INVALID_PARAMETER
+    with contextlib.suppress(Exception):
+        sock.send(abort_pdu.encode())
+    assoc = dul.assoc
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc._kill = True
+    dul._kill_thread = True
+    with contextlib.suppress(Exception):
+        sock.close()
+    evt.trigger(assoc, evt.EVT_ABORTED, {})
+
+
+def bound_stock_dul(dul: DULServiceProvider) -> None:
+    """Give pynetdicom's own DUL (``dicom.fast_receive: false``) the same PDU bound.
+
+    Its ``_read_pdu_data`` reads whatever length a header announces; this
+    replaces it, on this instance only, by the same steps with the bound checked
+    between header and body.
+    """
+    dul.refused_pdu = None  # type: ignore[attr-defined]
+
+    def read_pdu_data() -> None:
+        """Replaces ``DULServiceProvider._read_pdu_data`` (same steps and log lines)."""
+        sock = cast(AssociationSocket, dul.socket)
+        try:
+            header = sock.recv(6)
+            if len(header) < 6:
+                dul.event_queue.put("Evt17")
+                return
+            pdu_type, _, pdu_length = _PDU_HEADER.unpack(header)
+            if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+                _DUL_LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+                dul.event_queue.put("Evt19")
+                return
+            limit = pdu_limit(dul.assoc, pdu_type)
+            if limit is not None and pdu_length > limit:
+                refuse_pdu(dul, PduTooLarge(pdu_type, pdu_length, limit))
+                return
+            body = sock.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            _DUL_LOG.error("Connection closed before the entire PDU was received")
+            _DUL_LOG.exception(exc)
+            dul.event_queue.put("Evt17")
+            return
+        if len(body) != pdu_length:
+            _DUL_LOG.error(
+                f"The received PDU is shorter than expected ({6 + len(body)} of "
+                f"{6 + pdu_length} bytes received)"
+            )
+            dul.event_queue.put("Evt17")
+            return
+        try:
+            pdu, event = dul._decode_pdu(header + body)
+            dul.event_queue.put(event)
+        except Exception as exc:
+            _DUL_LOG.error("Unable to decode the received PDU data")
+            _DUL_LOG.exception(exc)
+            dul.event_queue.put("Evt19")
+            return
+        dul._recv_pdu.put(pdu)
+
+    dul._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
 
 
 def _recv_exactly(sock: socket.socket, view: memoryview) -> int:

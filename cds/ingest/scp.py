@@ -49,7 +49,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
-from cds.errors import IngestError
+from cds.errors import ConfigError, IngestError
 from cds.ingest import fastpath
 from cds.ingest.instance import STATUS_PROCESSING_FAILURE, safe_message
 from cds.ingest.receiver import Receiver
@@ -264,7 +264,13 @@ class DicomListener:
         host, port = self.address
         log.info("ingest.listener_started", ae_title=cfg.ae_title, host=host, port=port)
         if self._tls_context is not None:
-            tls = self._serve(_TlsServer, cfg.tls.port, "cds-dicom-tls-accept")
+            try:
+                tls = self._serve(_TlsServer, cfg.tls.port, "cds-dicom-tls-accept")
+            except OSError as exc:
+                self.stop()
+                raise ConfigError(
+                    [f"dicom.tls.port: cannot listen on {host}:{cfg.tls.port} ({exc.strerror})"]
+                ) from exc
             assert isinstance(tls, _TlsServer)
             self._tls_server = tls
             log.info(

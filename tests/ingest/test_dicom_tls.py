@@ -499,3 +499,17 @@ def test_tls_settings_errors_name_the_setting(tmp_path: Path, pki: Pki) -> None:
 
 
 __all__ = ["Pki", "SpyAudit", "client_context", "make_pki", "start_node", "tls_associate"]
+
+
+def test_a_tls_port_in_use_stops_the_start_naming_the_setting(tmp_path: Path, pki: Pki) -> None:
+    from cds.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        node = Node(tls_settings(tmp_path / "home", pki, tls={"port": port}))
+        with pytest.raises(ConfigError, match=r"dicom\.tls\.port"):
+            node.start()
+        assert not node.listener.listening
+        node.stop()

@@ -8,6 +8,7 @@ empty); 2 configuration error; 3 refused: an instance may carry burned-in text
 from __future__ import annotations
 
 import getpass
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -42,7 +43,13 @@ def _who() -> str:
 @export_app.command("case")
 def export_case_cmd(
     study_key: Annotated[str, typer.Argument(help="study key as listed by 'cds studies'")],
-    out: Annotated[Path, typer.Option("--out", help="new or empty folder to write into")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="new or empty folder to write into (default: a new one in privacy.exports_path)",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="YAML configuration file")
     ] = None,
@@ -60,6 +67,9 @@ def export_case_cmd(
     )
 
     settings = _settings(config, home)
+    if out is None:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        out = settings.exports_path / f"case-{study_key}-{stamp}"
     audit = AuditTrail(settings.audit_path)
     try:
         manifest = export_case(settings, study_key, out)

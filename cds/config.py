@@ -116,18 +116,27 @@ class SourceRule(_Section):
 
 
 class IngestLimits(_Section):
-    """Bounds on what one instance may cost us before it is refused and quarantined."""
+    """Bounds on what one instance may cost us before it is refused and quarantined
+    (cds.ingest.receiver; hostile refusals are kept in <spool>/quarantine)."""
 
     max_dataset_mb: int = Field(
-        4096, ge=1, description="largest data set accepted (MiB, as received)"
+        4096,
+        ge=1,
+        description="largest data set accepted (MiB, as received): 0xA700 past it, "
+        "not quarantined",
     )
     max_inflated_mb: int = Field(
         1024,
         ge=1,
-        description="a deflated data set that inflates past this is refused (decompression bomb)",
+        description="a deflated data set that inflates past this is refused (decompression "
+        "bomb): 0xA700, quarantined; inflation stops at the cap",
     )
     max_sequence_depth: int = Field(
-        32, ge=1, le=500, description="deepest nesting of sequences accepted"
+        32,
+        ge=1,
+        le=500,
+        description="deepest nesting of sequences accepted: 0xC212 past it, quarantined "
+        "(checked by a scan that does not recurse)",
     )
 
 
@@ -465,9 +474,15 @@ class PrivacySettings(_Section):
     """De-identification of anything that leaves other than results to the PACS."""
 
     key_file: Path | None = Field(
-        None, description="pseudonymisation key, kept on site (default: <home>/keys/deid.key)"
+        None,
+        description="pseudonymisation key, kept on site: the same key gives the same "
+        "pseudonyms and UIDs across exports; created 0600 if missing "
+        "(default: <home>/keys/deid.key)",
     )
-    exports_path: Path | None = Field(None, description="default: <home>/exports")
+    exports_path: Path | None = Field(
+        None,
+        description="where 'cds export case' writes without --out (default: <home>/exports)",
+    )
 
 
 class ObservatorySettings(_Section):

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cds.audit import AuditEvent, AuditTrail
 from cds.domain import (
     Delivery,
     DeliveryState,
@@ -142,7 +143,14 @@ def cancel_job(store: StateStore, job_id: str) -> Job:
 
 
 def purge_study(
-    store: StateStore, spool: Spool, study_key: str, force: bool = False
+    store: StateStore,
+    spool: Spool,
+    study_key: str,
+    force: bool = False,
+    *,
+    audit: AuditTrail | None = None,
+    who: str = "system",
+    reason: str = "admin",
 ) -> PurgeResult:
     """Delete a study's spooled files; keep the study row and its history (``purged``).
 
@@ -153,6 +161,9 @@ def purge_study(
     records of missing files (purge again to finish), never unrecorded files
     that start-up reconciliation would bring back. An instance sent again
     later is stored and recorded as new, and re-opens the study.
+
+    Recorded in ``audit`` (``purge``, by ``who``, ``reason`` admin or retention)
+    once done.
     """
     detail = _study(store, study_key)
     state = detail.summary.state
@@ -186,14 +197,25 @@ def purge_study(
     purged = store.mark_purged(
         study_key,
         recorded,
-        f"by admin{' (forced, was ' + state.value + ')' if force else ''}: {removed} file(s) "
+        f"by {reason}{' (forced, was ' + state.value + ')' if force else ''}: {removed} file(s) "
         f"removed ({instances} instance(s), {superseded} superseded version(s), "
         f"{len(unrecorded)} unrecorded); history kept",
     )
     spool.remove_study_folder(study_key)
-    return PurgeResult(
+    result = PurgeResult(
         study_key, removed, instances, superseded, len(unrecorded), cancelled, purged
     )
+    if audit is not None:
+        audit.record(
+            AuditEvent.PURGE,
+            who=who,
+            study_key=study_key,
+            detail={"reason": reason, "forced": force, "files_removed": removed,
+                    "instances": instances, "superseded_versions": superseded,
+                    "unrecorded_files": len(unrecorded), "jobs_cancelled": len(cancelled),
+                    "complete": purged},
+        )  # fmt: skip
+    return result
 
 
 # --- deliveries ---------------------------------------------------------------

@@ -30,6 +30,7 @@ import typer
 
 from cds import admin
 from cds.api.schemas import JobOut, QueueOut
+from cds.audit import AuditTrail, cli_actor
 from cds.config import Settings, load_settings
 from cds.domain import JobState
 from cds.errors import AdminError, ConfigError
@@ -275,10 +276,15 @@ def study_purge_cmd(
                 abort=True,
             )
         spool = Spool(settings.spool_path, 0)
+        trail = AuditTrail(settings.audit_path)  # the same trail as the node's, locked
         try:
-            r = admin.purge_study(store, spool, study_key, force)
+            r = admin.purge_study(
+                store, spool, study_key, force, audit=trail, who=cli_actor(), reason="admin"
+            )
         except AdminError as exc:
             raise _fail(str(exc)) from None
+        finally:
+            trail.close()
     finally:
         store.close()
     typer.echo(

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cds.audit import AuditEvent, AuditTrail, cli_actor
 from cds.cli_admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _fail, _settings, _store
 from cds.observatory.export import DEFAULT_MIN_COUNT, build_export, to_csv
 from cds.observatory.stats import (
@@ -147,10 +148,28 @@ def export(
     suppressed = sum(
         1 for row in data["rows"] for v in row.values() if isinstance(v, dict) and v["suppressed"]
     )
+    _record_export(config, home, out, fmt, rows=len(data["rows"]), models=len(data["models"]))
     typer.echo(
         f"wrote {out}: {len(data['rows'])} model-week row(s), {len(data['models'])} model "
         f"version(s), {suppressed} figure(s) suppressed (fewer than {min_count})"
     )
+
+
+def _record_export(
+    config: Path | None, home: Path | None, out: Path, fmt: ExportFormat, *, rows: int, models: int
+) -> None:
+    """An export leaves the node: the audit trail says who wrote what, where."""
+    trail = AuditTrail(_settings(config, home).audit_path)
+    try:
+        trail.record(
+            AuditEvent.EXPORT,
+            who=cli_actor(),
+            detail={"what": "observatory figures (aggregated, de-identified)",
+                    "format": fmt.value, "to": str(out.resolve()), "rows": rows,
+                    "model_versions": models},
+        )  # fmt: skip
+    finally:
+        trail.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,8 @@ from pydicom import dcmread
 
 from cds import __version__
 from cds.audit import AuditEvent, AuditTrail
+from cds.audit.config import record_config
+from cds.audit.syslog import SyslogForwarder
 from cds.config import Settings
 from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker
@@ -32,6 +34,7 @@ from cds.inference.registry import ModelRegistry
 from cds.inference.session import DeviceSlots
 from cds.ingest.assembler import Assembler
 from cds.ingest.receiver import Receiver
+from cds.ingest.retention import Retention
 from cds.ingest.scp import DicomListener
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
@@ -90,6 +93,7 @@ class Node:
             settings.routing.disabled_models,
             settings.home / "disabled_models.json",
             settings.routing.reload_interval_s,
+            audit=self.audit,
         )
         self.delivery = DeliveryWorker(
             self.store,
@@ -97,6 +101,7 @@ class Node:
             settings.results_path,
             lambda: self.routing.rules.destinations,
             settings.dicom.ae_title,
+            audit=self.audit,
         )
         self.notifier = Notifier(  # urgent findings to a RIS/worklist: only if configured
             self.store,
@@ -104,6 +109,13 @@ class Node:
             routing=lambda: self.routing.rules,
             language=settings.results.language,
         )
+        self.retention = Retention(self.store, self.spool, settings.retention, self.audit)
+        self.audit_syslog: SyslogForwarder | None = None
+        if settings.audit.syslog is not None:  # the trail is its spool: nothing is lost
+            self.audit_syslog = SyslogForwarder(
+                settings.audit_path, settings.audit.syslog, ae_title=settings.dicom.ae_title
+            )
+            self.audit.add_listener(self.audit_syslog.kick)
         self._consumers: list[StudyConsumer] = [self._run_pipelines, self._read_feedback]
         self.listener.on_association_end = self._association_ended
         self.started_at: float | None = None
@@ -131,7 +143,7 @@ class Node:
         if files:
             detail = self.store.get_study(study_key)
             calling = detail.summary.calling_ae if detail else "UNKNOWN"
-            read_feedback(self.store, study_key, files, calling)
+            read_feedback(self.store, study_key, files, calling, audit=self.audit)
 
     def _association_ended(self, study_keys: list[str]) -> None:
         """A sender finished a batch: rules whose required series are now all present
@@ -153,6 +165,8 @@ class Node:
 
     # --- life cycle ------------------------------------------------------
     def start(self) -> None:
+        if self.audit_syslog is not None:
+            self.audit_syslog.start()  # what a stop left unsent goes out now
         self.spool.open()
         self.reconcile()
         self.models.load()  # a broken package is reported and skipped, never fatal
@@ -163,10 +177,14 @@ class Node:
         self.assembler.start()
         self.delivery.start()  # what a stop left in the outbox goes out now
         self.notifier.start()
+        self.retention.start()  # off unless retention.spool_days is set
         self.started_at = time.time()
         log.info("node.started", version=__version__, home=str(self.settings.home))
+        config_sha = record_config(self.audit, self.settings)  # config_changed, if it did
         self.audit.record(
-            AuditEvent.APPLICATION_START, who="system", detail={"version": __version__}
+            AuditEvent.APPLICATION_START,
+            who="system",
+            detail={"version": __version__, "config_sha256": config_sha},
         )
         self.resume()
 
@@ -223,6 +241,7 @@ class Node:
         if self._stopped:
             return
         self._stopped = True
+        self.retention.stop()
         self.assembler.stop()
         self.routing.stop()
         self.listener.stop()
@@ -233,6 +252,8 @@ class Node:
         self.audit.record(
             AuditEvent.APPLICATION_STOP, who="system", detail={"version": __version__}
         )
+        if self.audit_syslog is not None:
+            self.audit_syslog.stop()  # one last try; the rest is sent at the next start
         self.audit.close()
         log.info("node.stopped")
 

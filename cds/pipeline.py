@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cds.audit import AuditEvent
 from cds.domain import JobState, ResultObject, ResultRef, ResultState, StudyState
 from cds.errors import CdsError
 from cds.faults import failpoint
@@ -326,6 +327,16 @@ def _run_series(
     node.store.record_results(
         rows, destinations, superseded=[r.sop_uid for r in rejected], priority=priority
     )
+    rec = out.result.record
+    node.audit.record(
+        AuditEvent.RESULTS_PRODUCED,
+        who="system",
+        study_key=study_key,
+        detail={"model": rec.model, "version": rec.version, "sha256": rec.sha256,
+                "job": job_kind, "objects": len(rows),
+                "kinds": sorted({r.modality for r in rows}), "superseded": len(rejected),
+                "destinations": destinations},
+    )  # fmt: skip
     node.store.record_findings(
         findings_of(out.result, out.objects, study_key=study_key, job_kind=job_kind)
     )

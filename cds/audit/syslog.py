@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 import ssl
 import threading
@@ -155,6 +156,8 @@ class SyslogForwarder:
         repository cannot be reached (what is left stays for the next try)."""
         done = 0
         for rec, offset in self._pending():
+            if self._sock is not None and not self._alive(self._sock):
+                self._close()
             if self._sock is None:
                 self._sock = self._connect()
             msg = format_message(
@@ -169,6 +172,15 @@ class SyslogForwarder:
             done += 1
             self.sent += 1
         return done
+
+    @staticmethod
+    def _alive(sock: ssl.SSLSocket) -> bool:
+        """A repository never writes to us: a readable socket is closing (EOF or
+        close_notify). Checking before each message, rather than finding out from a
+        failed write after the kernel took the message, keeps a restart of the
+        repository from losing the first message sent after it."""
+        readable, _, _ = select.select([sock], [], [], 0)
+        return not readable and sock.pending() == 0
 
     def _close(self) -> None:
         if self._sock is not None:

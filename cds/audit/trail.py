@@ -158,7 +158,8 @@ class AuditTrail:
         self.path = path
         self._lock = threading.Lock()
         path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+        with contextlib.suppress(OSError):  # not ours (the CLI as another user): leave it
+            os.chmod(path, 0o700)
         self._file = path / LOG_NAME
         self._head = path / HEAD_NAME
         self._key = read_key(path, create=True) or b""

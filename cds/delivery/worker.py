@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import DeliverySettings
 from cds.delivery.scu import Outcome, describe, store_batch
 from cds.domain import Delivery, DeliveryState
@@ -56,8 +57,10 @@ class DeliveryWorker:
         *,
         sender: Sender = store_batch,
         clock: Callable[[], float] = time.time,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._store = store
+        self._audit = audit if audit is not None else NullAuditTrail()
         self._cfg = settings
         self._root = results_root
         self._destinations = destinations
@@ -138,6 +141,7 @@ class DeliveryWorker:
             )
             per_study[d.study_key].append((d, after, o))
         for study_key, items in per_study.items():
+            self._audit_sent(name, dest, study_key, items)
             ok = [a for _, a, o in items if o.ok]
             if ok:
                 kinds = ", ".join(sorted({a.modality for a in ok}))
@@ -169,6 +173,48 @@ class DeliveryWorker:
                 log.warning(
                     "delivery.dead", study_key=study_key, destination=name, objects=len(dead)
                 )
+
+    def _audit_sent(
+        self,
+        name: str,
+        dest: Destination | None,
+        study_key: str,
+        items: list[tuple[Delivery, Delivery, Outcome]],
+    ) -> None:
+        """One ``instances_sent`` record per destination, study and batch: what went,
+        and apart, what failed (waiting for a retry, or dead: the dead letter)."""
+        where = f"{dest.host}:{dest.port}" if dest is not None else None
+        ok = [a for _, a, o in items if o.ok]
+        waiting = [(a, o) for _, a, o in items if not o.ok and a.state is DeliveryState.PENDING]
+        dead = [(a, o) for _, a, o in items if not o.ok and a.state is DeliveryState.DEAD]
+        groups: list[tuple[AuditOutcome, list[Delivery], str | None, str]] = [
+            (AuditOutcome.SUCCESS, ok, None, "delivered"),
+            (AuditOutcome.MINOR_FAILURE, [a for a, _ in waiting],
+             waiting[0][1].detail if waiting else None, "retry scheduled"),
+            (AuditOutcome.SERIOUS_FAILURE, [a for a, _ in dead],
+             dead[0][1].detail if dead else None, "dead letter"),
+        ]  # fmt: skip
+        for outcome, rows, error, state in groups:
+            if not rows:
+                continue
+            detail: dict[str, object] = {
+                "destination": name,
+                "ae_title": dest.ae_title if dest is not None else None,
+                "objects": len(rows),
+                "kinds": sorted({a.modality for a in rows}),
+                "state": state,
+                "attempts": max(a.attempts for a in rows),
+            }
+            if error:
+                detail["error"] = error[:200]
+            self._audit.record(
+                AuditEvent.INSTANCES_SENT,
+                who="system",
+                outcome=outcome,
+                where=where,
+                study_key=study_key,
+                detail=detail,
+            )
 
     # --- thread ------------------------------------------------------------
     def _run(self) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cds.audit import AuditTrail
 from cds.domain import FeedbackAction, FindingRecord, ResultObject
 from cds.feedback.findings import groups
 from cds.feedback.service import CorrectedLabel, give_feedback
@@ -65,9 +66,17 @@ def _run_of(store: StateStore, ref: ResultObject) -> list[FindingRecord]:
     return [f for f in store.list_findings(ref.study_key) if f.result_sop_uid in run]
 
 
-def read_feedback(store: StateStore, study_key: str, files: Sequence[Path], calling_ae: str) -> int:
+def read_feedback(
+    store: StateStore,
+    study_key: str,
+    files: Sequence[Path],
+    calling_ae: str,
+    *,
+    audit: AuditTrail | None = None,
+) -> int:
     """Record the feedback carried by ``files`` (instances of one study); returns how
-    many feedback records were appended. Never raises for a bad file (it is skipped)."""
+    many feedback records were appended (each also in ``audit`` when given). Never
+    raises for a bad file (it is skipped)."""
     detail = store.get_study(study_key)
     if detail is None:
         return 0
@@ -88,7 +97,7 @@ def read_feedback(store: StateStore, study_key: str, files: Sequence[Path], call
         refs = [ours[u] for u in dict.fromkeys(_referenced(ds)) if u in ours]
         if not refs:
             continue
-        added += _judge(store, ds, refs, f"AE:{calling_ae}")
+        added += _judge(store, ds, refs, f"AE:{calling_ae}", audit)
         store.record_event(
             study_key,
             _SEEN,
@@ -98,7 +107,13 @@ def read_feedback(store: StateStore, study_key: str, files: Sequence[Path], call
     return added
 
 
-def _judge(store: StateStore, ds: Dataset, refs: list[ResultObject], who: str) -> int:
+def _judge(
+    store: StateStore,
+    ds: Dataset,
+    refs: list[ResultObject],
+    who: str,
+    audit: AuditTrail | None = None,
+) -> int:
     modality = str(ds.get("Modality", ""))
     sop = str(ds.SOPInstanceUID)
     findings: dict[str, FindingRecord] = {}
@@ -137,6 +152,7 @@ def _judge(store: StateStore, ds: Dataset, refs: list[ResultObject], who: str) -
             source="dicom",
             reason=why,
             corrected=label,
+            audit=audit,
         )
     return len(verdicts)
 

@@ -11,6 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from cds.audit import AuditEvent, AuditTrail
 from cds.domain import Feedback, FeedbackAction, FindingRecord
 from cds.errors import FeedbackError
 from cds.store.base import StateStore
@@ -39,8 +40,13 @@ def give_feedback(
     reason: str = "",
     corrected: CorrectedLabel | None = None,
     now: float | None = None,
+    audit: AuditTrail | None = None,
 ) -> Feedback:
-    """Append one feedback record on a finding of a result; returns it."""
+    """Append one feedback record on a finding of a result; returns it.
+
+    Recorded in ``audit`` (``feedback_given``) when given: who, the action, the
+    model, version and hash, the finding's tracking UID (no reason text: it is
+    free text and may name the patient)."""
     finding = store.get_finding(tracking_uid)
     if finding is None or finding.result_sop_uid != result_sop_uid:
         raise FeedbackError(
@@ -60,11 +66,21 @@ def give_feedback(
         raise FeedbackError(
             INVALID, f"corrected_label is only for action 'correct', not {action.value!r}"
         )
-    return store.add_feedback(
+    fb = store.add_feedback(
         _record(
             finding, action, who=who, source=source, reason=reason, corrected=corrected, now=now
         )
     )
+    if audit is not None:
+        audit.record(
+            AuditEvent.FEEDBACK_GIVEN,
+            who=who if who.startswith(("AE:", "user:")) else f"user:{who}",
+            study_key=fb.study_key,
+            detail={"action": fb.action.value, "source": source, "model": fb.model,
+                    "version": fb.version, "sha256": fb.sha256,
+                    "tracking_uid": fb.tracking_uid, "feedback_id": fb.feedback_id},
+        )  # fmt: skip
+    return fb
 
 
 def _record(

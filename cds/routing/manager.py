@@ -8,11 +8,13 @@ so they survive a restart.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
 from pathlib import Path
 
+from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.logging import get_logger
 from cds.routing.rules import RoutingFile, RoutingFileError, load_routing
 
@@ -26,8 +28,12 @@ class RoutingManager:
         disabled_by_config: list[str],
         state_file: Path,
         interval_s: float = 2.0,
+        *,
+        audit: AuditTrail | None = None,
     ) -> None:
         self.path = path
+        self._audit = audit if audit is not None else NullAuditTrail()
+        self._sha256: str | None = None  # of the file in force
         self._config_disabled = set(disabled_by_config)
         self._state_file = state_file
         self._interval = interval_s
@@ -60,10 +66,18 @@ class RoutingManager:
         if mtime is not None and mtime == self._mtime:
             return False
         self._mtime = mtime
+        new_sha = _sha256(self.path)
         try:
             rules = load_routing(self.path)
         except RoutingFileError as exc:
             self.last_errors = exc.errors
+            self._audit.record(
+                AuditEvent.ROUTING_CHANGED,
+                who="system",
+                outcome=AuditOutcome.MINOR_FAILURE,
+                detail={"file": self.path.name, "sha256": new_sha, "in_force": self._sha256,
+                        "refused": True, "errors": len(exc.errors)},
+            )  # fmt: skip
             log.error(
                 "routing.file_refused",
                 file=str(self.path),
@@ -74,6 +88,13 @@ class RoutingManager:
         with self._lock:
             self._rules = rules
         self.last_errors = []
+        self._audit.record(
+            AuditEvent.ROUTING_CHANGED,
+            who="system",
+            detail={"file": self.path.name, "old_sha256": self._sha256, "new_sha256": new_sha,
+                    "rules": len(rules.rules), "destinations": len(rules.destinations)},
+        )  # fmt: skip
+        self._sha256 = new_sha
         log.info(
             "routing.rules_loaded",
             file=str(self.path),
@@ -88,7 +109,8 @@ class RoutingManager:
         with self._lock:
             return self._config_disabled | self._api_disabled | set(self._rules.disabled_models)
 
-    def set_disabled(self, model: str, disabled: bool) -> None:
+    def set_disabled(self, model: str, disabled: bool, *, who: str = "system") -> None:
+        """The kill switch: ``who`` is recorded in the audit trail."""
         with self._lock:
             (self._api_disabled.add if disabled else self._api_disabled.discard)(model)
             data = json.dumps(sorted(self._api_disabled))
@@ -96,6 +118,11 @@ class RoutingManager:
         tmp.write_text(data)
         os.replace(tmp, self._state_file)
         log.warning("routing.model_disabled" if disabled else "routing.model_enabled", model=model)
+        self._audit.record(
+            AuditEvent.MODEL_DISABLED if disabled else AuditEvent.MODEL_ENABLED,
+            who=who,
+            detail={"model": model, "by": "kill switch"},
+        )
 
     # --- life cycle --------------------------------------------------------------
     def _run(self) -> None:
@@ -112,3 +139,10 @@ class RoutingManager:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None

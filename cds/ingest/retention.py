@@ -1,0 +1,124 @@
+"""Retention: spooled images go once a study is old and its results are delivered.
+
+Every ``retention.check_interval_s`` a background thread looks for studies that
+
+- are done or failed (nothing receiving, waiting or processing),
+- received their last instance more than ``retention.spool_days`` ago, and
+- have no delivery still pending or dead (every result is in the PACS),
+
+and purges their spooled files with the admin purge (``cds.admin.purge_study``):
+the study's row and history stay, marked purged, and the purge is recorded in
+the audit trail (``purge``, who ``system``, reason ``retention``). Off when
+``spool_days`` is not set. A study the purge refuses (a job started meanwhile)
+waits for the next pass.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from cds.admin import PurgeResult, purge_study
+from cds.audit import AuditTrail
+from cds.config import RetentionSettings
+from cds.domain import DeliveryState, StudyState
+from cds.errors import AdminError
+from cds.ingest.spool import Spool
+from cds.logging import get_logger
+from cds.store.base import StateStore
+
+log = get_logger("cds.retention")
+
+DAY_S = 86_400.0
+#: study states whose images may go (work on them is over)
+FINISHED = (StudyState.DONE, StudyState.FAILED)
+#: delivery states that mean a result is not in the PACS yet
+UNDELIVERED = (DeliveryState.PENDING, DeliveryState.DEAD)
+MAX_STUDIES = 100_000
+
+
+class Retention:
+    def __init__(
+        self,
+        store: StateStore,
+        spool: Spool,
+        settings: RetentionSettings,
+        audit: AuditTrail,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._spool = spool
+        self._cfg = settings
+        self._audit = audit
+        self._clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._cfg.spool_days is not None
+
+    def eligible(self) -> list[str]:
+        """Keys of the studies whose images may be purged now."""
+        if self._cfg.spool_days is None:
+            return []
+        cutoff = self._clock() - self._cfg.spool_days * DAY_S
+        keys = []
+        for state in FINISHED:
+            for s in self._store.list_studies(state, limit=MAX_STUDIES):
+                if s.last_received_at >= cutoff:
+                    continue
+                if any(
+                    self._store.list_deliveries(study_key=s.study_key, state=d, limit=1)
+                    for d in UNDELIVERED
+                ):
+                    continue
+                keys.append(s.study_key)
+        return keys
+
+    def run_once(self) -> list[PurgeResult]:
+        """Purge every eligible study; returns what was purged."""
+        done = []
+        for key in self.eligible():
+            try:
+                done.append(
+                    purge_study(
+                        self._store, self._spool, key,
+                        audit=self._audit, who="system", reason="retention",
+                    )
+                )  # fmt: skip
+            except AdminError as exc:  # busy again since we looked: next pass
+                log.info("retention.skipped", study_key=key, reason=str(exc)[:200])
+        if done:
+            log.info(
+                "retention.purged",
+                studies=len(done),
+                files=sum(r.files_removed for r in done),
+                spool_days=self._cfg.spool_days,
+            )
+        return done
+
+    # --- thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:  # a pass at start, then one every check_interval_s
+            try:
+                self.run_once()
+            except Exception as exc:  # a store hiccup must not end retention
+                log.error("retention.failed", error_type=type(exc).__name__, error=str(exc)[:200])
+            if self._stop.wait(self._cfg.check_interval_s):
+                return
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="cds-retention", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None

@@ -7,6 +7,7 @@ repair what is broken). Then DCMTK's dcmsend sends what it can read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,9 @@ pytestmark = [
 
 MALFORMED = CORPUS / "malformed"
 
-#: statuses a malformed data set may get; 0xC211 (internal error) is a node bug
-ALLOWED_STATUSES = {0x0000, 0xC210, 0xC220, 0xC221, 0xC222, 0xA900}
+#: statuses a malformed data set may get; 0xC211 (internal error) is a node bug;
+#: 0xC212: sequences nested past dicom.limits.max_sequence_depth (issue 7)
+ALLOWED_STATUSES = {0x0000, 0xC210, 0xC212, 0xC220, 0xC221, 0xC222, 0xA900}
 
 #: where the outcome is not a matter of tolerance, the status the contract demands
 EXPECTED = {
@@ -216,5 +218,114 @@ def test_i2_r3_dcmsend_malformed_folder(node: CdsNode, tmp_path: Path) -> None:
     assert len(sent) >= 10
     assert all(s.startswith("0x") for s in sent), statuses
     assert not any(s.lower().startswith("0xc211") for s in sent), statuses
+    assert node.health().status_code == 200
+    assert not node.log_problems()
+
+
+def _nested(levels: int) -> bytes:
+    """``levels`` undefined-length sequences, one inside the other: 36 bytes a level."""
+    import struct
+
+    inner = b""
+    for _ in range(levels):
+        inner = (
+            struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+            + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
+            + inner
+            + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+            + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+        )
+    return inner
+
+
+def _encoded(ds: pydicom.Dataset) -> bytes:
+    from io import BytesIO
+
+    buf = BytesIO()
+    ds.save_as(buf, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    return buf.getvalue()
+
+
+def test_i7_hostile_instances_refused_quarantined_node_lives(  # noqa: PLR0915 (one scenario)
+    node_factory: Callable[..., CdsNode],
+) -> None:
+    """issue 7, bad input: over one association, the 36 KB file with 1,000 nested sequences
+    (0xC212), a deflate bomb of a few KB inflating past max_inflated_mb (0xA700) and a data
+    set over max_dataset_mb (0xA700) are refused with an Error Comment; the first two are
+    quarantined with a sidecar, none is stored; the association and the node go on."""
+    import json
+    import zlib
+
+    from pynetdicom import AE
+
+    node = node_factory(
+        {"dicom": {"limits": {"max_dataset_mb": 2, "max_inflated_mb": 1, "max_sequence_depth": 32}}}
+    )
+    good = pydicom.dcmread(CORPUS / "ct" / "CT_small.dcm")
+    base = pydicom.Dataset()
+    for kw in ("SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality"):
+        setattr(base, kw, getattr(good, kw))
+    base.file_meta = pydicom.dataset.FileMetaDataset()
+    base.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+
+    def instance(extra: bytes = b"", **private: bytes) -> tuple[str, bytes]:
+        ds = base.copy()
+        ds.SOPInstanceUID = generate_uid()
+        for _, value in private.items():
+            ds.add_new(0x00090010, "LO", "CDS TEST")
+            ds.add_new(0x00091010, "OB", value)
+        return ds.SOPInstanceUID, _encoded(ds) + extra
+
+    nested_uid, nested = instance(_nested(1000))
+    bomb_uid, plain = instance(pad=b"\0" * (8 * 2**20))
+    bomb = zlib.compress(plain)[2:-4]
+    big_uid, big = instance(pad=b"\1" * (3 * 2**20))
+    assert 36_000 < len(nested) < 37_000
+    assert len(bomb) < 20_000
+
+    ae = AE(ae_title="HOSTILE")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ct, deflated = str(good.SOPClassUID), "1.2.840.10008.1.2.1.99"
+    ae.add_requested_context(UID(ct), [UID("1.2.840.10008.1.2.1")])
+    ae.add_requested_context(UID(ct), [UID(deflated)])
+    ae.add_requested_context(VERIFICATION)
+    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+    assert assoc.is_established
+    nodelay(assoc)
+    cx = {str(c.transfer_syntax[0]): c.context_id for c in assoc.accepted_contexts}
+    outcome = {}
+    try:
+        for msg_id, (name, uid, data, ts) in enumerate(
+            [
+                ("nested", nested_uid, nested, "1.2.840.10008.1.2.1"),
+                ("bomb", bomb_uid, bomb, deflated),
+                ("big", big_uid, big, "1.2.840.10008.1.2.1"),
+            ],
+            start=1,
+        ):
+            rsp = send_raw_store(
+                assoc,
+                context_id=cx[ts],
+                sop_class_uid=ct,
+                sop_uid=uid,
+                dataset=data,
+                message_id=msg_id,
+            )
+            outcome[name] = (int(rsp.Status), str(rsp.get("ErrorComment", "")))
+            assert assoc.send_c_echo().Status == 0x0000, f"C-ECHO after {name}"
+    finally:
+        assoc.release()
+    print(outcome)
+    assert outcome["nested"][0] == 0xC212
+    assert "max_sequence_depth" in outcome["nested"][1]
+    assert outcome["bomb"][0] == 0xA700
+    assert "max_inflated_mb" in outcome["bomb"][1]
+    assert outcome["big"][0] == 0xA700
+    assert "max_dataset_mb" in outcome["big"][1]
+
+    sidecars = sorted((node.home / "spool" / "quarantine").glob("*.json"))
+    reasons = sorted(json.loads(p.read_text())["status"] for p in sidecars)
+    assert reasons == ["0xA700", "0xC212"]
+    assert not list((node.home / "spool" / "studies").rglob("*.dcm"))
     assert node.health().status_code == 200
     assert not node.log_problems()

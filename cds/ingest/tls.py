@@ -107,6 +107,7 @@ def handshake(
     """
     started = time.monotonic()
     deadline = started + timeout_s
+    tls: ssl.SSLSocket | None = None
     try:
         sock.setblocking(False)
         tls = ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
@@ -122,13 +123,13 @@ def handshake(
                 _wait(tls, deadline, write=True)
         tls.setblocking(True)
     except TimeoutError as exc:
-        _close(sock)
+        _close(tls or sock)  # wrap_socket took over the descriptor: close the wrapper
         raise HandshakeError("tls_handshake_timeout", f"no handshake in {timeout_s:g} s") from exc
     except ssl.SSLError as exc:
-        _close(sock)
+        _close(tls or sock)
         raise HandshakeError("tls_handshake_failed", exc.reason or type(exc).__name__) from exc
     except OSError as exc:
-        _close(sock)
+        _close(tls or sock)
         raise HandshakeError("tls_handshake_failed", type(exc).__name__) from exc
     cipher = tls.cipher()
     return tls, Handshake(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import time
@@ -411,6 +412,7 @@ def test_a_partial_handshake_is_dropped_after_the_handshake_timeout(
     tls_node: tuple[Node, SpyAudit],
 ) -> None:
     node, audit = tls_node
+    fds = len(os.listdir("/proc/self/fd"))  # the node runs in this process
     with socket.create_connection(("127.0.0.1", tls_port(node)), timeout=10) as peer:
         # a TLS record header announcing a 512-byte ClientHello, and 4 bytes of it
         peer.sendall(b"\x16\x03\x01\x02\x00" + b"\x01\x00\x01\xfc")
@@ -425,6 +427,10 @@ def test_a_partial_handshake_is_dropped_after_the_handshake_timeout(
     (alert,) = audit.wait_for(AuditEvent.SECURITY_ALERT)
     assert alert.detail["alert"] == "tls_handshake_timeout"
     assert alert.where == "127.0.0.1"
+    deadline = time.monotonic() + 2
+    while len(os.listdir("/proc/self/fd")) > fds and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(os.listdir("/proc/self/fd")) <= fds  # the node closed its end too
 
 
 def test_the_accepted_tls_socket_gets_the_network_timeout(tmp_path: Path, pki: Pki) -> None:

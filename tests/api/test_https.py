@@ -1,0 +1,203 @@
+"""issue 7 'HTTPS': ``cds serve`` with http.tls_cert_file / tls_key_file speaks HTTPS
+(uvicorn given the certificate and key). A CA and a server certificate for
+127.0.0.1 are made here with ``cryptography``; httpx trusts that CA only. The
+real CLI runs in a subprocess on free loopback ports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cds.api.session import COOKIE
+
+from ..conftest import REPO, free_port
+from .authkit import TOKENS, bearer, csrf_of, token_entries
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_pki(folder: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate, server key), PEM; the server is 127.0.0.1."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("cds test CA"))
+        .issuer_name(_name("cds test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    paths[2].chmod(0o600)
+    return paths
+
+
+def _config(tmp: Path, cert: Path, key: Path, port: int) -> Path:
+    cfg = tmp / "cds.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "home": str(tmp / "home"),
+                "dicom": {"host": "127.0.0.1", "port": free_port()},
+                "http": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "tls_cert_file": str(cert),
+                    "tls_key_file": str(key),
+                    "auth": {"mode": "token", "tokens": token_entries()},
+                },
+                "spool": {"min_free_mb": 1},
+                "inference": {"model_dirs": []},
+                "log": {"format": "console", "level": "warning"},
+            }
+        )
+    )
+    return cfg
+
+
+def _serve(cfg: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cds", "serve", "--config", str(cfg)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def https_node(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext]]:
+    ca, cert, key = make_pki(tmp_path)
+    port = free_port()
+    proc = _serve(_config(tmp_path, cert, key, port))
+    trust = ssl.create_default_context(cafile=str(ca))
+    base = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (proc.stdout.read() if proc.stdout else b"").decode()
+            try:
+                if httpx.get(f"{base}/health", verify=trust, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "cds serve did not answer over HTTPS"
+            time.sleep(0.2)
+        yield base, trust
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_speaks_https_with_the_configured_certificate(
+    https_node: tuple[str, ssl.SSLContext],
+) -> None:
+    base, trust = https_node
+    with httpx.Client(base_url=base, verify=trust) as c:
+        assert c.get("/health").json() == {"status": "ok"}
+        assert c.get("/api/queue", headers=bearer("observer")).status_code == 200
+        assert c.get("/api/queue").status_code == 401
+        # the page session cookie is Secure under HTTPS
+        form = c.get("/login")
+        assert "Secure" in form.headers["set-cookie"]
+        got = c.post(
+            "/login",
+            data={"csrf": csrf_of(form.text), "token": TOKENS["radiologist"]},
+            follow_redirects=False,
+        )
+        assert got.status_code == 303
+        cookie = got.headers["set-cookie"]
+        assert cookie.startswith(f"{COOKIE}=")
+        assert "Secure" in cookie
+        assert "HttpOnly" in cookie
+    # a client that does not trust our CA refuses the certificate
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base}/health", timeout=5)
+    # plain HTTP on the HTTPS port gets no answer from the API
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(base.replace("https://", "http://") + "/health", timeout=5)
+
+
+def test_serve_refuses_a_missing_certificate(tmp_path: Path) -> None:
+    _, cert, key = make_pki(tmp_path)
+    cfg = _config(tmp_path, tmp_path / "missing.pem", key, free_port())
+    proc = _serve(cfg)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert b"http.tls_cert_file: no such file" in out
+    assert cert.exists()

@@ -433,6 +433,41 @@ def test_a_partial_handshake_is_dropped_after_the_handshake_timeout(
     assert len(os.listdir("/proc/self/fd")) <= fds  # the node closed its end too
 
 
+def test_a_trickled_handshake_is_dropped_at_the_deadline(
+    tls_node: tuple[Node, SpyAudit],
+) -> None:
+    """One byte every 0.25 s would reset a per-read timeout forever; the node's
+    handshake has one deadline."""
+    node, audit = tls_node
+    with socket.create_connection(("127.0.0.1", tls_port(node)), timeout=10) as peer:
+        peer.sendall(b"\x16\x03\x01\x02\x00")
+        started = time.monotonic()
+        closed_after = None
+        while time.monotonic() - started < HANDSHAKE_TIMEOUT + 3:
+            try:
+                peer.sendall(b"\x01")
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            time.sleep(0.25)
+            peer.setblocking(False)
+            try:
+                if peer.recv(4096) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            finally:
+                peer.setblocking(True)
+    assert closed_after is not None, "the trickling peer was never dropped"
+    assert closed_after < HANDSHAKE_TIMEOUT + 1.0
+    (alert,) = audit.wait_for(AuditEvent.SECURITY_ALERT)
+    assert alert.detail["alert"] == "tls_handshake_timeout"
+
+
 def test_the_accepted_tls_socket_gets_the_network_timeout(tmp_path: Path, pki: Pki) -> None:
     """After the handshake, half a PDU is dropped after dicom.network_timeout_s."""
     node, _ = start_node(tls_settings(tmp_path / "home", pki, network_timeout_s=1.0))

@@ -116,6 +116,8 @@ class Deidentifier:
         ds.preamble = b"\x00" * 128  # CVE-2019-11687: no polyglot
         meta = FileMetaDataset()
         old = getattr(ds, "file_meta", None)
+        if "SOPClassUID" not in ds and old is not None and "MediaStorageSOPClassUID" in old:
+            ds.SOPClassUID = old.MediaStorageSOPClassUID  # received without it: from the request
         meta.MediaStorageSOPClassUID = ds.SOPClassUID
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ts: str = "1.2.840.10008.1.2.1"

@@ -138,6 +138,12 @@ class IngestLimits(_Section):
         description="deepest nesting of sequences accepted: 0xC212 past it, quarantined "
         "(checked by a scan that does not recurse)",
     )
+    max_quarantine_mb: int = Field(
+        1024,
+        ge=0,
+        description="bytes kept in <spool>/quarantine at most (MiB); past it, or below the "
+        "spool watermark, only the sidecar of a refused data set is written",
+    )
 
 
 class DicomSettings(_Section):

@@ -217,6 +217,7 @@ class Receiver:
                 calling_ae=calling_ae.strip(),
                 sop_class_uid=sop_class_uid,
                 sop_uid=sop_uid,
+                max_bytes=self._settings.dicom.limits.max_quarantine_mb * 2**20,
             )
         except OSError as err:  # the refusal stands even if it cannot be kept
             log.error("ingest.quarantine_failed", error_type=type(err).__name__, reason=str(exc))

@@ -222,19 +222,25 @@ class Spool:
         calling_ae: str,
         sop_class_uid: str,
         sop_uid: str,
+        max_bytes: int,
     ) -> str:
         """Keep a refused data set aside for inspection, with a JSON sidecar saying why.
 
         The sidecar holds no patient data: the refusal (cds' own words), the status,
         the calling AE, the time, the request's SOP Class and Instance UIDs, size
-        and SHA-256. The bytes are kept only if the disk stays above the watermark.
-        Returns the name (without suffix) of what was written.
+        and SHA-256. The bytes are kept only while the quarantine holds less than
+        ``max_bytes`` and the disk stays above the watermark, so a flood of hostile
+        data sets cannot fill the disk. Returns the name (without suffix) written.
         """
         folder = self.quarantine_folder
         folder.mkdir(parents=True, exist_ok=True)
         now = time.time()
         name = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + uuid.uuid4().hex[:12]
-        kept = shutil.disk_usage(folder).free - len(dataset) >= self.min_free_bytes
+        held = sum(p.stat().st_size for p in folder.glob("*.dcm"))
+        kept = (
+            held + len(dataset) <= max_bytes
+            and shutil.disk_usage(folder).free - len(dataset) >= self.min_free_bytes
+        )
         if kept:
             _write_durably(folder / f"{name}.dcm", (_PREAMBLE, file_meta, dataset))
         sidecar = {

@@ -339,3 +339,24 @@ def test_limits_are_settings() -> None:
     assert s.dicom.limits.max_sequence_depth == 32
     with pytest.raises(ValueError, match="max_sequence_depth"):
         Settings(dicom={"limits": {"max_sequence_depth": 0}})  # type: ignore[arg-type]
+
+
+def test_quarantine_is_bounded(tmp_path: Path) -> None:
+    """Past max_quarantine_mb only sidecars are written: a flood cannot fill the disk."""
+    from cds.ingest.spool import Spool
+
+    spool = Spool(tmp_path / "spool", 0)
+    spool.open()
+    kw = {
+        "reason": "r",
+        "status": 0xC212,
+        "calling_ae": "X",
+        "sop_class_uid": CT,
+        "sop_uid": "1.2.3",
+        "max_bytes": 100_000,
+    }
+    names = [spool.quarantine(b"", b"\0" * 40_000, **kw) for _ in range(4)]  # type: ignore[arg-type]
+    sides = [json.loads((spool.quarantine_folder / f"{n}.json").read_text()) for n in names]
+    assert [s["file"] is not None for s in sides] == [True, True, False, False]
+    assert len(list(spool.quarantine_folder.glob("*.dcm"))) == 2
+    assert list(spool.iter_files()) == []

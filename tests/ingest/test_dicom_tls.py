@@ -377,7 +377,7 @@ def test_an_idle_peer_on_the_tls_port_delays_nobody(
         time.sleep(0.2)  # accepted; it says nothing
         elapsed = _time_to_associate(tls_port(node), ctx, "CDS", timeout=5)
         assert elapsed is not None, "a TLS client could not associate beside an idle peer"
-        assert elapsed < 1.0
+        assert elapsed < 1.5  # ~15-30 ms measured; stock pynetdicom never gets there
         print(f"\nTLS association beside an idle peer (cds): {elapsed * 1000:.0f} ms")
         del idle
 

@@ -233,6 +233,39 @@ def check_nesting(file_meta: bytes, dataset: bytes, transfer_syntax_uid: str, li
     return deepest
 
 
+def check_file(raw: bytes, *, max_inflated_bytes: int, max_sequence_depth: int) -> None:
+    """The ingest bounds for a Part 10 file read from disk rather than received (``cds
+    process`` on local files, tools): call before any full parse. Raises IngestError.
+    """
+    if raw[128:132] != b"DICM":  # no File Meta: the data set starts at 0, encoding detected
+        check_nesting(b"", raw, EXPLICIT_LE, max_sequence_depth)
+        return
+    meta_end, ts = _read_meta(raw)
+    dataset = raw[meta_end:]
+    if ts == DEFLATED:
+        dataset, ts = inflate(dataset, max_inflated_bytes), EXPLICIT_LE
+    meta = encode_file_meta("1.2.3", "1.2.3", ts, "FILE")  # only for a fallback parse
+    check_nesting(meta, dataset, ts, max_sequence_depth)
+
+
+def _read_meta(raw: bytes) -> tuple[int, str]:
+    """(offset of the data set, Transfer Syntax UID) of a Part 10 file: File Meta walked
+    element by element (its group length may be absent or wrong), Explicit VR LE."""
+    pos, ts = 132, EXPLICIT_LE
+    while pos + 8 <= len(raw) and raw[pos : pos + 2] == b"\x02\x00":
+        (elem,) = struct.unpack_from("<H", raw, pos + 2)
+        if raw[pos + 4 : pos + 6] in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", raw, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", raw, pos + 6)
+            start = pos + 8
+        if elem == 0x0010:
+            ts = raw[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos = start + length
+    return pos, ts
+
+
 def _parsed_depth(ds: Dataset, limit: int) -> int:
     """Nesting of sequences in a parsed data set, walked with an explicit stack."""
     todo: list[tuple[Dataset, int]] = [(ds, 0)]

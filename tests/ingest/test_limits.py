@@ -360,3 +360,24 @@ def test_quarantine_is_bounded(tmp_path: Path) -> None:
     assert [s["file"] is not None for s in sides] == [True, True, False, False]
     assert len(list(spool.quarantine_folder.glob("*.dcm"))) == 2
     assert list(spool.iter_files()) == []
+
+
+def test_check_file_bounds_files_read_from_disk(tmp_path: Path, corpus: Path) -> None:
+    """For tools that read files rather than receive them (cds process): the same bounds."""
+    from cds.ingest.instance import check_file
+
+    bounds = {"max_inflated_bytes": 2**20, "max_sequence_depth": 16}
+    check_file((corpus / "ct" / "CT_small.dcm").read_bytes(), **bounds)
+    ds, data = nested_instance(1000)
+    meta = encode_file_meta(CT, ds.SOPInstanceUID, ExplicitVRLittleEndian, "X")
+    with pytest.raises(IngestError) as err:
+        check_file(b"\0" * 128 + b"DICM" + meta + data, **bounds)
+    assert err.value.status == STATUS_TOO_DEEP
+    with pytest.raises(IngestError) as no_meta:
+        check_file(data, **bounds)
+    assert no_meta.value.status == STATUS_TOO_DEEP
+    bomb = zlib.compress(header_bytes(ct()) + b"\0" * (4 * 2**20))[2:-4]
+    meta = encode_file_meta(CT, "1.2.3", DeflatedExplicitVRLittleEndian, "X")
+    with pytest.raises(IngestError) as big:
+        check_file(b"\0" * 128 + b"DICM" + meta + bomb, **bounds)
+    assert big.value.status == STATUS_TOO_LARGE

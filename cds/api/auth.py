@@ -21,7 +21,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Any, cast
 from urllib.parse import quote
 
@@ -95,15 +95,29 @@ class Authenticator:
             return Identity(user.name, user.role, "oidc"), user.exp
         raise TokenRefused("unknown token")
 
+    def _fingerprint(self, name: str) -> str:
+        """Names the token a session was opened with (a hash of its digest, not the token):
+        a session ends when its token is replaced or removed from the configuration."""
+        for digest, cfg in self._tokens:
+            if cfg.name == name:
+                return hashlib.sha256(digest).hexdigest()[:16]
+        return ""
+
+    def login_session(self, ident: Identity, expires: float | None) -> Session:
+        """A fresh session for a signed-in user (an OIDC one ends with its access token)."""
+        via = f"token:{self._fingerprint(ident.name)}" if ident.via == "token" else ident.via
+        s = self.sessions.new(ident.name, ident.role, via)
+        return replace(s, exp=expires) if expires is not None and expires < s.exp else s
+
     def of_session(self, s: Session | None) -> Identity | None:
-        """A logged-in session's identity, if its token is still configured with that role."""
+        """A signed-in session's identity, while its token is still configured as it was."""
         if s is None or s.name is None or s.role not in RANK:
             return None
-        if s.via == "token" and not any(
-            t.name == s.name and t.role == s.role for _, t in self._tokens
-        ):
-            return None
-        if s.via == "oidc" and self._oidc is None:
+        if s.via is not None and s.via.startswith("token:"):
+            still = any(t.name == s.name and t.role == s.role for _, t in self._tokens)
+            if not still or s.via != f"token:{self._fingerprint(s.name)}":
+                return None
+        elif s.via != "oidc" or self._oidc is None:
             return None
         return Identity(s.name, s.role, "session")
 

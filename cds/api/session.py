@@ -34,7 +34,7 @@ class Session:
     sid: str
     name: str | None  # None: anonymous (no login yet)
     role: str | None
-    via: str | None  # "token" or "oidc"
+    via: str | None  # "token:<fingerprint of the token>" or "oidc"
     exp: float
 
 

@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
 from cds.api.app import create_app
+from cds.api.auth import Authenticator
 from cds.api.session import COOKIE
 from cds.config import Settings
 
@@ -35,6 +36,7 @@ from .authkit import (
     bearer,
     csrf_of,
     login,
+    token_entries,
     token_settings,
 )
 
@@ -135,7 +137,7 @@ def test_admin_acts_are_audited_with_who_asked(client: TestClient, tsettings: Se
     purges = [r for r in _events(tsettings, "purge") if r["who"] == who]
     assert len(purges) == 1
     assert purges[0]["study_key"] == key
-    assert purges[0]["detail"]["via"] == "http"
+    assert purges[0]["detail"]["reason"] == "admin"
 
 
 def test_feedback_api_records_the_signed_in_user_not_the_body(client: TestClient) -> None:
@@ -221,6 +223,19 @@ def test_logout_needs_the_csrf_token_and_ends_the_session(client: TestClient) ->
     assert client.get("/review").status_code == 401
 
 
+def test_a_session_ends_when_its_token_is_replaced(client: TestClient, tsettings: Settings) -> None:
+    assert login(client, TOKENS["radiologist"]).status_code == 303
+    assert client.get("/review").status_code == 200
+    rotated = [dict(t) for t in token_entries()]
+    rotated[1]["token_sha256"] = hashlib.sha256(b"a-new-token-for-dr-martin-8f3").hexdigest()
+    same_key = token_settings(tsettings.home, http={"auth": {"mode": "token", "tokens": rotated}})
+    cookie = client.cookies[COOKIE]
+    before, after = Authenticator(tsettings), Authenticator(same_key)  # same session key
+    assert before.of_session(before.sessions.decode(cookie)) is not None
+    assert after.sessions.decode(cookie) is not None  # a valid signature...
+    assert after.of_session(after.sessions.decode(cookie)) is None  # ...of a replaced token
+
+
 def test_the_session_key_is_kept_0600_in_home_keys(client: TestClient, tsettings: Settings) -> None:
     key = tsettings.keys_path / "session.key"
     assert key.stat().st_mode & 0o777 == 0o600
@@ -235,6 +250,14 @@ def test_mode_none_on_loopback_is_as_before(settings: Settings) -> None:
         assert c.get("/openapi.json").status_code == 200
         page = c.get("/login")
         assert "Authentication is off" in page.text
+        # the review form still needs the CSRF token of the page's (anonymous) session
+        assert c.get("/review").status_code == 200
+        auth = c.app.state.auth  # type: ignore[attr-defined]
+        session = auth.sessions.decode(c.cookies[COOKIE])
+        url = "/review/x/findings/1.2.3"
+        assert c.post(url, data={"action": "accept", "who": "dr.x"}).status_code == 403
+        ok = {"action": "accept", "who": "dr.x", "csrf": auth.sessions.csrf_token(session)}
+        assert c.post(url, data=ok).status_code == 404  # past CSRF: no such finding
 
 
 # --- OIDC ------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ _EN: Final[dict[str, str]] = {
     "no_finding": "No finding {uid} in study {key}.",
     "too_large": "The form is too large.",
     "other_lang": "Français",
-    "auth_note": "No sign-in yet: the login name you give is recorded as given.",
+    "auth_note": "Authentication is off on this node (loopback only): the login name you "
+    "give is recorded as given.",
     "tracking_uid": "Tracking UID",
     "login_title": "Sign in",
     "token_label": "Your access token",
@@ -141,7 +142,8 @@ _FR: Final[dict[str, str]] = {
     "no_finding": "Aucun résultat {uid} dans l'examen {key}.",
     "too_large": "Le formulaire est trop volumineux.",
     "other_lang": "English",
-    "auth_note": "Pas encore d'authentification : l'identifiant saisi est enregistré tel quel.",
+    "auth_note": "L'authentification est désactivée sur ce nœud (boucle locale seulement) : "
+    "l'identifiant saisi est enregistré tel quel.",
     "tracking_uid": "UID de suivi",
     "login_title": "Connexion",
     "token_label": "Votre jeton d'accès",

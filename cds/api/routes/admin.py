@@ -12,13 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from cds import admin
-from cds.api.auth import ADMIN, OBSERVER, AdminUser, audit
+from cds.api.auth import ADMIN, OBSERVER, AdminUser
 from cds.api.deps import get_node
 from cds.api.schemas import DeliveryOut, JobOut, Problem, PurgeOut, QueueOut, RequeuedOut
-from cds.audit import AuditEvent
 from cds.domain import DeliveryState, JobState
 from cds.errors import AdminError
 from cds.logging import get_logger
@@ -104,27 +103,24 @@ def rerun_study(study_key: str, node: NodeDep) -> RequeuedOut:
 def purge_study(
     study_key: str,
     node: NodeDep,
-    request: Request,
     user: AdminUser,
     force: Annotated[
         bool,
         Query(description="purge even while receiving or processing; cancels its open jobs"),
     ] = False,
 ) -> PurgeOut:
-    result = _admin(lambda: admin.purge_study(node.store, node.spool, study_key, force))
+    # cds.admin records the purge in the audit trail, by the caller
+    result = _admin(
+        lambda: admin.purge_study(
+            node.store, node.spool, study_key, force, audit=node.audit, who=user.who
+        )
+    )
     log.info(
         "admin.study_purged",
         study_key=study_key,
         files_removed=result.files_removed,
         forced=force,
         complete=result.purged,
-    )
-    audit(
-        request,
-        AuditEvent.PURGE,
-        user.who,
-        study_key=study_key,
-        detail={"via": "http", "forced": force, "files_removed": result.files_removed},
     )
     return PurgeOut.of(result)
 

@@ -8,7 +8,6 @@ a new session id. Logins and refusals go to the audit trail (never the token).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated
 from urllib.parse import parse_qs
 
@@ -109,9 +108,7 @@ async def login(request: Request, lang: Annotated[str | None, Query()] = None) -
     except TokenRefused as exc:
         await run_in_threadpool(refused_login, request, str(exc), "login form")
         return _login_page(request, page_lang, next_url, 401, t(page_lang, "login_refused"))
-    session = auth.sessions.new(ident.name, ident.role, ident.via)
-    if expires is not None and expires < session.exp:  # an OIDC login ends with its token
-        session = replace(session, exp=expires)
+    session = auth.login_session(ident, expires)
     await run_in_threadpool(
         audit, request, AuditEvent.LOGIN, ident.who, detail={"via": ident.via, "role": ident.role}
     )

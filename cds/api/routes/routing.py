@@ -6,13 +6,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from cds.api.auth import ADMIN, OBSERVER, AdminUser, audit
+from cds.api.auth import ADMIN, OBSERVER, AdminUser, Identity
 from cds.api.deps import get_node
 from cds.api.schemas import Problem
-from cds.audit import AuditEvent
 from cds.orchestrator import Node
 from cds.pipeline import study_series
 from cds.routing.router import read_headers, route
@@ -102,17 +101,14 @@ def models(node: Annotated[Node, Depends(get_node)]) -> list[dict[str, Any]]:
     ]
 
 
-def _switch(
-    node: Node, name: str, disabled: bool, request: Request, user: AdminUser
-) -> dict[str, Any]:
+def _switch(node: Node, name: str, disabled: bool, user: Identity) -> dict[str, Any]:
     known = {m.name for m in node.models.all()} | {
         p.model for p in node.routing.rules.pipelines.values()
     }
     if name not in known:
         raise HTTPException(404, f"no model named {name!r} is loaded or routed")
-    node.routing.set_disabled(name, disabled)
-    event = AuditEvent.MODEL_DISABLED if disabled else AuditEvent.MODEL_ENABLED
-    audit(request, event, user.who, detail={"model": name, "via": "http"})
+    # the routing manager records model_disabled / model_enabled, by the caller
+    node.routing.set_disabled(name, disabled, who=user.who)
     return {"model": name, "disabled": name in node.routing.disabled()}
 
 
@@ -121,10 +117,8 @@ def _switch(
     summary="Kill switch: the model stops running at once; routed studies are recorded as skipped",
     responses={404: {"model": Problem}},
 )
-def disable(
-    name: str, request: Request, user: AdminUser, node: Annotated[Node, Depends(get_node)]
-) -> dict[str, Any]:
-    return _switch(node, name, True, request, user)
+def disable(name: str, user: AdminUser, node: Annotated[Node, Depends(get_node)]) -> dict[str, Any]:
+    return _switch(node, name, True, user)
 
 
 @router.post(
@@ -132,7 +126,5 @@ def disable(
     summary="Lift the kill switch set through the API (config and routing-file switches stay)",
     responses={404: {"model": Problem}},
 )
-def enable(
-    name: str, request: Request, user: AdminUser, node: Annotated[Node, Depends(get_node)]
-) -> dict[str, Any]:
-    return _switch(node, name, False, request, user)
+def enable(name: str, user: AdminUser, node: Annotated[Node, Depends(get_node)]) -> dict[str, Any]:
+    return _switch(node, name, False, user)

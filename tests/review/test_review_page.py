@@ -35,7 +35,16 @@ from cds.api.review.texts import page_language
 from cds.domain import Feedback, FindingRecord, StudyState
 from cds.orchestrator import Node
 
-from ..api.authkit import NAMES, TOKENS, bearer, csrf_of, login, token_settings
+from ..api.authkit import (
+    NAMES,
+    TOKENS,
+    audit_bytes,
+    audit_records,
+    bearer,
+    csrf_of,
+    login,
+    token_settings,
+)
 from ..conftest import DICOM, REPO, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -441,3 +450,21 @@ def test_only_radiologists_and_admins_reach_the_review_page(served: Served) -> N
         page = admin.get("/review")
         assert page.status_code == 200
         assert f"Signed in as {NAMES['admin']} (admin)" in page.text
+
+
+def test_feedback_and_logins_are_in_the_audit_trail(served: Served) -> None:
+    """issue 7 'audit': each page login and each feedback, by the signed-in user; the
+    free-text reason and the tokens stay out."""
+    records = audit_records(served.node.settings)
+    logins = [r for r in records if r["event"] == "login"]
+    assert {r["who"] for r in logins} >= {"user:dr.martin", f"user:{NAMES['admin']}"}
+    given = [r for r in records if r["event"] == "feedback_given"]
+    assert given
+    assert {r["who"] for r in given} == {"user:dr.martin"}
+    failed = [r for r in records if r["event"] == "login_failed"]
+    assert failed
+    assert all(r["outcome"] == "4" and r["where"] == "127.0.0.1" for r in failed)
+    data = audit_bytes(served.node.settings)
+    assert b"beam-hardening artefact" not in data
+    for token in TOKENS.values():
+        assert token.encode() not in data

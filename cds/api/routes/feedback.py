@@ -74,6 +74,7 @@ def post_feedback(
             source="api",
             reason=body.reason,
             corrected=corrected,
+            audit=node.audit,  # feedback_given, by who
         )
     except FeedbackError as exc:
         raise HTTPException(exc.status, str(exc)) from None

@@ -362,6 +362,7 @@ def _record(
             source="review",
             reason=reason,
             corrected=corrected,
+            audit=node.audit,  # feedback_given, by who
         )
     except FeedbackError as exc:
         raise _Refused(exc.status, str(exc)) from None

@@ -134,9 +134,10 @@ class IngestLimits(_Section):
     max_sequence_depth: int = Field(
         32,
         ge=1,
-        le=500,
+        le=128,
         description="deepest nesting of sequences accepted: 0xC212 past it, quarantined "
-        "(checked by a scan that does not recurse)",
+        "(checked by a scan that does not recurse). At most 128: every later read "
+        "(pydicom, recursive) must get through what passed, and fails near 200",
     )
     max_quarantine_mb: int = Field(
         1024,

@@ -337,8 +337,25 @@ def test_dataset_over_max_dataset_mb_refused_not_quarantined(
 def test_limits_are_settings() -> None:
     s = Settings()
     assert s.dicom.limits.max_sequence_depth == 32
-    with pytest.raises(ValueError, match="max_sequence_depth"):
-        Settings(dicom={"limits": {"max_sequence_depth": 0}})  # type: ignore[arg-type]
+    for bad in (0, 129):
+        with pytest.raises(ValueError, match="max_sequence_depth"):
+            Settings(dicom={"limits": {"max_sequence_depth": bad}})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("defined", [False, True])
+def test_deepest_allowed_nesting_survives_every_later_read(defined: bool) -> None:
+    """What passes at the highest max_sequence_depth allowed (128) is read in full, walked,
+    printed and written again by pydicom (recursive) without a RecursionError: no later
+    stage (assembly, routing, pipelines, API, export) can be crashed by what ingest let in."""
+    from pydicom import dcmread
+
+    ds, data = nested_instance(128, defined=defined)
+    assert sequence_depth(data, ExplicitVRLittleEndian, 128) == (128, True)
+    meta = encode_file_meta(CT, ds.SOPInstanceUID, ExplicitVRLittleEndian, "X")
+    read = dcmread(BytesIO(b"\0" * 128 + b"DICM" + meta + data))
+    assert sum(1 for _ in read.iterall()) > 128
+    assert str(read)
+    read.save_as(BytesIO())
 
 
 def test_quarantine_is_bounded(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from cds.api.auth import (
     page_session,
     public,
     refused_login,
+    throttled,
 )
 from cds.api.oidc import TokenRefused
 from cds.api.review import pages
@@ -103,6 +104,8 @@ async def login(request: Request, lang: Annotated[str | None, Query()] = None) -
     auth = authenticator(request)
     if not auth.enabled:
         return RedirectResponse(next_url, 303)
+    if (too_many := throttled(request)) is not None:
+        raise too_many
     try:
         ident, expires = auth.bearer(form.get("token", "").strip())
     except TokenRefused as exc:

@@ -39,6 +39,7 @@ PRI = 10 * 8 + 5  # authpriv.notice
 MSGID = "IHE+RFC-3881"
 SD_ID = "cds@32473"  # 32473: the enterprise number RFC 5612 sets aside for examples
 BOM = b"\xef\xbb\xbf"
+BATCH = 5000  # records read from the trail per pass
 
 
 def _sd_value(text: str) -> str:
@@ -107,10 +108,11 @@ class SyslogForwarder:
 
     def backlog(self) -> int:
         """How many records wait to be sent."""
-        return sum(1 for _ in self._pending())
+        return len(self._pending(limit=None))
 
-    def _pending(self) -> list[tuple[AuditRecord, int]]:
-        """Records after the cursor, each with the offset just after its line."""
+    def _pending(self, limit: int | None = BATCH) -> list[tuple[AuditRecord, int]]:
+        """Records after the cursor (the first ``limit``), each with the offset just
+        after its line."""
         seq, offset = self.cursor()
         try:
             size = self._log.stat().st_size
@@ -131,6 +133,8 @@ class SyslogForwarder:
                     continue
                 if rec.seq > seq:
                     out.append((rec, offset))
+                    if limit is not None and len(out) >= limit:
+                        break
         return out
 
     # --- sending -------------------------------------------------------------------
@@ -197,7 +201,8 @@ class SyslogForwarder:
         wait = self._retry[0]
         while not self._stop.is_set():
             try:
-                self.flush()
+                while self.flush() == BATCH and not self._stop.is_set():
+                    pass  # a long backlog goes out in batches, without waiting between
                 wait, timeout = self._retry[0], self._poll
                 if self.last_error is not None:
                     log.info("audit.syslog_back", host=self._cfg.host, port=self._cfg.port)

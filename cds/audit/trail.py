@@ -206,7 +206,9 @@ class AuditTrail:
     def _append(self, body: dict[str, Any]) -> AuditRecord:
         h = digest(body)
         line = canonical({**body, "hash": h}) + b"\n"
-        os.write(self._fd, line)
+        view = memoryview(line)
+        while view:  # a short write (disk full) raises next time round: a torn line
+            view = view[os.write(self._fd, view) :]
         os.fsync(self._fd)
         seq = int(body["seq"])
         self._tail = (seq, h, self._tail[2] + len(line))

@@ -54,6 +54,15 @@ def export_case_cmd(
         Path | None, typer.Option("--config", "-c", help="YAML configuration file")
     ] = None,
     home: Annotated[Path | None, typer.Option("--home", help="the node's home folder")] = None,
+    modified_dates: Annotated[
+        bool | None,
+        typer.Option(
+            "--modified-dates/--no-modified-dates",
+            help="shift dates by a keyed per-patient offset (Retain Longitudinal Temporal "
+            "Information with Modified Dates) instead of removing them "
+            "(default: privacy.modified_dates)",
+        ),
+    ] = None,
 ) -> None:
     """Write de-identified copies of a study's instances and a manifest.json.
 
@@ -72,7 +81,7 @@ def export_case_cmd(
         out = settings.exports_path / f"case-{study_key}-{stamp}"
     audit = AuditTrail(settings.audit_path)
     try:
-        manifest = export_case(settings, study_key, out)
+        manifest = export_case(settings, study_key, out, modified_dates=modified_dates)
     except DeidRefused as exc:
         audit.record(
             AuditEvent.EXPORT,
@@ -95,6 +104,7 @@ def export_case_cmd(
             "instances": manifest.instances,
             "series": manifest.series,
             "profile": "basic",
+            "options": manifest.options,
             "key_id": manifest.key_id,
         },
     )

@@ -490,6 +490,12 @@ class PrivacySettings(_Section):
         None,
         description="where 'cds export case' writes without --out (default: <home>/exports)",
     )
+    modified_dates: bool = Field(
+        False,
+        description="exports take the Retain Longitudinal Temporal Information with Modified "
+        "Dates option: study/series/acquisition/content dates shifted by a keyed per-patient "
+        "offset instead of removed (intervals kept)",
+    )
 
 
 class ObservatorySettings(_Section):

@@ -6,8 +6,11 @@ the same Patient ID gives the same pseudonym, the same UID the same new UID
 studies made on different days still link, and nobody without the key can go back.
 
 Declared (DeidentificationMethodCodeSequence, CID 7050): 113100 Basic Application
-Confidentiality Profile, no option. Dates are zeroed or removed as the table says
-(Longitudinal Temporal Information: REMOVED), descriptions removed (no Clean
+Confidentiality Profile; and, when asked (``privacy.modified_dates``), 113107 Retain
+Longitudinal Temporal Information with Modified Dates: study, series, acquisition
+and content dates shifted back by a keyed number of days per patient (1..3650).
+Without it, dates are zeroed or removed as the table says (Longitudinal Temporal
+Information: REMOVED). Descriptions removed (no Clean
 Descriptors), private attributes removed (no Retain Safe Private), device identity
 removed, pixels untouched (no Clean Pixel Data): so an instance where burned-in
 text is possible is refused, never exported (``check_burned_in``).
@@ -21,6 +24,7 @@ import hmac
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -32,13 +36,15 @@ from cds.errors import CdsError
 from cds.privacy.profile import (
     BASIC_PROFILE,
     CODE_BASIC_PROFILE,
+    CODE_MODIFIED_DATES,
     KEEP_UID_KEYWORDS,
+    MODIFIED_DATES,
     SAFE_TEXT,
     TEXT_VRS,
 )
 
 PROFILE_NAME = "DICOM PS3.15 E.1.1 Basic Application Level Confidentiality Profile"
-OPTIONS: tuple[str, ...] = ()  # no option of Table E.1-1 is claimed
+MODIFIED_DATES_OPTION = "Retain Longitudinal Temporal Information with Modified Dates"
 METHOD = "cds: PS3.15 Basic Profile; keyed pseudonyms and UIDs"  # LO: <= 64 characters
 
 #: modalities whose pixels often carry burned-in text (screens, reports, video)
@@ -88,6 +94,19 @@ def key_id(key: bytes) -> str:
 @dataclass(frozen=True)
 class Deidentifier:
     key: bytes
+    modified_dates: bool = False  # the Retain Longitudinal ... Modified Dates option
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The options of Table E.1-1 applied (declared in manifests)."""
+        return (MODIFIED_DATES_OPTION,) if self.modified_dates else ()
+
+    def method_codes(self) -> list[tuple[str, str]]:
+        return [CODE_BASIC_PROFILE, *([CODE_MODIFIED_DATES] if self.modified_dates else [])]
+
+    def date_shift_days(self, patient_id: str) -> int:
+        """Days every date of this patient moves back (same key and patient, same shift)."""
+        return 1 + int.from_bytes(self._mac("dates", patient_id.strip())[:4], "big") % 3650
 
     def _mac(self, kind: str, value: str) -> bytes:
         return hmac.new(self.key, f"{kind}:{value}".encode(), hashlib.sha256).digest()
@@ -106,12 +125,15 @@ class Deidentifier:
 
     def apply(self, ds: Dataset) -> Dataset:
         """De-identify ``ds`` in place (and its File Meta); returns it."""
-        pseudo = self.pseudonym(str(ds.get("PatientID", "") or ""))
-        self._walk(ds, pseudo)
+        patient_id = str(ds.get("PatientID", "") or "")
+        shift = self.date_shift_days(patient_id) if self.modified_dates else None
+        self._walk(ds, self.pseudonym(patient_id), shift)
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = METHOD
-        ds.DeidentificationMethodCodeSequence = Sequence([_code(*CODE_BASIC_PROFILE)])
-        ds.LongitudinalTemporalInformationModified = "REMOVED"
+        ds.DeidentificationMethodCodeSequence = Sequence(
+            [_code(*code) for code in self.method_codes()]
+        )
+        ds.LongitudinalTemporalInformationModified = "MODIFIED" if shift else "REMOVED"
         ds.BurnedInAnnotation = ds.get("BurnedInAnnotation") or "NO"
         ds.preamble = b"\x00" * 128  # CVE-2019-11687: no polyglot
         meta = FileMetaDataset()
@@ -127,12 +149,14 @@ class Deidentifier:
         ds.file_meta = meta
         return ds
 
-    def _walk(self, ds: Dataset, pseudo: str) -> None:
+    def _walk(self, ds: Dataset, pseudo: str, shift: int | None) -> None:
         # nesting is bounded at ingest (dicom.limits.max_sequence_depth)
         for elem in list(ds):
             tag = elem.tag
             action = _action(tag, elem.keyword, elem.VR)
-            if action == "X":
+            if shift is not None and int(tag) in MODIFIED_DATES:
+                elem.value = _shifted(str(elem.value or ""), shift)
+            elif action == "X":
                 del ds[tag]
             elif action == "Z":
                 elem.value = Sequence() if elem.VR == "SQ" else ""
@@ -145,7 +169,17 @@ class Deidentifier:
                     elem.value = self.uid(str(elem.value))
             elif elem.VR == "SQ":
                 for item in elem.value:
-                    self._walk(item, pseudo)
+                    self._walk(item, pseudo, shift)
+
+
+def _shifted(value: str, days: int) -> str:
+    """A DA (or the date of a DT) moved back ``days``; empty if it is not a date."""
+    value = value.strip()
+    try:
+        day = datetime.strptime(value[:8], "%Y%m%d").date()
+    except ValueError:
+        return ""
+    return (day - timedelta(days=days)).strftime("%Y%m%d") + value[8:]
 
 
 def _action(tag: BaseTag, keyword: str, vr: str) -> str:

@@ -24,7 +24,6 @@ from cds.errors import CdsError
 from cds.ingest.spool import Spool
 from cds.privacy.deid import (
     METHOD,
-    OPTIONS,
     PROFILE_NAME,
     Deidentifier,
     DeidRefused,
@@ -32,7 +31,6 @@ from cds.privacy.deid import (
     key_id,
     load_key,
 )
-from cds.privacy.profile import CODE_BASIC_PROFILE
 from cds.store import open_store
 
 
@@ -46,16 +44,19 @@ class ExportManifest:
     series: int = 0
     modalities: list[str] = field(default_factory=list)
     key_id: str = ""
+    options: list[str] = field(default_factory=list)
+    method_codes: list[tuple[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "kind": "cds case export",
             "cds_version": __version__,
             "profile": PROFILE_NAME,
-            "options": list(OPTIONS),
+            "options": self.options,
             "method": METHOD,
             "method_codes": [
-                {"value": CODE_BASIC_PROFILE[0], "scheme": "DCM", "meaning": CODE_BASIC_PROFILE[1]}
+                {"value": value, "scheme": "DCM", "meaning": meaning}
+                for value, meaning in self.method_codes
             ],
             "pixels_cleaned": False,
             "key_id": self.key_id,
@@ -90,8 +91,11 @@ def current_instances(settings: Settings, study_key: str) -> list[Path]:
     return files
 
 
-def export_case(settings: Settings, study_key: str, out: Path) -> ExportManifest:
-    """De-identify a study's spooled instances into ``out`` (new or empty).
+def export_case(
+    settings: Settings, study_key: str, out: Path, *, modified_dates: bool | None = None
+) -> ExportManifest:
+    """De-identify a study's spooled instances into ``out`` (new or empty);
+    ``modified_dates`` None: as ``privacy.modified_dates`` says.
 
     Raises DeidRefused (nothing written) or ExportError.
     """
@@ -101,8 +105,12 @@ def export_case(settings: Settings, study_key: str, out: Path) -> ExportManifest
     for path in files:  # every check before any write
         check_burned_in(dcmread(path, stop_before_pixels=True), path.name)
     key = load_key(settings.deid_key_path)
-    deid = Deidentifier(key)
-    manifest = ExportManifest(key_id=key_id(key))
+    if modified_dates is None:
+        modified_dates = settings.privacy.modified_dates
+    deid = Deidentifier(key, modified_dates=modified_dates)
+    manifest = ExportManifest(
+        key_id=key_id(key), options=list(deid.options), method_codes=deid.method_codes()
+    )
     series: set[str] = set()
     modalities: set[str] = set()
     out.mkdir(parents=True, exist_ok=True, mode=0o750)

@@ -351,3 +351,18 @@ KEEP_UID_KEYWORDS: Final[frozenset[str]] = frozenset(
 
 #: the method codes (CID 7050) for what ``deid`` applies
 CODE_BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
+CODE_MODIFIED_DATES = ("113107", "Retain Longitudinal Temporal Information Modified Dates Option")
+
+#: With the Retain Longitudinal Temporal Information with Modified Dates option, these
+#: dates (and date-times) are shifted by one keyed offset per patient instead of being
+#: zeroed or removed, so the intervals between a patient's studies survive. Times,
+#: and every other date (birth date included), are handled as without the option.
+MODIFIED_DATES: Final[frozenset[int]] = frozenset(
+    {
+        0x00080020,  # Study Date
+        0x00080021,  # Series Date
+        0x00080022,  # Acquisition Date
+        0x00080023,  # Content Date
+        0x0008002A,  # Acquisition DateTime
+    }
+)

@@ -169,3 +169,27 @@ def test_output_passes_dciodvfy(ct: Dataset, tmp_path: Path) -> None:
 
     new = errors(out) - errors(src)
     assert not new, new
+
+
+def test_modified_dates_option_keeps_intervals(ct: Dataset) -> None:
+    """Retain Longitudinal Temporal Information with Modified Dates (113107): one keyed shift
+    per patient, so two studies of a patient keep their interval; declared in the object."""
+    deid = Deidentifier(b"k" * 32, modified_dates=True)
+    first, later = copy.deepcopy(ct), copy.deepcopy(ct)
+    first.StudyDate, later.StudyDate = "20240110", "20240305"  # 55 days apart
+    later.AcquisitionDateTime = "20240305101500"
+    a, b = deid.apply(first), deid.apply(later)
+    shift = deid.date_shift_days(f"{CANARY}PID")
+    assert 1 <= shift <= 3650
+    from datetime import date
+
+    da, db = (date.fromisoformat(x.StudyDate) for x in (a, b))
+    assert (db - da).days == 55
+    assert a.StudyDate != "20240110"
+    assert b.AcquisitionDateTime.endswith("101500")
+    assert b.AcquisitionDateTime[:8] == b.StudyDate
+    assert a.PatientBirthDate == ""  # other dates as without the option
+    assert a.LongitudinalTemporalInformationModified == "MODIFIED"
+    codes = [c.CodeValue for c in a.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113107"]
+    assert deid.options == ("Retain Longitudinal Temporal Information with Modified Dates",)

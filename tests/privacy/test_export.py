@@ -110,3 +110,20 @@ def test_export_exit_codes(tmp_path: Path, ct_series: list[Path]) -> None:
     code, output = _export(home, key, busy)
     assert code == 1
     assert "--out" in output
+
+
+def test_export_with_modified_dates_declares_the_option(
+    tmp_path: Path, ct_series: list[Path]
+) -> None:
+    home, key = _received(tmp_path, ct_series[:1])
+    args = ["export", "case", key, "--out", str(tmp_path / "o"), "--home", str(home)]
+    r = CliRunner().invoke(cli, [*args, "--modified-dates"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["options"] == ["Retain Longitudinal Temporal Information with Modified Dates"]
+    assert [c["value"] for c in manifest["method_codes"]] == ["113100", "113107"]
+    (f,) = (tmp_path / "o").rglob("*.dcm")
+    ds = dcmread(f)
+    assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
+    assert ds.StudyDate  # shifted, not removed
+    assert ds.StudyDate != dcmread(ct_series[0]).StudyDate

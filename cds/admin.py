@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cds.audit import AuditEvent, AuditTrail
+from cds.audit import AuditEvent, AuditOutcome, AuditTrail
 from cds.domain import (
     Delivery,
     DeliveryState,
@@ -176,6 +176,14 @@ def purge_study(
     ]
     if not force and (state in BUSY_STATES or open_jobs):
         jobs = f" with {len(open_jobs)} job(s) queued or running" if open_jobs else ""
+        if audit is not None:  # a refused purge is audited too (nothing was deleted)
+            audit.record(
+                AuditEvent.PURGE,
+                who=who,
+                outcome=AuditOutcome.MINOR_FAILURE,
+                study_key=study_key,
+                detail={"reason": reason, "refused": f"study {state.value}{jobs}"},
+            )
         raise AdminError(
             CONFLICT,
             f"study {study_key} is {state.value}{jobs}: purge it with force "

@@ -173,3 +173,24 @@ def test_retention_is_off_without_spool_days(tmp_path: Path) -> None:
     assert r.run_once() == []
     r.stop()
     assert f.exists()
+
+
+def test_a_refused_purge_is_audited_and_deletes_nothing(tmp_path: Path) -> None:
+    import pytest
+
+    from cds.admin import purge_study
+    from cds.errors import AdminError
+
+    store = SqliteStore(tmp_path / "state.db")
+    spool = Spool(tmp_path / "spool", 0)
+    spool.open()
+    f = _study(store, spool, "busy", 0.0, StudyState.PROCESSING)
+    trail = AuditTrail(tmp_path / "audit")
+    with pytest.raises(AdminError):
+        purge_study(store, spool, "busy", audit=trail, who="user:anna")
+    assert f.exists()
+    (rec,) = read_records(tmp_path / "audit")
+    assert rec.event is AuditEvent.PURGE
+    assert rec.outcome is AuditOutcome.MINOR_FAILURE
+    assert rec.who == "user:anna"
+    assert rec.detail["refused"] == "study processing"

@@ -107,7 +107,8 @@ async def login(request: Request, lang: Annotated[str | None, Query()] = None) -
     if (too_many := throttled(request)) is not None:
         raise too_many
     try:
-        ident, expires = auth.bearer(form.get("token", "").strip())
+        # off the event loop: an OIDC token may need the provider's keys (jwks_url)
+        ident, expires = await run_in_threadpool(auth.bearer, form.get("token", "").strip())
     except TokenRefused as exc:
         await run_in_threadpool(refused_login, request, str(exc), "login form")
         return _login_page(request, page_lang, next_url, 401, t(page_lang, "login_refused"))

@@ -426,7 +426,7 @@ def route_explain(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise _fail(f"no such file or folder: {', '.join(missing)}")
-    studies, skipped = read_headers(paths)
+    studies, skipped = read_headers(paths, limits=settings.dicom.limits)
     disabled = set(settings.routing.disabled_models)
     for study_series in studies.values():
         for s in study_series:

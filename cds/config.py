@@ -122,8 +122,7 @@ class IngestLimits(_Section):
     max_dataset_mb: int = Field(
         4096,
         ge=1,
-        description="largest data set accepted (MiB, as received): 0xA700 past it, "
-        "not quarantined",
+        description="largest data set accepted (MiB, as received): 0xA700 past it, not quarantined",
     )
     max_inflated_mb: int = Field(
         1024,

@@ -35,6 +35,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cds import __version__
+from cds.config import IngestLimits
 from cds.errors import CdsError, ModelError, RoutingError
 from cds.inference import manifest as mf
 from cds.inference.registry import LoadedModel, ModelRegistry, find_packages
@@ -130,7 +131,7 @@ def _read_inputs(paths: Sequence[Path]) -> tuple[dict[str, list[SeriesHeader]], 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise InputError(f"no such file or folder: {', '.join(missing)}")
-    studies, skipped = read_headers(paths)
+    studies, skipped = read_headers(paths, limits=IngestLimits())  # local files: bounded
     if not studies:
         why = (
             f" ({len(skipped)} file(s) not readable as DICOM, e.g. {skipped[0]})"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 
 from cds import __version__
 from cds.audit import AuditEvent, AuditTrail
@@ -283,7 +283,7 @@ class Node:
             raise ValueError("not a Part 10 file written by cds")
         (group_len,) = struct.unpack("<I", raw[140:144])
         meta_end = 144 + group_len
-        meta = dcmread(path, stop_before_pixels=True).file_meta
+        meta = read_file_meta_info(path)  # the File Meta only: the data set is checked below
         sop_uid = str(meta.MediaStorageSOPInstanceUID)
         try:
             self.receiver.receive(

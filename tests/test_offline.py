@@ -401,3 +401,28 @@ def test_bad_option_exits_2_and_a_real_process_prints_no_traceback(
     assert proc.returncode == 1
     assert f"no such file or folder: {tmp_path / 'missing'}" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_hostile_local_file_is_skipped_before_it_is_parsed(tmp_path: Path) -> None:
+    """issue 7: ``cds process`` and ``cds route explain`` read local files that did not come
+    through ingest: the ingest bounds apply to them too. A file of 1,000 nested sequences
+    (pydicom would raise RecursionError parsing it) is skipped with the reason; the other
+    files are processed."""
+    from cds.config import IngestLimits
+    from cds.ingest.instance import encode_file_meta
+    from cds.routing.router import read_headers
+
+    from .ingest.test_limits import nested_instance
+
+    ds, data = nested_instance(1000)
+    meta = encode_file_meta(str(ds.SOPClassUID), str(ds.SOPInstanceUID), "1.2.840.10008.1.2.1", "T")
+    hostile = tmp_path / "in" / "deep.dcm"
+    hostile.parent.mkdir()
+    hostile.write_bytes(b"\0" * 128 + b"DICM" + meta + data)
+    good = tmp_path / "in" / "ct.dcm"
+    shutil.copy(DICOM / "ct" / "CT_small.dcm", good)
+    studies, skipped = read_headers([tmp_path / "in"], limits=IngestLimits())
+    assert len(studies) == 1
+    (line,) = skipped
+    assert line.startswith(f"{hostile}: refused (")
+    assert "max_sequence_depth" in line or "nest" in line

@@ -118,6 +118,7 @@ def write_results(root: Path, study_key: str, objects: Sequence[Dataset]) -> lis
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{ds.SOPInstanceUID}.dcm"
         buf = BytesIO()
+        ds.preamble = b"\x00" * 128  # never a polyglot preamble (CVE-2019-11687)
         ds.save_as(buf, enforce_file_format=True)
         tmp = final.with_suffix(".part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)

@@ -24,6 +24,9 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from cds.config import IngestLimits
+from cds.errors import IngestError
+from cds.ingest.instance import check_file
 from cds.routing.rules import ATTRIBUTES, Condition, Range, RoutingFile, Rule
 
 _HEADER_KEYWORDS = [
@@ -93,8 +96,15 @@ def header_attrs(ds: Dataset) -> dict[str, Any]:
     return out
 
 
-def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], list[str]]:
+def read_headers(
+    paths: Iterable[Path], limits: IngestLimits | None = None
+) -> tuple[dict[str, list[SeriesHeader]], list[str]]:
     """Group DICOM files (or folders of them) by study and series; also return unread files.
+
+    ``limits``: for files that did not come through the node's ingest (``cds process``,
+    ``cds route explain`` on local paths), the ingest bounds are applied to each file
+    before it is parsed (deflate bomb, nesting depth); a file past them is skipped with
+    the reason. The node's own spool is already bounded.
 
     Deterministic whatever the file names or their order: of several versions of one
     SOP Instance (the spool keeps them) the newest file counts, files are ordered by
@@ -110,7 +120,16 @@ def read_headers(paths: Iterable[Path]) -> tuple[dict[str, list[SeriesHeader]], 
     found: dict[tuple[str, str], dict[str, tuple[float, float, Path, Dataset]]] = {}
     for f in files:
         try:
+            if limits is not None:
+                check_file(
+                    f.read_bytes(),
+                    max_inflated_bytes=limits.max_inflated_mb * 2**20,
+                    max_sequence_depth=limits.max_sequence_depth,
+                )
             ds = _read_header(f)
+        except IngestError as exc:
+            skipped.append(f"{f}: refused ({exc})")
+            continue
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             skipped.append(f"{f}: not readable as DICOM ({type(exc).__name__})")
             continue

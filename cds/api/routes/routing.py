@@ -47,7 +47,9 @@ def explain(req: ExplainRequest, node: Annotated[Node, Depends(get_node)]) -> di
         missing = [p for p in req.paths if not Path(p).exists()]
         if missing:
             raise HTTPException(422, f"no such file or folder: {', '.join(missing)}")
-        found, skipped = read_headers([Path(p) for p in req.paths])
+        found, skipped = read_headers(
+            [Path(p) for p in req.paths], limits=node.settings.dicom.limits
+        )
         for group in found.values():
             for s in group:
                 s.calling_ae = req.calling_ae_title

@@ -17,6 +17,8 @@ The same operations as the HTTP admin endpoints (both call ``cds.admin``):
 from __future__ import annotations
 
 import json
+import os
+import ssl
 import sys
 import time
 import urllib.error
@@ -312,19 +314,58 @@ def _quote(segment: str) -> str:
     return urllib.parse.quote(segment, safe="")
 
 
+#: the token ``cds jobs retry`` and ``cds studies rerun`` send when the API needs one
+TOKEN_ENV = "CDS_API_TOKEN"  # noqa: S105 (the name of a variable, not a secret)
+
+
 def _base_url(settings: Settings) -> str:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
         settings.http.host, settings.http.host
     )
-    return f"http://{f'[{host}]' if ':' in host else host}:{settings.http.port}"
+    scheme = "https" if settings.http.tls_cert_file is not None else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{settings.http.port}"
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """For the node's own HTTPS: trust the certificate file the node serves (a leaf is
+    accepted as its own anchor), whatever name it was issued for, since the CLI calls the
+    node by the address it listens on."""
+    cert = settings.http.tls_cert_file
+    if cert is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.check_hostname = False
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    try:
+        ctx.load_verify_locations(cafile=str(cert))
+    except (OSError, ssl.SSLError) as exc:
+        raise _fail(f"http.tls_cert_file: cannot read {cert} ({exc})") from None
+    return ctx
 
 
 def _post(settings: Settings, path: str) -> dict[str, Any]:
-    """POST to the running node; exit 1 with its message on a refusal or when it is down."""
+    """POST to the running node; exit 1 with its message on a refusal or when it is down.
+
+    With authentication on, the token comes from the environment (``CDS_API_TOKEN``),
+    never from the command line (it would show in the process list and the history)."""
     base = _base_url(settings)
-    request = urllib.request.Request(base + path, method="POST")  # noqa: S310 (http only)
+    request = urllib.request.Request(base + path, method="POST")  # noqa: S310 (http(s) only)
+    token = os.environ.get(TOKEN_ENV, "")
+    if settings.http.auth.mode != "none":
+        if not token:
+            raise _fail(
+                f"the node's API needs authentication (http.auth.mode "
+                f"{settings.http.auth.mode}): set {TOKEN_ENV} to an admin token "
+                "(cds token new --name NAME --role admin)"
+            )
+        request.add_header("Authorization", f"Bearer {token}")
     # the node's API is local: never through a proxy from the environment
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    context = _tls_context(settings)
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=HTTP_TIMEOUT_S) as response:
             body: dict[str, Any] = json.load(response)
@@ -334,6 +375,8 @@ def _post(settings: Settings, path: str) -> dict[str, Any]:
             detail = str(json.load(exc).get("detail", exc.reason))
         except (ValueError, AttributeError):
             detail = str(exc.reason)
+        if exc.code == 401:
+            detail = f"{detail} (the token in {TOKEN_ENV} was refused)"
         raise _fail(detail) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

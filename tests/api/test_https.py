@@ -201,3 +201,40 @@ def test_serve_refuses_a_missing_certificate(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert b"http.tls_cert_file: no such file" in out
     assert cert.exists()
+
+
+def _cli(tmp_path: Path, *args: str, token: str | None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CDS_API_TOKEN"}
+    env["PYTHONPATH"] = str(REPO)
+    if token is not None:
+        env["CDS_API_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "cds", *args, "--config", str(tmp_path / "cds.yaml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_asks_the_node_over_https_with_a_token(
+    https_node: tuple[str, ssl.SSLContext], tmp_path: Path
+) -> None:
+    """``cds studies rerun`` / ``cds jobs retry`` ask the running node: over HTTPS when it
+    speaks HTTPS (trusting the certificate file it serves), with the admin token from
+    CDS_API_TOKEN when authentication is on; each refusal is a clear message."""
+    no_token = _cli(tmp_path, "studies", "rerun", "nosuchstudy", token=None)
+    assert no_token.returncode == 1
+    assert "set CDS_API_TOKEN to an admin token" in no_token.stderr
+    wrong = _cli(tmp_path, "studies", "rerun", "nosuchstudy", token="not-a-token-at-all-0000")  # noqa: S106
+    assert wrong.returncode == 1
+    assert "was refused" in wrong.stderr
+    observer = _cli(tmp_path, "studies", "rerun", "nosuchstudy", token=TOKENS["observer"])
+    assert observer.returncode == 1
+    assert "admin role" in observer.stderr
+    admin = _cli(tmp_path, "studies", "rerun", "nosuchstudy", token=TOKENS["admin"])
+    assert admin.returncode == 1  # it got through: the node itself says what is wrong
+    assert "nosuchstudy" in admin.stderr
+    assert "not running" not in admin.stderr

@@ -76,7 +76,7 @@ class Node:
         self.spool = Spool(settings.spool_path, settings.spool.min_free_mb * 2**20)
         self.store: StateStore = open_store(settings)
         self.executor: Executor = executor or InProcessExecutor()
-        self.receiver = Receiver(settings, self.spool, self.store, self.secret)
+        self.receiver = Receiver(settings, self.spool, self.store, self.secret, audit=self.audit)
         self.listener = DicomListener(settings, self.receiver, self.audit)
         self.assembler = Assembler(
             self.store, self._study_complete, settings.assembly.check_interval_s

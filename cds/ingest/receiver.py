@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
+from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
 from cds.domain import InstanceRecord, RecordResult, StoreOutcome
 from cds.errors import IngestError, StoreError
@@ -50,12 +51,15 @@ class Receiver:
         store: StateStore,
         secret: bytes,
         listeners: list[InstanceListener] | None = None,
+        *,
+        audit: AuditTrail | None = None,
     ) -> None:
         self._settings = settings
         self._spool = spool
         self._store = store
         self._secret = secret
         self._listeners = listeners or []
+        self._audit = audit if audit is not None else NullAuditTrail()
 
     def add_listener(self, fn: InstanceListener) -> None:
         self._listeners.append(fn)
@@ -228,6 +232,17 @@ class Receiver:
             status=f"0x{exc.status:04X}",
             reason=str(exc),
             calling_ae=calling_ae.strip(),
+        )
+        self._audit.record(
+            AuditEvent.SECURITY_ALERT,
+            who=f"AE:{calling_ae.strip()}",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            detail={
+                "what": "instance quarantined",
+                "status": f"0x{exc.status:04X}",
+                "reason": str(exc),
+                "file": str(name),
+            },
         )
 
 

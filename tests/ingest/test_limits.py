@@ -27,6 +27,8 @@ from pydicom.uid import (
 )
 from pynetdicom.association import Association
 
+from cds.audit import AuditEvent
+from cds.audit.trail import read_records
 from cds.config import Settings
 from cds.errors import IngestError
 from cds.ingest.instance import (
@@ -209,6 +211,16 @@ def test_1000_nested_sequences_refused_and_quarantined(
     sidecar_text = json.dumps(side)
     assert "CANARY" not in sidecar_text
     assert "CANARY" not in rsp.ErrorComment
+    # and the audit trail says so (a security alert from that AE), without patient data
+    alerts = [
+        r
+        for r in read_records(limited.audit.path)
+        if r.event is AuditEvent.SECURITY_ALERT and r.detail.get("what") == "instance quarantined"
+    ]
+    assert [(r.who, r.detail["status"], r.detail["file"]) for r in alerts] == [
+        ("AE:TESTSCU", "0xC212", str(side["file"]).removesuffix(".dcm"))
+    ]
+    assert "CANARY" not in (limited.audit.path / "audit.jsonl").read_text()
 
     # the same association goes on; a restart does not index the quarantine
     assert lassoc.send_c_echo().Status == 0x0000

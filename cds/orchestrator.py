@@ -318,6 +318,8 @@ class Node:
         }
         if self.listener.listening:
             dicom["port"] = self.listener.address[1]
+            tls = self.listener.tls_address
+            dicom["tls_port"] = tls[1] if tls is not None else None
         ok = self.listener.listening and store_ok and not space.below_watermark
         return {
             "status": "ok" if ok else "degraded",

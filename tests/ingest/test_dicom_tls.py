@@ -296,6 +296,11 @@ def test_echo_and_store_over_tls(tls_node: tuple[Node, SpyAudit], pki: Pki) -> N
     assert plain.is_established
     assert plain.send_c_echo().Status == 0x0000
     plain.release()
+    # /health shows both ports
+    tls = node.listener.tls_address
+    assert tls is not None
+    dicom = node.health()["dicom"]
+    assert (dicom["port"], dicom["tls_port"]) == (node.listener.address[1], tls[1])
 
 
 def test_tls_1_1_is_refused(tls_node: tuple[Node, SpyAudit], pki: Pki) -> None:

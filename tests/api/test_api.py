@@ -30,6 +30,7 @@ def test_health_reports_listener_store_and_spool(client: TestClient, settings: S
         "ae_title": "CDS",
         "active_associations": 0,
         "port": settings.dicom.port,
+        "tls_port": None,
     }
     assert body["store"]["reachable"] is True
     assert body["spool"]["free_bytes"] > 0

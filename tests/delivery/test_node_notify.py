@@ -48,8 +48,15 @@ def test_urgent_finding_reaches_the_worklist(tmp_path: Path, corpus: Path) -> No
         assert report["status"] == "preliminary"
         (study,) = node.store.list_studies()
         assert study.study_uid in json.dumps(report["imagingStudy"])
-        events = [e.kind for e in node.store.get_study(study.study_key).events]  # type: ignore[union-attr]
-        assert "notified" in events
+
+        # the history line is written once the worklist has answered: wait for it
+        def kinds() -> list[str]:
+            return [e.kind for e in node.store.get_study(study.study_key).events]  # type: ignore[union-attr]
+
+        deadline = time.monotonic() + 10
+        while "notified" not in kinds() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "notified" in kinds()
     finally:
         node.stop()
         ris.close()

@@ -20,7 +20,7 @@ from typing import Any
 from pydicom.filereader import read_file_meta_info
 
 from cds import __version__
-from cds.audit import AuditEvent, AuditTrail
+from cds.audit import AuditEvent, AuditOutcome, AuditTrail
 from cds.audit.config import record_config
 from cds.audit.syslog import SyslogForwarder
 from cds.config import Settings
@@ -234,6 +234,13 @@ class Node:
         self.store.record_event(study_key, DEAD_LETTER_EVENT, reason)
         self.store.set_study_state(study_key, StudyState.FAILED, reason)
         log.error("node.dead_letter_study", study_key=study_key, interruptions=crashes)
+        self.audit.record(  # the alert also reaches the audit repository (syslog), if any
+            AuditEvent.SECURITY_ALERT,
+            who="system",
+            outcome=AuditOutcome.SERIOUS_FAILURE,
+            study_key=study_key,
+            detail={"what": "poison study sent to the dead letter", "interruptions": crashes},
+        )
         return False
 
     def stop(self) -> None:

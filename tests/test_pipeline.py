@@ -14,6 +14,8 @@ import pytest
 from pynetdicom import AE
 
 from cds import admin
+from cds.audit import AuditEvent
+from cds.audit.trail import read_records
 from cds.config import Settings
 from cds.domain import JobState, StudyState
 from cds.errors import ConfigError
@@ -295,7 +297,15 @@ def test_poison_study_goes_to_the_dead_letter(tmp_path: Path, ct_files: list[Pat
         assert kinds.count("processing_interrupted") == 2
         (dead,) = [e for e in detail.events if e.kind == "dead_letter"]
         assert "inference.max_job_attempts = 2" in dead.detail
-        # an admin re-run clears the count: it runs again after the next crash
+    alerts = [
+        r
+        for r in read_records(settings.audit_path)
+        if r.event is AuditEvent.SECURITY_ALERT and r.study_key == key
+    ]
+    assert [(r.detail["what"], r.detail["interruptions"]) for r in alerts] == [
+        ("poison study sent to the dead letter", 2)
+    ]
+    with closing(open_store(settings)) as store:
         # an admin re-run resets the count: the re-run crashes once, and runs again
         time.sleep(0.01)
         admin.rerun_study(store, lambda k: None, key)

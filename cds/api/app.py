@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from cds import __version__
+from cds.api import pages
 from cds.api.auth import Authenticator, check_routes
 from cds.api.routes import (
     admin,
@@ -72,4 +73,5 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(login.router)
     app.include_router(docs.router)
     check_routes(app)
+    pages.install(app)
     return app

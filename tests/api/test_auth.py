@@ -383,3 +383,19 @@ def test_the_throttle_forgets_after_its_window() -> None:
     assert not throttle.blocked("10.0.0.2")
     time.sleep(0.25)
     assert not throttle.blocked("10.0.0.1")
+
+
+def test_a_page_refused_to_a_browser_is_an_html_page(client: TestClient) -> None:
+    """A signed-in observer opening the review page gets a 403 page in French and English
+    (with the reason and a way to sign in again), not the API's JSON; the API keeps JSON."""
+    assert login(client, TOKENS["observer"]).status_code == 303
+    page = client.get("/review", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 403
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Accès refusé" in page.text
+    assert "Access denied" in page.text
+    assert "it needs the radiologist role" in page.text
+    assert 'href="/login"' in page.text
+    api = client.get("/api/studies", headers={**bearer("observer"), "Accept": "text/html"})
+    assert api.status_code == 403
+    assert api.json()["detail"].endswith("it needs the radiologist role")

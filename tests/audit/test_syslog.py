@@ -5,8 +5,6 @@ go in order, exactly once, when it is back, across a restart of the sender."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import re
 import socket
 import ssl
@@ -17,16 +15,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from cds.audit import AuditEvent, AuditTrail
 from cds.audit.syslog import SyslogForwarder
 from cds.config import SyslogSettings
 
 from ..conftest import free_port
+from ..pki import make_ca, write_pem
 
 HEADER = re.compile(
     rb"^<85>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ cds-test - IHE\+RFC-3881 "
@@ -36,34 +31,7 @@ HEADER = re.compile(
 
 def make_cert(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (it is its own CA here)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "audit-repository")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "repo.pem", folder / "repo.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
+    return write_pem(folder, "repo", *make_ca("audit-repository", ip="127.0.0.1"))
 
 
 class Repository:

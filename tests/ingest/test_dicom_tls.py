@@ -12,24 +12,17 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import os
 import socket
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
@@ -40,124 +33,10 @@ from cds.config import Settings
 from cds.orchestrator import Node
 
 from ..conftest import free_port, make_settings
+from ..pki import Pki, make_pki
 from .test_scp import CT, ct, stored_files
 
 HANDSHAKE_TIMEOUT = 1.0
-
-
-# --- a small PKI -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path  # CN=PACS-1, by our CA
-    client_key: Path
-    other_cert: Path  # CN=PACS-2, by our CA
-    other_key: Path
-    rogue_cert: Path  # CN=PACS-1, by another CA
-    rogue_key: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write(folder: Path, stem: str, cert: x509.Certificate, key: Any) -> tuple[Path, Path]:
-    cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-def _ca(cn: str) -> tuple[x509.Certificate, Any]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def _leaf(
-    cn: str, ca: tuple[x509.Certificate, Any], *, server: bool
-) -> tuple[x509.Certificate, Any]:
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [
-                    x509.ExtendedKeyUsageOID.SERVER_AUTH
-                    if server
-                    else x509.ExtendedKeyUsageOID.CLIENT_AUTH
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(ca_key, hashes.SHA256()), key
-
-
-def make_pki(folder: Path) -> Pki:
-    folder.mkdir(parents=True, exist_ok=True)
-    ca = _ca("cds test CA")
-    rogue_ca = _ca("rogue CA")
-    (folder / "ca.crt").write_bytes(ca[0].public_bytes(serialization.Encoding.PEM))
-    server = _write(folder, "server", *_leaf("localhost", ca, server=True))
-    client = _write(folder, "client", *_leaf("PACS-1", ca, server=False))
-    other = _write(folder, "other", *_leaf("PACS-2", ca, server=False))
-    rogue = _write(folder, "rogue", *_leaf("PACS-1", rogue_ca, server=False))
-    return Pki(folder / "ca.crt", *server, *client, *other, *rogue)
 
 
 @pytest.fixture(scope="module")

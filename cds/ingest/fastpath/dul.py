@@ -225,15 +225,7 @@ class FastDUL(DULServiceProvider):
         if pdu[0] == 0x04 and self._p_data_shortcut_allowed():
             self._receive_p_data(pdu)
             return
-        try:
-            decoded, event = self._decode_pdu(pdu)
-            self.event_queue.put(event)
-        except Exception as exc:
-            _DUL_LOG.error("Unable to decode the received PDU data")
-            _DUL_LOG.exception(exc)
-            self.event_queue.put("Evt19")
-            return
-        self._recv_pdu.put(decoded)
+        queue_decoded(self, pdu)
 
     def _read_whole_pdu(self) -> bytearray | None:
         """One whole PDU from the socket, or None after queueing the event for
@@ -301,6 +293,20 @@ class FastDUL(DULServiceProvider):
         primitive = P_DATA()
         primitive._presentation_data_value_list = items  # memoryviews: no copy
         self.assoc.dimse.receive_primitive(primitive)
+
+
+def queue_decoded(dul: DULServiceProvider, raw: bytearray) -> None:
+    """Decode a whole PDU and queue it with its event, as pynetdicom's
+    ``_read_pdu_data`` ends (Evt19 and the same log lines when it does not decode)."""
+    try:
+        pdu, event = dul._decode_pdu(raw)
+    except Exception as exc:
+        _DUL_LOG.error("Unable to decode the received PDU data")
+        _DUL_LOG.exception(exc)
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
 
 
 # --- the PDU bound, shared with pynetdicom's stock DUL (bound_stock_dul) ----------------
@@ -376,15 +382,7 @@ def bound_stock_dul(dul: DULServiceProvider) -> None:
             )
             dul.event_queue.put("Evt17")
             return
-        try:
-            pdu, event = dul._decode_pdu(header + body)
-            dul.event_queue.put(event)
-        except Exception as exc:
-            _DUL_LOG.error("Unable to decode the received PDU data")
-            _DUL_LOG.exception(exc)
-            dul.event_queue.put("Evt19")
-            return
-        dul._recv_pdu.put(pdu)
+        queue_decoded(dul, bytearray(header) + body)
 
     dul._read_pdu_data = read_pdu_data  # type: ignore[method-assign]
 

@@ -206,6 +206,19 @@ def send(folder: Path, port: int) -> None:
     print(f"sent with storescu (one association) in {time.perf_counter() - t:.2f} s")
 
 
+def prepare() -> Path | None:
+    """What a benchmark with a node and an Orthanc needs first: quiet logs, the peers
+    found (None, after saying which is missing), every child killed on exit or SIGTERM."""
+    configure_logging("console", "warning")
+    orthanc_bin = find_orthanc()
+    if orthanc_bin is None or not Path(STORESCU).exists():
+        print("needs Orthanc (/usr/sbin/Orthanc) and DCMTK storescu (/usr/bin/storescu)")
+        return None
+    atexit.register(_kill_children)
+    signal.signal(signal.SIGTERM, _on_signal)
+    return orthanc_bin
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--slices", type=int, default=300)
@@ -214,13 +227,9 @@ def main() -> int:
     ap.add_argument("--providers", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     ap.add_argument("--timeout", type=float, default=600)
     args = ap.parse_args()
-    configure_logging("console", "warning")
-    orthanc_bin = find_orthanc()
-    if orthanc_bin is None or not Path(STORESCU).exists():
-        print("needs Orthanc (/usr/sbin/Orthanc) and DCMTK storescu (/usr/bin/storescu)")
+    orthanc_bin = prepare()
+    if orthanc_bin is None:
         return 2
-    atexit.register(_kill_children)
-    signal.signal(signal.SIGTERM, _on_signal)
 
     with tempfile.TemporaryDirectory(prefix="cds-bench-e2e-") as tmp:
         run = Path(tmp)

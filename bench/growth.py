@@ -23,9 +23,7 @@ Writes a PNG plot and prints a table with the command line.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,11 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import receive  # noqa: E402
-from e2e import start_node, start_pacs, ts, wait_done  # noqa: E402
-from receive import STORESCU, _kill_children, _on_signal, dcmtk_env  # noqa: E402
+from e2e import prepare, start_node, start_pacs, ts, wait_done  # noqa: E402
+from receive import STORESCU, dcmtk_env  # noqa: E402
 
-from cds.demo import find_orthanc, synthetic_ct  # noqa: E402
-from cds.logging import configure_logging  # noqa: E402
+from cds.demo import synthetic_ct  # noqa: E402
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
@@ -141,13 +138,9 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "growth.json")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()
-    configure_logging("console", "warning")
-    orthanc_bin = find_orthanc()
-    if orthanc_bin is None or not Path(STORESCU).exists():
-        print("needs Orthanc (/usr/sbin/Orthanc) and DCMTK storescu (/usr/bin/storescu)")
+    orthanc_bin = prepare()
+    if orthanc_bin is None:
         return 2
-    atexit.register(_kill_children)
-    signal.signal(signal.SIGTERM, _on_signal)
     sizes = [int(x) for x in args.sizes.split(",") if x]
     conc = [int(x) for x in args.concurrent.split(",") if x]
     points: dict[str, list[dict[str, Any]]] = {"size": [], "concurrent": []}

@@ -72,7 +72,9 @@ def _ae(calling: str = "SOAK") -> AE:
     ae = AE(ae_title=calling)
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_LE)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    # as long as the node's own DIMSE timeout: on a loaded CI machine one fsync can
+    # stall for seconds, and a response that comes late is still a response
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     return ae
 
 
@@ -129,11 +131,15 @@ def send_concurrently(
         if not assoc.is_established:
             bad = len(items)
         else:
-            for ds in items:
+            for n, ds in enumerate(items):
+                if not assoc.is_established:  # lost (aborted): the rest is not sent
+                    bad += len(items) - n
+                    break
                 status = assoc.send_c_store(ds)
                 if not status or status.Status != 0:
                     bad += 1
-            assoc.release()
+            else:
+                assoc.release()
         with lock:
             failures.append(bad)
 

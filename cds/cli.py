@@ -114,6 +114,11 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
         node.stop()  # normally already done by the app's shutdown
 
 
+def _count(n: int, noun: str) -> str:
+    """``1 rule``, ``2 rules``: a count with its noun in the right number."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _check_routing(file: Path) -> int:
     from cds.routing.rules import RoutingFileError, load_routing
 
@@ -124,10 +129,15 @@ def _check_routing(file: Path) -> int:
         for err in exc.errors:
             typer.echo(f"  {err}", err=True)
         return 1
-    typer.echo(
-        f"{file}: OK ({len(rf.rules)} rules, {len(rf.pipelines)} pipelines, "
-        f"{len(rf.destinations)} destinations)"
+    counts = ", ".join(
+        _count(len(items), noun)
+        for items, noun in (
+            (rf.rules, "rule"),
+            (rf.pipelines, "pipeline"),
+            (rf.destinations, "destination"),
+        )
     )
+    typer.echo(f"{file}: OK ({counts})")
     return 0
 
 
@@ -145,8 +155,9 @@ def _is_routing_file(file: Path) -> bool:
 def config_check(
     file: Annotated[Path, typer.Argument(help="YAML configuration file, or a routing file")],
 ) -> None:
-    """Validate a configuration file (and the routing file it names), or a routing file;
-    list every error with its path."""
+    """Validate a configuration file or a routing file; list every error with its path.
+
+    A configuration file is checked together with the routing file it names."""
     if _is_routing_file(file):
         raise typer.Exit(_check_routing(file))
     try:
@@ -410,8 +421,10 @@ def route_explain(
         str, typer.Option("--calling-ae", help="pretend the study came from this AE title")
     ] = "",
 ) -> None:
-    """For each study: which rules matched, which did not and why, which series were
-    selected, and what would be sent where. Nothing is run or sent."""
+    """Dry-run routing: which rules match and why; nothing is run or sent.
+
+    For each study: which rules matched, which did not and why, which series were
+    selected, and what would be sent where."""
     from cds.routing.router import explain_text, read_headers, route
     from cds.routing.rules import RoutingFileError, load_routing
 

@@ -108,8 +108,10 @@ def _as_json(r: AuditRecord) -> dict[str, object]:
 
 @audit_app.command("verify")
 def audit_verify(config: ConfigOpt = None, home: HomeOpt = None) -> None:
-    """Check the hash chain and the signed head: exit 0 when intact, 1 with the first
-    bad record and why (edited, missing, out of order, truncated, torn)."""
+    """Check the hash chain and the signed head (exit 0 when intact).
+
+    Exit 1 names the first bad record and why (edited, missing, out of order, truncated,
+    torn)."""
     path = _path(config, home)
     v = verify(path)
     if v.ok:
@@ -138,8 +140,9 @@ def audit_export(
     study: StudyOpt = None,
     who: WhoOpt = None,
 ) -> None:
-    """Write the matching records as DICOM audit messages (PS3.15 A.5 XML), one
-    ``AuditMessage`` per record inside an ``AuditMessages`` element."""
+    """Write the matching records as DICOM audit messages (PS3.15 A.5 XML).
+
+    One ``AuditMessage`` per record inside an ``AuditMessages`` element."""
     settings = _settings(config, home)
     rows = query(settings.audit_path, _query(since, until, event, study, who))
     source = f"{settings.audit.syslog.app_name if settings.audit.syslog else 'cds'}@" + (

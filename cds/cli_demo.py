@@ -34,9 +34,11 @@ def demo(
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the results")] = 180,
 ) -> None:
-    """The whole round trip on this machine: a synthetic CT (patient DEMO^CDS) goes from a
-    throw-away Orthanc (the PACS) to a cds node, the reference models run, and the advisory
-    results (SEG, SR, GSPS, SC) come back into the same study in Orthanc."""
+    """The whole round trip on this machine, from a throw-away PACS and back.
+
+    A synthetic CT (patient DEMO^CDS) goes from a throw-away Orthanc (the PACS) to a cds
+    node, the reference models run, and the advisory results (SEG, SR, GSPS, SC) come back
+    into the same study in Orthanc."""
     from cds.demo import run_demo  # noqa: PLC0415 - the node stack loads only for this command
 
     if lang not in ("en", "fr"):

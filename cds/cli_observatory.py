@@ -91,8 +91,10 @@ def show(
     ] = Bucket.WEEK,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per model version and period: studies, findings, positive rate, feedback rates,
-    median time to feedback, time to result (p50, p90) and job run time (p50)."""
+    """Figures per model version and period.
+
+    Studies, findings, positive rate, feedback rates, median time to feedback, time to
+    result (p50, p90) and job run time (p50)."""
     start, end = _range(since, until)
     rows = model_stats(_records(config, home), bucket, start, end)
     if as_json:
@@ -135,9 +137,10 @@ def export(
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Write aggregated, de-identified figures per model version and ISO week (no patient,
-    study or user identifiers, no date finer than the week, small counts suppressed).
-    --since and --until are widened to whole ISO weeks."""
+    """Write aggregated, de-identified figures per model version and ISO week.
+
+    No patient, study or user identifiers, no date finer than the week, small counts
+    suppressed. --since and --until are widened to whole ISO weeks."""
     start, end = _range(since, until)
     data = build_export(_records(config, home), min_count=min_count, since=start, until=end)
     text = json.dumps(data, indent=2) + "\n" if fmt is ExportFormat.JSON else to_csv(data)

@@ -66,3 +66,42 @@ def test_serve_refuses_invalid_config(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["serve", "--config", str(bad), "--home", str(tmp_path)])
     assert res.exit_code == 2
     assert "dicom.port: must be 1..65535" in res.output
+
+
+def test_help_lists_each_command_on_one_line() -> None:
+    """issue 14: `cds --help` shows each command's summary without the docstring's line
+    breaks (typer keeps single line breaks of the first paragraph in its command lists)."""
+    import inspect
+
+    import click
+    import typer.main
+
+    def walk(cmd: click.Command, path: str) -> list[str]:
+        bad = []
+        first = inspect.cleandoc(cmd.help or "").split("\n\n")[0]
+        if "\n" in first:
+            bad.append(path)
+        for name, sub in getattr(cmd, "commands", {}).items():
+            bad += walk(sub, f"{path} {name}")
+        return bad
+
+    assert walk(typer.main.get_command(app), "cds") == []
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    (demo,) = [line for line in res.output.splitlines() if " demo " in line]
+    assert "round trip" in demo
+
+
+def test_routing_check_counts_in_the_right_number(tmp_path: Path) -> None:
+    """issue 14: "1 destination", not "1 destinations"."""
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(
+        "destinations:\n  pacs: {ae_title: PACS, host: 127.0.0.1, port: 4242}\n"
+        "pipelines:\n  p: {model: m, results: [SR], destinations: [pacs]}\n"
+        "rules:\n"
+        "  - {name: a, pipelines: [p], match: [{attribute: Modality, equals: CT}]}\n"
+        "  - {name: b, pipelines: [p], match: [{attribute: Modality, equals: MR}]}\n"
+    )
+    res = CliRunner().invoke(app, ["config", "check", str(routing)])
+    assert res.exit_code == 0, res.output
+    assert "OK (2 rules, 1 pipeline, 1 destination)" in res.output

@@ -172,6 +172,9 @@ class Node:
         self.models.load()  # a broken package is reported and skipped, never fatal
         self.routing.start()
         if self.routing.last_errors:  # at start there are no previous rules to keep
+            self.routing.stop()  # nothing started may outlive a refused start
+            if self.audit_syslog is not None:
+                self.audit_syslog.stop()
             raise ConfigError(self.routing.last_errors, str(self.settings.routing.file))
         self.listener.start()
         self.assembler.start()

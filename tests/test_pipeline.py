@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from contextlib import closing
 from pathlib import Path
@@ -135,6 +136,9 @@ def test_invalid_routing_file_refused_at_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         Node(settings_with_routing(tmp_path, bad)).start()
     assert "rules.0.match.0.contains: unknown field" in str(err.value)
+    # nothing the refused start began keeps running (the routing watcher used to, and
+    # died later writing to an audit folder that was gone)
+    assert "cds-routing" not in {t.name for t in threading.enumerate()}
 
 
 def test_invalid_routing_change_keeps_previous_rules(tmp_path: Path) -> None:

@@ -127,7 +127,12 @@ class RoutingManager:
     # --- life cycle --------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            self.reload()
+            try:
+                self.reload()
+            except Exception as exc:  # the watcher outlives one bad read
+                # e.g. the audit trail's folder unwritable for a moment: the rules in force
+                # stay, and the next tick tries again
+                log.error("routing.reload_failed", error=type(exc).__name__)
 
     def start(self) -> None:
         self.reload()

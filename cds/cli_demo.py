@@ -33,6 +33,15 @@ def demo(
         bool, typer.Option("--no-orthanc", help="do not use Orthanc even if installed")
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the results")] = 180,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            file_okay=False,
+            help="copy the result files into this folder, kept after the demo "
+            "(everything else is removed at the end)",
+        ),
+    ] = None,
 ) -> None:
     """The whole round trip on this machine, from a throw-away PACS and back.
 
@@ -53,6 +62,7 @@ def demo(
         timeout=timeout,
         orthanc=not no_orthanc,
         wait_forever=_until_ctrl_c if keep else None,
+        out=out,
     )
     if not outcome.ok:
         for problem in outcome.problems:

@@ -6,10 +6,11 @@ node running in this process (C-STORE, exactly as a PACS would), the node's
 routing rules run the bundled reference models, and the advisory results (SEG,
 SR, GSPS, SC) are delivered back into the same study in Orthanc. Everything
 listens on 127.0.0.1 on free ports, in a temporary folder that is removed at
-the end (unless ``--keep``).
+the end: ``--keep`` leaves everything running until Ctrl-C, ``--out DIR`` keeps a
+copy of the result files. The demo never prints a path that is gone when it ends.
 
 Without Orthanc the node still receives the study (sent by cds' own C-STORE
-SCU) and runs the models; the demo then lists the result files it wrote.
+SCU) and runs the models; the demo then lists the result objects it wrote.
 """
 
 from __future__ import annotations
@@ -25,14 +26,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from cds.config import (
     AssemblySettings,
@@ -47,131 +44,17 @@ from cds.config import (
     SpoolSettings,
 )
 from cds.delivery.scu import store_batch
+from cds.demo_study import DEMO_PATIENT_NAME, DemoStudy, synthetic_ct
 from cds.domain import DeliveryState, StudyState
 from cds.logging import configure_logging
 from cds.orchestrator import Node
 from cds.routing.rules import Destination
 
-DEMO_PATIENT_NAME = "DEMO^CDS"
-DEMO_PATIENT_ID = "CDS-DEMO-0001"
 #: models the demo's routing file runs (bundled in the repository's models/)
 DEMO_MODELS = ("cds-ref-ct-bone", "cds-ref-blob-detect")
 ORTHANC_AE = "ORTHANC"
-FOV_MM = 240.0  # field of view of the synthetic slices, whatever their size
 
 Echo = Callable[[str], None]
-
-
-# --- the synthetic study ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DemoStudy:
-    study_uid: str
-    series_uid: str
-    files: list[Path]
-
-
-def phantom_slice(index: int, slices: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One axial slice of a head-like phantom, in HU: air, soft tissue (35 HU), a
-    skull ring (~1000 HU, what ``cds-ref-ct-bone`` segments) and, in the middle
-    third of the slices, a sphere of 190 HU (what ``cds-ref-blob-detect`` boxes)."""
-    c = (np.arange(size) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
-    y, x = np.meshgrid(c, c, indexing="ij")
-    t = (index + 0.5) / slices * 2 - 1  # slice position in [-1, 1]
-    shrink = float(np.sqrt(max(0.2, 1 - 0.6 * t * t)))  # the head narrows at both ends
-    r = np.sqrt((x / (0.78 * shrink)) ** 2 + (y / (0.88 * shrink)) ** 2)
-    hu = np.full((size, size), -1000.0)
-    hu[r <= 1.0] = 1000.0  # skull
-    hu[r <= 0.9] = 35.0  # brain-like soft tissue
-    blob_r2 = 0.12**2 - (t * 0.4) ** 2  # a sphere of radius 0.12 around the middle slice
-    if blob_r2 > 0.03**2:
-        hu[(x - 0.25) ** 2 + (y + 0.2) ** 2 <= blob_r2] = 190.0
-    noise = rng.normal(0.0, 4.0, size=(size, size))
-    return np.asarray(hu + np.where(r <= 1.0, noise, 0.0))
-
-
-def _ct_header(study_uid: str, series_uid: str, frame_uid: str, size: int) -> Dataset:
-    now = datetime.now()
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.AccessionNumber = "DEMO"
-    ds.Modality = "CT"
-    ds.Manufacturer = "cds demo (synthetic)"
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "CDS DEMO - synthetic head CT"
-    ds.SeriesDescription = "Synthetic head CT 2.5 mm"
-    ds.PatientName = DEMO_PATIENT_NAME
-    ds.PatientID = DEMO_PATIENT_ID
-    ds.PatientBirthDate = "19800101"
-    ds.PatientSex = "O"
-    ds.PatientAge = "045Y"
-    ds.BodyPartExamined = "HEAD"
-    ds.SliceThickness = 2.5
-    ds.KVP = 120
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.AcquisitionNumber = 1
-    ds.PatientPosition = "HFS"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.FrameOfReferenceUID = frame_uid
-    ds.PositionReferenceIndicator = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = ds.Columns = size
-    ds.PixelSpacing = [FOV_MM / size, FOV_MM / size]
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.WindowCenter = 40
-    ds.WindowWidth = 400
-    ds.RescaleIntercept = -1024
-    ds.RescaleSlope = 1
-    ds.RescaleType = "HU"
-    return ds
-
-
-def synthetic_ct(
-    folder: Path, slices: int = 40, size: int = 128, *, study_uid: str | None = None
-) -> DemoStudy:
-    """Write a synthetic axial CT series (one study, ``slices`` files of ``size`` x
-    ``size``, 16-bit, Explicit VR Little Endian) into ``folder``; fresh UIDs unless
-    ``study_uid`` is given. Routable by deploy/routing.example.yaml's adult CT rule."""
-    if slices < 1 or size < 32:
-        raise ValueError(f"need at least 1 slice of at least 32 x 32 (got {slices}, {size})")
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    header = _ct_header(study_uid, series_uid, generate_uid(), size)
-    rng = np.random.default_rng(20261125)
-    origin = -FOV_MM / 2
-    files = []
-    for n in range(slices):
-        ds = Dataset()
-        ds.update(header)
-        sop_uid = generate_uid()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPInstanceUID = sop_uid
-        ds.InstanceNumber = n + 1
-        z = -n * 2.5
-        ds.ImagePositionPatient = [origin, origin, z]
-        ds.SliceLocation = z
-        hu = phantom_slice(n, slices, size, rng)
-        ds.PixelData = np.clip(hu + 1024, 0, 65535).astype("<u2").tobytes()
-        path = folder / f"ct_{n + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        files.append(path)
-    return DemoStudy(study_uid, series_uid, files)
 
 
 def demo_routing(destination_port: int | None) -> dict[str, Any]:
@@ -319,6 +202,18 @@ class OrthancPacs:
 # --- the run -----------------------------------------------------------------
 
 
+class DemoError(Exception):
+    """The demo cannot go on; the message says why (no path that is about to be removed)."""
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "empty log"
+
+
 @dataclass
 class DemoOutcome:
     ok: bool
@@ -362,14 +257,25 @@ class _Demo:
         self.node: Node | None = None
         self.orthanc_study = ""
         self.study_key = ""
+        self.kept: Path | None = None  # where --out copied the result files
 
-    def start(self, binary: Path | None) -> None:
+    def start(self, binary: Path | None, wanted: bool = True) -> None:
         if binary is not None:
             self.pacs = OrthancPacs(binary, self.work / "orthanc", "CDS", self.settings.dicom.port)
-            version = self.pacs.wait_ready()
+            try:
+                version = self.pacs.wait_ready()
+            except RuntimeError as exc:  # its log is in the folder about to be removed
+                raise DemoError(
+                    f"{str(exc).split(';')[0]}: {_last_line(self.pacs.log_path)}"
+                ) from None
             self.echo(
                 f"[1/5] Orthanc {version} plays the PACS: {self.pacs.url}/app/explorer.html, "
                 f"DICOM {ORTHANC_AE}@127.0.0.1:{self.pacs.dicom_port}"
+            )
+        elif not wanted:
+            self.echo(
+                "[1/5] Orthanc not used (--no-orthanc): cds' own C-STORE sends the study and "
+                "the results stay in the node's results folder."
             )
         else:
             self.echo(
@@ -435,8 +341,21 @@ class _Demo:
         )
         return state
 
-    def report(self, seconds: float) -> DemoOutcome:
-        """What was delivered and what Orthanc now holds, or what was written locally."""
+    def keep_results(self, out: Path) -> None:
+        """Copy the result files into ``out`` (``--out``): one folder per kind of object."""
+        src = self.settings.results_path / self.study_key if self.study_key else None
+        if src is None or not src.is_dir():
+            self.echo(f"no result files to copy into {out}")
+            return
+        try:
+            shutil.copytree(src, out, dirs_exist_ok=True)
+        except OSError as exc:
+            raise DemoError(f"--out {out}: cannot copy the result files ({exc})") from None
+        self.kept = out
+
+    def report(self, seconds: float, keep: bool) -> DemoOutcome:
+        """What was delivered and what Orthanc now holds, or what was written locally.
+        Paths and links only where they outlive the demo (``--out``, or ``--keep``)."""
         assert self.node is not None
         key = self.study_key
         deliveries = self.node.store.list_deliveries(key, limit=10_000) if key else []
@@ -447,14 +366,7 @@ class _Demo:
             if d.state is not DeliveryState.DELIVERED and d.last_error:
                 problems.append(f"{d.modality} to {d.destination}: {d.state.value}: {d.last_error}")
         if self.pacs is None:
-            root = self.settings.results_path
-            files = sorted((root / key).rglob("*.dcm")) if key else []
-            self.echo(f"[5/5] {len(files)} result object(s) written in {root / key}:")
-            series = []
-            for folder in sorted({f.parent for f in files}):
-                n = sum(f.parent == folder for f in files)
-                series.append({"modality": folder.name, "instances": n, "description": ""})
-                self.echo(f"  {folder.name:4} {n:3} object(s) in {folder}")
+            series = self._local_results(keep)
         else:
             counts = ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) or "none"
             self.echo(f"[5/5] deliveries to Orthanc: {counts} ({seconds:.1f} s after the upload)")
@@ -462,7 +374,17 @@ class _Demo:
             self.echo(f"Orthanc now holds in the study ({self.orthanc_study}):")
             for s in series:
                 self.echo(f"  {s['modality']:4} {s['instances']:3} instance(s)  {s['description']}")
-            self.echo(f"Open it: {self.pacs.url}/app/explorer.html#study?uuid={self.orthanc_study}")
+            if keep:
+                self.echo(
+                    f"Open it: {self.pacs.url}/app/explorer.html#study?uuid={self.orthanc_study}"
+                )
+            else:
+                self.echo(
+                    "Orthanc stops and its copy of the study is removed when the demo ends "
+                    "(cds demo --keep leaves it running to browse)"
+                )
+            if self.kept is not None:
+                self.echo(f"The result files are also in {self.kept}")
         missing = {"SR", "SEG"} - {s["modality"] for s in series}
         if missing:
             where = "Orthanc holds" if self.pacs is not None else "the node wrote"
@@ -470,6 +392,25 @@ class _Demo:
         for p in problems:
             self.echo(f"  problem: {p}")
         return DemoOutcome(not missing, series, problems)
+
+    def _local_results(self, keep: bool) -> list[dict[str, Any]]:
+        key = self.study_key
+        root = self.kept or self.settings.results_path / key
+        files = sorted(root.rglob("*.dcm")) if key else []
+        shown = keep or self.kept is not None  # the folder outlives the demo
+        where = f" in {root}" if shown else ""
+        self.echo(f"[5/5] {len(files)} result object(s) written{where}:")
+        series = []
+        for folder in sorted({f.parent for f in files}):
+            n = sum(f.parent == folder for f in files)
+            series.append({"modality": folder.name, "instances": n, "description": ""})
+            self.echo(f"  {folder.name:4} {n:3} object(s){f' in {folder}' if shown else ''}")
+        if not shown:
+            self.echo(
+                "  (in a temporary folder, removed when the demo ends: --out DIR keeps the "
+                "files, --keep keeps everything running until Ctrl-C)"
+            )
+        return series
 
     def close(self) -> None:
         if self.node is not None:
@@ -488,10 +429,17 @@ def run_demo(
     timeout: float = 180,
     orthanc: Path | bool = True,
     wait_forever: Callable[[], None] | None = None,
+    out: Path | None = None,
 ) -> DemoOutcome:
     """Run the round trip and report through ``echo``. ``orthanc``: True = find it,
     False = run without it, a path = that binary. ``wait_forever`` (``--keep``) is
-    called once the results are shown; it returns when the user wants to stop."""
+    called once the results are shown; it returns when the user wants to stop.
+    ``out`` (``--out``): a folder the result files are copied into, kept."""
+    if out is not None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return DemoOutcome(False, problems=[f"--out {out}: cannot create ({exc.strerror})"])
     model_dir = find_models(models)
     if model_dir is None:
         return DemoOutcome(
@@ -511,20 +459,27 @@ def run_demo(
         study = synthetic_ct(work / "study", slices, size)
         echo(
             f"cds demo: a synthetic CT study ({slices} slices of {size}x{size}, patient "
-            f"{DEMO_PATIENT_NAME}, no real patient data) in {work}"
+            f"{DEMO_PATIENT_NAME}, no real patient data)"
         )
         demo = _Demo(
             work, echo, demo_settings(work / "home", work / "routing.yaml", package_dir, lang)
         )
         try:
-            demo.start(binary if isinstance(binary, Path) else None)
+            demo.start(binary if isinstance(binary, Path) else None, wanted=orthanc is not False)
             t0 = time.monotonic()
             demo.send(study)
             demo.wait(study.study_uid, timeout)
-            outcome = demo.report(time.monotonic() - t0)
-            if wait_forever is not None and outcome.ok:
-                echo(f"Look: cds studies --home {demo.settings.home}; Ctrl-C stops everything.")
+            if out is not None:
+                demo.keep_results(out)
+            outcome = demo.report(time.monotonic() - t0, keep=wait_forever is not None)
+            if wait_forever is not None:
+                echo(
+                    f"Look: cds studies --home {demo.settings.home}; Ctrl-C stops everything "
+                    f"and removes {work}."
+                )
                 wait_forever()
             return outcome
+        except DemoError as exc:
+            return DemoOutcome(False, problems=[str(exc)])
         finally:
             demo.close()

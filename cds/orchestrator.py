@@ -14,6 +14,7 @@ import secrets
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -330,9 +331,13 @@ class Node:
             dicom["port"] = self.listener.address[1]
             tls = self.listener.tls_address
             dicom["tls_port"] = tls[1] if tls is not None else None
-        ok = self.listener.listening and store_ok and not space.below_watermark
+        up = self.listener.listening and store_ok and not space.below_watermark
+        # a routed model that cannot run: the node still receives, but studies go unread
+        problems = self.models.problems(self.routing.routed_models())
         return {
-            "status": "ok" if ok else "degraded",
+            # unavailable: cannot take studies (HTTP 503); degraded: takes them (HTTP 200)
+            "status": "unavailable" if not up else "degraded" if problems else "ok",
+            "problems": [asdict(p) for p in problems],
             "version": __version__,
             "dicom": dicom,
             "store": {"backend": self.settings.store.backend, "reachable": store_ok},

@@ -122,7 +122,7 @@ class CdsNode:
         return self
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
-        """Poll /health until the DICOM listener is up (200 ok, or 503 degraded)."""
+        """Poll /health until the DICOM listener is up (200 ok or degraded, 503 unavailable)."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc is not None

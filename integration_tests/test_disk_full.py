@@ -1,7 +1,7 @@
 """issue 8: the disk really fills up to the watermark while the node is receiving, then
 space comes back. Below the watermark every C-STORE is answered 0xA700 (Out of
 Resources) with an error comment and nothing is stored; the node stays up (C-ECHO,
-/health 503 degraded); when space returns, the same instances are accepted; every
+/health 503 unavailable); when space returns, the same instances are accepted; every
 spooled file is intact (its data set is byte for byte what was sent).
 
 The disk is filled for real, with a file reserved by posix_fallocate in the node's

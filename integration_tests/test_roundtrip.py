@@ -312,16 +312,21 @@ def test_i5_cds_demo_shows_the_round_trip(tmp_path: Path) -> None:
     assert {"CT", "SR", "SEG"} <= kinds, out
     assert ("CT", "24") in {(m, n) for m, n, _ in held}
     assert all(d.startswith(ADVISORY) for m, _, d in held if m != "CT"), out
-    assert re.search(r"http://127\.0\.0\.1:\d+/app/explorer\.html#study\?uuid=", out)
+    # Orthanc is gone when the demo ends: no link to the study, the way to keep it instead
+    assert "#study?uuid=" not in out
+    assert "cds demo --keep leaves it running to browse" in out
     assert "DEMO^CDS" in out
     assert "Traceback" not in run.stderr
     assert list(tmp_path.glob("cds-demo-*")) == []  # the throw-away folder is gone
 
 
 def test_i5_cds_demo_without_orthanc_lists_the_local_results(tmp_path: Path) -> None:
-    """issue 5: without Orthanc, ``cds demo`` says so and lists the results it wrote."""
+    """issue 5: without Orthanc, ``cds demo`` says so and lists the results it wrote;
+    issue 14: --no-orthanc is named as the reason (Orthanc may well be installed), and
+    --out keeps the result files it lists."""
+    kept = tmp_path / "kept"
     run = subprocess.run(
-        [sys.executable, "-m", "cds", "demo", "--no-orthanc", "--slices", "12"],
+        [sys.executable, "-m", "cds", "demo", "--no-orthanc", "--slices", "12", "--out", str(kept)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -330,7 +335,11 @@ def test_i5_cds_demo_without_orthanc_lists_the_local_results(tmp_path: Path) -> 
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "Orthanc not found" in run.stdout
-    assert "apt-get install orthanc" in run.stdout
-    listed = set(re.findall(r"^\s+(\w+)\s+\d+ object\(s\) in ", run.stdout, re.MULTILINE))
-    assert {"SR", "SEG"} <= listed, run.stdout
+    assert "Orthanc not used (--no-orthanc)" in run.stdout
+    assert "not found" not in run.stdout
+    listed = re.findall(r"^\s+(\w+)\s+\d+ object\(s\) in (\S+)$", run.stdout, re.MULTILINE)
+    assert {"SR", "SEG"} <= {kind for kind, _ in listed}, run.stdout
+    for _, folder in listed:  # still there after the demo ended
+        assert Path(folder).parent == kept
+        assert list(Path(folder).glob("*.dcm")), folder
+    assert list(tmp_path.glob("cds-demo-*")) == []

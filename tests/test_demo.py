@@ -3,14 +3,18 @@ with something for both reference CT models to find; no real patient data."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
 import pytest
 
-from cds.demo import DEMO_PATIENT_NAME, demo_routing, synthetic_ct
+from cds import demo as demo_mod
+from cds.demo import DEMO_PATIENT_NAME, DemoOutcome, demo_routing, run_demo, synthetic_ct
 from cds.routing.router import read_headers, route
 from cds.routing.rules import load_routing, parse_routing
 
@@ -97,3 +101,70 @@ def test_synthetic_ct_passes_dciodvfy(tmp_path: Path) -> None:
     )
     errors = [line for line in out.stderr.splitlines() if line.startswith("Error")]
     assert errors == [], out.stderr
+
+
+# --- what the demo says (issue 14): true when it says it, and after it ended ---------
+
+
+def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> tuple[DemoOutcome, str]:
+    """The demo in this process, its temporary folder under ``tmp_path``."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    lines: list[str] = []
+    outcome = run_demo(lines.append, slices=3, size=64, timeout=60, **kw)
+    assert list(tmp_path.glob("cds-demo-*")) == []  # removed at the end
+    return outcome, "\n".join(lines)
+
+
+def _paths_under(root: Path, text: str) -> list[Path]:
+    return [Path(p.rstrip(".:")) for p in re.findall(rf"{re.escape(str(root))}[^\s,()]*", text)]
+
+
+def test_no_orthanc_says_it_was_not_used_and_prints_no_vanished_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-orthanc with Orthanc installed or not: the demo says Orthanc was not used
+    because of the option (not that it is missing); the results are listed by kind,
+    without the paths of the temporary folder it removes, and it says how to keep them."""
+    monkeypatch.setattr(demo_mod, "find_orthanc", lambda: Path("/usr/sbin/Orthanc"))
+    outcome, out = _run(tmp_path, monkeypatch, orthanc=False)
+    assert outcome.ok, out
+    assert "[1/5] Orthanc not used (--no-orthanc)" in out
+    assert "not found" not in out
+    assert "install" not in out
+    kinds = re.findall(r"^\s+(\w+)\s+\d+ object\(s\)$", out, re.MULTILINE)
+    assert {"SR", "SEG"} <= set(kinds), out
+    assert _paths_under(tmp_path, out) == []  # nothing printed lives in the removed folder
+    assert "--out DIR keeps the files" in out
+
+
+def test_out_keeps_the_results_and_every_printed_path_exists_after_the_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orthanc really not found, --out DIR: the message says it is missing and how to
+    install it; the result files are copied into DIR, and every path the demo printed
+    still exists once it has ended."""
+    monkeypatch.setattr(demo_mod, "find_orthanc", lambda: None)
+    kept = tmp_path / "kept"
+    outcome, out = _run(tmp_path, monkeypatch, out=kept)
+    assert outcome.ok, out
+    assert "[1/5] Orthanc not found" in out
+    assert "sudo apt-get install orthanc" in out
+    printed = _paths_under(tmp_path, out)
+    assert kept in printed
+    assert all(p.exists() for p in printed), out
+    folders = re.findall(r"^\s+(\w+)\s+\d+ object\(s\) in (\S+)$", out, re.MULTILINE)
+    assert {"SR", "SEG"} <= {kind for kind, _ in folders}, out
+    for kind, folder in folders:
+        files = sorted(Path(folder).glob("*.dcm"))
+        assert files, folder
+        assert Path(folder).parent == kept
+        assert {pydicom.dcmread(f).Modality for f in files} == {kind}
+
+
+def test_out_that_cannot_be_a_folder_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    outcome = run_demo(lambda _: None, out=taken / "results")
+    assert not outcome.ok
+    (problem,) = outcome.problems
+    assert problem.startswith(f"--out {taken / 'results'}: cannot create")

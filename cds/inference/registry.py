@@ -7,7 +7,7 @@ and its problems, and skipped. A ready package holds a warmed-up session.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +39,31 @@ class LoadedModel:
     @property
     def version(self) -> str:
         return self.manifest.version if self.manifest else "?"
+
+
+#: longest reason shown for a broken model (``cds model list`` shows every error in full)
+_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ModelProblem:
+    """A model the routing rules send studies to, that cannot run them."""
+
+    model: str
+    status: str  # broken | missing
+    pipelines: list[str]  # the routed pipelines that name it
+    reason: str  # brief; no path but the package folder's name, never data values
+
+
+def _brief(model: LoadedModel) -> str:
+    """The first error of a broken package, its folder path shortened to the folder name."""
+    if not model.errors:
+        return "failed to load"
+    first = model.errors[0].replace(str(model.path), model.path.name)
+    if len(first) > _REASON_CHARS:
+        first = first[: _REASON_CHARS - 3] + "..."
+    more = len(model.errors) - 1
+    return first + (f" (+{more} more: cds model list)" if more else "")
 
 
 def find_packages(dirs: Iterable[Path]) -> list[Path]:
@@ -121,3 +146,15 @@ class ModelRegistry:
     def get(self, name: str) -> LoadedModel | None:
         with self._lock:
             return self._models.get(name)
+
+    def problems(self, routed: Mapping[str, Sequence[str]]) -> list[ModelProblem]:
+        """The routed models (model name -> pipelines) that are broken or not found."""
+        out = []
+        for name, pipelines in sorted(routed.items()):
+            model = self.get(name)
+            if model is None:
+                reason = "no package of this name in inference.model_dirs"
+                out.append(ModelProblem(name, "missing", list(pipelines), reason))
+            elif model.status != "ready":
+                out.append(ModelProblem(name, model.status, list(pipelines), _brief(model)))
+        return out

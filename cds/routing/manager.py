@@ -109,6 +109,19 @@ class RoutingManager:
         with self._lock:
             return self._config_disabled | self._api_disabled | set(self._rules.disabled_models)
 
+    def routed_models(self) -> dict[str, list[str]]:
+        """The models the rules in force send studies to (model -> pipelines), less the
+        disabled ones: those are skipped on purpose."""
+        rules, disabled = self.rules, self.disabled()
+        routed: dict[str, list[str]] = {}
+        for rule in rules.rules:
+            for name in rule.pipelines:
+                model = rules.pipelines[name].model
+                pipes = routed.setdefault(model, [])
+                if model not in disabled and name not in pipes:
+                    pipes.append(name)
+        return {model: pipes for model, pipes in routed.items() if pipes}
+
     def set_disabled(self, model: str, disabled: bool, *, who: str = "system") -> None:
         """The kill switch: ``who`` is recorded in the audit trail."""
         with self._lock:

@@ -40,6 +40,7 @@ _HEADER_KEYWORDS = [
     "SeriesDescription",
     "StudyDescription",
     "ProtocolName",
+    "ViewPosition",
     "Manufacturer",
     "ManufacturerModelName",
     "ImageType",

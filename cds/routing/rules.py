@@ -57,6 +57,7 @@ ATTRIBUTES: dict[str, str] = {
     "SeriesDescription": "text",
     "StudyDescription": "text",
     "ProtocolName": "text",
+    "ViewPosition": "text",  # radiographs: PA, AP, LL, RL, LATERAL...
     "SOPClassUID": "text",
     "Manufacturer": "text",
     "ManufacturerModelName": "text",

@@ -23,15 +23,19 @@ def _detailed(request: Request) -> bool:
 
 @router.get(
     "/health",
-    summary="Node status: DICOM listener, state store, spool free space",
+    summary="Node status: DICOM listener, state store, spool free space, routed models",
     description="Open to load balancers: without credentials (when authentication is on) "
-    "the answer is the status alone; observers and up see every part.",
-    responses={503: {"description": "a part of the node is down or the disk is low"}},
+    "the answer is the status alone; observers and up see every part. `ok` and "
+    "`degraded` answer 200: the node takes studies (degraded: a model the routing rules "
+    "name is broken or missing, listed under `problems`, and its studies are skipped). "
+    "`unavailable` answers 503: the listener or the state store is down, or the spool "
+    "disk is below its watermark, so studies are refused.",
+    responses={503: {"description": "unavailable: a part of the node is down or the disk is low"}},
     dependencies=[PUBLIC],
 )
 def health(request: Request, node: Annotated[Node, Depends(get_node)]) -> JSONResponse:
     body: dict[str, Any] = node.health()
-    code = 200 if body["status"] == "ok" else 503
+    code = 503 if body["status"] == "unavailable" else 200
     if not _detailed(request):
         body = {"status": body["status"]}
     return JSONResponse(body, status_code=code)

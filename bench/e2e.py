@@ -84,7 +84,13 @@ def start_node(run: Path, routing: Path, quiet: float, providers: str) -> tuple[
     cfg.write_text(
         yaml.safe_dump(
             {
-                "dicom": {"ae_title": "CDS", "host": "127.0.0.1", "port": port},
+                "dicom": {
+                    "ae_title": "CDS",
+                    "host": "127.0.0.1",
+                    "port": port,
+                    # growth.py sends up to 10 studies at once, all from 127.0.0.1
+                    "limits": {"max_associations_per_address": 16},
+                },
                 "http": {"host": "127.0.0.1", "port": http},
                 "spool": {"min_free_mb": 100},
                 "assembly": {"quiet_time_s": quiet, "check_interval_s": 0.1},

@@ -72,6 +72,20 @@ class DicomTlsSettings(_Section):
     )
 
 
+def _check_networks(values: list[str]) -> list[str]:
+    """IP addresses or CIDR networks, each checked (the message names the bad one)."""
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as exc:
+            hint = " (host bits set: name the network, e.g. 10.1.2.0/24)"
+            plain = "has host bits set" in str(exc)
+            raise ValueError(
+                f"{value!r} is not an IP address or CIDR network{hint if plain else ''}"
+            ) from exc
+    return values
+
+
 class SourceRule(_Section):
     """Who may send: a calling AE title bound to addresses (and a certificate under TLS)."""
 
@@ -90,16 +104,7 @@ class SourceRule(_Section):
     @field_validator("addresses")
     @classmethod
     def _check_addresses(cls, values: list[str]) -> list[str]:
-        for value in values:
-            try:
-                ipaddress.ip_network(value, strict=True)
-            except ValueError as exc:
-                hint = " (host bits set: name the network, e.g. 10.1.2.0/24)"
-                plain = "has host bits set" in str(exc)
-                raise ValueError(
-                    f"{value!r} is not an IP address or CIDR network{hint if plain else ''}"
-                ) from exc
-        return values
+        return _check_networks(values)
 
     @field_validator("cert_subject_cn")
     @classmethod
@@ -110,8 +115,38 @@ class SourceRule(_Section):
 
 
 class IngestLimits(_Section):
-    """Bounds on what one instance may cost us before it is refused and quarantined
-    (cds.ingest.receiver; hostile refusals are kept in <spool>/quarantine)."""
+    """Bounds on what one peer address may hold (cds.ingest.admission) and on what one
+    instance may cost us before it is refused and quarantined (cds.ingest.receiver;
+    hostile refusals are kept in <spool>/quarantine)."""
+
+    max_associations_per_address: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="connections one peer address may hold on the DICOM ports at once (both "
+        "together, counted from the TCP accept, so idle and half-sent ones count): more get "
+        "A-ASSOCIATE-RJ rejected-transient / service-provider / local limit exceeded, and "
+        "past as many again waiting for that answer, are closed at once. Keep it below "
+        "max_associations, or one address can still take every slot",
+    )
+    max_handshakes_per_address: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="TLS handshakes one peer address may have in progress at once on the TLS "
+        "port: more connections are closed at once, before any TLS byte",
+    )
+    exempt_addresses: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or networks (CIDR) the two per-address caps do not apply "
+        "to (e.g. a TLS proxy or NAT gateway in front of many senders); empty = none, "
+        "loopback included",
+    )
+
+    @field_validator("exempt_addresses")
+    @classmethod
+    def _check_exempt(cls, values: list[str]) -> list[str]:
+        return _check_networks(values)
 
     max_dataset_mb: int = Field(
         4096,

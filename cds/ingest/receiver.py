@@ -33,7 +33,7 @@ from cds.ingest.instance import (
     is_valid_uid,
     read_header,
 )
-from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
+from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, PendingFile, Spool
 from cds.logging import get_logger, study_key
 from cds.store.base import StateStore
 
@@ -85,7 +85,7 @@ class Receiver:
         sop_uid = sop_uid.strip()
         _check_request(sop_uid, sop_class_uid)
         self._check_size(len(dataset))
-        self._spool.check_space(len(dataset))
+        low_space = self._check_space(sop_uid, dataset)
 
         meta = encode_file_meta(sop_class_uid, sop_uid, transfer_syntax_uid, calling_ae)
         try:
@@ -127,8 +127,7 @@ class Receiver:
             if known is not None and known[0] == digest and self._spool.exists(known[1]):
                 rel = known[1]  # an identical re-send: nothing to write
             else:
-                with began or self._spool.begin(meta, dataset) as pending:
-                    pending.commit(rel)  # durable: fsync, rename, directory fsync
+                self._commit(began, meta, dataset, rel, low_space=low_space)
 
         rec = InstanceRecord(
             study_uid=header.study_uid,
@@ -168,6 +167,39 @@ class Receiver:
         for fn in self._listeners:
             fn(rec, result)
         return result
+
+    def _check_space(self, sop_uid: str, dataset: bytes) -> IngestError | None:
+        """Raise 0xA700 if storing ``dataset`` would pass the disk watermark, unless
+        exactly these bytes are spooled already as the current version of ``sop_uid``
+        (an identical re-send: Success, nothing written); then return that 0xA700, for
+        the caller to raise should it have to write after all."""
+        try:
+            self._spool.check_space(len(dataset))
+        except IngestError as low_space:
+            try:
+                known = self._store.find_instance(sop_uid)
+            except StoreError:
+                raise low_space from None
+            if known is None or known[0] != _sha256(dataset) or not self._spool.exists(known[1]):
+                raise
+            return low_space
+        return None
+
+    def _commit(
+        self,
+        began: PendingFile | None,
+        meta: bytes,
+        dataset: bytes,
+        rel: str,
+        *,
+        low_space: IngestError | None,
+    ) -> None:
+        """Write durably (fsync, rename, directory fsync): never below the watermark
+        (``low_space``: an identical re-send whose spooled copy went meanwhile)."""
+        if low_space is not None:
+            raise low_space
+        with began or self._spool.begin(meta, dataset) as pending:
+            pending.commit(rel)
 
     def _check_size(self, size: int) -> None:
         limit_mb = self._settings.dicom.limits.max_dataset_mb

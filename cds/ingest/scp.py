@@ -8,6 +8,9 @@ Network hardening that pynetdicom does not do by itself:
 - every accepted socket gets TCP_NODELAY and a read timeout
   (``dicom.network_timeout_s``), so a peer that sends half a PDU and stalls
   is dropped instead of holding an association slot forever;
+- one peer address holds at most ``dicom.limits.max_associations_per_address``
+  connections and ``max_handshakes_per_address`` TLS handshakes in progress, so
+  it cannot take every slot (cds/ingest/admission.py, cds/ingest/server.py);
 - any storage SOP Class (standard, private or unknown) is accepted in the
   transfer syntax the sender proposes first, so the data set is spooled
   byte for byte as sent (pynetdicom's ``UNRESTRICTED_STORAGE_SERVICE``);
@@ -22,13 +25,12 @@ Network hardening that pynetdicom does not do by itself:
 
 Associations accepted and rejected, instances received (per association and
 study), refused TLS handshakes and oversized PDUs are recorded in the audit
-trail, with AE titles, addresses, certificate CNs and counts only.
+trail, with AE titles, addresses, certificate CNs and counts only; refusals for
+an address's cap at most once a minute per address and cap, with their count.
 """
 
 from __future__ import annotations
 
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -36,25 +38,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
-from pynetdicom._handlers import (
-    standard_dimse_recv_handler,
-    standard_dimse_sent_handler,
-    standard_pdu_recv_handler,
-    standard_pdu_sent_handler,
-)
-from pynetdicom.association import Association
+from pynetdicom import _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
 from cds.errors import ConfigError, IngestError
 from cds.ingest import fastpath
+from cds.ingest.admission import AddressCap
 from cds.ingest.instance import STATUS_PROCESSING_FAILURE, safe_message
 from cds.ingest.receiver import Receiver
+from cds.ingest.server import (
+    STANDARD_LOG_HANDLERS,
+    HardenedServer,
+    NodeAE,
+    NodeRequestHandler,
+    TlsServer,
+)
 from cds.ingest.sources import GatedACSE, Peer, SourcePolicy, reject_words
-from cds.ingest.tls import HandshakeError, handshake, peer_cert_cn, server_context
+from cds.ingest.tls import HandshakeError, server_context
 from cds.logging import get_logger
 
 log = get_logger("cds.ingest")
@@ -65,87 +67,6 @@ ALL_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
 ]
-
-
-#: pynetdicom's DIMSE/PDU logging handlers: at DEBUG they dump whole requests
-_STANDARD_LOG_HANDLERS = (
-    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
-    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
-    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
-)
-
-
-class _HardenedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with options set on every accepted socket
-    and every association gated by the source rules."""
-
-    daemon_threads = True
-    listener: DicomListener
-    tls = False
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.settimeout(self.ae.network_timeout)
-        return client, address
-
-    def prepare_association(self, assoc: Association, sock: Any, address: Any) -> None:
-        """Called by the request handler once the association exists, before it runs."""
-        tls_version = sock.version() if isinstance(sock, ssl.SSLSocket) else None
-        peer = Peer(
-            address=str(address[0]),
-            port=int(address[1]),
-            tls=self.tls,
-            cert_cn=peer_cert_cn(sock),
-            tls_version=tls_version,
-        )
-        assoc.acse = GatedACSE(assoc, self.listener.sources, peer)
-        if not isinstance(assoc.dul, fastpath.FastDUL):  # fast_receive: false
-            fastpath.bound_stock_dul(assoc.dul)
-        for event, handler in _STANDARD_LOG_HANDLERS:  # they print requests at DEBUG
-            assoc.unbind(event, handler)
-
-
-class _TlsServer(_HardenedServer):
-    """The TLS port: accepts in the accept loop, handshakes in the connection's thread.
-
-    pynetdicom's ``get_request`` wraps and handshakes in the accept loop
-    without a timeout; here ``ssl_context`` stays None for pynetdicom and the
-    handshake runs in ``process_request_thread`` within ``handshake_timeout_s``.
-    """
-
-    tls = True
-    tls_context: ssl.SSLContext
-    handshake_timeout_s: float
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            tls_sock, done = handshake(self.tls_context, request, self.handshake_timeout_s)
-        except HandshakeError as exc:
-            self.listener._on_handshake_failed(client_address, exc)
-            return
-        tls_sock.settimeout(self.ae.network_timeout)  # as the plain port: no endless read
-        log.debug(
-            "ingest.tls_handshake_done",
-            peer=f"{client_address[0]}:{client_address[1]}",
-            tls_version=done.version,
-            cipher=done.cipher,
-            cert_cn=done.cert_cn,
-            seconds=round(done.seconds, 3),
-        )
-        super().process_request_thread(tls_sock, client_address)
-
-
-class _RequestHandler(RequestHandler):
-    """pynetdicom's request handler, letting the server prepare each association."""
-
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        server = self.server
-        assert isinstance(server, _HardenedServer)
-        server.prepare_association(assoc, self.request, self.client_address)
-        return assoc
 
 
 @dataclass
@@ -206,8 +127,17 @@ class DicomListener:
         tls_cfg = settings.dicom.tls
         # built now, so a bad certificate or key stops the node at start
         self._tls_context = server_context(tls_cfg) if tls_cfg.enabled else None
-        self._server: _HardenedServer | None = None
-        self._tls_server: _TlsServer | None = None
+        limits = settings.dicom.limits
+        exempt = limits.exempt_addresses
+        #: connections per peer address (both ports), and TLS handshakes in progress
+        self.associations_cap = AddressCap(
+            limits.max_associations_per_address,
+            waiting=limits.max_associations_per_address,
+            exempt=exempt,
+        )
+        self.handshakes_cap = AddressCap(limits.max_handshakes_per_address, exempt=exempt)
+        self._server: HardenedServer | None = None
+        self._tls_server: TlsServer | None = None
         self._threads: list[threading.Thread] = []
         self._stats: dict[int, _AssocStats] = {}
         self._stats_lock = threading.Lock()
@@ -215,7 +145,7 @@ class DicomListener:
         self.on_association_end: Callable[[list[str]], None] | None = None
         self.ae = self._make_ae()
 
-    def _make_ae(self) -> AE:
+    def _make_ae(self) -> NodeAE:
         cfg = self._settings.dicom
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         # No patient data in logs: pynetdicom logs C-FIND/GET/MOVE identifiers and,
@@ -224,7 +154,7 @@ class DicomListener:
         # through _config.LOG_HANDLER_LEVEL, which other AEs of the process share).
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
-        ae = AE(ae_title=cfg.ae_title)
+        ae = NodeAE(ae_title=cfg.ae_title)
         ae.maximum_associations = cfg.max_associations
         ae.maximum_pdu_size = cfg.max_pdu_bytes
         ae.acse_timeout = cfg.acse_timeout_s
@@ -260,18 +190,18 @@ class DicomListener:
 
     def start(self) -> None:
         cfg = self._settings.dicom
-        self._server = self._serve(_HardenedServer, cfg.port, "cds-dicom-accept")
+        self._server = self._serve(HardenedServer, cfg.port, "cds-dicom-accept")
         host, port = self.address
         log.info("ingest.listener_started", ae_title=cfg.ae_title, host=host, port=port)
         if self._tls_context is not None:
             try:
-                tls = self._serve(_TlsServer, cfg.tls.port, "cds-dicom-tls-accept")
+                tls = self._serve(TlsServer, cfg.tls.port, "cds-dicom-tls-accept")
             except OSError as exc:
                 self.stop()
                 raise ConfigError(
                     [f"dicom.tls.port: cannot listen on {host}:{cfg.tls.port} ({exc.strerror})"]
                 ) from exc
-            assert isinstance(tls, _TlsServer)
+            assert isinstance(tls, TlsServer)
             self._tls_server = tls
             log.info(
                 "ingest.tls_listener_started",
@@ -281,7 +211,7 @@ class DicomListener:
                 client_certs=cfg.tls.client_certs,
             )
 
-    def _serve(self, server_class: type[_HardenedServer], port: int, name: str) -> _HardenedServer:
+    def _serve(self, server_class: type[HardenedServer], port: int, name: str) -> HardenedServer:
         cfg = self._settings.dicom
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
@@ -295,16 +225,20 @@ class DicomListener:
             (cfg.host, port),
             evt_handlers=handlers,
             server_class=server_class,
-            request_handler=_RequestHandler,
+            request_handler=NodeRequestHandler,
         )
-        assert isinstance(server, _HardenedServer)
-        server.listener = self
-        for event, handler in _STANDARD_LOG_HANDLERS:
+        assert isinstance(server, HardenedServer)
+        server.configure(
+            sources=self.sources, associations=self.associations_cap, on_dropped=self._on_dropped
+        )
+        for event, handler in STANDARD_LOG_HANDLERS:
             server.unbind(event, handler)
-        if isinstance(server, _TlsServer):
+        if isinstance(server, TlsServer):
             assert self._tls_context is not None
             server.tls_context = self._tls_context
             server.handshake_timeout_s = cfg.tls.handshake_timeout_s
+            server.handshakes = self.handshakes_cap
+            server.on_handshake_failed = self._on_handshake_failed
         if cfg.fast_receive:
             fastpath.install(server)  # the receive hot path (cds/ingest/fastpath/)
         self.ae._servers.append(server)  # as AE.start_server does; shutdown() removes it
@@ -320,7 +254,7 @@ class DicomListener:
         for server in servers:
             server.shutdown()  # also closes the socket
         if servers:
-            for assoc in list(self.ae.active_associations):
+            for assoc in self.ae.every_association():
                 assoc.abort()
         self._server = self._tls_server = None
         for thread in self._threads:
@@ -383,6 +317,13 @@ class DicomListener:
         rsd = acse.rejection if isinstance(acse, GatedACSE) else None
         source_reason = acse.source_reason if isinstance(acse, GatedACSE) else None
         reason = reject_words(rsd) if rsd is not None else "rejected"
+        over_cap = isinstance(acse, GatedACSE) and acse.over_cap
+        refusals = self.associations_cap.refused(peer.address) if over_cap else None
+        if over_cap:
+            reason = "rejected-transient: local limit exceeded (associations per address)"
+            if refusals is None:  # already audited in this window: counted for the next record
+                log.debug("ingest.association_rejected", peer=peer.address, reason=reason)
+                return
         log.warning(
             "ingest.association_rejected",
             calling_ae=calling,
@@ -401,6 +342,8 @@ class DicomListener:
             detail["result"], detail["source"], detail["diagnostic"] = rsd
         if source_reason is not None:
             detail["source_rule"] = source_reason
+        if refusals is not None:
+            detail.update(refusals.detail("max_associations_per_address"))
         if peer.cert_cn is not None:
             detail["cert_cn"] = peer.cert_cn
         self._audit(
@@ -409,6 +352,32 @@ class DicomListener:
             outcome=AuditOutcome.MINOR_FAILURE,
             where=peer.address,
             detail=detail,
+        )
+
+    def _on_dropped(self, cap: AddressCap, address: str, tls: bool) -> None:
+        """A connection closed at once for its address's cap (in the accept loop)."""
+        refusals = cap.refused(address)
+        if refusals is None:  # already audited in this window: counted for the next record
+            return
+        limit = (
+            "max_handshakes_per_address"
+            if cap is self.handshakes_cap
+            else "max_associations_per_address"
+        )
+        log.warning(
+            "ingest.connection_dropped",
+            peer=address,
+            tls=tls,
+            limit=limit,
+            cap=refusals.cap,
+            refused=refusals.count,
+        )
+        self._audit(
+            AuditEvent.SECURITY_ALERT,
+            who="peer",
+            outcome=AuditOutcome.MINOR_FAILURE,
+            where=address,
+            detail={"alert": "address_limit", "tls": tls, **refusals.detail(limit)},
         )
 
     def _on_conn_close(self, event: Any) -> None:

@@ -33,6 +33,9 @@ _LOG = logging.getLogger("pynetdicom.acse")
 
 #: A-ASSOCIATE-RJ (result, source, reason) for a caller we do not know
 REJECT_UNKNOWN_CALLER = (0x01, 0x01, 0x03)
+#: ... for a caller over a local limit: rejected-transient, service-provider (presentation
+#: related), local limit exceeded (PS3.8 9.3.4)
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 
 #: (result, source, reason) -> words, for logs and the audit trail (PS3.8 9.3.4)
 _REJECT_WORDS = {
@@ -63,7 +66,8 @@ class Peer:
     tls_version: str | None = None
 
 
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The peer's IP (an IPv4-mapped IPv6 address as IPv4), None if not an IP."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
@@ -102,7 +106,7 @@ class SourcePolicy:
         rules = self._rules.get(calling_ae.strip())
         if not rules:
             return "calling_ae_not_listed"
-        ip = _ip(peer.address)
+        ip = parse_ip(peer.address)
         by_address = [r for r in rules if not r.networks or (ip is not None and _in(ip, r))]
         if not by_address:
             return "address_not_allowed"
@@ -124,29 +128,42 @@ def _in(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, rule: _Rule) -> bool:
 
 
 class GatedACSE(ACSE):
-    """pynetdicom's ACSE, checking the source rules before anything else and
-    remembering the (result, source, reason) of any rejection it sends."""
+    """pynetdicom's ACSE, checking the per-address cap and the source rules before
+    anything else, and remembering the (result, source, reason) of any rejection it sends.
 
-    def __init__(self, assoc: Association, policy: SourcePolicy, peer: Peer) -> None:
+    ``over_cap``: the connection came from an address already holding
+    ``dicom.limits.max_associations_per_address`` (cds.ingest.admission); its
+    request is rejected as pynetdicom rejects one over ``max_associations``.
+    """
+
+    def __init__(
+        self, assoc: Association, policy: SourcePolicy, peer: Peer, *, over_cap: bool = False
+    ) -> None:
         super().__init__(assoc)
         self.policy = policy
         self.peer = peer
+        self.over_cap = over_cap
         self.rejection: tuple[int, int, int] | None = None
         #: why the source rules refused the peer (None: they did not)
         self.source_reason: str | None = None
 
     def _negotiate_as_acceptor(self) -> None:
         rq = cast(A_ASSOCIATE, self.requestor.primitive)
-        calling = str(rq.calling_ae_title)
-        reason = self.policy.check(calling, self.peer)
+        if self.over_cap:
+            self._reject(rq, REJECT_LOCAL_LIMIT)
+            return
+        reason = self.policy.check(str(rq.calling_ae_title), self.peer)
         if reason is None:
             super()._negotiate_as_acceptor()
             return
+        self.source_reason = reason
+        self._reject(rq, REJECT_UNKNOWN_CALLER)
+
+    def _reject(self, rq: A_ASSOCIATE, rsd: tuple[int, int, int]) -> None:
         # as ACSE._negotiate_as_acceptor does when it rejects
         self.requestor.ae_title = rq.calling_ae_title
-        self.source_reason = reason
         _LOG.info("Rejecting Association")
-        self.send_reject(*REJECT_UNKNOWN_CALLER)
+        self.send_reject(*rsd)
         evt.trigger(self.assoc, evt.EVT_REJECTED, {})
         self.assoc.kill()
 

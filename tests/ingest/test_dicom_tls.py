@@ -118,8 +118,14 @@ def tls_port(node: Node) -> int:
 
 
 def tls_associate(
-    node: Node, ctx: ssl.SSLContext, calling: str = "TESTSCU", timeout: float = 5.0
+    node: Node,
+    ctx: ssl.SSLContext,
+    calling: str = "TESTSCU",
+    timeout: float = 5.0,
+    *,
+    bind: str = "",
 ) -> Association:
+    """An association to the node's TLS port (from ``bind``, e.g. 127.0.0.2)."""
     ae = AE(ae_title=calling)
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
@@ -130,6 +136,7 @@ def tls_associate(
         tls_port(node),
         ae_title=node.settings.dicom.ae_title,
         tls_args=(ctx, "localhost"),
+        bind_address=(bind, 0),
     )
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from io import BytesIO, StringIO
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -52,14 +53,28 @@ def ct(study: str | None = None, sop: str | None = None, **attrs: object) -> Dat
     return ds
 
 
-def connect(node: Node, calling: str = "TESTSCU", called: str | None = None) -> Association:
+def connect(
+    node: Node,
+    calling: str = "TESTSCU",
+    called: str | None = None,
+    *,
+    bind: str = "",
+    evt_handlers: list[Any] | None = None,
+) -> Association:
+    """An association to the node's plain port (from ``bind``, e.g. 127.0.0.2)."""
     ae = AE(ae_title=calling)
     # one transfer syntax per context: the node accepts the first one proposed
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     ae.add_requested_context(CT, ImplicitVRLittleEndian)
     ae.add_requested_context(Verification)
     host, port = node.listener.address
-    return ae.associate(host, port, ae_title=called or node.settings.dicom.ae_title)
+    return ae.associate(
+        host,
+        port,
+        ae_title=called or node.settings.dicom.ae_title,
+        bind_address=(bind, 0),
+        evt_handlers=evt_handlers,
+    )
 
 
 @pytest.fixture
@@ -240,9 +255,35 @@ def test_watermark_answers_a700_with_comment(tmp_path: Path) -> None:
         assert a.send_c_echo().Status == 0x0000  # the association stays usable
         a.release()
         assert list(n.spool.iter_files()) == []
-        assert n.health()["status"] == "degraded"
+        assert n.health()["status"] == "unavailable"
     finally:
         n.stop()
+
+
+def test_identical_duplicate_below_watermark_is_success_without_writing(
+    node: Node, assoc: Association
+) -> None:
+    """issue 14: below the disk watermark, an identical re-send of a spooled instance is
+    answered Success and writes nothing; the same SOP Instance UID with other bytes, and
+    a new instance, are still refused 0xA700."""
+    ds = ct()
+    assert assoc.send_c_store(ds).Status == 0x0000
+    (spooled,) = stored_files(node)
+    before = spooled.stat()
+    node.spool.min_free_bytes = 2**62  # no disk has that much free: below the watermark
+    assert assoc.send_c_store(ds).Status == 0x0000
+    other = ct(sop=ds.SOPInstanceUID, study=ds.StudyInstanceUID, InstanceNumber=2)
+    other.SeriesInstanceUID = ds.SeriesInstanceUID
+    for refused in (other, ct()):
+        rsp = assoc.send_c_store(refused)
+        assert rsp.Status == 0xA700
+        assert "watermark" in rsp.ErrorComment
+    assert stored_files(node) == [spooled]
+    after = spooled.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not list((node.spool.root / "tmp").iterdir())
+    (study,) = node.store.list_studies()
+    assert study.instance_count == 1
 
 
 def test_no_patient_data_in_logs(

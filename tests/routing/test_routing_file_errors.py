@@ -17,8 +17,8 @@ from cds.routing.rules import RoutingFile, RoutingFileError, load_routing, parse
 SRC = "routing.yaml"
 KNOWN = (
     "Modality, BodyPartExamined, SeriesDescription, StudyDescription, ProtocolName, "
-    "ViewPosition, SOPClassUID, Manufacturer, ManufacturerModelName, ImageType, PatientSex, CallingAETitle, "
-    "SliceThickness, PixelSpacing, NumberOfInstances, PatientAge, TimeOfDay"
+    "ViewPosition, SOPClassUID, Manufacturer, ManufacturerModelName, ImageType, PatientSex, "
+    "CallingAETitle, SliceThickness, PixelSpacing, NumberOfInstances, PatientAge, TimeOfDay"
 )
 ONE_OPERATOR = "needs exactly one operator of equals, in, regex, range, exists"
 

@@ -106,6 +106,9 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
             port=http.port,
             log_config=None,
             access_log=False,
+            # X-Forwarded-For is read by cds.api.peers, from http.trusted_proxies only
+            # (uvicorn's own would believe any local peer)
+            proxy_headers=False,
             # HTTPS when both are set (the settings refuse one without the other)
             ssl_certfile=str(http.tls_cert_file) if http.tls_cert_file else None,
             ssl_keyfile=str(http.tls_key_file) if http.tls_key_file else None,

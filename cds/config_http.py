@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 
 from cds.config_types import Port, _Section
 
@@ -179,6 +179,25 @@ class HttpSettings(_Section):
     tls_cert_file: Path | None = Field(None, description="HTTPS certificate (PEM)")
     tls_key_file: Path | None = Field(None, description="HTTPS private key (PEM)")
     auth: AuthSettings = AuthSettings()
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=1024**3,
+        description="largest request body the API reads (JSON); a bigger one is answered "
+        "413 before it is read (by its Content-Length, or as soon as a chunked body passes it)",
+    )
+    max_form_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="largest HTML form post (the login and review pages' forms); bigger: 413",
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        default_factory=list,
+        description="reverse proxies (addresses or CIDR networks) in front of the node: only "
+        "when the peer is one of them is X-Forwarded-For read (its rightmost address that is "
+        "not a trusted proxy is the client); empty: the peer is the client",
+    )
 
     @model_validator(mode="after")
     def _safe(self) -> HttpSettings:

@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from cds import __version__
-from cds.api import pages
+from cds.api import hardening, pages
 from cds.api.auth import Authenticator, check_routes
 from cds.api.routes import (
     admin,
@@ -24,6 +25,16 @@ from cds.api.routes import (
 )
 from cds.config import Settings
 from cds.orchestrator import Node
+
+
+class _App(FastAPI):
+    """FastAPI wrapped whole in :func:`cds.api.hardening.outermost` (body limit, security
+    headers), Starlette's own error handling included: even a 500 gets the headers."""
+
+    cds_settings: Settings
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return hardening.outermost(super().build_middleware_stack(), self.cds_settings)
 
 
 def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
@@ -48,7 +59,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
             # uvicorn re-raises SIGTERM/SIGINT after shutdown: stop the node here, not later.
             running.stop()
 
-    app = FastAPI(
+    app = _App(
         title="cds",
         version=__version__,
         description=(
@@ -61,6 +72,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.cds_settings = settings
     app.state.auth = Authenticator(settings)
     app.include_router(health.router)
     app.include_router(studies.router)
@@ -74,4 +86,5 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(docs.router)
     check_routes(app)
     pages.install(app)
+    hardening.install(app)
     return app

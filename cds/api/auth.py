@@ -13,13 +13,16 @@ review forms, which carry a CSRF token. A missing credential is a 401 with
 ``WWW-Authenticate: Bearer`` (a browser asking for a page is sent to ``/login``),
 a refused one a 401 audited as ``login_failed``, a role too low a 403 audited as
 ``access_denied``. Tokens are never logged nor audited.
+
+Failed logins are counted per client address and credential (:mod:`cds.api.throttle`);
+a valid credential is never refused, whatever the count. The client address is
+:func:`client_address` (behind ``http.trusted_proxies``, from ``X-Forwarded-For``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -31,7 +34,9 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.responses import Response
 
 from cds.api.oidc import RANK, OidcVerifier, TokenRefused
+from cds.api.peers import client_of
 from cds.api.session import COOKIE, Session, SessionCodec, session_key
+from cds.api.throttle import FailureThrottle
 from cds.audit import AuditEvent, AuditOutcome
 from cds.config import Settings
 from cds.logging import get_logger
@@ -60,43 +65,6 @@ class Identity:
 LOCAL = Identity("local", "admin", "none")
 
 
-class FailureThrottle:
-    """Failed logins per client address: past ``limit`` in ``window_s``, that address
-    gets 429 without its credentials being looked at, and the audit trail one
-    security alert instead of a record per attempt (no fsync flood, no guessing)."""
-
-    MAX_ADDRESSES = 10_000
-
-    def __init__(self, limit: int = 20, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, address: str, now: float) -> list[float]:
-        kept = [t for t in self._failures.get(address, []) if now - t < self.window_s]
-        if kept:
-            self._failures[address] = kept
-        else:
-            self._failures.pop(address, None)
-        return kept
-
-    def blocked(self, address: str) -> bool:
-        with self._lock:
-            return len(self._recent(address, time.monotonic())) >= self.limit
-
-    def failed(self, address: str) -> int:
-        """Count a failure; returns how many in the window (this one included)."""
-        now = time.monotonic()
-        with self._lock:
-            if len(self._failures) >= self.MAX_ADDRESSES and address not in self._failures:
-                self._failures.pop(next(iter(self._failures)))
-            recent = self._recent(address, now)
-            recent.append(now)
-            self._failures[address] = recent
-            return len(recent)
-
-
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
@@ -117,6 +85,7 @@ class Authenticator:
             OidcVerifier(auth.oidc) if auth.mode == "oidc" and auth.oidc is not None else None
         )
         self.throttle = FailureThrottle()
+        self.trusted_proxies = list(settings.http.trusted_proxies)
 
     def bearer(self, token: str) -> tuple[Identity, float | None]:
         """The identity of a bearer token and when it expires (None: a static token)."""
@@ -176,7 +145,14 @@ class Authenticator:
 
 
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client is not None else None
+    """The client's address: the peer, or behind a trusted proxy the client it names
+    (:mod:`cds.api.peers`). The audit trail, the logs and the throttle all use this."""
+    if request.client is None:
+        return None
+    proxies = authenticator(request).trusted_proxies
+    if not proxies:
+        return request.client.host
+    return client_of(request.client.host, request.headers.getlist("x-forwarded-for"), proxies)
 
 
 def audit(
@@ -200,42 +176,53 @@ def audit(
     )
 
 
-def refused_login(request: Request, reason: str, via: str) -> None:
-    """Audit a refused credential (never the credential), within the throttle."""
+def refused_login(request: Request, reason: str, via: str, credential: str) -> bool:
+    """Count and audit a refused credential (never the credential itself); whether its
+    client is past a failed-login limit (then answer :func:`too_many`, not 401).
+
+    Below the limits each refusal is audited; the one that reaches a limit is a single
+    security alert; past it nothing is written (no fsync, no log line per attempt).
+    """
     throttle = authenticator(request).throttle
-    count = throttle.failed(client_address(request) or "")
-    log.warning("auth.login_failed", reason=reason, via=via, client=client_address(request))
-    if count < throttle.limit:
-        audit(
-            request,
-            AuditEvent.LOGIN_FAILED,
-            "unknown",
-            outcome=AuditOutcome.MINOR_FAILURE,
-            detail={"reason": reason, "via": via, "path": _route_path(request)},
-        )
-    elif count == throttle.limit:
+    address = client_address(request) or ""
+    count = throttle.failed(address, throttle.fingerprint(credential))
+    if count.past(throttle):
+        return True
+    one = count.credential >= throttle.limit
+    if count.reached(throttle):
+        log.warning("auth.failed_login_limit", via=via, client=address, one_credential=one)
         audit(
             request,
             AuditEvent.SECURITY_ALERT,
             "unknown",
             outcome=AuditOutcome.SERIOUS_FAILURE,
             detail={
-                "reason": "too many failed logins: this address is refused for a while",
-                "failures": count,
+                "reason": "too many failed logins "
+                + ("with one credential from this address" if one else "from this address")
+                + ": further refusals are answered 429 for a while; valid credentials get in",
+                "failures": count.credential if one else count.address,
                 "window_s": throttle.window_s,
             },
         )
+        return False
+    log.warning("auth.login_failed", reason=reason, via=via, client=address)
+    audit(
+        request,
+        AuditEvent.LOGIN_FAILED,
+        "unknown",
+        outcome=AuditOutcome.MINOR_FAILURE,
+        detail={"reason": reason, "via": via, "path": _route_path(request)},
+    )
+    return False
 
 
-def throttled(request: Request) -> HTTPException | None:
-    """A 429 for an address past the failed-login limit, else None."""
-    throttle = authenticator(request).throttle
-    if not throttle.blocked(client_address(request) or ""):
-        return None
+def too_many(request: Request) -> HTTPException:
+    """The answer to a refused credential past a failed-login limit."""
+    window = int(authenticator(request).throttle.window_s)
     return HTTPException(
         429,
         "too many failed logins from this address: try again later",
-        headers={"Retry-After": str(int(throttle.window_s))},
+        headers={"Retry-After": str(window)},
     )
 
 
@@ -256,16 +243,17 @@ def identify(request: Request, *, cookie: bool) -> Identity | None:
         return LOCAL
     header = request.headers.get("authorization")
     if header is not None:
-        if (too_many := throttled(request)) is not None:
-            raise too_many
+        # checked first, whatever the throttle says: a valid credential is never refused
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
-            refused_login(request, "not a Bearer authorization", "bearer")
+            if refused_login(request, "not a Bearer authorization", "bearer", header):
+                raise too_many(request)
             raise _unauthorized("use Authorization: Bearer <token>", error=True)
         try:
             return auth.bearer(token.strip())[0]
         except TokenRefused as exc:
-            refused_login(request, str(exc), "bearer")
+            if refused_login(request, str(exc), "bearer", header):
+                raise too_many(request) from None
             raise _unauthorized(f"token refused: {exc}", error=True) from None
     if cookie:
         return auth.of_session(auth.session(request))

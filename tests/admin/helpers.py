@@ -14,7 +14,6 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from cds.api.app import create_app
-from cds.api.routes.admin import router
 from cds.config import Settings
 from cds.domain import StudyState
 from cds.orchestrator import Node
@@ -23,11 +22,9 @@ from ..ingest.test_scp import connect, ct
 
 
 def admin_app(settings: Settings, node: Node | None = None) -> FastAPI:
-    """create_app with the admin routes (once: create_app may already include them)."""
-    app = create_app(settings, node)
-    if not any(getattr(r, "path", "") == "/api/queue" for r in app.routes):
-        app.include_router(router)
-    return app
+    """create_app: it includes the admin routes (including them again here doubled every
+    route and its OpenAPI operation id)."""
+    return create_app(settings, node)
 
 
 @dataclass
@@ -79,7 +76,12 @@ def serving(settings: Settings) -> Iterator[Node]:
     app = admin_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host="127.0.0.1", port=settings.http.port, log_config=None, access_log=False
+            app,
+            host="127.0.0.1",
+            port=settings.http.port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,  # as cds serve: X-Forwarded-For is cds's to read
         )
     )
     thread = threading.Thread(target=server.run, name="test-uvicorn", daemon=True)

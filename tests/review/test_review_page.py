@@ -278,9 +278,24 @@ def _french_then_refused(page: Any, served: Served, low_contrast: FindingRecord)
     assert len(served.node.store.list_feedback(study_key=served.dx_key)) == before
 
 
+def _no_preview(page: Any, served: Served) -> None:
+    """issue 14: under the Content-Security-Policy (no inline script or style) the page
+    is still styled, and a picture the node cannot draw still gives way to the
+    "no preview" note (cds/api/static/review.js)."""
+    page.route("**/findings/*.png*", lambda route: route.fulfill(status=404, body="gone"))
+    page.goto(f"{served.base}/review/{served.ct_key}?lang=en")
+    section = page.locator("section.finding").first
+    section.locator("p.nopreview").wait_for(state="visible")
+    assert section.locator("img.preview").is_hidden()
+    page.unroute("**/findings/*.png*")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(244, 245, 247)"  # /static/review.css applied
+
+
 def test_review_page_in_chromium_records_accept_correct_reject(served: Served) -> None:
     """issue 6 'Review page': open the list, follow a study, see the finding images,
-    accept / correct / reject in a real browser, and find each in the store."""
+    accept / correct / reject in a real browser, and find each in the store. issue 14:
+    nothing on the way breaks the page's Content-Security-Policy."""
     sync_api = pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.skip(f"no system Chromium at {CHROMIUM}")
@@ -291,11 +306,15 @@ def test_review_page_in_chromium_records_accept_correct_reject(served: Served) -
         try:
             context = browser.new_context(extra_http_headers={"Accept-Language": "en"})
             page = context.new_page()
+            said: list[str] = []
+            page.on("console", lambda message: said.append(message.text))
             _accept_then_reject(page, served)
             _correct(page, served, low_contrast)
             _french_then_refused(page, served, low_contrast)
+            _no_preview(page, served)
         finally:
             browser.close()
+    assert not [text for text in said if "Content Security Policy" in text]
 
 
 # --- the endpoints over HTTP -----------------------------------------------------------

@@ -1,6 +1,7 @@
 """The review page's HTML: plain strings, every value escaped with ``html.escape``.
 
-No template engine (none is a dependency) and no JavaScript needed: each
+No template engine (none is a dependency) and no JavaScript needed (one small file
+only swaps a missing preview for a note; its CSS and JS are in cds/api/static): each
 finding is an HTML form posting to the node, so the page works in any browser
 on the hospital network. No patient attribute is ever shown: studies are named
 by their pseudonymous key and UIDs only (medical secrecy).
@@ -19,31 +20,8 @@ from cds.api.review.texts import VERDICT_KEY, t
 from cds.domain import Feedback, FindingRecord
 from cds.results.text import Lang
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1c1e21}
-header,main{padding:0 1.2rem}
-.banner{background:#ffd43b;color:#000;font-weight:600;padding:.6rem 1.2rem;margin:0}
-.note{color:#555;font-size:.9rem}
-nav{display:flex;gap:1rem;align-items:center;padding:.5rem 0}
-table{border-collapse:collapse;background:#fff}
-th,td{border:1px solid #ccd;padding:.3rem .6rem;text-align:left;vertical-align:top}
-.result{background:#fff;border:1px solid #ccd;border-radius:6px;margin:1rem 0;padding:.6rem 1rem}
-.result.superseded{opacity:.7}
-.finding{display:flex;flex-wrap:wrap;gap:1rem;border-top:1px solid #dde;padding:.8rem 0}
-.finding img{max-width:384px;width:100%;height:auto;background:#000}
-.finding .info{flex:1;min-width:18rem}
-.ok{background:#d3f9d8;border:1px solid #2b8a3e;padding:.5rem 1rem}
-.error{background:#ffe3e3;border:1px solid #c92a2a;padding:.5rem 1rem}
-.verdict{font-weight:600}
-code{font-size:.85em;word-break:break-all}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.15rem 1rem;margin:.4rem 0}
-dd{margin:0}dd ul{margin:0;padding-left:1.2rem}
-form label{display:block;margin:.3rem 0}
-nav form{display:inline;margin:0}
-.user{margin-left:auto;color:#333}
-textarea{width:100%;max-width:30rem}
-button{margin-right:.4rem;padding:.3rem .9rem}
-"""
+# no inline style or script (the Content-Security-Policy allows neither: cds.api.hardening)
+_HEAD = '<link rel="stylesheet" href="/static/review.css"><script src="/static/review.js"></script>'
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +110,7 @@ def _page(
     return (
         f'<!DOCTYPE html>\n<html lang="{lang}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)} - cds</title><style>{_CSS}</style></head><body>"
+        f"<title>{escape(title)} - cds</title>{_HEAD}</head><body>"
         f'<p class="banner" role="note" id="advisory">{escape(t(lang, "banner"))}</p>'
         f'<header><nav><a href="{escape(url("/review", lang))}">{escape(t(lang, "back"))}</a>'
         f"{switch}{_signed_in(lang, viewer)}</nav><h1>{escape(title)}</h1></header>"
@@ -206,7 +184,7 @@ def _basis(lang: Lang, study_key: str, result: ResultView, view: FindingView) ->
     no_preview = escape(t(lang, "no_preview"))
     picture = (
         f'<img class="preview" src="{escape(src)}" alt="{escape(t(lang, "image_alt"))}" '
-        f'loading="lazy" onerror="this.hidden=true;this.nextElementSibling.hidden=false">'
+        'loading="lazy">'  # no picture: /static/review.js shows the note after it
         f'<p class="nopreview" hidden>{no_preview}</p>'
         if drawable
         else f'<p class="nopreview">{no_preview}</p>'

@@ -23,7 +23,7 @@ from cds.api.auth import (
     page_session,
     public,
     refused_login,
-    throttled,
+    too_many,
 )
 from cds.api.oidc import TokenRefused
 from cds.api.review import pages
@@ -104,13 +104,14 @@ async def login(request: Request, lang: Annotated[str | None, Query()] = None) -
     auth = authenticator(request)
     if not auth.enabled:
         return RedirectResponse(next_url, 303)
-    if (too_many := throttled(request)) is not None:
-        raise too_many
+    token = form.get("token", "").strip()
     try:
-        # off the event loop: an OIDC token may need the provider's keys (jwks_url)
-        ident, expires = await run_in_threadpool(auth.bearer, form.get("token", "").strip())
+        # checked whatever the throttle says (a valid token is never refused); off the
+        # event loop: an OIDC token may need the provider's keys (jwks_url)
+        ident, expires = await run_in_threadpool(auth.bearer, token)
     except TokenRefused as exc:
-        await run_in_threadpool(refused_login, request, str(exc), "login form")
+        if await run_in_threadpool(refused_login, request, str(exc), "login form", token):
+            raise too_many(request) from None
         return _login_page(request, page_lang, next_url, 401, t(page_lang, "login_refused"))
     session = auth.login_session(ident, expires)
     await run_in_threadpool(

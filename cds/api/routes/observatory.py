@@ -2,7 +2,8 @@
 (``GET /api/observatory/models``) and a dashboard page (``GET /observatory``).
 
 The page is plain HTML with inline SVG plots (weekly verdicts per model, score
-histogram): no script, nothing loaded from outside the node. French or English by
+histogram): no script, nothing loaded from outside the node (its CSS is
+cds/api/static/observatory.css, colours of the legend included). French or English by
 ``?lang=fr|en``, else the browser's ``Accept-Language``, else ``results.language``.
 """
 
@@ -148,16 +149,6 @@ _TEXTS: dict[Lang, dict[str, str]] = {
     },
 }
 _COLOURS = {"accept": "#2e7d32", "correct": "#ef6c00", "reject": "#c62828"}
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1c1c1c;max-width:80rem}
-h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem}h3{font-size:1rem}
-.banner{background:#fff3cd;border:1px solid #e0c060;padding:.5rem .8rem}
-table{border-collapse:collapse;margin:.5rem 0}
-th,td{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}
-th:first-child,td:first-child,td:nth-child(2){text-align:left}td{white-space:nowrap}
-th{background:#f2f2f2}.plots{display:flex;flex-wrap:wrap;gap:2rem}
-form{margin:1rem 0}label{margin-right:1rem}.notes{color:#555;font-size:.9rem}
-"""
 
 
 def _lang(query: str | None, accept_language: str | None, default: Lang) -> Lang:
@@ -250,9 +241,7 @@ def verdict_bars(t: dict[str, str], rows: Sequence[ModelStats]) -> str:
             f'transform="rotate(-45 {x + bar / 2} {h + 8})">{escape(s.period)}</text>'
         )
     parts.append("</svg>")
-    legend = " ".join(
-        f'<span style="color:{c}">&#9632;</span> {escape(t[k])}' for k, c in _COLOURS.items()
-    )
+    legend = " ".join(f'<span class="legend-{k}">&#9632;</span> {escape(t[k])}' for k in _COLOURS)
     return "".join(parts) + f"<div>{legend}</div>"
 
 
@@ -347,7 +336,9 @@ def render_dashboard(
         body.append(f'<p class="notes">{escape(t["notes"])}</p>')
     return (
         f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8">'
-        f"<title>{escape(t['title'])}</title><style>{_CSS}</style></head>"
+        f"<title>{escape(t['title'])}</title>"
+        # no inline style (the Content-Security-Policy allows none: cds.api.hardening)
+        '<link rel="stylesheet" href="/static/observatory.css"></head>'
         f"<body><h1>{escape(t['title'])}</h1>{''.join(body)}</body></html>"
     )
 

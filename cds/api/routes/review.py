@@ -58,7 +58,6 @@ FormUser = Annotated[Identity, Depends(radiologist_form)]
 
 WHO_COOKIE = "cds_review_who"
 WHO_COOKIE_MAX_AGE = 30 * 24 * 3600
-MAX_FORM_BYTES = 64 * 1024
 STUDIES_LISTED = 200
 _FORM = "application/x-www-form-urlencoded"
 
@@ -321,8 +320,8 @@ async def _form(request: Request, lang: Lang) -> dict[str, str]:
     """The posted HTML form's fields (first value of each)."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
         raise _Refused(415, f"content type must be {_FORM} (an HTML form)")
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
+    body = await request.body()  # bounded by http.max_form_bytes (cds.api.hardening)
+    if len(body) > get_node(request).settings.http.max_form_bytes:
         raise _Refused(413, t(lang, "too_large"))
     try:
         form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)

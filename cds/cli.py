@@ -428,6 +428,7 @@ def route_explain(
 
     For each study: which rules matched, which did not and why, which series were
     selected, and what would be sent where."""
+    from cds.routing.files import ExplainStopped, ReadBudget
     from cds.routing.router import explain_text, read_headers, route
     from cds.routing.rules import RoutingFileError, load_routing
 
@@ -442,7 +443,11 @@ def route_explain(
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise _fail(f"no such file or folder: {', '.join(missing)}")
-    studies, skipped = read_headers(paths, limits=settings.dicom.limits)
+    budget = ReadBudget.of(settings.routing.explain_limits)  # local files: no roots
+    try:
+        studies, skipped = read_headers(paths, limits=settings.dicom.limits, budget=budget)
+    except ExplainStopped as exc:
+        raise _fail(str(exc)) from None
     disabled = set(settings.routing.disabled_models)
     for study_series in studies.values():
         for s in study_series:

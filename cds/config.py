@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     Field,
     ValidationError,
     field_validator,
@@ -254,6 +255,26 @@ class InferenceSettings(_Section):
     )
 
 
+class ExplainLimits(_Section):
+    """Bounds on one explain of files (``POST /api/route/explain`` paths, ``cds route
+    explain``). Past one the explain stops and is refused (HTTP 413 / CLI exit 2)."""
+
+    max_files: int = Field(10_000, ge=1, le=1_000_000, description="files found, in all")
+    max_total_mb: int = Field(2048, ge=1, description="bytes read from the files, in all (MiB)")
+    max_seconds: Seconds = Field(30.0, description="wall time of listing and reading")
+
+
+_NOT_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _check_explain_root(value: Path) -> Path:
+    if not value.is_absolute():
+        raise ValueError("must be an absolute path")
+    if value == Path("/") or any(value == p or p in value.parents for p in _NOT_ROOTS):
+        raise ValueError("must not be /, /proc, /sys or /dev (or under them)")
+    return value
+
+
 class RoutingSettings(_Section):
     file: Path | None = Field(
         None, description="routing rules (YAML); none = receive only, run no model"
@@ -262,6 +283,12 @@ class RoutingSettings(_Section):
     disabled_models: list[str] = Field(
         default_factory=list, description="kill switch: these models never run (also via the API)"
     )
+    explain_roots: list[Annotated[Path, AfterValidator(_check_explain_root)]] = Field(
+        default_factory=list,
+        description="folders whose DICOM files POST /api/route/explain may read (by real "
+        "path, links resolved); empty = explain received studies only",
+    )
+    explain_limits: ExplainLimits = ExplainLimits()
 
 
 class ResultsSettings(_Section):

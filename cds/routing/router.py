@@ -11,13 +11,15 @@ decided — it is shown to admins (CLI, API), never written to logs.
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -27,6 +29,7 @@ from pydicom.multival import MultiValue
 from cds.config import IngestLimits
 from cds.errors import IngestError
 from cds.ingest.instance import check_file
+from cds.routing.files import NotRegularFile, ReadBudget
 from cds.routing.rules import ATTRIBUTES, Condition, Range, RoutingFile, Rule
 
 _HEADER_KEYWORDS = [
@@ -98,38 +101,35 @@ def header_attrs(ds: Dataset) -> dict[str, Any]:
 
 
 def read_headers(
-    paths: Iterable[Path], limits: IngestLimits | None = None
+    paths: Iterable[Path], limits: IngestLimits | None = None, budget: ReadBudget | None = None
 ) -> tuple[dict[str, list[SeriesHeader]], list[str]]:
     """Group DICOM files (or folders of them) by study and series; also return unread files.
 
-    ``limits``: for files that did not come through the node's ingest (``cds process``,
-    ``cds route explain`` on local paths), the ingest bounds are applied to each file
-    before it is parsed (deflate bomb, nesting depth); a file past them is skipped with
-    the reason. The node's own spool is already bounded.
+    Only regular files are opened (devices, FIFOs and sockets are passed over, never
+    read). ``limits``: for files that did not come through the node's ingest (``cds
+    process``, ``cds route explain`` on local paths), the ingest bounds are applied to
+    each file before it is parsed (size, deflate bomb, nesting depth); a file past them is
+    skipped with the reason. The node's own spool is already bounded. ``budget``: bounds
+    on the whole read (files, bytes, wall time, cancellation; ExplainStopped past one).
 
     Deterministic whatever the file names or their order: of several versions of one
     SOP Instance (the spool keeps them) the newest file counts, files are ordered by
     InstanceNumber, and a series' attributes are those of its first instance (series
     may vary within, e.g. slice thickness).
     """
-    skipped: list[str] = []
-    files: list[Path] = []
-    for p in paths:
-        files.extend(sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p])
+    budget = budget if budget is not None else ReadBudget()
+    files, skipped = budget.list_files(paths)
     rank = {f: i for i, f in enumerate(files)}
     # (study, series) -> sop -> (mtime, instance number, file, dataset)
     found: dict[tuple[str, str], dict[str, tuple[float, float, Path, Dataset]]] = {}
     for f in files:
         try:
-            if limits is not None:
-                check_file(
-                    f.read_bytes(),
-                    max_inflated_bytes=limits.max_inflated_mb * 2**20,
-                    max_sequence_depth=limits.max_sequence_depth,
-                )
-            ds = _read_header(f)
+            ds, mtime = _read_header(f, limits, budget)
         except IngestError as exc:
             skipped.append(f"{f}: refused ({exc})")
+            continue
+        except NotRegularFile as exc:
+            skipped.append(f"{f}: {exc} (not opened)")
             continue
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             skipped.append(f"{f}: not readable as DICOM ({type(exc).__name__})")
@@ -143,7 +143,7 @@ def read_headers(
             number = float(ds.get("InstanceNumber", "") or "inf")
         except (TypeError, ValueError):
             number = float("inf")
-        item = (f.stat().st_mtime, number, f, ds)
+        item = (mtime, number, f, ds)
         versions = found.setdefault((study, series), {})
         if sop not in versions or item[0] >= versions[sop][0]:
             versions[sop] = item
@@ -160,17 +160,35 @@ def read_headers(
     return dict(studies), skipped
 
 
-def _read_header(f: Path) -> Dataset:
+def _read_header(f: Path, limits: IngestLimits | None, budget: ReadBudget) -> tuple[Dataset, float]:
+    """(header, mtime) of one file. With ``limits`` the whole file is read (bounded) and
+    checked first; without, the header alone is read from disk."""
+    with budget.open(f) as fh:
+        mtime = os.fstat(fh.fileno()).st_mtime
+        if limits is None:
+            ds = _parse_header(fh)
+            budget.spent(fh.tell())
+            return ds, mtime
+        raw = budget.read(fh, limits.max_dataset_mb * 2**20)
+    check_file(
+        raw,
+        max_inflated_bytes=limits.max_inflated_mb * 2**20,
+        max_sequence_depth=limits.max_sequence_depth,
+    )
+    return _parse_header(BytesIO(raw)), mtime
+
+
+def _parse_header(fh: BinaryIO) -> Dataset:
     """Header of a Part 10 file, or of a bare data set without File Meta (common in the
     field: tolerant when reading), recognised by a first group of 0008."""
     try:
-        return dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
+        return dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
     except InvalidDicomError:
-        with f.open("rb") as fh:
-            head = fh.read(2)
-        if head not in (b"\x08\x00", b"\x00\x08"):
+        fh.seek(0)
+        if fh.read(2) not in (b"\x08\x00", b"\x00\x08"):
             raise
-        return dcmread(f, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS, force=True)
+        fh.seek(0)
+        return dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS, force=True)
 
 
 # --- attribute values -----------------------------------------------------------

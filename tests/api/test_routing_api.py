@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from cds.api.app import create_app
 
+from ..conftest import DICOM
 from ..test_pipeline import ROUTING, settings_with_routing
 
 HEAD_CT = "ct/dcm_qa_ct_GE_HiSpeedDual_series"
@@ -17,7 +18,8 @@ HEAD_CT = "ct/dcm_qa_ct_GE_HiSpeedDual_series"
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings_with_routing(tmp_path, ROUTING))) as c:
+    settings = settings_with_routing(tmp_path, ROUTING, explain_roots=[str(DICOM)])
+    with TestClient(create_app(settings)) as c:
         yield c
 
 
@@ -42,12 +44,15 @@ def test_explain_paths(client: TestClient, corpus: Path) -> None:
 
 def test_explain_errors(client: TestClient) -> None:
     assert client.post("/api/route/explain", json={}).status_code == 422
-    r = client.post("/api/route/explain", json={"study_key": "nope"})
+    r = client.post("/api/route/explain", json={"study_key": "0123456789abcdef"})
     assert r.status_code == 404
-    assert "nope" in r.json()["detail"]
-    r = client.post("/api/route/explain", json={"paths": ["/no/such/file"]})
+    assert r.json()["detail"] == "no spooled study with this study_key"
+    assert client.post("/api/route/explain", json={"study_key": "nope"}).status_code == 422
+    r = client.post("/api/route/explain", json={"paths": [str(DICOM / "no" / "such")]})
     assert r.status_code == 422
-    assert "/no/such/file" in r.json()["detail"]
+    assert r.json()["detail"] == "paths[0]: no such file or folder"  # the path not quoted
+    r = client.post("/api/route/explain", json={"paths": ["/no/such/file"]})
+    assert r.status_code == 403  # outside routing.explain_roots: not even looked up
 
 
 def test_kill_switch_over_http(client: TestClient, corpus: Path) -> None:

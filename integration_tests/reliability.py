@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+
+from cds.requestor import PauseSafeAE
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -68,8 +69,11 @@ def half_open(port: int) -> None:
         s.sendall(struct.pack(">BBI", 0x01, 0x00, 200) + b"\x00\x01\x00\x00")
 
 
-def _ae(calling: str = "SOAK") -> AE:
-    ae = AE(ae_title=calling)
+def _ae(calling: str = "SOAK") -> PauseSafeAE:
+    # not pynetdicom's AE: with many associations in one process, its reactor can
+    # take the response a send_c_store() waits for ("Received unexpected C-STORE
+    # service message", then the whole DIMSE timeout); see cds.requestor
+    ae = PauseSafeAE(ae_title=calling)
     ae.add_requested_context("1.2.840.10008.1.1")
     ae.add_requested_context(CT_IMAGE_STORAGE, EXPLICIT_LE)
     # as long as the node's own DIMSE timeout: on a loaded CI machine one fsync can

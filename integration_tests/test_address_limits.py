@@ -17,11 +17,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cds.audit import AuditEvent, AuditRecord
 from cds.audit.trail import read_records
+from cds.requestor import PauseSafeAE
 from integration_tests.conftest import CdsNode, wait_for
 from integration_tests.support import require_dcmtk, run_tool, spooled_files, write_ct_series
 from integration_tests.test_dicom_tls import echo, pki, tls_args, tls_node
@@ -51,7 +51,7 @@ def audit_records(node: CdsNode, event: AuditEvent) -> list[AuditRecord]:
 
 
 def pynetdicom_echo(node: CdsNode, source: str) -> bool:
-    ae = AE(ae_title="OTHER")
+    ae = PauseSafeAE(ae_title="OTHER")
     ae.add_requested_context(Verification)
     assoc = ae.associate(
         "127.0.0.1", node.dicom_port, ae_title=node.ae_title, bind_address=(source, 0)

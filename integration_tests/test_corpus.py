@@ -145,13 +145,13 @@ def send_files_raw(node: CdsNode, files: list[SourceFile]) -> dict[str, pydicom.
     Returns each file's C-STORE status, or None where the node rejected the
     presentation context (so nothing could be sent).
     """
-    from pynetdicom import AE
+    from cds.requestor import PauseSafeAE
 
     statuses: dict[str, pydicom.Dataset | None] = {}
     pairs = sorted({(f.sop_class_uid, f.transfer_syntax) for f in files})
     for start in range(0, len(pairs), 120):  # at most 128 presentation contexts per association
         chunk = pairs[start : start + 120]
-        ae = AE(ae_title="RAWSCU")
+        ae = PauseSafeAE(ae_title="RAWSCU")
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         for sop_class, ts in chunk:
             ae.add_requested_context(UID(sop_class), [UID(ts)])

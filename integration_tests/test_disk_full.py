@@ -18,8 +18,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import yaml
-from pynetdicom import AE
 
+from cds.requestor import PauseSafeAE
 from integration_tests.conftest import CdsNode, wait_for
 from integration_tests.support import write_ct_series
 
@@ -30,7 +30,7 @@ FILLER_MB = 2 * MARGIN_MB  # what the "other process" takes
 
 
 def _store_all(node: CdsNode, files: list[Path]) -> list[tuple[int, str]]:
-    ae = AE(ae_title="FILLER")
+    ae = PauseSafeAE(ae_title="FILLER")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)

@@ -126,11 +126,11 @@ def test_i2_r3_malformed_files_get_a_status_over_one_association(node: CdsNode) 
     """issue 2, req. 3: each malformed file gets a status (failures with an Error Comment);
     the same association answers a C-ECHO after each one and stores a good file
     at the end; the node stays healthy and logs no traceback."""
-    from pynetdicom import AE
+    from cds.requestor import PauseSafeAE
 
     instances = [RawInstance.read(p) for p in sorted(MALFORMED.iterdir()) if p.is_file()]
     assert len(instances) >= 20
-    ae = AE(ae_title="MALFORMED")
+    ae = PauseSafeAE(ae_title="MALFORMED")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     pairs = sorted({(i.sop_class_uid, i.transfer_syntax) for i in instances})
     assert len(pairs) < 127
@@ -256,7 +256,7 @@ def test_i7_hostile_instances_refused_quarantined_node_lives(  # noqa: PLR0915 (
     import json
     import zlib
 
-    from pynetdicom import AE
+    from cds.requestor import PauseSafeAE
 
     node = node_factory(
         {"dicom": {"limits": {"max_dataset_mb": 2, "max_inflated_mb": 1, "max_sequence_depth": 32}}}
@@ -283,7 +283,7 @@ def test_i7_hostile_instances_refused_quarantined_node_lives(  # noqa: PLR0915 (
     assert 36_000 < len(nested) < 37_000
     assert len(bomb) < 20_000
 
-    ae = AE(ae_title="HOSTILE")
+    ae = PauseSafeAE(ae_title="HOSTILE")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ct, deflated = str(good.SOPClassUID), "1.2.840.10008.1.2.1.99"
     ae.add_requested_context(UID(ct), [UID("1.2.840.10008.1.2.1")])

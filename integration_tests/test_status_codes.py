@@ -42,7 +42,7 @@ def test_i2_r3_failure_statuses_carry_an_error_comment(node: CdsNode) -> None:
     """issue 2, req. 3: 0xA900, 0xC220, 0xC221 (request and data set), 0xC222, 0xC210 each come
     back with an Error Comment, nothing is spooled for them, and the association then
     stores the good instance."""
-    from pynetdicom import AE
+    from cds.requestor import PauseSafeAE
 
     good = split_part10(SOURCE.read_bytes())[1]
     sop_uid = str(pydicom.dcmread(SOURCE, stop_before_pixels=True).SOPInstanceUID)
@@ -63,7 +63,7 @@ def test_i2_r3_failure_statuses_carry_an_error_comment(node: CdsNode) -> None:
         ("good", CT_IMAGE_STORAGE, sop_uid, good, 0x0000),
     ]
 
-    ae = AE(ae_title="STATUSES")
+    ae = PauseSafeAE(ae_title="STATUSES")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     for sop_class in (CT_IMAGE_STORAGE, MR_IMAGE_STORAGE):
         ae.add_requested_context(UID(sop_class), [ExplicitVRLittleEndian])

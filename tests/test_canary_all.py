@@ -24,12 +24,12 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from typer.testing import CliRunner
 
 from cds.cli import app as cli
 from cds.domain import StudyState
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 
 from .admin.helpers import admin_app
 from .ingest.test_limits import nested_instance
@@ -74,7 +74,7 @@ def test_i7_no_canary_in_any_output(  # noqa: PLR0915 (one scenario, then one se
         send_files(node, files)
 
         # a hostile instance carrying canaries: refused with a comment, quarantined
-        ae = AE(ae_title="TESTSCU")
+        ae = PauseSafeAE(ae_title="TESTSCU")
         ae.add_requested_context(CT, ExplicitVRLittleEndian)
         host, port = node.listener.address
         assoc = ae.associate(host, port, ae_title="CDS")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE
 
 from cds import admin
 from cds.audit import AuditEvent
@@ -21,6 +20,7 @@ from cds.config import Settings
 from cds.domain import JobState, StudyState
 from cds.errors import ConfigError
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 from cds.store import open_store
 
 from .conftest import make_settings
@@ -52,7 +52,7 @@ def settings_with_routing(tmp_path: Path, routing: str, **routing_over: object) 
 
 
 def send_files(node: Node, files: list[Path]) -> None:
-    ae = AE(ae_title="TESTSCU")
+    ae = PauseSafeAE(ae_title="TESTSCU")
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
     host, port = node.listener.address
     assoc = ae.associate(host, port, ae_title="CDS")

@@ -16,9 +16,9 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.presentation import PresentationContext, build_context
 
+from cds.requestor import PauseSafeAE
 from cds.routing.rules import Destination
 
 #: C-STORE warning statuses: the object was stored (coerced, or elements discarded)
@@ -86,7 +86,9 @@ def store_batch(
         contexts = _contexts([ds for _, ds in datasets])
         if len(contexts) > _MAX_CONTEXTS:  # cannot happen with our handful of result kinds
             raise ValueError(f"{len(contexts)} SOP Classes in one batch (max {_MAX_CONTEXTS})")
-        ae = AE(ae_title=calling_ae)
+        # pynetdicom's AE can lose a C-STORE response to its own reactor under load (then
+        # wait out the timeout and abort a batch the PACS stored): cds.requestor
+        ae = PauseSafeAE(ae_title=calling_ae)
         ae.requested_contexts = contexts
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
         ae.connection_timeout = timeout_s

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from cds.config import DeliverySettings
 from cds.delivery.worker import DeliveryWorker, backoff
 from cds.domain import DeliveryState, InstanceRecord, ResultObject, ResultState
+from cds.requestor import PauseSafeAE
 from cds.routing.rules import Destination
 from cds.store.sqlite import SqliteStore
 
@@ -30,7 +31,7 @@ class Pacs:
         self.calling: list[str] = []
         self.status = 0x0000
         self.port = port or free_port()
-        ae = AE(ae_title="PACS")
+        ae = PauseSafeAE(ae_title="PACS")
         ae.supported_contexts = contexts or AllStoragePresentationContexts
         self.server = ae.start_server(
             ("127.0.0.1", self.port),
@@ -281,7 +282,7 @@ def test_tls_destination_verified_against_its_ca(
     server_ctx.load_cert_chain(cert, key)
     received: list[str] = []
     port = free_port()
-    ae = AE(ae_title="PACS")
+    ae = PauseSafeAE(ae_title="PACS")
     ae.supported_contexts = AllStoragePresentationContexts
     server = ae.start_server(
         ("127.0.0.1", port),

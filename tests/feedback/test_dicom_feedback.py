@@ -13,11 +13,11 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
 
 from cds.domain import FeedbackAction, ResultState, StudyState
 from cds.feedback.findings import groups
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 from cds.results.kos import build_rejection_kos
 
 from ..test_pipeline import send_files, settings_with_routing, wait_state
@@ -40,7 +40,7 @@ def wait_until(check: Callable[[], bool], timeout: float = 30, what: str = "") -
 
 
 def send(node: Node, ds: Dataset, calling: str = "PACS") -> None:
-    ae = AE(ae_title=calling)
+    ae = PauseSafeAE(ae_title=calling)
     ae.add_requested_context(str(ds.SOPClassUID), ExplicitVRLittleEndian)
     host, port = node.listener.address
     assoc = ae.associate(host, port, ae_title="CDS")

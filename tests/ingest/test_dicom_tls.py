@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cds.audit import AuditEvent, AuditOutcome, AuditRecord, AuditTrail
 from cds.config import Settings
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 
 from ..conftest import free_port, make_settings
 from ..pki import Pki, make_pki
@@ -126,7 +126,7 @@ def tls_associate(
     bind: str = "",
 ) -> Association:
     """An association to the node's TLS port (from ``bind``, e.g. 127.0.0.2)."""
-    ae = AE(ae_title=calling)
+    ae = PauseSafeAE(ae_title=calling)
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
     ae.connection_timeout = timeout
@@ -176,7 +176,7 @@ def test_echo_and_store_over_tls(tls_node: tuple[Node, SpyAudit], pki: Pki) -> N
     assert received.study_key is not None
     assert (received.detail["instances"], received.detail["duplicates"]) == (1, 0)
     # the plain port still serves, beside the TLS one
-    ae = AE(ae_title="PLAIN")
+    ae = PauseSafeAE(ae_title="PLAIN")
     ae.add_requested_context(Verification)
     plain = ae.associate(*node.listener.address, ae_title="CDS")
     assert plain.is_established
@@ -247,7 +247,7 @@ def test_optional_client_certificates_let_a_client_without_one_in(tmp_path: Path
 
 # --- the handshake is off the accept loop, and bounded -------------------------------
 def _time_to_associate(port: int, ctx: ssl.SSLContext, called: str, timeout: float) -> float | None:
-    ae = AE(ae_title="TESTSCU")
+    ae = PauseSafeAE(ae_title="TESTSCU")
     ae.add_requested_context(Verification)
     ae.connection_timeout = ae.acse_timeout = timeout
     started = time.monotonic()
@@ -278,7 +278,7 @@ def test_stock_pynetdicom_blocks_every_tls_client_behind_an_idle_peer(pki: Pki) 
     does the handshake, so a TLS client beside an idle peer times out."""
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(pki.server_cert, pki.server_key)
-    ae = AE(ae_title="STOCK")
+    ae = PauseSafeAE(ae_title="STOCK")
     ae.add_supported_context(Verification)
     server = ae.start_server(("127.0.0.1", 0), block=False, ssl_context=server_ctx)
     port = server.server_address[1]
@@ -402,7 +402,7 @@ def test_pynetdicom_logs_no_patient_data_at_debug(
         tls = tls_associate(node, client_context(pki, pki.client_cert, pki.client_key))
         assert tls.send_c_store(ct(**canary)).Status == 0x0000
         tls.release()
-        ae = AE(ae_title="PLAIN")
+        ae = PauseSafeAE(ae_title="PLAIN")
         ae.add_requested_context(CT, ExplicitVRLittleEndian)
         plain = ae.associate(*node.listener.address, ae_title="CDS")
         assert plain.send_c_store(ct(**canary)).Status == 0x0000

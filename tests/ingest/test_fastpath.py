@@ -28,7 +28,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config, evt
+from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
@@ -45,6 +45,7 @@ from cds.ingest.fastpath import dul as fastpath_dul
 from cds.ingest.receiver import Receiver
 from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, Spool
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 from cds.store import open_store
 
 from ..conftest import make_settings
@@ -113,7 +114,7 @@ def start_scp(
     acse_timeout: float = 30,
     extra_handlers: list[Any] | None = None,
 ) -> Scp:
-    ae = AE(ae_title="FASTSCP")
+    ae = PauseSafeAE(ae_title="FASTSCP")
     ae.maximum_pdu_size = max_pdu
     ae.network_timeout = network_timeout
     ae.acse_timeout = acse_timeout
@@ -154,8 +155,8 @@ def scp() -> Iterator[Scp]:
     s.server.shutdown()
 
 
-def requestor(calling: str = "TESTSCU") -> AE:
-    ae = AE(ae_title=calling)
+def requestor(calling: str = "TESTSCU") -> PauseSafeAE:
+    ae = PauseSafeAE(ae_title=calling)
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     ae.add_requested_context(CT, ImplicitVRLittleEndian)
     ae.add_requested_context(Verification)

@@ -264,9 +264,9 @@ def test_explicit_declared_implicit_encoded_nesting_is_found(
 @pytest.fixture
 def dassoc(limited: Node) -> Iterator[Association]:
     """An association proposing CT in the deflated transfer syntax."""
-    from pynetdicom import AE
+    from cds.requestor import PauseSafeAE
 
-    ae = AE(ae_title="TESTSCU")
+    ae = PauseSafeAE(ae_title="TESTSCU")
     ae.add_requested_context(CT, DeflatedExplicitVRLittleEndian)
     host, port = limited.listener.address
     a = ae.associate(host, port, ae_title=limited.settings.dicom.ae_title)
@@ -314,11 +314,12 @@ def test_deflated_within_the_cap_is_stored_as_sent(
 
 def test_deflated_corpus_file_is_stored(node: Node, tmp_path: Path, corpus: Path) -> None:
     from pydicom import dcmread
-    from pynetdicom import AE
+
+    from cds.requestor import PauseSafeAE
 
     path = next(p for p in corpus.rglob("*.dcm") if _is_deflated(p))
     ds = dcmread(path)
-    ae = AE(ae_title="DEFLATE")
+    ae = PauseSafeAE(ae_title="DEFLATE")
     ae.add_requested_context(ds.SOPClassUID, DeflatedExplicitVRLittleEndian)
     host, port = node.listener.address
     a = ae.associate(host, port, ae_title=node.settings.dicom.ae_title)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cds.audit import AuditEvent, AuditOutcome
 from cds.ingest.fastpath import MAX_CONTROL_PDU
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 
 from ..conftest import make_settings
 from .test_dicom_tls import (
@@ -52,7 +52,7 @@ def limited(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[No
 
 
 def associate(node: Node) -> Association:
-    ae = AE(ae_title="TESTSCU")
+    ae = PauseSafeAE(ae_title="TESTSCU")
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
     assoc = ae.associate(*node.listener.address, ae_title="CDS")

@@ -16,7 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -24,6 +24,7 @@ from cds.config import Settings
 from cds.domain import StudyState
 from cds.ingest.instance import encode_file_meta
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 
 from ..conftest import make_settings
 
@@ -62,7 +63,7 @@ def connect(
     evt_handlers: list[Any] | None = None,
 ) -> Association:
     """An association to the node's plain port (from ``bind``, e.g. 127.0.0.2)."""
-    ae = AE(ae_title=calling)
+    ae = PauseSafeAE(ae_title=calling)
     # one transfer syntax per context: the node accepts the first one proposed
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     ae.add_requested_context(CT, ImplicitVRLittleEndian)

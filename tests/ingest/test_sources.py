@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -22,6 +21,7 @@ from cds.config import SourceRule
 from cds.errors import ConfigError
 from cds.ingest.sources import Peer, SourcePolicy
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 
 from ..conftest import load_settings, make_settings
 from .test_dicom_tls import (
@@ -48,7 +48,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def associate(node: Node, calling: str, source: str = "127.0.0.1") -> Association:
-    ae = AE(ae_title=calling)
+    ae = PauseSafeAE(ae_title=calling)
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
     host, port = node.listener.address

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 
 from cds.api.app import create_app
 from cds.config import Settings
@@ -33,6 +32,7 @@ from cds.inference.runner import InferenceRecord, InferenceResult
 from cds.observatory.drift import record_run
 from cds.observatory.metrics import StoreCollector, build_registry
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 from cds.store.sqlite import SqliteStore
 
 T = 1794787200.0  # 2026-11-16 00:00 UTC
@@ -285,7 +285,7 @@ def test_each_node_has_its_own_registry(known_store: SqliteStore, tmp_path: Path
 def _send(node: Node, tmp_path: Path, corpus: Path) -> list[pydicom.Dataset]:
     src = sorted((corpus / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series").iterdir())[:3]
     sent = []
-    ae = AE(ae_title="CANARYAE")
+    ae = PauseSafeAE(ae_title="CANARYAE")
     ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
     host, port = node.listener.address
     assoc = ae.associate(host, port, ae_title="CDS")

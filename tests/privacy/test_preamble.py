@@ -52,9 +52,9 @@ def test_reindexed_polyglot_is_rewritten_with_zeroed_preamble(
 ) -> None:
     """A file found in the spool at start (not written by this node) is re-indexed through
     the receiver, which writes it again with a zeroed preamble and drops the stray copy."""
-    from pynetdicom import AE
+    from cds.requestor import PauseSafeAE
 
-    ae = AE(ae_title="TESTSCU")
+    ae = PauseSafeAE(ae_title="TESTSCU")
     ds = dcmread(corpus / "ct" / "CT_small.dcm")
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     host, port = node.listener.address

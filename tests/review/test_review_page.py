@@ -27,13 +27,13 @@ import pytest
 import uvicorn
 from PIL import Image
 from pydicom import dcmread
-from pynetdicom import AE
 
 from cds.api.app import create_app
 from cds.api.review.basis import read_basis
 from cds.api.review.texts import page_language
 from cds.domain import Feedback, FindingRecord, StudyState
 from cds.orchestrator import Node
+from cds.requestor import PauseSafeAE
 
 from ..api.authkit import (
     NAMES,
@@ -88,7 +88,7 @@ class Served:
 
 def _send(node: Node, files: list[Path], **patient: str) -> str:
     datasets = [dcmread(f) for f in files]
-    ae = AE(ae_title="TESTSCU")
+    ae = PauseSafeAE(ae_title="TESTSCU")
     for sop_class in {str(ds.SOPClassUID) for ds in datasets}:
         ae.add_requested_context(sop_class, "1.2.840.10008.1.2.1")
     host, port = node.listener.address

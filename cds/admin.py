@@ -96,16 +96,20 @@ def queue_stats(store: StateStore) -> QueueStats:
 
 
 def retry_job(store: StateStore, submit: Submit, job_id: str) -> Job:
-    """Re-queue the study of a failed job (routing runs again on the whole study)."""
+    """Re-queue the study of a failed or partial job (routing runs again on the whole
+    study; the objects a partial job made are made again with the same UIDs, so the
+    PACS gets no duplicate)."""
     job = _job(store, job_id)
-    if job.state is not JobState.FAILED:
+    if job.state not in (JobState.FAILED, JobState.PARTIAL):
         raise AdminError(
             CONFLICT,
-            f"job {job_id} is {job.state.value}: only a failed job can be retried",
+            f"job {job_id} is {job.state.value}: only a failed or partial job can be retried",
         )
     _runnable(_study(store, job.study_key), "retry its job")
     store.record_event(
-        job.study_key, "job_retried", f"{job.kind} job {job_id} failed; study re-queued by admin"
+        job.study_key,
+        "job_retried",
+        f"{job.kind} job {job_id} {job.state.value}; study re-queued by admin",
     )
     _submit(submit, job.study_key)
     return job

@@ -95,7 +95,8 @@ def _duration(seconds: float | None) -> str:
 
 # --- cds jobs -------------------------------------------------------------------
 jobs_app = typer.Typer(
-    help="Jobs: list them (the default), retry a failed one, cancel a queued or running one.",
+    help="Jobs: list them (the default), retry a failed or partial one, cancel a queued or "
+    "running one.",
     add_completion=False,
 )
 
@@ -127,11 +128,14 @@ def _print_jobs(
     )
     for j in rows:
         waited, ran = admin.job_timings(j, now)
-        error = f"  {j.error[:80]}" if j.error else ""
+        not_made = [o.text for o in j.objects if o.failed]
+        error = f"  {j.error[:80]}" if j.error and not not_made else ""
         typer.echo(
             f"{j.job_id:<32} {j.study_key:<16} {j.state.value:<9} {_when(j.created_at):<19} "
             f"{_duration(waited):>7} {_duration(ran):>7} {j.attempts:>5}  {j.kind}{error}"
         )
+        for line in not_made:  # a partial job: each object not made, with its reason
+            typer.echo(f"    {line}")
 
 
 @jobs_app.callback(invoke_without_command=True)
@@ -145,7 +149,7 @@ def jobs(
     limit: LimitOpt = 50,
     as_json: JsonOpt = False,
 ) -> None:
-    """Jobs: list them (the default), retry a failed one, cancel a queued or running one."""
+    """Jobs: list them (the default), retry a failed or partial one, cancel an open one."""
     if ctx.invoked_subcommand is None:
         _print_jobs(
             config=config, home=home, state=state, study=study, limit=limit, as_json=as_json
@@ -168,11 +172,13 @@ def jobs_list(
 
 @jobs_app.command("retry")
 def jobs_retry(
-    job_id: Annotated[str, typer.Argument(help="id of a failed job, as 'cds jobs' lists it")],
+    job_id: Annotated[
+        str, typer.Argument(help="id of a failed or partial job, as 'cds jobs' lists it")
+    ],
     config: ConfigOpt = None,
     home: HomeOpt = None,
 ) -> None:
-    """Retry a failed job: the running node re-queues its study (through its HTTP API)."""
+    """Retry a failed or partial job: the running node re-queues its study (its HTTP API)."""
     body = _post(_settings(config, home), f"/api/jobs/{_quote(job_id)}/retry")
     typer.echo(f"job {job_id}: study {body['study_key']} re-queued")
 

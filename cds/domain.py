@@ -31,7 +31,10 @@ class StudyState(enum.StrEnum):
 
 
 class JobState(enum.StrEnum):
-    """queued -> running -> done | failed | skipped; queued or running -> cancelled.
+    """queued -> running -> done | partial | failed | skipped; queued or running -> cancelled.
+
+    ``partial``: some of the job's result objects were made (and delivered), others
+    not, each with its reason (``Job.objects``); an admin retries it as a failed job.
 
     ``cancelled`` is final: the store keeps a cancelled job cancelled whatever
     a worker reports afterwards, so the worker sees the cancellation (in the job
@@ -41,6 +44,7 @@ class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
+    PARTIAL = "partial"
     FAILED = "failed"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
@@ -126,6 +130,26 @@ class StudyEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ObjectOutcome:
+    """What became of one result object a job was to make (issue 16).
+
+    ``made``, or not: ``failed`` when its encoder raised (the job is then partial, or
+    failed when nothing was made), else there was nothing to encode (a SEG without a
+    positive mask). ``reason`` is in words, never a data value (``errors.safe_message``).
+    """
+
+    kind: str  # SR, SEG, GSPS, SC
+    made: bool
+    failed: bool = False
+    reason: str = ""
+
+    @property
+    def text(self) -> str:
+        """``GSPS not made: <reason>``, or ``SR made``."""
+        return f"{self.kind} made" if self.made else f"{self.kind} not made: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     job_id: str
     study_key: str
@@ -136,7 +160,8 @@ class Job:
     attempts: int
     error: str | None
     started_at: float | None = None  # latest move to running
-    finished_at: float | None = None  # move to done, failed, skipped or cancelled
+    finished_at: float | None = None  # move to done, partial, failed, skipped or cancelled
+    objects: tuple[ObjectOutcome, ...] = ()  # as the job ended (schema 7)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,9 @@ dots) gets ``study-<SHA-256 of the UID, 16 hex digits>`` instead.
 check it is the same: cds version, and per series the input SOP Instance UIDs, the
 model (name, version, SHA-256, provider), the kinds asked, the objects written, the
 kinds not produced and why, the findings and the timings. No patient attribute
-(name, ID, birth date, accession number) and no input file path goes into it.
+(name, ID, birth date, accession number) and no input file path goes into it, and
+no error quotes a data value (``cds.errors.safe_message``). A series some of whose
+objects could not be made is ``partial``: the others are written.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ from pydicom.dataset import Dataset
 
 from cds import __version__
 from cds.config import IngestLimits
-from cds.errors import CdsError, ModelError, RoutingError
+from cds.errors import CdsError, ModelError, RoutingError, error_text
 from cds.inference import manifest as mf
-from cds.inference.registry import LoadedModel, ModelRegistry, find_packages
+from cds.inference.constraints import status_of
+from cds.inference.registry import LoadedModel, ModelRegistry, declared_use_of, find_packages
 from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, ProviderChoice
 from cds.pipeline import _summary, process_series
 from cds.results.encode import write_results
-from cds.routing.router import SeriesHeader, read_headers, route
+from cds.routing.router import PipelinePlan, SeriesHeader, read_headers, route
 from cds.routing.rules import RoutingFile, load_routing
 
 #: result object kinds, in the order the encoder makes them
@@ -197,7 +200,14 @@ def _jobs_for_model(req: Request, studies: dict[str, list[SeriesHeader]]) -> lis
         )
     accepted = set(manifest.input.modality)
     jobs = [
-        Job(uid, s, req.model, list(kinds), {"model": "--model"})
+        Job(
+            uid,
+            s,
+            req.model,
+            list(kinds),
+            {"model": "--model"},
+            status_of(req.model, manifest.input, s.attrs, s.instance_count),  # issue 15
+        )
         for uid, series in studies.items()
         for s in series
         if s.attrs.get("Modality") in accepted
@@ -209,6 +219,12 @@ def _jobs_for_model(req: Request, studies: dict[str, list[SeriesHeader]]) -> lis
             f"(manifest input.modality); the inputs have {', '.join(found)}"
         )
     return jobs
+
+
+def _status(p: PipelinePlan, series_uid: str) -> str:
+    """The plan's status, or why the series is outside its model's declared use."""
+    why = p.outside.get(series_uid)
+    return f"skipped: outside the declared use of {p.model} ({why})" if why else p.status
 
 
 def _jobs_for_routing(
@@ -223,11 +239,17 @@ def _jobs_for_routing(
     for uid, series in studies.items():
         for s in series:
             s.calling_ae = req.calling_ae
-        plan = route(series, rf, disabled_models=req.disabled_models, loaded_models=loaded)
+        plan = route(
+            series,
+            rf,
+            disabled_models=req.disabled_models,
+            loaded_models=loaded,
+            declared_use=declared_use_of(req.model_dirs),  # issue 15
+        )
         for verdict, p in plan.runs:
             origin = {"rule": verdict.rule, "pipeline": p.pipeline}
             jobs.extend(
-                Job(uid, s, p.model, list(p.results), origin, p.status)
+                Job(uid, s, p.model, list(p.results), origin, _status(p, s.series_uid))
                 for s in series
                 if s.series_uid in verdict.selected
             )
@@ -307,7 +329,7 @@ def _run_job(
         "kinds": job.kinds,
         "model": _model_record(model) if model is not None else {"name": job.model},
     }
-    where = f"series {s.series_uid} ({s.label})"
+    where = f"series {s.series_uid}"  # no description: errors quote no data set text
     if job.status != "run" or model is None or model.status != "ready":
         reason = job.status if job.status != "run" else "skipped: model not loaded"
         if reason.endswith("not loaded"):
@@ -325,14 +347,16 @@ def _run_job(
     try:
         done = process_series(ModelRunner(model, slots), files, job.kinds, req.lang)
     except Exception as exc:  # onnxruntime and decoders raise their own types
-        entry["status"] = f"failed: {type(exc).__name__}: {exc}"[:500]
-        out.problems.append(f"{where}: {job.model} failed: {type(exc).__name__}: {exc}")
+        why = error_text(exc)  # never a data value: process.json may travel
+        entry["status"] = f"failed: {why}"[:500]
+        out.problems.append(f"{where}: {job.model} failed: {why}")
         return entry
     t1 = time.perf_counter()
     paths = write_results(req.out, study_folder(job.study_uid), done.objects)
     t2 = time.perf_counter()
     rec = done.result.record
-    entry["status"] = "done"
+    failed = [o for o in done.outcomes if o.failed]
+    entry["status"] = ("partial" if done.objects else "failed") if failed else "done"
     entry["model"]["provider"] = rec.provider
     entry["summary"] = _summary(done.result)
     entry["findings"] = [
@@ -368,6 +392,9 @@ def _run_job(
     out.problems.extend(
         f"{where}: {job.model}: {k} not produced: {why}" for k, why in entry["not_produced"].items()
     )
+    # one object of a kind not made while others of it were (SC: one per image)
+    entry["not_made"] = [o.text for o in failed]
+    out.problems.extend(f"{where}: {job.model}: {o.text}" for o in failed if o.kind in made)
     entry["timings"] = {
         "inference_s": round(rec.seconds, 4),
         **{f"{k}_s": v for k, v in rec.timings.items()},

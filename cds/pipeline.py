@@ -11,7 +11,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,15 +20,22 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cds.audit import AuditEvent
-from cds.domain import JobState, ResultObject, ResultRef, ResultState, StudyState
-from cds.errors import CdsError
+from cds.domain import (
+    JobState,
+    ObjectOutcome,
+    ResultObject,
+    ResultRef,
+    ResultState,
+    StudyState,
+)
+from cds.errors import CdsError, error_text
 from cds.faults import failpoint
 from cds.feedback.findings import findings_of
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.logging import get_logger
 from cds.observatory.drift import record_run
-from cds.results.encode import encode, write_results
+from cds.results.encode import encode_each, write_results
 from cds.results.kos import build_rejection_kos
 from cds.routing.router import (
     PipelinePlan,
@@ -44,6 +51,7 @@ if TYPE_CHECKING:
     from cds.orchestrator import Node
 
 log = get_logger("cds.pipeline")
+_SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture (and its multi-frame variants)
 
 
 def study_series(node: Node, study_key: str) -> list[SeriesHeader]:
@@ -126,7 +134,13 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
     series = study_series(node, study_key)
     loaded = {m.name for m in node.models.all() if m.status == "ready"}
     rules = node.routing.rules
-    plan = route(series, rules, disabled_models=node.routing.disabled(), loaded_models=loaded)
+    plan = route(
+        series,
+        rules,
+        disabled_models=node.routing.disabled(),
+        loaded_models=loaded,
+        declared_use=node.models.declared_use(),  # issue 15: never outside a model's use
+    )
     by_name = {r.name: r for r in rules.rules}
     detail = node.store.get_study(study_key)
     if detail is None:
@@ -184,19 +198,25 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
         if runs
         else "routed: every pipeline already ran after the last instance",
     )
-    failed = _run_jobs(node, study_key, series, runs)
+    failed, partial = _run_jobs(node, study_key, series, runs)
     state = StudyState.FAILED if failed else StudyState.DONE
-    node.store.set_study_state(study_key, state, f"{len(runs)} pipeline(s), {failed} failed")
+    node.store.set_study_state(
+        study_key,
+        state,
+        f"{len(runs)} pipeline(s), {failed} failed"
+        + (f", {partial} partial (not every object made)" if partial else ""),
+    )
 
 
 @dataclass
 class SeriesOutcome:
-    """What one model did on one series: the inference, the objects encoded, and why
-    any requested kind was not encoded."""
+    """What one model did on one series: the inference, the objects encoded, why any
+    requested object was not encoded (``"GSPS: <reason>"``), and what became of each."""
 
     result: InferenceResult
     objects: list[Dataset]
     skipped: list[str]
+    outcomes: list[ObjectOutcome] = field(default_factory=list)
 
 
 def inputs_seed(files: Sequence[Path]) -> str:
@@ -229,7 +249,7 @@ def process_series(
     if not kinds:
         return SeriesOutcome(result, [], [])
     sources = [dcmread(f) for f in files]
-    objects, skipped = encode(
+    done = encode_each(
         sources,
         result,
         runner.manifest,
@@ -238,7 +258,7 @@ def process_series(
         seed=inputs_seed(files) if seed is None else seed,
         predecessors=predecessors,
     )
-    return SeriesOutcome(result, objects, skipped)
+    return SeriesOutcome(result, done.objects, done.notes, done.outcomes)
 
 
 def _encoded_event(node: Node, study_key: str, out: SeriesOutcome, paths: list[Path]) -> None:
@@ -260,9 +280,9 @@ def _run_series(
     runner: ModelRunner,
     series: SeriesHeader,
     priority: int = 0,
-) -> None:
+) -> list[ObjectOutcome]:
     """Infer, encode, keep the objects durably, then queue them for delivery (outbox),
-    with the routing rule's ``priority``.
+    with the routing rule's ``priority``; returns what became of each object.
 
     A second run on the same inputs with the same model version makes the same
     objects (same UIDs): nothing is superseded and nothing already delivered is
@@ -289,7 +309,10 @@ def _run_series(
     failpoint("pipeline.encoded")
     _encoded_event(node, study_key, out, paths)
     made = {str(ds.SOPInstanceUID) for ds in out.objects}
-    rejected = [r for r in prev if r.sop_uid not in made]
+    # an object that failed this time on the same inputs leaves its earlier version
+    # current: it is still right, and a partial job's retry may make it again
+    failed = {o.kind for o in out.outcomes if o.failed}
+    rejected = [r for r in prev if r.sop_uid not in made and not (same_run and _kind(r) in failed)]
 
     def row(ds: Dataset, path: Path, state: ResultState) -> ResultObject:
         return ResultObject(
@@ -351,6 +374,14 @@ def _run_series(
         )
     if destinations:
         node.delivery.kick()
+    return out.outcomes
+
+
+def _kind(r: ResultObject) -> str:
+    """SR, SEG, GSPS or SC: the kind of a result object, as ``ObjectOutcome.kind``."""
+    if r.sop_class_uid.startswith(_SC_CLASS):
+        return "SC"
+    return {"PR": "GSPS"}.get(r.modality, r.modality)
 
 
 def _run_jobs(
@@ -358,38 +389,90 @@ def _run_jobs(
     study_key: str,
     series: list[SeriesHeader],
     runs: list[tuple[RuleVerdict, PipelinePlan]],
-) -> int:
-    """One job per pipeline; returns how many failed."""
-    failed = 0
+) -> tuple[int, int]:
+    """One job per pipeline; returns how many failed and how many were partial."""
+    failed = partial = 0
     for rule, p in runs:
         job = node.store.create_job(study_key, f"{p.pipeline}:{p.model}")
         if p.status != "run":
             node.store.set_job_state(job.job_id, JobState.SKIPPED, error=p.status)
             log.warning("pipeline.skipped", study_key=study_key, model=p.model, reason=p.status)
             continue
-        model = node.models.get(p.model)
         if node.store.set_job_state(job.job_id, JobState.RUNNING).state is JobState.CANCELLED:
             continue  # an admin cancelled it while it waited
+        state = _run_job(node, study_key, job.job_id, job.kind, series, rule, p)
+        failed += state is JobState.FAILED
+        partial += state is JobState.PARTIAL
+    return failed, partial
+
+
+def _run_job(  # noqa: PLR0917 (one job: where it runs and what it runs)
+    node: Node,
+    study_key: str,
+    job_id: str,
+    kind: str,
+    series: list[SeriesHeader],
+    rule: RuleVerdict,
+    p: PipelinePlan,
+) -> JobState:
+    """Run one job on each series its rule selected, each series and each object on its
+    own: done when every object was made, partial when some were not (each with its
+    reason), failed when none was. Errors never quote a data value (safe_message)."""
+    outcomes: list[ObjectOutcome] = []
+    problems: list[str] = []
+    model = node.models.get(p.model)
+    try:
+        if model is None:
+            raise CdsError(f"model {p.model} is not loaded")
+        runner = ModelRunner(model, node.models.slots)
+        failpoint("pipeline.inferring")
+        by_name = {r.name: r for r in node.routing.rules.rules}
+        priority = by_name[rule.rule].priority if rule.rule in by_name else 0
+    except Exception as exc:  # recorded on the job; the study goes on
+        return _end_job(node, study_key, job_id, p, [], [error_text(exc)], exc)
+    # a series outside the model's declared use is not given to it (p.outside, issue 15)
+    selected = [
+        s for s in series if s.series_uid in rule.selected and s.series_uid not in p.outside
+    ]
+    last: Exception | None = None
+    for s in selected:
         try:
-            if model is None:
-                raise CdsError(f"model {p.model} is not loaded")
-            runner = ModelRunner(model, node.models.slots)
-            failpoint("pipeline.inferring")
-            by_name = {r.name: r for r in node.routing.rules.rules}
-            priority = by_name[rule.rule].priority if rule.rule in by_name else 0
-            for s in series:
-                if s.series_uid in rule.selected:
-                    _run_series(
-                        node, study_key, job.kind, p, runner=runner, series=s, priority=priority
-                    )
-        except Exception as exc:  # recorded on the job; the study goes on
-            failed += 1
-            node.store.set_job_state(
-                job.job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}"[:500]
+            outcomes += _run_series(
+                node, study_key, kind, p, runner=runner, series=s, priority=priority
             )
-            log.error(
-                "pipeline.failed", study_key=study_key, model=p.model, error_type=type(exc).__name__
-            )
-            continue
-        node.store.set_job_state(job.job_id, JobState.DONE)
-    return failed
+        except Exception as exc:  # one series' failure does not stop the others
+            last = exc
+            where = f"series {s.series_uid}: " if len(selected) > 1 else ""
+            problems.append(f"{where}{error_text(exc)}")
+    return _end_job(node, study_key, job_id, p, outcomes, problems, last)
+
+
+def _end_job(  # noqa: PLR0917 (the job and all that became of it)
+    node: Node,
+    study_key: str,
+    job_id: str,
+    p: PipelinePlan,
+    outcomes: list[ObjectOutcome],
+    problems: list[str],
+    exc: Exception | None,
+) -> JobState:
+    not_made = [o.text for o in outcomes if o.failed]
+    made = any(o.made for o in outcomes)
+    if not problems and not not_made:
+        state = JobState.DONE
+    else:
+        state = JobState.PARTIAL if made else JobState.FAILED
+    error = "; ".join([*problems, *not_made])[:500] or None
+    node.store.set_job_state(job_id, state, error=error, objects=outcomes)
+    if state is JobState.FAILED:
+        error_type = type(exc).__name__ if exc is not None else "EncodingError"
+        log.error("pipeline.failed", study_key=study_key, model=p.model, error_type=error_type)
+    elif state is JobState.PARTIAL:
+        log.warning(
+            "pipeline.partial",
+            study_key=study_key,
+            model=p.model,
+            not_made=sorted({o.kind for o in outcomes if o.failed}),
+            series_failed=len(problems),
+        )
+    return state

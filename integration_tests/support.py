@@ -403,3 +403,39 @@ def write_bone_study(
         ds.PixelData = pixels.tobytes()
         ds.save_as(f)
     return files, str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+#: identifying attributes a sender may forward encoded as UN (VR unknown), issue 16
+UN_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "SeriesNumber",
+    "BodyPartExamined",
+)
+
+
+def write_un_series(
+    folder: Path, paddings: list[bytes], keywords: tuple[str, ...] = UN_KEYWORDS
+) -> tuple[list[Path], str]:
+    """One small CT series, one instance per padding, whose ``keywords`` are encoded as
+    UN (explicit VR little endian), each value followed by its instance's padding (made
+    even with a NUL), as Orthanc forwards data converted from implicit VR without the
+    dictionary. Returns the files and the Study Instance UID."""
+    files = [p for p, _ in write_ct_series(folder, len(paddings), rows=8)]
+    saved = pydicom.config.replace_un_with_known_vr
+    pydicom.config.replace_un_with_known_vr = False  # else pydicom writes the known VR
+    try:
+        for f, padding in zip(files, paddings, strict=True):
+            ds = pydicom.dcmread(f)
+            ds.BodyPartExamined = "CHEST"
+            for kw in keywords:
+                raw = str(ds[kw].value).encode("ascii") + padding
+                ds.add_new(ds[kw].tag, "UN", raw + b"\0" * (len(raw) % 2))
+            ds.save_as(f)
+    finally:
+        pydicom.config.replace_un_with_known_vr = saved
+    study = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    return files, str(study)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from io import StringIO
 from pathlib import Path
 
@@ -142,3 +143,85 @@ def test_i7_no_canary_in_any_output(  # noqa: PLR0915 (one scenario, then one se
     for f in sorted(export_dir.rglob("*")):
         if f.is_file():
             _grep(f"case export {f.name}", f.read_bytes())
+
+
+#: issue 16: invalid canaries, one per VR a library refuses with the value in its message
+INVALID = {
+    "PatientName": f"{CANARY}PN^" + "N" * 70,  # PN component over 64
+    "PatientID": f"{CANARY}LO" + "L" * 70,  # LO over 64
+    "AccessionNumber": f"{CANARY}SH" + "S" * 20,  # SH over 16
+    "PatientBirthDate": f"{CANARY}DA" + "d" * 47,  # 56 characters: a hash, not a date
+    "StudyTime": f"{CANARY}TM",
+    "PatientAge": f"{CANARY}AS",
+}
+ROUTING_16 = """
+pipelines:
+  blobs: {model: cds-ref-blob-detect, results: [SR, GSPS]}
+rules:
+  - name: CT
+    match: [{attribute: Modality, equals: CT}]
+    pipelines: [blobs]
+"""
+
+
+def test_i16_invalid_canaries_reach_no_error(
+    tmp_path: Path, corpus: Path, json_logs: StringIO
+) -> None:
+    """A CT study whose PN/LO/SH/DA/TM/AS values are invalid canaries (over-long, not a
+    date) makes the result encoders fail; through ``cds process`` and through the node,
+    the errors name the attributes, never a value: not in process.json, the CLI's
+    output, the logs, state.db, /api/jobs, /api/studies, ``cds jobs``, the audit."""
+    files = []
+    sources = sorted((corpus / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series").iterdir())[:3]
+    for i, src in enumerate(sources):
+        ds = canary_dataset(dcmread(src))
+        for keyword, value in INVALID.items():
+            setattr(ds, keyword, value)
+        files.append(tmp_path / "in" / f"canary{i}.dcm")
+        files[-1].parent.mkdir(exist_ok=True)
+        ds.save_as(files[-1], enforce_file_format=True)
+    runner = CliRunner()
+
+    out = tmp_path / "out"
+    got = runner.invoke(
+        cli,
+        [
+            *("process", str(tmp_path / "in"), "--out", str(out), "--model"),
+            *("cds-ref-blob-detect", "--models", "models", "--providers", "cpu"),
+        ],
+    )
+    assert got.exit_code == 1, got.output  # nothing made
+    assert "(0010,0030) PatientBirthDate" in got.output
+    _grep("cds process's output", got.output)
+    record = (out / "process.json").read_text()
+    (series,) = json.loads(record)["studies"][0]["series"]
+    assert series["status"] == "failed"
+    assert {line.split(" ")[0] for line in series["not_made"]} == {"SR", "GSPS", "SC"}
+    _grep("process.json", record)
+
+    settings = settings_with_routing(tmp_path, ROUTING_16)
+    node = Node(settings)
+    node.start()
+    with TestClient(admin_app(settings, node)) as client:  # stops the node at exit
+        send_files(node, files)
+        wait_state(node, {StudyState.DONE, StudyState.FAILED}, timeout=60)
+        (study,) = node.store.list_studies()
+        (job,) = node.store.list_jobs(study.study_key)
+        assert job.error is not None
+        assert "(0010,0030) PatientBirthDate" in job.error
+        api_jobs = client.get("/api/jobs").text
+        api_study = client.get(f"/api/studies/{study.study_key}").text
+    listed = runner.invoke(cli, ["jobs", "--home", str(settings.home)])
+    assert listed.exit_code == 0, listed.output
+    assert job.job_id in listed.output
+    for where, text in (
+        ("/api/jobs", api_jobs),
+        ("/api/studies", api_study),
+        ("cds jobs", listed.output),
+        ("state.db", "\n".join(sqlite3.connect(settings.home / "state.db").iterdump())),
+        ("the logs", json_logs.getvalue()),
+    ):
+        _grep(where, text)
+    for f in sorted((settings.home / "audit").rglob("*")):
+        if f.is_file():
+            _grep(f"audit file {f.name}", f.read_bytes())

@@ -15,6 +15,7 @@ from cds.domain import (
     FindingRecord,
     Job,
     JobState,
+    ObjectOutcome,
     QueueStats,
     ResultObject,
     ResultState,
@@ -113,13 +114,32 @@ class Problem(BaseModel):
 
 
 # --- admin: jobs, queue, purge -------------------------------------------------
+class ObjectOutcomeOut(BaseModel):
+    kind: str = Field(description="SR, SEG, GSPS or SC")
+    made: bool
+    failed: bool = Field(description="not made because its encoder failed (the job is partial)")
+    reason: str = Field(description="why it was not made, in words (never a data value)")
+
+    @classmethod
+    def of(cls, o: ObjectOutcome) -> ObjectOutcomeOut:
+        return cls(kind=o.kind, made=o.made, failed=o.failed, reason=o.reason)
+
+
 class JobOut(BaseModel):
     job_id: str
     study_key: str
     kind: str = Field(description="what the job runs, e.g. 'pipeline:model'")
-    state: JobState
+    state: JobState = Field(
+        description="partial: some result objects were made and delivered, others not "
+        "(see objects); retried as a failed job"
+    )
     attempts: int = Field(description="times the job started running")
-    error: str | None
+    error: str | None = Field(
+        description="why it failed, or which objects a partial job did not make"
+    )
+    objects: list[ObjectOutcomeOut] = Field(
+        default_factory=list, description="what became of each result object, as the job ended"
+    )
     created_at: datetime = Field(description="when it was queued")
     started_at: datetime | None = Field(description="its latest start")
     finished_at: datetime | None
@@ -137,6 +157,7 @@ class JobOut(BaseModel):
             state=j.state,
             attempts=j.attempts,
             error=j.error,
+            objects=[ObjectOutcomeOut.of(o) for o in j.objects],
             created_at=_ts(j.created_at),
             started_at=_ts(j.started_at),
             finished_at=_ts(j.finished_at),

@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext, build_context
 
+from cds.errors import error_text
 from cds.requestor import PauseSafeAE
 from cds.routing.rules import Destination
 
@@ -70,7 +71,7 @@ def _read(files: Sequence[Path], outcomes: list[Outcome | None]) -> list[tuple[i
             datasets.append((i, dcmread(f)))
         except (OSError, ValueError) as exc:
             outcomes[i] = Outcome(
-                False, f"result file unreadable: {type(exc).__name__}: {exc}", permanent=True
+                False, f"result file unreadable: {error_text(exc)}", permanent=True
             )
     return datasets
 
@@ -129,7 +130,7 @@ def _send_one(assoc: object, ds: Dataset, dest: Destination) -> Outcome:
     try:
         status = assoc.send_c_store(ds)  # type: ignore[attr-defined]
     except (ValueError, RuntimeError, OSError) as exc:
-        return Outcome(False, f"C-STORE could not be sent: {type(exc).__name__}: {exc}")
+        return Outcome(False, f"C-STORE could not be sent: {error_text(exc)}")
     if not status or "Status" not in status:
         return Outcome(False, f"no C-STORE response from {describe(dest)} (timeout or abort)")
     code = int(status.Status)

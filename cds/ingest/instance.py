@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from cds import __version__
-from cds.errors import IngestError
+from cds.errors import IngestError, safe_message
 
 #: cds' implementation class UID (UUID-derived root, PS3.5 B.2)
 IMPLEMENTATION_CLASS_UID = "2.25.260187945178043591834155128263512402661"
@@ -45,7 +45,6 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 _HEADER_TAGS = [
     Tag(0x0008, 0x0016),  # SOPClassUID
@@ -65,15 +64,31 @@ class Header:
     sop_class_uid: str
     modality: str
     series_number: int | None
+    #: what a DCMTK-based sender (storescu, dcmsend, Orthanc) puts in its C-STORE request
+    #: for the SOP Class / Instance UID when the data set encodes it as UN: DCMTK reads
+    #: an UN value as OB and renders its first byte in hex ("31" for "1.2...");
+    #: empty when the data set gives the UID its own VR
+    sop_class_alias: str = ""
+    sop_uid_alias: str = ""
+
+
+def un_alias(ds: Dataset, tag: int) -> str:
+    """``Header.sop_uid_alias`` of the element ``tag`` of a data set just read: call it
+    before the element is accessed (pydicom then replaces UN with the dictionary VR)."""
+    raw = ds.get_item(tag)
+    if raw is None or raw.VR != "UN" or not isinstance(raw.value, bytes) or not raw.value:
+        return ""
+    return f"{raw.value[0]:02x}"
+
+
+def may_be_un_alias(uid: str) -> bool:
+    """Whether a request UID may be DCMTK's rendering of an UN-encoded UID (see
+    ``Header.sop_uid_alias``): the first byte of a UID, a digit, in hex."""
+    return len(uid) == 2 and uid[0] == "3" and uid[1].isdigit()
 
 
 def is_valid_uid(value: str) -> bool:
     return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
-
-
-def safe_message(exc: BaseException) -> str:
-    """An exception's message with quoted values masked, so no data set value leaks."""
-    return _QUOTED.sub("'…'", str(exc)).strip() or type(exc).__name__
 
 
 def _element(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -114,6 +129,9 @@ def read_header(file_meta: bytes, dataset: bytes) -> Header:
     buf = BytesIO(b"\x00" * 128 + b"DICM" + file_meta + dataset)
     try:
         ds = dcmread(buf, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
+        # known tags encoded as UN are decoded with their dictionary VR, padding
+        # stripped (pydicom's config.replace_un_with_known_vr): read the aliases first
+        aliases = (un_alias(ds, 0x00080016), un_alias(ds, 0x00080018))
         values = {
             "study": str(ds.get("StudyInstanceUID", "") or "").strip(),
             "series": str(ds.get("SeriesInstanceUID", "") or "").strip(),
@@ -148,6 +166,8 @@ def read_header(file_meta: bytes, dataset: bytes) -> Header:
         sop_class_uid=values["sop_class"],
         modality=values["modality"] or "OT",
         series_number=series_number,
+        sop_class_alias=aliases[0],
+        sop_uid_alias=aliases[1],
     )
 
 

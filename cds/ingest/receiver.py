@@ -31,6 +31,7 @@ from cds.ingest.instance import (
     encode_file_meta,
     inflate,
     is_valid_uid,
+    may_be_un_alias,
     read_header,
 )
 from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, PendingFile, Spool
@@ -85,20 +86,14 @@ class Receiver:
         sop_uid = sop_uid.strip()
         _check_request(sop_uid, sop_class_uid)
         self._check_size(len(dataset))
-        low_space = self._check_space(sop_uid, dataset)
-
+        bounded, (sop_class_uid, sop_uid) = self._identity(
+            dataset, transfer_syntax_uid, (sop_class_uid, sop_uid), calling_ae
+        )
         meta = encode_file_meta(sop_class_uid, sop_uid, transfer_syntax_uid, calling_ae)
-        try:
-            header_meta, plain = self._bounded(
-                meta,
-                dataset,
-                transfer_syntax_uid=transfer_syntax_uid,
-                request_uids=(sop_class_uid, sop_uid),
-                calling_ae=calling_ae,
-            )
-        except IngestError as exc:
-            self._quarantine(exc, meta, dataset, calling_ae, sop_class_uid, sop_uid)
-            raise
+        low_space = self._check_space(sop_uid, dataset)
+        header_meta, plain = bounded or self._bounded_or_quarantine(
+            meta, dataset, transfer_syntax_uid, (sop_class_uid, sop_uid), calling_ae
+        )
         # Overlapped, as they do not depend on each other: the SHA-256 on a worker
         # thread (hashlib releases the GIL), the write-back of the file by the
         # kernel, and the header parse here. Errors are still raised in the same
@@ -209,6 +204,49 @@ class Receiver:
                 STATUS_TOO_LARGE, f"data set over dicom.limits.max_dataset_mb ({limit_mb} MiB)"
             )
 
+    def _identity(
+        self,
+        dataset: bytes,
+        transfer_syntax_uid: str,
+        request_uids: tuple[str, str],
+        calling_ae: str,
+    ) -> tuple[tuple[bytes, bytes] | None, tuple[str, str]]:
+        """(the bounded data set if it had to be read, (SOP Class UID, SOP Instance
+        UID)) of the instance: the request's, but for a DCMTK-based sender's request
+        for a data set whose UIDs are UN (``Header.sop_uid_alias``): then the data
+        set's own, which the instance is stored and known by."""
+        if not any(may_be_un_alias(uid) for uid in request_uids):
+            return None, request_uids
+        meta = encode_file_meta(*request_uids, transfer_syntax_uid, calling_ae)
+        bounded = self._bounded_or_quarantine(
+            meta, dataset, transfer_syntax_uid, request_uids, calling_ae
+        )
+        resolved = _un_identity(*bounded, *request_uids)
+        if resolved != request_uids:
+            log.info("ingest.uid_read_as_un", calling_ae=calling_ae.strip())
+        return bounded, resolved
+
+    def _bounded_or_quarantine(
+        self,
+        meta: bytes,
+        dataset: bytes,
+        transfer_syntax_uid: str,
+        request_uids: tuple[str, str],
+        calling_ae: str,
+    ) -> tuple[bytes, bytes]:
+        """``_bounded``; a data set past a bound is quarantined, then refused."""
+        try:
+            return self._bounded(
+                meta,
+                dataset,
+                transfer_syntax_uid=transfer_syntax_uid,
+                request_uids=request_uids,
+                calling_ae=calling_ae,
+            )
+        except IngestError as exc:
+            self._quarantine(exc, meta, dataset, calling_ae, *request_uids)
+            raise
+
     def _bounded(
         self,
         meta: bytes,
@@ -283,6 +321,21 @@ def _check_request(sop_uid: str, sop_class_uid: str) -> None:
         raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Instance UID in request")
     if not is_valid_uid(sop_class_uid):
         raise IngestError(STATUS_INVALID_UID, "invalid Affected SOP Class UID in request")
+
+
+def _un_identity(meta: bytes, dataset: bytes, sop_class_uid: str, sop_uid: str) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) of the instance: the data set's own where the
+    request gives DCMTK's rendering of the UN-encoded UID (``Header.sop_uid_alias``),
+    else the request's. A UID that differs otherwise is refused later (0xC222, 0xA900)."""
+    try:
+        header = read_header(meta, dataset)
+    except IngestError:
+        return sop_class_uid, sop_uid  # the header check that follows answers it
+    if header.sop_class_alias == sop_class_uid and is_valid_uid(header.sop_class_uid):
+        sop_class_uid = header.sop_class_uid
+    if header.sop_uid_alias == sop_uid:
+        sop_uid = header.sop_uid  # read_header checked it is a valid UID
+    return sop_class_uid, sop_uid
 
 
 def _checked_header(meta: bytes, dataset: bytes, sop_uid: str, sop_class_uid: str) -> Header:

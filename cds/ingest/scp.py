@@ -43,10 +43,10 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
-from cds.errors import ConfigError, IngestError
+from cds.errors import ConfigError, IngestError, safe_message
 from cds.ingest import fastpath
 from cds.ingest.admission import AddressCap
-from cds.ingest.instance import STATUS_PROCESSING_FAILURE, safe_message
+from cds.ingest.instance import STATUS_PROCESSING_FAILURE
 from cds.ingest.receiver import Receiver
 from cds.ingest.server import (
     STANDARD_LOG_HANDLERS,

@@ -13,6 +13,7 @@ from cds.domain import (
     InstanceRecord,
     Job,
     JobState,
+    ObjectOutcome,
     QueueStats,
     RecordResult,
     ResultObject,
@@ -105,10 +106,17 @@ class StateStore(Protocol):
     def create_job(self, study_key: str, kind: str, now: float | None = None) -> Job: ...
 
     def set_job_state(
-        self, job_id: str, state: JobState, error: str | None = None, now: float | None = None
+        self,
+        job_id: str,
+        state: JobState,
+        error: str | None = None,
+        now: float | None = None,
+        *,
+        objects: Sequence[ObjectOutcome] | None = None,
     ) -> Job:
         """Move a job to ``state`` and return it; a cancelled job stays cancelled
-        (returned unchanged), so a worker learns of the cancellation here."""
+        (returned unchanged), so a worker learns of the cancellation here. ``objects``:
+        what became of each result object of an ended job (reasons without values)."""
         ...
 
     def list_jobs(

@@ -13,14 +13,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cds.domain import (
     InstanceRecord,
-    Job,
     JobState,
     QueueStats,
     RecordResult,
@@ -33,6 +31,7 @@ from cds.domain import (
 )
 from cds.errors import StoreError
 from cds.store.sqlite_feedback import FeedbackMixin
+from cds.store.sqlite_jobs import JobsMixin
 from cds.store.sqlite_observatory import ObservatoryMixin
 from cds.store.sqlite_outbox import OutboxMixin
 from cds.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, migrate
@@ -51,11 +50,8 @@ FROM studies s
 
 _ACTIVE = StudyState.RECEIVING.value
 
-_OPEN_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
-_FINAL_JOB_STATES = (JobState.DONE, JobState.FAILED, JobState.SKIPPED, JobState.CANCELLED)
 
-
-class SqliteStore(OutboxMixin, FeedbackMixin, ObservatoryMixin):
+class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
     """StateStore on one SQLite file."""
 
     def __init__(self, path: Path) -> None:
@@ -425,100 +421,7 @@ class SqliteStore(OutboxMixin, FeedbackMixin, ObservatoryMixin):
             self._event(db, study_key, at, "purged", detail)
             return not left
 
-    # --- jobs ------------------------------------------------------------
-    @staticmethod
-    def _job(row: tuple[object, ...]) -> Job:
-        return Job(
-            job_id=str(row[0]),
-            study_key=str(row[1]),
-            kind=str(row[2]),
-            state=JobState(str(row[3])),
-            created_at=float(row[4]),  # type: ignore[arg-type]
-            updated_at=float(row[5]),  # type: ignore[arg-type]
-            attempts=int(row[6]),  # type: ignore[call-overload]
-            error=None if row[7] is None else str(row[7]),
-            started_at=None if row[8] is None else float(row[8]),  # type: ignore[arg-type]
-            finished_at=None if row[9] is None else float(row[9]),  # type: ignore[arg-type]
-        )
-
-    _JOB_COLS = (
-        "job_id, study_key, kind, state, created_at, updated_at, attempts, error, "
-        "started_at, finished_at"
-    )
-
-    def create_job(self, study_key: str, kind: str, now: float | None = None) -> Job:
-        at = time.time() if now is None else now
-        job_id = uuid.uuid4().hex
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, study_key, kind, JobState.QUEUED.value, at, at),
-            )
-            self._event(db, study_key, at, "job_queued", f"{kind} job {job_id}")
-        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, None, None)
-
-    def set_job_state(
-        self, job_id: str, state: JobState, error: str | None = None, now: float | None = None
-    ) -> Job:
-        at = time.time() if now is None else now
-        with self._tx() as db:
-            before = self._job_in(db, job_id)
-            if before.state is JobState.CANCELLED:
-                return before  # final: the worker reads the cancellation here
-            started = {JobState.RUNNING: at, JobState.QUEUED: None}.get(state, before.started_at)
-            finished = at if state in _FINAL_JOB_STATES else None
-            db.execute(
-                "UPDATE jobs SET state = ?, updated_at = ?, error = ?, "
-                "attempts = attempts + ?, started_at = ?, finished_at = ? WHERE job_id = ?",
-                (
-                    state.value,
-                    at,
-                    error,
-                    1 if state is JobState.RUNNING else 0,
-                    started,
-                    finished,
-                    job_id,
-                ),
-            )
-            job = self._job_in(db, job_id)
-            self._event(db, job.study_key, at, f"job_{state.value}", f"{job.kind} job {job_id}")
-        return job
-
-    def _job_in(self, db: sqlite3.Connection, job_id: str) -> Job:
-        row = db.execute(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
-        found = row.fetchone()
-        if found is None:
-            raise KeyError(f"no job with id {job_id}")
-        return self._job(found)
-
-    def get_job(self, job_id: str) -> Job | None:
-        rows = self._query(f"SELECT {self._JOB_COLS} FROM jobs WHERE job_id = ?", (job_id,))
-        return self._job(rows[0]) if rows else None
-
-    def cancel_job(
-        self, job_id: str, detail: str = "", now: float | None = None
-    ) -> tuple[Job, bool]:
-        at = time.time() if now is None else now
-        with self._tx() as db:
-            before = self._job_in(db, job_id)
-            if before.state not in _OPEN_JOB_STATES:
-                return before, False
-            db.execute(
-                "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ? WHERE job_id = ?",
-                (JobState.CANCELLED.value, at, at, job_id),
-            )
-            job = self._job_in(db, job_id)
-            why = f" ({detail})" if detail else ""
-            self._event(
-                db,
-                job.study_key,
-                at,
-                "job_cancelled",
-                f"{job.kind} job {job_id} was {before.state.value}{why}",
-            )
-        return job, True
-
+    # --- jobs: see sqlite_jobs.JobsMixin --------------------------------
     def queue_stats(self) -> QueueStats:
         jobs = {
             JobState(str(state)): (int(n), oldest)  # type: ignore[call-overload]
@@ -541,20 +444,3 @@ class SqliteStore(OutboxMixin, FeedbackMixin, ObservatoryMixin):
             deliveries_dead=dead,
             oldest_pending_delivery_at=oldest_delivery,
         )
-
-    def list_jobs(
-        self, study_key: str | None = None, state: JobState | None = None, limit: int = 100
-    ) -> list[Job]:
-        clauses, args = [], []
-        if study_key is not None:
-            clauses.append("study_key = ?")
-            args.append(study_key)
-        if state is not None:
-            clauses.append("state = ?")
-            args.append(state.value)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._query(
-            f"SELECT {self._JOB_COLS} FROM jobs {where} ORDER BY created_at DESC LIMIT ?",
-            (*args, limit),
-        )
-        return [self._job(r) for r in rows]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6  # 2: job times; 3: results, deliveries; 4: findings, feedback; 5: runs;
-# 6: delivery priority
+SCHEMA_VERSION = 7  # 2: job times; 3: results, deliveries; 4: findings, feedback; 5: runs;
+# 6: delivery priority; 7: what became of each object of a job (partial jobs)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,7 +81,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    objects TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_key);
@@ -187,6 +188,7 @@ ADDED_COLUMNS = (
     ("jobs", "started_at", "REAL"),
     ("jobs", "finished_at", "REAL"),
     ("deliveries", "priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "objects", "TEXT"),  # JSON: [{"kind", "made", "failed", "reason"}]
 )
 
 

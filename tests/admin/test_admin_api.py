@@ -85,7 +85,9 @@ def test_retry_a_failed_job_requeues_its_study(client: TestClient) -> None:
     job = node.store.create_job(sent.key, "bone:cds-ref-ct-bone")
     r = client.post(f"/api/jobs/{job.job_id}/retry")
     assert r.status_code == 409
-    assert f"job {job.job_id} is queued: only a failed job can be retried" == r.json()["detail"]
+    assert r.json()["detail"] == (
+        f"job {job.job_id} is queued: only a failed or partial job can be retried"
+    )
 
     node.store.set_job_state(job.job_id, JobState.FAILED, error="boom")
     r = client.post(f"/api/jobs/{job.job_id}/retry")

@@ -215,7 +215,7 @@ def test_retry_and_rerun_through_the_running_node(
         code, out = run("jobs", "retry", job.job_id, "--config", cfg)
         assert (code, out.strip()) == (
             1,
-            f"job {job.job_id} is queued: only a failed job can be retried",
+            f"job {job.job_id} is queued: only a failed or partial job can be retried",
         )
         node.store.set_job_state(job.job_id, JobState.FAILED, error="boom")
         code, out = run("jobs", "retry", job.job_id, "--config", cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cds.domain import JobState, StoreOutcome, StudyState
+from cds.domain import JobState, ObjectOutcome, StoreOutcome, StudyState
 from cds.store.sqlite import SCHEMA_VERSION, SqliteStore
 
 from ..store.test_sqlite import rec
@@ -49,11 +49,42 @@ def test_schema_1_store_gains_job_timings_in_place(tmp_path: Path) -> None:
     assert running.started_at == 12.0
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
-    assert version == str(SCHEMA_VERSION) == "6"
+    assert version == str(SCHEMA_VERSION) == "7"
     again = SqliteStore(path)  # opening again changes nothing; schema 3 tables are there
     assert again.list_deliveries() == []
     assert again.list_results("k1") == []
     again.close()
+
+
+def test_schema_6_store_keeps_its_jobs_and_records_what_each_made(tmp_path: Path) -> None:
+    """issue 16: schema 7 adds jobs.objects in place; a job ends partial with the
+    outcome of each of its objects, read back as recorded."""
+    path = tmp_path / "old.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE jobs DROP COLUMN objects")
+    db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    db.execute("INSERT INTO jobs VALUES ('j1', 'k1', 'p:m', 'failed', 1.0, 5.0, 1, 'x', 2, 5)")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert [(j.job_id, j.objects) for j in store.list_jobs()] == [("j1", ())]
+    job = store.create_job("k1", "p:m", now=10.0)
+    outcomes = (
+        ObjectOutcome("SR", made=True),
+        ObjectOutcome("GSPS", made=False, failed=True, reason="ValueError: invalid value"),
+        ObjectOutcome("SEG", made=False, reason="nothing to encode"),
+    )
+    store.set_job_state(job.job_id, JobState.RUNNING, now=11.0)
+    ended = store.set_job_state(
+        job.job_id, JobState.PARTIAL, error="GSPS not made", now=12.0, objects=outcomes
+    )
+    assert (ended.state, ended.objects, ended.finished_at) == (JobState.PARTIAL, outcomes, 12.0)
+    assert store.get_job(job.job_id) == ended
+    assert store.list_jobs(state=JobState.PARTIAL) == [ended]
+    store.close()
+    version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
+    assert version == "7"
 
 
 def test_job_timings_follow_its_states(store: SqliteStore) -> None:

@@ -6,20 +6,24 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from cds.errors import IngestError
+from cds.errors import IngestError, safe_message
 from cds.ingest.instance import (
     IMPLEMENTATION_CLASS_UID,
     STATUS_CANNOT_UNDERSTAND,
     STATUS_INVALID_UID,
     STATUS_MISSING_ATTRIBUTE,
+    STATUS_TOO_DEEP,
+    check_nesting,
     encode_file_meta,
     is_valid_uid,
+    may_be_un_alias,
     read_header,
-    safe_message,
 )
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -150,7 +154,70 @@ def test_uid_validation(uid: str, ok: bool) -> None:
     assert is_valid_uid(uid) is ok
 
 
-def test_safe_message_masks_quoted_values() -> None:
+def test_safe_message_keeps_no_value() -> None:
+    """issue 16: a library's message is described (type, reason, attribute), never kept."""
     assert safe_message(ValueError("invalid value 'DOE^JOHN' in (0010,0010)")) == (
-        "invalid value '…' in (0010,0010)"
+        "ValueError: invalid value in (0010,0010) PatientName"
     )
+
+
+def as_un(ds: Dataset, padding: bytes, *keywords: str, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """``ds``'s bytes with ``keywords`` encoded as UN (VR unknown), each value + ``padding``
+    (pydicom writes UN as given only while it does not replace UN with the known VR)."""
+    with monkeypatch.context() as m:
+        m.setattr(config, "replace_un_with_known_vr", False)
+        for kw in keywords:
+            raw = str(ds[kw].value).encode("ascii") + padding
+            ds.add_new(ds[kw].tag, "UN", raw + b"\0" * (len(raw) % 2))
+        return dataset_bytes(ds)
+
+
+_UN_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+
+
+@pytest.mark.parametrize("padding", [b"", b"\0", b" ", b"\0\0", b" \0", b"  \0\0\0"])
+def test_identifiers_encoded_as_un_are_read_with_their_dictionary_vr(
+    padding: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 16: known tags encoded as UN are decoded with the dictionary VR, padding
+    stripped; DCMTK's name for an UN UID (its first byte in hex) is known too."""
+    ds = make_ds(StudyInstanceUID="2.25.77", Modality="MR")
+    sop, series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
+    meta = encode_file_meta(CT, sop, ExplicitVRLittleEndian, "X")
+    plain = read_header(meta, dataset_bytes(make_ds(SOPInstanceUID=sop)))
+    data = as_un(ds, padding, *_UN_KEYWORDS, "Modality", "SeriesNumber", monkeypatch=monkeypatch)
+    assert data.count(b"UN") == 6  # written as UN, not converted back
+    header = read_header(meta, data)
+    assert (header.sop_class_uid, header.sop_uid) == (CT, sop)
+    assert (header.study_uid, header.series_uid) == ("2.25.77", series)
+    assert (header.modality, header.series_number) == ("MR", 3)
+    assert (header.sop_class_alias, header.sop_uid_alias) == ("31", "31")
+    assert may_be_un_alias(header.sop_uid_alias)
+    assert (plain.sop_class_alias, plain.sop_uid_alias) == ("", "")  # UI: no alias
+    assert not may_be_un_alias(sop)
+
+
+def test_a_sequence_encoded_as_un_is_bounded_and_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """issue 16: a known sequence encoded as UN (its items in implicit VR, PS3.5 6.2.2)
+    counts in the nesting bound and reads back as the sequence it is."""
+    item = Dataset()
+    item.ReferencedSOPClassUID = CT
+    item.ReferencedSOPInstanceUID = "1.2.3.4"
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, True
+    write_dataset(body, item)
+    value = b"\xfe\xff\x00\xe0" + len(body.getvalue()).to_bytes(4, "little") + body.getvalue()
+    ds = make_ds()
+    sop = str(ds.SOPInstanceUID)
+    with monkeypatch.context() as m:
+        m.setattr(config, "replace_un_with_known_vr", False)
+        ds.add_new(0x00081140, "UN", value)  # ReferencedImageSequence
+        data = dataset_bytes(ds)
+    meta = encode_file_meta(CT, sop, ExplicitVRLittleEndian, "X")
+    assert check_nesting(meta, data, ExplicitVRLittleEndian, 1) == 1
+    with pytest.raises(IngestError) as err:
+        check_nesting(meta, data, ExplicitVRLittleEndian, 0)
+    assert err.value.status == STATUS_TOO_DEEP
+    assert read_header(meta, data).sop_uid == sop
+    read = dcmread(BytesIO(b"\0" * 128 + b"DICM" + meta + data))
+    assert read.ReferencedImageSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"

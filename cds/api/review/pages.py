@@ -61,6 +61,16 @@ class ResultView:
 
 
 @dataclass(frozen=True, slots=True)
+class JobNote:
+    """A job of the study that did not make every object (partial or failed): the
+    pipeline's kind, its state, and each object not made with its reason."""
+
+    kind: str
+    state: str  # "partial" or "failed"
+    lines: Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
 class StudyRow:
     study_key: str
     modalities: Sequence[str]
@@ -264,8 +274,11 @@ def study_page(
     recorded: Feedback | None,
     recorded_label: str,
     viewer: Viewer,
+    jobs: Sequence[JobNote] = (),
 ) -> str:
     parts = [f'<p class="note">{escape(t(lang, "auth_note"))}</p>'] if viewer.name is None else []
+    if jobs:
+        parts.append(_job_notes(lang, jobs))
     if recorded is not None:
         action = t(lang, VERDICT_KEY[recorded.action.value])
         text = t(lang, "recorded", action=action, label=recorded_label, who=recorded.who)
@@ -296,6 +309,20 @@ def study_page(
         "".join(parts),
         url(f"/review/{quote(study_key, safe='')}", other),
         viewer,
+    )
+
+
+def _job_notes(lang: Lang, jobs: Sequence[JobNote]) -> str:
+    """What the study's jobs did not make, and why (in words, never a data value)."""
+    items = "".join(
+        f'<li class="job" data-job-state="{escape(j.state)}" data-job-kind="{escape(j.kind)}">'
+        f"<strong>{escape(j.kind)}</strong> ({escape(t(lang, 'job_state_' + j.state))})"
+        f"<ul>{''.join(f'<li>{escape(line)}</li>' for line in j.lines)}</ul></li>"
+        for j in jobs
+    )
+    return (
+        f'<section class="not-made" role="status" id="not-made"><h2>'
+        f"{escape(t(lang, 'not_all_made'))}</h2><ul>{items}</ul></section>"
     )
 
 

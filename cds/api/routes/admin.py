@@ -58,7 +58,7 @@ def list_jobs(
 
 @router.post(
     "/jobs/{job_id}/retry",
-    summary="Retry a failed job: re-queue its study (recorded as job_retried)",
+    summary="Retry a failed or partial job: re-queue its study (recorded as job_retried)",
     status_code=status.HTTP_202_ACCEPTED,
     responses=_REFUSALS,
     dependencies=[ADMIN],

@@ -37,11 +37,19 @@ from cds.api.auth import (
 )
 from cds.api.deps import get_node
 from cds.api.review import pages
-from cds.api.review.basis import Basis, ImageRef, bases_of, read_basis
+from cds.api.review.basis import Basis, ImageRef, Region, bases_of, read_basis
 from cds.api.review.render import Mask, NotRenderable, render_png, segment_frame
 from cds.api.review.texts import page_language, t
 from cds.api.session import Session
-from cds.domain import Feedback, FeedbackAction, FindingRecord, ResultObject, ResultState
+from cds.domain import (
+    Feedback,
+    FeedbackAction,
+    FindingRecord,
+    Job,
+    JobState,
+    ResultObject,
+    ResultState,
+)
 from cds.errors import FeedbackError
 from cds.feedback.service import CorrectedLabel, give_feedback
 from cds.logging import get_logger
@@ -219,8 +227,25 @@ def review_study(
         recorded=done,
         recorded_label=label,
         viewer=viewer,
+        jobs=_not_made(node, study_key),
     )
     return _html(request, html, new_session)
+
+
+def _not_made(node: Node, study_key: str) -> list[pages.JobNote]:
+    """The latest job of each pipeline of the study, where it did not make every object."""
+    latest: dict[str, Job] = {}
+    for job in node.store.list_jobs(study_key=study_key, limit=1000):  # newest first
+        latest.setdefault(job.kind, job)
+    return [
+        pages.JobNote(
+            job.kind,
+            job.state.value,
+            [o.text for o in job.objects if o.failed] or [job.error or job.state.value],
+        )
+        for job in latest.values()
+        if job.state in (JobState.PARTIAL, JobState.FAILED)
+    ]
 
 
 def _finding_in(node: Node, study_key: str, tracking_uid: str) -> FindingRecord | None:
@@ -244,8 +269,8 @@ def _target(node: Node, f: FindingRecord) -> tuple[ImageRef, Mask | None, Basis]
         raise _NoPreview("the result's SR is no longer on this node") from None
     if basis is None:
         raise _NoPreview("the finding's measurement group is not in its SR")
-    if basis.regions:
-        return basis.regions[0].image, None, basis
+    # a segmentation's SR also outlines its key slice (for viewers that draw SR regions);
+    # the mask itself says more, so the segment comes first
     if basis.segments:
         ref = basis.segments[0]
         seg = objects.get(ref.seg_sop_uid)
@@ -258,9 +283,21 @@ def _target(node: Node, f: FindingRecord) -> tuple[ImageRef, Mask | None, Basis]
         if found is None:
             raise _NoPreview("the segment covers no image")
         return ImageRef(found[0], found[1]), found[2], basis
+    if basis.regions:
+        return basis.regions[0].image, None, basis
     if basis.images:
         return basis.images[0], None, basis
     raise _NoPreview("this finding has no image region")
+
+
+def _whole(region: Region, size: tuple[int, int]) -> bool:
+    """Whether ``region`` outlines the whole image (columns, rows), to within a pixel."""
+    xs = [x for x, _ in region.points]
+    ys = [y for _, y in region.points]
+    cols, rows = size
+    return (
+        bool(xs) and min(xs) <= 1 and min(ys) <= 1 and max(xs) >= cols - 1 and max(ys) >= rows - 1
+    )
 
 
 def _preview(node: Node, f: FindingRecord, banner: str) -> bytes:
@@ -271,10 +308,13 @@ def _preview(node: Node, f: FindingRecord, banner: str) -> bytes:
         raise _NoPreview("the source image is no longer on this node (purged?)")
     try:
         source = dcmread(Path(node.spool.root) / where[1])
+        size = (int(source.get("Columns", 0)), int(source.get("Rows", 0)))
         return render_png(
             source,
             image.frame,
-            regions=[r for r in basis.regions if r.image == image],
+            # an image-level result's region is the whole image (so that viewers show
+            # the finding): drawing it would frame the picture and say nothing
+            regions=[r for r in basis.regions if r.image == image and not _whole(r, size)],
             mask=mask,
             banner=banner,
         )

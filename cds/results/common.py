@@ -1,16 +1,30 @@
 """What every result builder shares: deterministic UIDs, the repairs of copied source
-attributes, the cds private coding scheme, and the outline of a detection box."""
+attributes, the coding schemes and the model's vendor, and the outline of a detection box.
+
+Who is named: the object's Manufacturer (General Equipment) is cds, the software that
+encoded it (SoftwareVersions: its version); the model's manufacturer from the manifest
+is the algorithm's (SR TID 4019 and observer device, SEG algorithm identification) and
+a Contributing Equipment item of every object (``identify_vendor``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from cds import __version__
+from cds.inference import manifest as mf
 
 MANUFACTURER = "cds"
 PRIVATE_SCHEME = "99CDS"
+#: responsible organisation of the 99CDS codes (the cds reference packages')
+CDS_ORGANIZATION = "cds open-source project"
 _LO = 64
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cds.invalid/dicom/result-uid")
 _SEP = "\x1f"  # ASCII unit separator
@@ -44,6 +58,29 @@ def result_uids(
     """
     base = [seed, study_uid, *sorted(series_uids), model, version, kind]
     return _derived_uid([*base, "series"]), _derived_uid([*base, "instance"])
+
+
+def content_seed(
+    seed: str,
+    sources: Sequence[Dataset],
+    manifest: mf.Manifest,
+    model_sha256: str,
+    lang: str,
+) -> str:
+    """The seed of a result's UIDs: the input SOP Instance UIDs, the SHA-256 of model.onnx,
+    the manifest's digest (thresholds, labels, preprocessing), the language and the
+    encoder (cds) version, with the caller's ``seed``. Different content never reuses a
+    UID; the same inputs give the same UIDs. (The object kind is added by ``result_uids``.)
+    """
+    parts = [
+        seed,
+        *sorted(str(ds.SOPInstanceUID) for ds in sources),
+        model_sha256,
+        manifest.digest(),
+        lang,
+        __version__,
+    ]
+    return hashlib.sha256(_SEP.join(parts).encode("utf-8")).hexdigest()[:32]
 
 
 #: last digit of a result series' number, per kind of object
@@ -86,6 +123,12 @@ def rectangle(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
     )
 
 
+def below_threshold(label: mf.Label, score: float) -> bool:
+    """Whether a classification ``score`` is under ``label``'s threshold, so that the model
+    does not report the finding (never for a 'normal' class or an informational score)."""
+    return not label.normal and label.threshold is not None and score < label.threshold
+
+
 def tolerant(ds: Dataset) -> Dataset:
     """``ds``, or a copy with the Type 2 attributes a scanner left out added empty.
 
@@ -111,7 +154,8 @@ def complete(obj: Dataset, organization: str | None = None) -> None:
       (DeidentificationMethod empty) makes the copy invalid (Type 1C): say the
       method is not stated, rather than invent one;
     - with ``organization``, codes of the cds private scheme (99CDS) are declared in
-      the Coding Scheme Identification Sequence, as PS3.3 C.12.1.1.8 asks.
+      the Coding Scheme Identification Sequence, as PS3.3 C.12.1.1.8 asks, as the cds
+      project's (``CDS_ORGANIZATION``; a vendor's own schemes: ``identify_vendor``).
     """
     removed = str(obj.get("PatientIdentityRemoved", "")).upper() == "YES"
     if (
@@ -124,13 +168,55 @@ def complete(obj: Dataset, organization: str | None = None) -> None:
         item = Dataset()
         item.CodingSchemeDesignator = PRIVATE_SCHEME
         item.CodingSchemeName = "cds private codes"
-        item.CodingSchemeResponsibleOrganization = organization[:_LO]
+        item.CodingSchemeResponsibleOrganization = CDS_ORGANIZATION
         declared = [
             i
             for i in obj.get("CodingSchemeIdentificationSequence", [])
             if i.get("CodingSchemeDesignator") != PRIVATE_SCHEME
         ]
         obj.CodingSchemeIdentificationSequence = [*declared, item]
+
+
+def identify_vendor(obj: Dataset, manifest: mf.Manifest) -> None:
+    """Name the model's vendor in ``obj`` and declare its coding schemes.
+
+    - a Contributing Equipment item (DCM 109102 "Processing Equipment"): Manufacturer =
+      the manifest's manufacturer, ManufacturerModelName and SoftwareVersions = the
+      model's name and version (unless an item for it is already there, as in a SEG);
+    - each coding scheme of the manifest's ``coding_schemes`` that the object uses, in
+      the Coding Scheme Identification Sequence (designator, name, organisation, version).
+    """
+    items = list(obj.get("ContributingEquipmentSequence", []))
+    if not any(str(i.get("Manufacturer", "")) == manifest.manufacturer for i in items):
+        items.append(
+            hd.ContributingEquipment(
+                manufacturer=manifest.manufacturer,
+                purpose_of_reference=codes.DCM.ProcessingEquipment,
+                manufacturer_model_name=manifest.name[:_LO],
+                software_versions=manifest.version,
+                contribution_description=f"algorithm {manifest.name} {manifest.version}"[:_LO],
+            )
+        )
+        obj.ContributingEquipmentSequence = items
+    used = _schemes(obj)
+    wanted = [s for s in manifest.coding_schemes if s.designator in used]
+    if not wanted:
+        return
+    names = {s.designator for s in wanted}
+    declared = [
+        i
+        for i in obj.get("CodingSchemeIdentificationSequence", [])
+        if i.get("CodingSchemeDesignator") not in names
+    ]
+    for scheme in wanted:
+        item = Dataset()
+        item.CodingSchemeDesignator = scheme.designator
+        item.CodingSchemeName = scheme.name[:_LO]
+        item.CodingSchemeResponsibleOrganization = scheme.organization[:_LO]
+        if scheme.version:
+            item.CodingSchemeVersion = scheme.version
+        declared.append(item)
+    obj.CodingSchemeIdentificationSequence = declared
 
 
 def _schemes(ds: Dataset) -> set[str]:

@@ -2,10 +2,12 @@
 
 Graphic annotations on the source images, in one layer named after the
 model: detection boxes as closed POLYLINE rectangles, segmentation masks as
-their bounding rectangles, and a TEXT label with the finding's display name
-(in the job's language) and score beside each. Classification scores become
-a TEXT line at the top of each image. The source's window, when it has one,
-is kept as the presentation's VOI LUT.
+their bounding rectangles, and a TEXT label beside each that says it is an AI
+result, with the finding's display name and score in the job's language
+('AI · Focal hyperdensity · 0.93', 'IA · Hyperdensité focale · 0,93').
+Classification scores become such a TEXT line at the top of each image, which
+adds 'below threshold' when the model does not report the finding. The
+source's window, when it has one, is kept as the presentation's VOI LUT.
 
 The object says it is advisory (SeriesDescription prefix, ContentLabel,
 ContentDescription) and names the model (ManufacturerModelName, software
@@ -29,7 +31,15 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
-from cds.results.common import MANUFACTURER, complete, rectangle, result_uids, tolerant
+from cds.results.common import (
+    MANUFACTURER,
+    below_threshold,
+    complete,
+    identify_vendor,
+    rectangle,
+    result_uids,
+    tolerant,
+)
 from cds.results.sc import laterality
 from cds.results.text import texts
 
@@ -43,6 +53,7 @@ def _annotations_of(
     finding: Finding, ref: ImageRef, lang: str, rows: int, columns: int
 ) -> tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]:
     where = finding.per_image[ref]
+    t = texts(lang)
     name = finding.label.display.get(lang)
     graphics: list[hd.pr.GraphicObject] = []
     text: list[hd.pr.TextObject] = []
@@ -54,9 +65,11 @@ def _annotations_of(
     elif isinstance(where, list):
         boxes = [(tuple(float(v) for v in b), float(s)) for b, s in where]  # type: ignore[misc]
     else:
+        score = float(where)
+        below = below_threshold(finding.label, score)
         text.append(
             hd.pr.TextObject(
-                f"{name} {float(where):.2f}"[:_LO],
+                t.finding_label(name, score, below_threshold=below)[:_LO],
                 units=_PIXEL,
                 anchor_point=(4.0, 4.0),
                 anchor_point_visible=False,
@@ -71,7 +84,7 @@ def _annotations_of(
         anchor = (min(float(c1) + 1.0, columns - 1.0), max(min(float(r0), rows - 1.0), 0.0))
         text.append(
             hd.pr.TextObject(
-                f"{name} {score:.2f}"[:_LO],
+                t.finding_label(name, score)[:_LO],
                 units=_PIXEL,
                 anchor_point=anchor,
                 anchor_point_visible=True,
@@ -205,4 +218,5 @@ def build_gsps(
     gsps.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:_LO]
     gsps.Laterality = laterality(source_datasets[0]) or ""  # empty: unknown
     complete(gsps)
+    identify_vendor(gsps, manifest)
     return gsps

@@ -3,7 +3,8 @@
 For viewers that show no SEG or presentation state: an RGB picture of the
 source image, windowed for display (the source's first WindowCenter/Width,
 else the 1st-99th percentiles), with the findings drawn on it (mask contours
-over a translucent fill, boxes as rectangles, the score beside each) and a
+over a translucent fill, boxes as rectangles, beside each a label with the
+advisory word, the finding and its score: 'AI - Focal hyperdensity - 0.93') and a
 banner across the top with the advisory text in the job's language and the
 model's name and version. BurnedInAnnotation is YES.
 
@@ -31,7 +32,7 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
-from cds.results.common import MANUFACTURER, result_uids
+from cds.results.common import MANUFACTURER, below_threshold, identify_vendor, result_uids
 from cds.results.text import texts
 
 RESULT_KIND = "SC"
@@ -101,8 +102,9 @@ def _contour(mask: np.ndarray) -> np.ndarray:
 
 
 def drawable(text: str) -> str:
-    """``text`` in the ASCII the built-in font draws: dashes as '-', accents dropped."""
-    text = text.replace("\u2014", "-").replace("\u2013", "-")
+    """``text`` in the ASCII the built-in font draws: dashes and the labels' middle dot as
+    '-', accents dropped."""
+    text = text.replace("\u2014", "-").replace("\u2013", "-").replace("\u00b7", "-")
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if c.isascii())
 
@@ -225,6 +227,7 @@ def build_sc(
     ref2 = Dataset()
     ref2.update(reference)
     sc.ReferencedImageSequence = [ref2]
+    identify_vendor(sc, manifest)
     return sc
 
 
@@ -286,6 +289,7 @@ def _overlay(
     labels: list[tuple[tuple[int, int], str, tuple[int, int, int]]],
 ) -> None:
     where = finding.per_image[ref]
+    t = texts(lang)
     name = finding.label.display.get(lang)
     rows, columns = rgb.shape[:2]
     if isinstance(where, np.ndarray):
@@ -300,11 +304,14 @@ def _overlay(
         rgb[mask] = rgb[mask] * (1 - _FILL_ALPHA) + np.array(colour) * _FILL_ALPHA
         rgb[_contour(mask)] = colour
         r, c = np.nonzero(mask)
-        labels.append(((int(r.min()), int(c.max()) + 3), f"{name} {finding.score:.2f}", colour))
+        label = t.finding_label(name, finding.score)
+        labels.append(((int(r.min()), int(c.max()) + 3), label, colour))
     elif isinstance(where, list):
         for (r0, c0, r1, c1), score in where:
             box = (int(r0), int(c0), int(r1), int(c1))
             boxes.append((box, colour))
-            labels.append(((box[0], box[3] + 3), f"{name} {score:.2f}", colour))
+            labels.append(((box[0], box[3] + 3), t.finding_label(name, score), colour))
     else:
-        labels.append(((rows - rows // 20, 4), f"{name} {float(where):.2f}", colour))
+        below = below_threshold(finding.label, float(where))
+        label = t.finding_label(name, float(where), below_threshold=below)
+        labels.append(((rows - rows // 20, 4), label, colour))

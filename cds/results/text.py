@@ -19,6 +19,8 @@ from typing import Literal
 
 Lang = Literal["en", "fr"]
 LANGS: tuple[Lang, ...] = ("en", "fr")
+#: between the parts of a finding's label (U+00B7 MIDDLE DOT: UTF-8 C2 B7, no C1 byte)
+LABEL_SEPARATOR = " \u00b7 "
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,33 @@ class AdvisoryTexts:
     superseded_series: str
     #: Key Object Description of a rejection note: format with name, version, sha256
     superseded: str
+    #: the advisory word that starts every finding's label
+    ai: str
+    #: after the score of a finding its model did not report (score under its threshold)
+    below_threshold: str
+    #: what an SR outline means when it is the whole image (image-level results)
+    region_image: str
+    #: what an SR outline means when it bounds a mask on its largest image
+    region_mask: str
+    #: added to ``region_mask`` when the mask is a segment of a SEG: format with segment
+    region_segment: str
+
+    def number(self, value: float) -> str:
+        """``value`` with two decimals, in the language's notation (French: decimal comma)."""
+        text = f"{value:.2f}"
+        return text.replace(".", ",") if self.lang == "fr" else text
+
+    def finding_label(self, name: str, score: float, *, below_threshold: bool = False) -> str:
+        """What a viewer shows beside a finding: 'AI · Focal hyperdensity · 0.93'.
+
+        The advisory word, the finding's display name and its score (the value, for a
+        measurement model), and ``below_threshold``'s words when the model did not
+        report the finding.
+        """
+        parts = [self.ai, name, self.number(score)]
+        if below_threshold:
+            parts.append(self.below_threshold)
+        return LABEL_SEPARATOR.join(parts)
 
 
 _TEXTS: dict[str, AdvisoryTexts] = {
@@ -50,6 +79,17 @@ _TEXTS: dict[str, AdvisoryTexts] = {
             "These AI results are withdrawn: they were superseded by a newer run of "
             "model {name} version {version} (SHA-256 {sha256}). Do not use them."
         ),
+        ai="AI",
+        below_threshold="below threshold",
+        region_image=(
+            "The box is the whole image: this result is about the image as a whole, "
+            "not about a place in it."
+        ),
+        region_mask=(
+            "The box bounds the finding on the image where its area is largest; "
+            "the finding may extend to other images."
+        ),
+        region_segment=" The finding itself is segment {segment} of the SEG.",
     ),
     "fr": AdvisoryTexts(
         lang="fr",
@@ -63,6 +103,17 @@ _TEXTS: dict[str, AdvisoryTexts] = {
             "exécution du modèle {name} version {version} (SHA-256 {sha256}). "
             "Ne plus les utiliser."
         ),
+        ai="IA",
+        below_threshold="sous le seuil",
+        region_image=(
+            "Le cadre est l'image entière : ce résultat porte sur l'image dans son "
+            "ensemble, pas sur un endroit de l'image."
+        ),
+        region_mask=(
+            "Le cadre entoure le résultat sur l'image où sa surface est la plus grande ; "
+            "le résultat peut s'étendre à d'autres images."
+        ),
+        region_segment=" Le résultat lui-même est le segment {segment} du SEG.",
     ),
 }
 

@@ -99,9 +99,36 @@ def test_gsps_is_valid_and_advisory(
     assert (back.SeriesNumber, back.InstanceNumber) == (903, 1)
     assert back.StudyInstanceUID == slices[0].StudyInstanceUID
     assert "Laterality" in back  # Type 2C, which highdicom leaves out
-    # the labels are in the job's language
+    # the labels say AI, the finding and the score, in the job's language
     text = _annotation_of(back, slices[1]).TextObjectSequence[0].UnformattedTextValue
-    assert text == f"{manifest.output.labels[0].display.get(lang)} 0.75"
+    assert text == {"en": "AI · Bone structure · 0.75", "fr": "IA · Structure osseuse · 0,75"}[lang]
+    text = _annotation_of(back, slices[0]).TextObjectSequence[0].UnformattedTextValue
+    assert text == {"en": "AI · Bone structure · 0.90", "fr": "IA · Structure osseuse · 0,90"}[lang]
+
+
+CLASSIFICATION_LABELS = {
+    "en": ["AI · Low-contrast image · 0.02 · below threshold", "AI · Adequate contrast · 0.98"],
+    "fr": ["IA · Image peu contrastée · 0,02 · sous le seuil", "IA · Contraste suffisant · 0,98"],
+}
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_gsps_classification_scores_say_ai_and_when_below_threshold(
+    lang: str, slices: list[Dataset], tmp_path: Path
+) -> None:
+    """issue 17: an image-level score is a text line that says it is AI, and says 'below
+    threshold' for a finding the model does not report (never for the 'normal' class)."""
+    manifest = mf.load_manifest(MODELS / "cds-ref-cxr-triage")
+    low, adequate = manifest.output.labels  # threshold 0.5; 'normal'
+    ref = _ref(slices[0])
+    findings = [Finding(low, 0.02, False, {ref: 0.02}), Finding(adequate, 0.98, False, {ref: 0.98})]
+    rec = record(manifest, str(slices[0].SeriesInstanceUID))
+    result = InferenceResult(rec, "classification", findings, {}, [ref])
+    back = _write_and_read(build_gsps(slices[:1], result, manifest, lang), tmp_path)
+    texts_drawn = [
+        t.UnformattedTextValue for t in _annotation_of(back, slices[0]).TextObjectSequence
+    ]
+    assert texts_drawn == CLASSIFICATION_LABELS[lang]
 
 
 def test_gsps_boxes_lie_at_their_source_pixels(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import ImageDraw
 from pydicom.dataset import Dataset
 
 from cds.inference import manifest as mf
@@ -112,6 +113,29 @@ def test_sc_uids_are_deterministic(source: Dataset, manifest: mf.Manifest) -> No
     c = build_sc(source, _ref(source), result, manifest, "en", uid_root_seed="other node")
     assert c.SOPInstanceUID != a.SOPInstanceUID
     assert a.SOPInstanceUID != a.SeriesInstanceUID
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_sc_labels_say_ai_the_finding_and_the_score(
+    lang: str, source: Dataset, manifest: mf.Manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue 17: beside each burned-in finding, the advisory word, the finding and its
+    score in the job's language (the built-in font draws ASCII: '-' for the middle dot)."""
+    drawn: list[str] = []
+    draw_text = ImageDraw.ImageDraw.text
+
+    def spy(self: ImageDraw.ImageDraw, xy: object, text: str, *args: object, **kw: object) -> None:
+        drawn.append(text)
+        draw_text(self, xy, text, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", spy)
+    render(source, _ref(source), _result(source, manifest), lang)
+    expected = {
+        "en": ["AI - Bone structure - 0.80", "AI - Bone structure - 0.90"],
+        "fr": ["IA - Structure osseuse - 0,80", "IA - Structure osseuse - 0,90"],
+    }[lang]
+    assert drawn[:2] == expected  # the labels, then the banner's two lines
+    assert drawn[2] == drawable(texts(lang).banner)
 
 
 def test_drawable_text_keeps_the_advisory_words() -> None:

@@ -128,12 +128,22 @@ def groups(sr: Dataset) -> list[Dataset]:
 
 
 def referenced_sops(group: Dataset) -> set[str]:
+    """The source images a group references (not the SEG: a reference with a segment)."""
     return {
         str(r.ReferencedSOPInstanceUID)
         for c in walk(group)
-        if c.ValueType == "IMAGE" and name(c) != ("DCM", "121191")  # not the SEG
+        if c.ValueType == "IMAGE"
         for r in c.ReferencedSOPSequence
+        if "ReferencedSegmentNumber" not in r
     }
+
+
+def comments(group: Dataset) -> list[str]:
+    """The group's DCM 121106 Comments, in order: the label a viewer shows comes first."""
+    return [str(c.TextValue) for c in children(group, "DCM", "121106")]
+
+
+OHIF_RECTANGLE = "Cornerstone3DTools@^0.1.0:RectangleROI"
 
 
 @pytest.mark.parametrize("lang", LANGS)
@@ -161,7 +171,7 @@ def test_sr_is_a_valid_unverified_advisory_measurement_report(
     assert child(back, "DCM", "121005").ConceptCodeSequence[0].CodeValue == "121007"
     assert child(back, "DCM", "121012").UID  # Device Observer UID
     assert child(back, "DCM", "121013").TextValue == manifest.name
-    assert child(back, "DCM", "121014").TextValue == "cds"
+    assert child(back, "DCM", "121014").TextValue == manifest.manufacturer  # the vendor
     assert child(back, "DCM", "121015").TextValue == f"{manifest.name} {manifest.version}"
     assert child(back, "DCM", "121058").ConceptCodeSequence[0].CodeValue == "25045-6"
 
@@ -182,9 +192,15 @@ def test_one_group_per_finding_with_its_evaluation_score_and_model(
     assert len(found) == len(result.findings)
     uids = [str(ds.SOPInstanceUID) for ds in slices]
     tracking_uids = set()
-    for group, finding in zip(found, result.findings, strict=True):
+    labels = [
+        "IA · Structure osseuse · 0,90",
+        "IA · Lésion · 0,80",
+        "IA · Lésion · 0,10 · sous le seuil",
+    ]
+    for group, finding, label in zip(found, result.findings, labels, strict=True):
         code = finding.label.code
-        assert child(group, "DCM", "112039").TextValue == finding.label.display.get("fr")
+        assert child(group, "DCM", "112039").TextValue == OHIF_RECTANGLE
+        assert comments(group)[0] == label
         tracking_uids.add(child(group, "DCM", "112040").UID)
         assert child(group, "DCM", "121071").ConceptCodeSequence[0].CodeValue == code.value
         evaluation = child(group, code.scheme, code.value).ConceptCodeSequence[0]
@@ -220,17 +236,29 @@ def test_one_group_per_finding_with_its_evaluation_score_and_model(
 def test_segmentation_findings_reference_their_segment_of_the_seg(
     slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
 ) -> None:
+    """Each NUM of a segmentation finding is INFERRED FROM its segment: the SEG as
+    "Source of Measurement" with the Referenced Segment Number."""
     result = synthetic_result(slices, manifest)
     seg = build_seg(slices, result, manifest, "en")
     back = write_and_read(build_sr(slices, result, manifest, "en", seg=seg), tmp_path)
     found = groups(back)
-    segments = [children(g, "DCM", "121191") for g in found]  # Referenced Segment
-    for number, items in enumerate(segments[:2], start=1):
-        (item,) = items
-        ref = item.ReferencedSOPSequence[0]
-        assert ref.ReferencedSOPInstanceUID == seg.SOPInstanceUID
-        assert int(ref.ReferencedSegmentNumber) == number
-    assert segments[2] == []  # absent: no segment, the analysed images instead
+
+    def segments(group: Dataset) -> list[tuple[str, str, int]]:
+        return [
+            (name(num), str(r.ReferencedSOPInstanceUID), int(r.ReferencedSegmentNumber))
+            for num in group.ContentSequence
+            if num.ValueType == "NUM"
+            for c in num.get("ContentSequence", [])
+            if c.ValueType == "IMAGE" and c.RelationshipType == "INFERRED FROM"
+            for r in c.ReferencedSOPSequence
+            if "ReferencedSegmentNumber" in r
+        ]
+
+    sop = str(seg.SOPInstanceUID)
+    assert segments(found[0]) == [(("DCM", "122157"), sop, 1), (("SCT", "42798000"), sop, 1)]
+    assert segments(found[1]) == [(("DCM", "122157"), sop, 2)]  # no area known
+    assert segments(found[2]) == []  # absent: no segment, the analysed images instead
+    assert comments(found[0])[1].endswith(" The finding itself is segment 1 of the SEG.")
     assert referenced_sops(found[1]) == {str(slices[3].SOPInstanceUID)}
     evidence = {
         str(r.ReferencedSOPInstanceUID)
@@ -279,7 +307,9 @@ def test_refusals_name_the_problem(slices: list[Dataset], manifest: mf.Manifest)
 def test_sr_of_the_bundled_bone_model_on_a_real_series(
     slices: list[Dataset], tmp_path: Path
 ) -> None:
-    """End to end: decode, run cds-ref-ct-bone, build SEG and SR, validate both."""
+    """issue 17, end to end: decode, run cds-ref-ct-bone, build SEG and SR, read the SR back:
+    the finding's rectangle bounds the model's mask on the slice where it is largest, in
+    source pixels, and its NUMs are INFERRED FROM segment 1 of the SEG."""
     (model,) = ModelRegistry([MODELS / "cds-ref-ct-bone"], "cpu").load()
     assert model.status == "ready", model.errors
     assert model.manifest is not None
@@ -288,8 +318,24 @@ def test_sr_of_the_bundled_bone_model_on_a_real_series(
     back = write_and_read(build_sr(slices, result, model.manifest, "fr", seg=seg), tmp_path)
     (group,) = groups(back)
     assert child(group, "DCM", "111002").TextValue == f"sha256={result.record.sha256}"
-    assert children(group, "DCM", "121191")
     assert referenced_sops(group) <= {str(ds.SOPInstanceUID) for ds in slices}
+    (finding,) = result.findings
+    sizes = {ref: int(mask.sum()) for ref, mask in finding.per_image.items()}
+    largest = max(sizes, key=lambda ref: sizes[ref])
+    assert list(sizes.values()).count(sizes[largest]) == 1  # one largest slice: no tie here
+    rows, cols = np.nonzero(finding.per_image[largest])
+    ((sop, points),) = outlines(group)
+    assert sop == largest.sop_uid
+    assert np.allclose(points, corners(rows.min(), cols.min(), rows.max(), cols.max()))
+    assert comments(group)[0] == f"IA · Structure osseuse · {finding.score:.2f}".replace(".", ",")
+    sources = {
+        (str(r.ReferencedSOPInstanceUID), int(r.ReferencedSegmentNumber))
+        for c in walk(group)
+        if c.ValueType == "IMAGE"
+        for r in c.ReferencedSOPSequence
+        if "ReferencedSegmentNumber" in r
+    }
+    assert sources == {(str(seg.SOPInstanceUID), 1)}
 
 
 def test_predecessor_documents_name_the_replaced_objects(
@@ -374,10 +420,16 @@ def test_detection_boxes_are_groups_ohif_can_hydrate(
     uids = [str(ds.SOPInstanceUID) for ds in slices]
     expected = [(uids[1], *BOXES[0]), (uids[1], *BOXES[1]), (uids[3], *BOXES[1])]
     tracking_uids = set()
-    for group, (sop_uid, (r0, c0, r1, c1), score) in zip(found, expected, strict=False):
-        assert child(group, "DCM", "112039").TextValue == "Cornerstone3DTools@^0.1.0:RectangleROI"
+    labels = {
+        "en": ["AI · Lesion · 0.92", "AI · Lesion · 0.61", "AI · Lesion · 0.61"],
+        "fr": ["IA · Lésion · 0,92", "IA · Lésion · 0,61", "IA · Lésion · 0,61"],
+    }[lang]
+    for group, (sop_uid, (r0, c0, r1, c1), score), label in zip(
+        found, expected, labels, strict=False
+    ):
+        assert child(group, "DCM", "112039").TextValue == OHIF_RECTANGLE
         tracking_uids.add(child(group, "DCM", "112040").UID)
-        assert child(group, "DCM", "121106").TextValue == LESION.display.get(lang)
+        assert comments(group) == [label]  # the box is the finding's own outline: no note
         assert child(group, "DCM", "121071").ConceptCodeSequence[0].CodeValue == "52988006"
         evaluation = child(group, "SCT", "52988006").ConceptCodeSequence[0]
         assert evaluation.CodeValue == "52101004"  # Present
@@ -393,7 +445,14 @@ def test_detection_boxes_are_groups_ohif_can_hydrate(
         assert referenced_sops(group) == {sop_uid}
     assert len(tracking_uids) == 3
     absent = found[3]
-    assert child(absent, "DCM", "112039").TextValue == LESION.display.get(lang)
+    assert child(absent, "DCM", "112039").TextValue == OHIF_RECTANGLE
+    assert (
+        comments(absent)[0]
+        == {
+            "en": "AI · Lesion · 0.20 · below threshold",
+            "fr": "IA · Lésion · 0,20 · sous le seuil",
+        }[lang]
+    )
     assert referenced_sops(absent) == set(uids)
     again = build_sr(slices, detection_result(slices, manifest), manifest, lang)
     assert [str(child(g, "DCM", "112040").UID) for g in groups(again)][:3] == [
@@ -401,20 +460,32 @@ def test_detection_boxes_are_groups_ohif_can_hydrate(
     ]
 
 
-def test_sr_of_the_bundled_blob_detector_on_a_real_series(
-    slices: list[Dataset], tmp_path: Path
-) -> None:
-    """End to end: decode, run cds-ref-blob-detect, one hydratable group per box, validate."""
-    (model,) = ModelRegistry([MODELS / "cds-ref-blob-detect"], "cpu").load()
-    assert model.status == "ready", model.errors
-    assert model.manifest is not None
-    result = ModelRunner(model, DeviceSlots(1, 1)).run(decode(slices))
-    boxes = sum(len(v) for f in result.findings for v in f.per_image.values())
-    assert boxes, "the blob detector boxes something on the test slices"
-    back = write_and_read(build_sr(slices, result, model.manifest, "fr"), tmp_path)
-    found = groups(back)
-    assert len(found) == boxes
-    label = model.manifest.output.labels[0].display.get("fr")
-    for group in found:
-        assert child(group, "DCM", "112039").TextValue.endswith(":RectangleROI")
-        assert child(group, "DCM", "121106").TextValue == label
+def outlines(group: Dataset) -> list[tuple[str, np.ndarray]]:
+    """(SOP Instance UID, closed (column, row) points) of each SCOORD the group's first NUM
+    is INFERRED FROM: the outlines OHIF draws and hydrates."""
+    first = next(c for c in group.ContentSequence if c.ValueType == "NUM")
+    found = []
+    for c in first.ContentSequence:
+        if c.ValueType == "SCOORD":
+            assert (c.RelationshipType, c.GraphicType) == ("INFERRED FROM", "POLYLINE")
+            (image,) = c.ContentSequence
+            assert image.RelationshipType == "SELECTED FROM"
+            sop = str(image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            found.append((sop, np.array(c.GraphicData, dtype=float).reshape(-1, 2)))
+    return found
+
+
+def corners(r0: float, c0: float, r1: float, c1: float) -> list[list[float]]:
+    """The closed rectangle (column, row) around inclusive pixel indices r0..r1, c0..c1:
+    pixel (r, c) covers [c, c+1) x [r, r+1) in SR 2-D coordinates."""
+    return [[c0, r0], [c1 + 1, r0], [c1 + 1, r1 + 1], [c0, r1 + 1], [c0, r0]]
+
+
+def model_boxes(result: InferenceResult) -> list[tuple[ImageRef, tuple[float, ...], float]]:
+    """The model's boxes in source pixels, in the order of the findings and images."""
+    return [
+        (ref, tuple(float(v) for v in box), float(score))
+        for f in result.findings
+        for ref, where in f.per_image.items()
+        for box, score in where
+    ]

@@ -25,6 +25,7 @@ from cds import (
 )
 from cds.cli_admin import jobs_app, queue_cmd, studies_app
 from cds.cli_deliveries import deliveries_app
+from cds.cli_model import model_app
 from cds.config import Settings, load_settings
 from cds.domain import StudyState
 from cds.errors import CdsError, ConfigError
@@ -278,134 +279,7 @@ app.add_typer(jobs_app, name="jobs")
 app.command("queue")(queue_cmd)
 app.add_typer(deliveries_app, name="deliveries")
 
-model_app = typer.Typer(help="Model packages: validate, list, schema, run.", no_args_is_help=True)
-app.add_typer(model_app, name="model")
-ProvidersOpt = Annotated[
-    str, typer.Option("--providers", help="auto, tensorrt, cuda or cpu (default: from config)")
-]
-
-
-@model_app.command("validate")
-def model_validate(
-    packages: Annotated[list[Path], typer.Argument(help="model package folders")],
-    providers: Annotated[str, typer.Option(help="auto, tensorrt, cuda or cpu")] = "auto",
-) -> None:
-    """Check manifest, files, ONNX graph vs declared tensors, and run the test vector."""
-    from cds.inference.validate import validate_package
-
-    if providers not in ("auto", "tensorrt", "cuda", "cpu"):
-        raise _fail(f"--providers: must be auto, tensorrt, cuda or cpu, not {providers!r}")
-    failed = 0
-    for pkg in packages:
-        r = validate_package(pkg, providers)  # type: ignore[arg-type]
-        if r.ok:
-            diffs = ", ".join(f"{k} {v:.2g}" for k, v in r.test_vector_max_abs_diff.items())
-            assert r.manifest is not None
-            typer.echo(
-                f"{pkg}: OK  {r.manifest.name} {r.manifest.version}  sha256 {r.sha256}  "
-                f"provider {r.provider}{' (fell back)' if r.fell_back else ''}  "
-                f"test vector max |diff|: {diffs}  ({r.seconds:.2f} s)"
-            )
-        else:
-            failed += 1
-            typer.echo(f"{pkg}: {len(r.errors)} problem(s)", err=True)
-            for e in r.errors:
-                typer.echo(f"  {e}", err=True)
-    if failed:
-        raise typer.Exit(1)
-
-
-@model_app.command("list")
-def model_list(
-    config: ConfigOpt = None,
-    home: HomeOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
-) -> None:
-    """Load the configured model folders as the node does; show each model's status."""
-    from cds.inference.registry import ModelRegistry
-
-    settings = _settings(config, home)
-    inf = settings.inference
-    models = ModelRegistry(inf.model_dirs, inf.providers, warm=False).load()
-    rows = [
-        {
-            "name": m.name,
-            "version": m.version,
-            "status": m.status,
-            "provider": m.provider,
-            "sha256": m.sha256,
-            "path": str(m.path),
-            "errors": m.errors,
-        }
-        for m in models
-    ]
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        dirs = ", ".join(str(d) for d in inf.model_dirs)
-        typer.echo(f"no model packages in {dirs} (inference.model_dirs)")
-        return
-    typer.echo(f"{'NAME':<28} {'VERSION':<12} {'STATUS':<7} {'PROVIDER':<9} SHA-256 (model.onnx)")
-    for m in models:
-        typer.echo(
-            f"{m.name:<28} {m.version:<12} {m.status:<7} {m.provider or '-':<9} {m.sha256 or '-'}"
-        )
-        for e in m.errors:
-            typer.echo(f"    {e}")
-
-
-@model_app.command("schema")
-def model_schema(
-    out: Annotated[Path | None, typer.Option("--out", help="write to this file")] = None,
-) -> None:
-    """Print (or write) the JSON Schema of manifest.yaml."""
-    from cds.inference.manifest import json_schema
-
-    text = json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
-    if out is None:
-        typer.echo(text, nl=False)
-    else:
-        out.write_text(text, encoding="utf-8")
-        typer.echo(f"wrote {out}")
-
-
-@model_app.command("run")
-def model_run(
-    package: Annotated[Path, typer.Argument(help="model package folder")],
-    series: Annotated[list[Path], typer.Argument(help="DICOM files (one series) or a folder")],
-    providers: Annotated[str, typer.Option(help="auto, tensorrt, cuda or cpu")] = "auto",
-) -> None:
-    """Run one model on one series and print its findings and inference record."""
-    from cds.inference.images import decode
-    from cds.inference.registry import LoadedModel, warm_up
-    from cds.inference.runner import ModelRunner
-    from cds.inference.session import DeviceSlots
-    from cds.inference.validate import validate_package
-
-    r = validate_package(package, providers, keep_session=True)  # type: ignore[arg-type]
-    if not r.ok:
-        raise _fail("\n".join([f"{package}: not a valid package", *r.errors]), 1)
-    files = sorted(p for s in series for p in ([s] if s.is_file() else s.rglob("*")) if p.is_file())
-    try:
-        stack = decode(files)
-    except CdsError as exc:
-        raise _fail(f"cannot read the series: {exc}", 1) from None
-    model = LoadedModel(package, "ready", r.manifest, r.sha256, r.provider, session=r.session)
-    warm_up(model)
-    result = ModelRunner(model, DeviceSlots(1, 1)).run(stack)
-    rec = result.record
-    typer.echo(
-        f"{rec.model} {rec.version} (sha256 {rec.sha256[:12]}) on {rec.images} images, "
-        f"provider {rec.provider}, {rec.seconds:.3f} s {rec.timings}"
-    )
-    for f in result.findings:
-        state = "present" if f.present else "absent"
-        extra = f", {f.measurement:.1f} mm2" if f.measurement else ""
-        typer.echo(
-            f"  {f.label.display.en} / {f.label.display.fr}: {state}, score {f.score:.3f}, "
-            f"{len(f.per_image)} image(s){extra}"
-        )
+app.add_typer(model_app, name="model")  # cds/cli_model.py: validate, list, schema, run
 
 
 route_app = typer.Typer(help="Routing rules: explain what would run.", no_args_is_help=True)
@@ -428,6 +302,7 @@ def route_explain(
 
     For each study: which rules matched, which did not and why, which series were
     selected, and what would be sent where."""
+    from cds.inference.registry import declared_use_of
     from cds.routing.files import ExplainStopped, ReadBudget
     from cds.routing.router import explain_text, read_headers, route
     from cds.routing.rules import RoutingFileError, load_routing
@@ -449,10 +324,12 @@ def route_explain(
     except ExplainStopped as exc:
         raise _fail(str(exc)) from None
     disabled = set(settings.routing.disabled_models)
+    uses = declared_use_of(settings.inference.model_dirs)  # the manifests' declared use
     for study_series in studies.values():
         for s in study_series:
             s.calling_ae = calling_ae
-        for line in explain_text(route(study_series, rf, disabled_models=disabled)):
+        plan = route(study_series, rf, disabled_models=disabled, declared_use=uses)
+        for line in explain_text(plan):
             typer.echo(line)
     for line in skipped:
         typer.echo(f"skipped {line}")

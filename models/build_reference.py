@@ -12,7 +12,8 @@ graph with ``onnx.helper``:
 | cds-ref-cxr-triage  | scores [N,2]            | softmax of a logistic on the pixel std. dev.    |
 | cds-ref-blob-detect | boxes [N,5,4], scores   | difference of box means, max-pool NMS, top 5    |
 
-For each package this script writes ``model.onnx``, ``test/input.npy`` (a
+For each package this script writes ``model.onnx``, its golden cases (``golden/``,
+by ``build_golden.py``: synthetic DICOM and the findings expected), ``test/input.npy`` (a
 synthetic input built with integer arithmetic, then scaled as the manifest's
 preprocessing would) and ``test/expected.npz``, computed by an independent
 numpy implementation of the same formula (float64, sliding windows), never by
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from build_golden import build_golden  # beside this script
 from onnx import TensorProto, helper, numpy_helper
 
 from cds.inference.manifest import Manifest, load_manifest
@@ -500,6 +502,7 @@ def build(pkg: Package, out: Path) -> Path:
         path = dest / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+    build_golden(pkg.name, dest)
     return dest
 
 

@@ -1,8 +1,8 @@
 """Decode a series into a stack of 2D images with the geometry the models need.
 
-Pixel data are presented in MONOCHROME2 convention (higher is brighter):
-MONOCHROME1 images are inverted after the modality LUT. Multi-frame
-instances contribute one image per frame. Decoding uses pydicom with the
+Pixel data are kept as stored (float32); preprocessing inverts MONOCHROME1
+images unless the manifest says ``input.invert: never``. Multi-frame instances
+contribute one image per frame. Decoding uses pydicom with the
 pylibjpeg/openjpeg plugins, so every common transfer syntax decodes.
 """
 
@@ -46,8 +46,10 @@ class ImageStack:
     lut_applied: bool = False
     #: per image: (flip rows, flip columns) applied by the orient step
     flips: list[tuple[bool, bool]] = field(default_factory=list)
-    #: the order applied by the orient step (indexes into the original meta)
+    #: the order applied by sorting a volume's slices (indexes into the original meta)
     order: list[int] = field(default_factory=list)
+    #: BodyPartExamined of the first instance ("" when absent); compared, never shown
+    body_part: str = ""
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -119,7 +121,7 @@ def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
     """
     arrays: list[np.ndarray] = []
     metas: list[ImageMeta] = []
-    series_uid = modality = ""
+    series_uid = modality = body_part = ""
     for item in datasets:
         ds: Dataset | None = None
         try:
@@ -133,6 +135,8 @@ def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
             ) from exc
         series_uid = series_uid or series
         modality = modality or mod
+        if ds is not None and not body_part:
+            body_part = str(ds.get("BodyPartExamined", "") or "")
         metas.extend(frame_metas)
         arrays.append(px)
     if not arrays:
@@ -143,6 +147,7 @@ def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
     stack = ImageStack(series_uid, modality, np.concatenate(arrays, axis=0), metas)
     stack.order = list(range(len(metas)))
     stack.flips = [(False, False)] * len(metas)
+    stack.body_part = body_part
     return stack
 
 

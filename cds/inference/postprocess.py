@@ -1,22 +1,23 @@
 """From model outputs to findings on the source images, per output kind.
 
-Scores are reported as the model gave them (probabilities, per the manifest);
-masks and boxes are mapped back onto the source pixel grid, so result
-objects (SEG, GSPS, SR image regions) line up with the images they reference.
+The runner hands over each output in its working form (``cds.inference.layouts``);
+scores get the tensor's activation (none, softmax, sigmoid); masks and boxes are
+mapped back onto the source pixel grid through each image's ``Geometry``, so
+result objects (SEG, GSPS, SR image regions) line up with the images they reference.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cds.errors import ModelError
 from cds.inference import manifest as mf
+from cds.inference.boxes import finding_box, nms, to_edges
+from cds.inference.geometry import Geometry
 from cds.inference.images import ImageStack
-from cds.inference.preprocess import Geometry, to_source_box, to_source_mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,92 +34,154 @@ class Finding:
     score: float  # highest score over the series
     present: bool
     #: per image: score (classification), boolean mask on the source grid (segmentation),
-    #: [((row0, col0, row1, col1), score), ...] in source pixels (detection), value (measurement)
+    #: [((row0, col0, row1, col1), score), ...] in source pixels (detection; row1 and col1
+    #: are the bottom and right edges - 1: see ``cds.inference.boxes``), value (measurement)
     per_image: dict[ImageRef, Any] = field(default_factory=dict)
     measurement: float | None = None  # segmentation: area in mm2 summed over images
+    volume_mm3: float | None = None  # segmentation of a volume: area x slice spacing
+
+
+@dataclass
+class Outputs:
+    """The outputs of a whole series in working form, by role (see ``layouts``)."""
+
+    by_role: dict[str, np.ndarray] = field(default_factory=dict)  # scores, value, mask
+    per_image: dict[str, list[np.ndarray]] = field(default_factory=dict)  # boxes, box_*
 
 
 def _threshold(lb: mf.Label) -> float:
     return lb.threshold if lb.threshold is not None else 0.5
 
 
-def _need(out: mf.OutputSpec, raw: dict[str, np.ndarray], role: str) -> np.ndarray:
-    for t in out.tensors:
-        if t.role == role:
-            return raw[t.name]
-    raise ModelError(f"output has no tensor with role {role!r}")
+def activate(values: np.ndarray, activation: str, axis: int) -> np.ndarray:
+    """Scores as probabilities: softmax along ``axis``, sigmoid, or as given."""
+    v = np.asarray(values, dtype=np.float64)
+    out: np.ndarray = v
+    if activation == "softmax":
+        e = np.exp(v - v.max(axis=axis, keepdims=True))
+        out = e / e.sum(axis=axis, keepdims=True)
+    elif activation == "sigmoid":
+        out = 1.0 / (1.0 + np.exp(-v))
+    return out
 
 
-def _optional(out: mf.OutputSpec, raw: dict[str, np.ndarray], role: str) -> np.ndarray | None:
-    return next((raw[t.name] for t in out.tensors if t.role == role), None)
+@dataclass(frozen=True)
+class Ctx:
+    out: mf.OutputSpec
+    outputs: Outputs
+    images: list[ImageRef]
+    geometry: list[Geometry]
+    stack: ImageStack
+    volume: bool
+    slice_spacing: float | None  # volume: mm between neighbouring slices
+
+    def tensor(self, role: str) -> mf.OutputTensor:
+        t = self.out.tensor(role)
+        assert t is not None  # the manifest requires it for the kind
+        return t
 
 
-Ctx = tuple[mf.OutputSpec, dict[str, np.ndarray], list[ImageRef], list[Geometry], ImageStack]
+def _per_image_values(ctx: Ctx, values: np.ndarray) -> np.ndarray:
+    """[N, C] -> one row per image (a volume's single row repeated)."""
+    return np.repeat(values, len(ctx.images), axis=0) if ctx.volume else values
 
 
 def _classification(ctx: Ctx) -> list[Finding]:
-    out, raw, images, _, _ = ctx
-    scores = _need(out, raw, "scores").reshape(len(images), -1)
+    t = ctx.tensor("scores")
+    scores = _per_image_values(ctx, activate(ctx.outputs.by_role["scores"], t.activation, 1))
     findings = []
-    for lb in out.labels:
+    for lb in ctx.out.labels:
         col = scores[:, lb.index]
         best = float(col.max()) if col.size else 0.0
-        per = {ref: float(v) for ref, v in zip(images, col, strict=True)}
+        per = {ref: float(v) for ref, v in zip(ctx.images, col, strict=True)}
         informational = lb.normal or lb.threshold is None
         findings.append(Finding(lb, best, not informational and best >= _threshold(lb), per))
     return findings
 
 
+def _areas(ctx: Ctx, per: dict[ImageRef, Any], index: dict[ImageRef, int]) -> float | None:
+    total, known = 0.0, False
+    for ref, binary in per.items():
+        sp = ctx.stack.meta[index[ref]].pixel_spacing
+        if sp is not None:
+            total += float(binary.sum()) * sp[0] * sp[1]
+            known = True
+    return total if known else None
+
+
 def _segmentation(ctx: Ctx) -> list[Finding]:
-    out, raw, images, geometry, stack = ctx
-    mask = _need(out, raw, "mask")
+    t = ctx.tensor("mask")
+    mask = ctx.outputs.by_role["mask"]  # [S, C, h, w]
+    labelmap = t.encoding == "labelmap"
+    if not labelmap:
+        mask = activate(mask, t.activation, 1).astype(np.float32)
+    index = {ref: i for i, ref in enumerate(ctx.images)}
     findings = []
-    for lb in out.labels:
+    for lb in ctx.out.labels:
         per: dict[ImageRef, Any] = {}
-        area, best = 0.0, 0.0
-        for i, ref in enumerate(images):
-            prob = mask[i, lb.index] if mask.ndim == 4 else mask[i]
-            best = max(best, float(prob.max()))
-            binary = to_source_mask(prob, geometry[i]) >= _threshold(lb)
+        best = 0.0
+        for i, ref in enumerate(ctx.images):
+            if labelmap:
+                values = np.rint(mask[i, 0]).astype(np.int64)
+                binary = ctx.geometry[i].mask(values, "nearest") == lb.index
+                best = max(best, 1.0 if binary.any() else 0.0)
+            else:
+                prob = mask[i, lb.index if mask.shape[1] > 1 else 0]
+                best = max(best, float(prob.max()))
+                binary = ctx.geometry[i].mask(prob, "bilinear") >= _threshold(lb)
             if binary.any():
                 per[ref] = binary
-                sp = stack.meta[i].pixel_spacing
-                if sp is not None:
-                    area += float(binary.sum()) * sp[0] * sp[1]
-        findings.append(Finding(lb, best, bool(per), per, area or None))
+        area = _areas(ctx, per, index) if per else None
+        volume = area * ctx.slice_spacing if area and ctx.slice_spacing else None
+        present = bool(per) and not lb.normal
+        findings.append(Finding(lb, best, present, per, area, volume))
     return findings
 
 
 def _detection(ctx: Ctx) -> list[Finding]:
-    out, raw, images, geometry, _ = ctx
-    boxes = _need(out, raw, "boxes")
-    scores = _need(out, raw, "box_scores")
-    labels = _optional(out, raw, "box_labels")
+    t = ctx.tensor("boxes")
+    assert t.box is not None
+    st = ctx.tensor("box_scores")
+    boxes = ctx.outputs.per_image["boxes"]
+    scores = [activate(s, st.activation, -1) for s in ctx.outputs.per_image["box_scores"]]
+    labels = ctx.outputs.per_image.get("box_labels")
     findings = []
-    for lb in out.labels:
+    for lb in ctx.out.labels:
         per: dict[ImageRef, Any] = {}
         best = 0.0
-        for i, ref in enumerate(images):
-            keep = scores[i] >= _threshold(lb)
+        for i, ref in enumerate(ctx.images):
+            g = ctx.geometry[i]
+            s = scores[i][:, lb.index] if scores[i].ndim == 2 else scores[i]
+            mine = np.ones(s.shape, dtype=bool)
             if labels is not None:
-                keep &= labels[i] == lb.index
-            if keep.any():
-                per[ref] = [
-                    (to_source_box(b, geometry[i]), float(s))
-                    for b, s in zip(boxes[i][keep], scores[i][keep], strict=True)
-                ]
-            best = max(best, float(scores[i].max()) if scores[i].size else 0.0)
-        findings.append(Finding(lb, best, bool(per), per))
+                mine = np.rint(labels[i]).astype(np.int64) == lb.index
+            if (s[mine]).size:
+                best = max(best, float(s[mine].max()))
+            keep = np.flatnonzero(mine & (s >= _threshold(lb)))
+            if not keep.size:
+                continue
+            edges = to_edges(boxes[i][keep], t.box, g.model_rows, g.model_columns)
+            kept_scores = s[keep]
+            if ctx.out.nms is not None:
+                chosen = nms(edges, kept_scores, ctx.out.nms.iou)
+                edges, kept_scores = edges[chosen], kept_scores[chosen]
+            found = []
+            for e, sc in sorted(zip(edges, kept_scores, strict=True), key=lambda es: -es[1]):
+                x1, y1, x2, y2 = g.box(*(float(v) for v in e))
+                if x2 > x1 and y2 > y1:  # a box wholly off the image (padding) is none
+                    found.append((finding_box(x1, y1, x2, y2), float(sc)))
+            if found:
+                per[ref] = found
+        findings.append(Finding(lb, best, bool(per) and not lb.normal, per))
     return findings
 
 
 def _measurement(ctx: Ctx) -> list[Finding]:
-    out, raw, images, _, _ = ctx
-    values = _need(out, raw, "value").reshape(len(images), -1)
+    values = _per_image_values(ctx, ctx.outputs.by_role["value"])
     findings = []
-    for lb in out.labels:
-        col = values[:, lb.index]
-        per = {r: float(v) for r, v in zip(images, col, strict=True)}
+    for lb in ctx.out.labels:
+        col = values[:, lb.index].astype(np.float64)
+        per = {r: float(v) for r, v in zip(ctx.images, col, strict=True)}
         findings.append(Finding(lb, float(col.mean()), True, per, float(col.mean())))
     return findings
 
@@ -133,9 +196,13 @@ _BY_KIND: dict[str, Callable[[Ctx], list[Finding]]] = {
 
 def postprocess(
     out: mf.OutputSpec,
-    raw: dict[str, np.ndarray],
-    images: list[ImageRef],
-    geometry: list[Geometry],
+    outputs: Outputs,
+    images: Sequence[ImageRef],
+    geometry: Sequence[Geometry],
     stack: ImageStack,
+    *,
+    volume: bool = False,
+    slice_spacing: float | None = None,
 ) -> list[Finding]:
-    return _BY_KIND[out.kind]((out, raw, images, geometry, stack))
+    ctx = Ctx(out, outputs, list(images), list(geometry), stack, volume, slice_spacing)
+    return _BY_KIND[out.kind](ctx)

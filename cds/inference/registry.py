@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cds.inference import manifest as mf
+from cds.inference.constraints import HeaderCheck, header_check
 from cds.inference.session import DeviceSlots, ProviderChoice, Session
 from cds.inference.validate import validate_package
 from cds.logging import get_logger
@@ -77,6 +78,19 @@ def find_packages(dirs: Iterable[Path]) -> list[Path]:
     return found
 
 
+def declared_use_of(dirs: Iterable[Path]) -> dict[str, HeaderCheck]:
+    """Model name -> declared-use check, from the manifests alone (no model is loaded):
+    for ``cds route explain`` on local files. Unreadable manifests are left out."""
+    out: dict[str, HeaderCheck] = {}
+    for path in find_packages(dirs):
+        try:
+            m = mf.load_manifest(path)
+        except mf.ManifestError:
+            continue
+        out.setdefault(m.name, header_check(m.input))
+    return out
+
+
 def warm_up(model: LoadedModel) -> None:
     """One run on zeros, so the first study does not pay for lazy initialisation."""
     if model.session is None or model.manifest is None:
@@ -104,6 +118,7 @@ class ModelRegistry:
     def load(self) -> list[LoadedModel]:
         loaded: dict[str, LoadedModel] = {}
         for path in find_packages(self._dirs):
+            # golden cases are cds model validate's: loading checks files, graph, test vector
             report = validate_package(path, self._providers, keep_session=True)
             model = LoadedModel(
                 path=path,
@@ -146,6 +161,15 @@ class ModelRegistry:
     def get(self, name: str) -> LoadedModel | None:
         with self._lock:
             return self._models.get(name)
+
+    def declared_use(self) -> dict[str, HeaderCheck]:
+        """Model name -> the check of a series header against its declared use, for the
+        ready models (routing skips a pipeline whose series is outside it)."""
+        return {
+            m.name: header_check(m.manifest.input)
+            for m in self.all()
+            if m.status == "ready" and m.manifest is not None
+        }
 
     def problems(self, routed: Mapping[str, Sequence[str]]) -> list[ModelProblem]:
         """The routed models (model name -> pipelines) that are broken or not found."""

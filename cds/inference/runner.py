@@ -1,10 +1,14 @@
-"""Run a loaded model on a series: decode, preprocess, batched inference, postprocess.
+"""Run a loaded model on a series: declared use, decode, preprocess, inference, postprocess.
 
-Preprocessing of batch k+1 runs on a worker thread while batch k is in
-onnxruntime (which releases the GIL); ``run_series_list`` also decodes the
-next series while the current one is inferred. Every run returns an
-``InferenceRecord``: model name, version, SHA-256 of model.onnx, provider
-really used, cds version, input series UIDs, timings. That record is what
+The series is checked against the model's declared use first (``constraints``): a
+model never runs outside it. A volume's slices are sorted along their normal
+whatever order they arrived in. Preprocessing of batch k+1 runs on a worker thread
+while batch k is in onnxruntime (which releases the GIL); ``run_series_list`` also
+decodes the next series while the current one is inferred. Every output is checked
+against its layout as it comes back (``layouts.canonical``: an error names the
+tensor and what to change, never a traceback). Every run returns an
+``InferenceRecord``: model name, version, SHA-256 of model.onnx and of the manifest,
+provider really used, cds version, input series UIDs, timings. That record is what
 makes a result reproducible and reviewable.
 """
 
@@ -14,7 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +27,23 @@ from pydicom.dataset import Dataset
 
 from cds import __version__
 from cds.errors import ModelError
+from cds.inference import layouts
 from cds.inference import manifest as mf
+from cds.inference.constraints import OutsideDeclaredUse, stack_violations
+from cds.inference.geometry import Geometry
 from cds.inference.images import ImageStack, decode
-from cds.inference.postprocess import Finding, ImageRef, postprocess
-from cds.inference.preprocess import Geometry, _orient, preprocess
+from cds.inference.postprocess import Finding, ImageRef, Outputs, postprocess
+from cds.inference.preprocess import preprocess, slice_positions, sort_slices
 from cds.inference.registry import LoadedModel
 from cds.inference.session import DeviceSlots
 from cds.logging import get_logger
 
 log = get_logger("cds.inference")
+
+#: roles whose outputs are kept per image (their count of boxes varies)
+_PER_IMAGE = ("boxes", "box_scores", "box_labels")
+#: roles with one class per position of their C dimension
+_PER_CLASS = ("scores", "value", "box_scores")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,7 @@ class InferenceRecord:
     images: int
     seconds: float
     timings: dict[str, float]
+    manifest_sha256: str = ""  # Manifest.digest(): thresholds, labels, preprocessing
 
 
 @dataclass
@@ -52,8 +65,10 @@ class InferenceResult:
     record: InferenceRecord
     kind: str
     findings: list[Finding]
-    raw: dict[str, np.ndarray]  # model outputs over the whole series, in image order
+    raw: dict[str, np.ndarray]  # model outputs over the whole series (runs joined on axis 0)
     images: list[ImageRef]
+    #: per image, how model-input pixels lie on the source image (same order as images)
+    geometry: list[Geometry] = field(default_factory=list)
 
 
 def _subset(stack: ImageStack, idx: slice) -> ImageStack:
@@ -62,7 +77,17 @@ def _subset(stack: ImageStack, idx: slice) -> ImageStack:
     )
     sub.flips = stack.flips[idx]
     sub.order = stack.order[idx]
+    sub.body_part = stack.body_part
     return sub
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    if not parts:
+        return np.empty(0)
+    try:
+        return np.concatenate(parts, axis=0)
+    except ValueError:  # runs of different box counts: keep them flat
+        return np.concatenate([p.reshape(-1) for p in parts])
 
 
 class ModelRunner:
@@ -73,6 +98,7 @@ class ModelRunner:
         self.manifest: mf.Manifest = model.manifest
         self.session = model.session
         self._slot = slots.slot(model.session.device)
+        self._digest = model.manifest.digest()
 
     # --- batches -----------------------------------------------------------
     def _batches(
@@ -80,11 +106,6 @@ class ModelRunner:
     ) -> Iterator[tuple[np.ndarray, list[Geometry]]]:
         spec = self.manifest.input
         steps = list(spec.preprocessing)
-        t0 = time.perf_counter()
-        if any(isinstance(s, mf.Orient) for s in steps):
-            _orient(stack)
-            steps = [s for s in steps if not isinstance(s, mf.Orient)]
-        timings["preprocess"] += time.perf_counter() - t0
         if spec.kind == "volume":
             t0 = time.perf_counter()
             batch = preprocess(stack, steps, spec)
@@ -112,30 +133,92 @@ class ModelRunner:
             item = q.get()
             if item is None:
                 break
+            if isinstance(item, ModelError):
+                raise item
             if isinstance(item, BaseException):
-                raise ModelError(f"preprocessing failed: {item}") from item
+                raise ModelError(f"preprocessing failed: {type(item).__name__}") from item
             yield item
         worker.join()
+
+    def _collect(
+        self, got: list[Any], images: int, outputs: Outputs, raw: dict[str, list[Any]]
+    ) -> None:
+        m = self.manifest
+        volume = m.input.kind == "volume"
+        top = max(lb.index for lb in m.output.labels)
+        for i, (t, arr) in enumerate(zip(m.output.tensors, got, strict=True)):
+            where = f"output.tensors[{i}] ({t.name!r})"
+            a = np.asarray(arr)
+            raw[t.name].append(a)
+            canon = layouts.canonical(
+                t.role, t.layout, a, images=images, volume=volume, where=where
+            )
+            classes = None
+            if (
+                t.role in _PER_CLASS
+                and canon.ndim >= 2
+                and (t.role != "box_scores" or canon.ndim == 3)
+            ):
+                classes = canon.shape[-1] if t.role == "box_scores" else canon.shape[1]
+            elif t.role == "mask" and t.encoding == "probabilities" and "C" in t.layout:
+                classes = canon.shape[1]
+            if classes is not None and top >= classes:
+                raise ModelError(
+                    f"{where}: the model returned {classes} classes (dimension C of layout "
+                    f"{t.layout}), output.labels has index {top}; fix the labels' index or "
+                    "the layout"
+                )
+            if t.role in _PER_IMAGE:
+                outputs.per_image.setdefault(t.role, []).extend(list(canon))
+            else:
+                prev = outputs.by_role.get(t.role)
+                outputs.by_role[t.role] = canon if prev is None else np.concatenate([prev, canon])
 
     def run(self, stack: ImageStack) -> InferenceResult:
         m = self.manifest
         t_start = time.perf_counter()
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        volume = m.input.kind == "volume"
+        positions = None
+        if volume:
+            sort_slices(stack, descending=m.input.slice_order == "decreasing")
+            positions = slice_positions(stack)
+        reasons = stack_violations(m.input, stack, positions)
+        if reasons:
+            raise OutsideDeclaredUse(f"{m.name} {m.version}", reasons)
         names = [t.name for t in m.output.tensors]
-        outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+        outputs = Outputs()
+        raw: dict[str, list[Any]] = {n: [] for n in names}
         geometry: list[Geometry] = []
         for tensor, geoms in self._batches(stack, timings):
             t0 = time.perf_counter()
             with self._slot:
-                got = self.session.run({m.input.tensor.name: tensor}, names)
+                try:
+                    got = self.session.run({m.input.tensor.name: tensor}, names)
+                except Exception as exc:  # onnxruntime raises its own types
+                    raise ModelError(
+                        f"model.onnx of {m.name} failed on an input of shape "
+                        f"{list(tensor.shape)} ({type(exc).__name__}); check input.tensor "
+                        "(layout, shape, dtype) and cds model validate"
+                    ) from exc
             timings["inference"] += time.perf_counter() - t0
-            for n, arr in zip(names, got, strict=True):
-                outs[n].append(np.asarray(arr))
+            self._collect(got, len(geoms), outputs, raw)
             geometry.extend(geoms)
-        raw = {n: np.concatenate(v, axis=0) if v else np.empty(0) for n, v in outs.items()}
         images = [ImageRef(mt.sop_uid, mt.frame) for mt in stack.meta]
+        spacing = None
+        if positions is not None and len(positions) > 1:
+            spacing = float(np.median(np.abs(np.diff(positions))))
         t0 = time.perf_counter()
-        findings = postprocess(m.output, raw, images, geometry, stack)
+        try:
+            findings = postprocess(
+                m.output, outputs, images, geometry, stack, volume=volume, slice_spacing=spacing
+            )
+        except (IndexError, ValueError, KeyError) as exc:
+            raise ModelError(
+                f"{m.name}: the outputs do not fit the manifest ({type(exc).__name__}); "
+                "check output.tensors (layout, encoding, box) and output.labels (index) "
+                "against what model.onnx returns"
+            ) from exc
         timings["postprocess"] = time.perf_counter() - t0
         seconds = time.perf_counter() - t_start
         record = InferenceRecord(
@@ -148,6 +231,7 @@ class ModelRunner:
             images=len(images),
             seconds=seconds,
             timings={k: round(v, 4) for k, v in timings.items()},
+            manifest_sha256=self._digest,
         )
         log.info(
             "inference.run",
@@ -158,7 +242,8 @@ class ModelRunner:
             seconds=round(seconds, 3),
             **record.timings,
         )
-        return InferenceResult(record, m.output.kind, findings, raw, images)
+        joined = {n: _join(v) for n, v in raw.items()}
+        return InferenceResult(record, m.output.kind, findings, joined, images, geometry)
 
 
 def run_series_list(

@@ -1,13 +1,19 @@
-"""Check a model package: files, manifest, ONNX graph vs declared tensors, test vector.
+"""Check a model package: files, manifest, ONNX graph vs declared tensors and layouts,
+test vector, and golden cases end to end.
 
 Every problem is reported with the file and the path at fault; nothing stops
-at the first one that can be checked independently.
+at the first one that can be checked independently. Golden cases (``cds.golden``,
+handed in by ``cds model validate``) run the whole path: decode, preprocess,
+onnxruntime, postprocess, DICOM encoding, and the findings read back from the encoded
+objects;
+a package without them is valid but gets the warning "geometry not verified".
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,7 @@ import numpy as np
 
 from cds.errors import ModelError
 from cds.inference import manifest as mf
+from cds.inference.manifest_checks import check_manifest
 from cds.inference.session import ProviderChoice, Session
 
 _ORT_DTYPES = {
@@ -39,6 +46,9 @@ class Report:
     test_vector_max_abs_diff: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     session: Session | None = None
+    warnings: list[str] = field(default_factory=list)
+    #: one line per golden case: what was compared and how well
+    golden: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -67,7 +77,7 @@ def _dims_match(declared: list[int | str], actual: list[Any]) -> bool:
 
 
 def _check_tensor(
-    where: str, spec: mf.TensorSpec, graph: dict[str, Any], errors: list[str]
+    where: str, spec: mf.InputTensor | mf.OutputTensor, graph: dict[str, Any], errors: list[str]
 ) -> None:
     node = graph.get(spec.name)
     if node is None:
@@ -85,6 +95,8 @@ def _check_tensor(
 
 
 def check_graph(m: mf.Manifest, session: Session, source: str) -> list[str]:
+    """The declared tensors against model.onnx: names, shapes, dtypes, and the layouts
+    against the graph's fixed dimensions (``check_manifest`` with the graph's shapes)."""
     errors: list[str] = []
     inputs = {i.name: i for i in session.inputs()}
     outputs = {o.name: o for o in session.outputs()}
@@ -92,8 +104,11 @@ def check_graph(m: mf.Manifest, session: Session, source: str) -> list[str]:
     if len(inputs) != 1:
         errors.append(f"{source}: input.tensor: model.onnx has {len(inputs)} inputs, cds feeds one")
     for i, t in enumerate(m.output.tensors):
-        _check_tensor(f"{source}: output.tensors.{i}", t, outputs, errors)
-    return errors
+        _check_tensor(f"{source}: output.tensors[{i}]", t, outputs, errors)
+    if errors:
+        return errors
+    graph = {name: list(node.shape) for name, node in {**inputs, **outputs}.items()}
+    return [f"{source}: {e}" for e in check_manifest(m, graph)]
 
 
 def run_test_vector(
@@ -160,10 +175,39 @@ def _check_files(package: Path, report: Report, src: str) -> bool:
     return True
 
 
+#: runs a package's golden cases: (package, manifest, session, model SHA-256, manifest path)
+#: -> (lines to show, errors). ``cds.golden.run_golden``: it encodes result objects, a
+#: stage above this one, so it is handed in rather than imported.
+GoldenRunner = Callable[[Path, mf.Manifest, Session, str, str], tuple[list[str], list[str]]]
+
+
+def _golden(
+    package: Path, report: Report, session: Session, src: str, run_golden: GoldenRunner
+) -> None:
+    assert report.manifest is not None
+    if not report.manifest.golden:
+        report.warnings.append(
+            f"{src}: golden: no golden cases: geometry not verified (add golden cases: "
+            "docs/vendor-guide.md)"
+        )
+        return
+    lines, errors = run_golden(package, report.manifest, session, report.sha256 or "", src)
+    report.golden.extend(lines)
+    report.errors.extend(errors)
+
+
 def validate_package(
-    package: Path, providers: ProviderChoice = "auto", keep_session: bool = False
+    package: Path,
+    providers: ProviderChoice = "auto",
+    keep_session: bool = False,
+    *,
+    golden: GoldenRunner | None = None,
 ) -> Report:
-    """Everything ``cds model validate`` checks; the report lists every problem."""
+    """Everything ``cds model validate`` checks; the report lists every problem.
+
+    ``golden``: the runner of the package's golden cases end to end
+    (``cds.golden.run_golden``); without it they are not run (the node's loading skips
+    them: they were run by ``cds model validate``)."""
     t0 = time.perf_counter()
     report = Report(package=package)
     src = str(package / mf.MANIFEST_NAME)
@@ -192,6 +236,12 @@ def validate_package(
     report.errors.extend(graph_errors)
     if not graph_errors and not any("test_vector" in e for e in report.errors):
         report.errors.extend(run_test_vector(report.manifest, session, package, src, report))
+    if report.ok and golden is not None:
+        _golden(package, report, session, src, golden)
+    elif report.ok:
+        report.warnings.append(
+            f"{src}: golden: none run: geometry not verified end to end (add golden cases)"
+        )
     if keep_session:
         report.session = session
     report.seconds = time.perf_counter() - t0

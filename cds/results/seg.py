@@ -33,7 +33,7 @@ from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
 from cds.results import common
-from cds.results.common import MANUFACTURER, complete, tolerant
+from cds.results.common import MANUFACTURER, complete, identify_vendor, tolerant
 from cds.results.text import texts
 
 RESULT_KIND = "SEG"
@@ -221,4 +221,5 @@ def build_seg(
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"SEG of {rec.model} {rec.version} is not valid: {exc}") from exc
     complete(seg, manifest.manufacturer)
+    identify_vendor(seg, manifest)
     return seg

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from io import BytesIO
@@ -54,6 +54,9 @@ _HEADER_KEYWORDS = [
     "SliceThickness",
     "PixelSpacing",
     "SeriesNumber",
+    # compared with a model's declared use (manifest input.photometric, input.slices)
+    "PhotometricInterpretation",
+    "NumberOfFrames",
 ]
 
 
@@ -305,8 +308,11 @@ class PipelinePlan:
     model: str
     results: list[str]
     destinations: list[str]  # "NAME (AE@host:port)"
-    status: str  # "run" | "skipped: model disabled" | "skipped: model not loaded"
+    status: str  # "run" | "skipped: model disabled" | "skipped: model not loaded" | ...
     notify: str | None = None  # "TARGET on CODES (score >= X)" when urgent findings notify
+    #: selected series outside the model's declared use (series UID -> the constraints
+    #: broken): the model does not run on them; all of them outside: status "skipped: ..."
+    outside: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -347,13 +353,38 @@ def _select(rule: Rule, matching: list[SeriesHeader]) -> list[SeriesHeader]:
     return [min(matching, key=key)]
 
 
+#: model name -> the constraints of its declared use a series header breaks (from
+#: ``cds.inference.constraints``: header attributes, instance count -> reasons)
+DeclaredUse = Mapping[str, Callable[[Mapping[str, Any], int], list[str]]]
+
+
+def _declared_use(plan: PipelinePlan, chosen: Sequence[SeriesHeader], uses: DeclaredUse) -> None:
+    """Mark the chosen series outside the plan's model's declared use; skip the plan when
+    none is inside (the model never runs outside its declared use)."""
+    check = uses.get(plan.model)
+    if plan.status != "run" or check is None:
+        return
+    for s in chosen:
+        reasons = check(s.attrs, s.instance_count)
+        if reasons:
+            plan.outside[s.series_uid] = "; ".join(reasons)
+    if plan.outside and len(plan.outside) == len(chosen):
+        first = plan.outside[chosen[0].series_uid]
+        plan.status = f"skipped: outside the declared use of {plan.model} ({first})"
+
+
 def route(
     series: Sequence[SeriesHeader],
     rf: RoutingFile,
     now: datetime | None = None,
     disabled_models: Iterable[str] = (),
     loaded_models: Iterable[str] | None = None,
+    *,
+    declared_use: DeclaredUse | None = None,
 ) -> StudyPlan:
+    """``declared_use``: each model's check of a series against its manifest (modality,
+    body part, photometric, slice count, spacing); a selected series outside it is not
+    given to the model, and a pipeline with none inside is skipped, naming the constraint."""
     now = now or datetime.now()
     disabled = set(disabled_models) | set(rf.disabled_models)
     loaded = set(loaded_models) if loaded_models is not None else None
@@ -391,6 +422,8 @@ def route(
                 matching.append(s)
         chosen = _select(rule, matching)
         plans = [_plan(rf, name, disabled, loaded) for name in rule.pipelines] if chosen else []
+        for plan in plans:
+            _declared_use(plan, chosen, declared_use or {})
         waits = ""
         if chosen and rule.completeness is not None:
             waits = _completeness(rule, series, now)
@@ -463,6 +496,13 @@ def explain_text(plan: StudyPlan) -> list[str]:
                 f"    -> pipeline {p.pipeline}: model {p.model}, results "
                 f"{'/'.join(p.results)}, to {to}: {p.status}"
             )
+            if p.status == "run":
+                labels = {s.series_uid: s.label for s in r.series}
+                lines.extend(
+                    f"       not on series {labels.get(uid, uid)}: outside the declared use "
+                    f"of {p.model} ({why})"
+                    for uid, why in p.outside.items()
+                )
             if p.notify:
                 lines.append(f"       notifies {p.notify} (urgent findings)")
     if not any(r.matched for r in plan.rules):

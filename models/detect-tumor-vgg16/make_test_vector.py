@@ -66,7 +66,7 @@ def preprocess(
         elif isinstance(step, mf.Normalize) and step.method == "minmax":
             lo, hi = img.min(), img.max()
             img = (img - lo) / max(hi - lo, np.float32(1e-6))
-        elif isinstance(step, mf.Channels) and step.layout == "NHWC":
+        elif isinstance(step, mf.Channels) and spec.tensor.layout == "NHWC":
             channels = step.count
         else:
             raise ValueError(f"preprocessing step {step!r} is not implemented here")

@@ -51,18 +51,18 @@ def manifest(**over: Any) -> dict[str, Any]:
         "input": {
             "kind": "slice",
             "modality": ["CT"],
-            "tensor": {"name": "image", "shape": ["batch", 1, SIZE, SIZE]},
+            "tensor": {"name": "image", "shape": ["batch", 1, SIZE, SIZE], "layout": "NCHW"},
             "preprocessing": [
                 {"step": "modality_lut"},
                 {"step": "window", "center": 40, "width": 400},
                 {"step": "resize", "size": [SIZE, SIZE]},
-                {"step": "channels", "layout": "NCHW", "count": 1},
+                {"step": "channels", "count": 1},
             ],
             "batch_size": 4,
         },
         "output": {
             "kind": "classification",
-            "tensors": [{"name": "probs", "shape": ["batch", 2], "role": "scores"}],
+            "tensors": [{"name": "probs", "shape": ["batch", 2], "role": "scores", "layout": "NC"}],
             "labels": [
                 {
                     "index": 0,

@@ -41,10 +41,20 @@ def test_missing_files_are_each_reported(tmp_path: Path) -> None:
 def test_shape_mismatch_names_the_tensor(tmp_path: Path) -> None:
     m = manifest()
     m["input"]["tensor"]["shape"] = ["batch", 1, 16, 16]
+    m["input"]["preprocessing"][2]["size"] = [16, 16]
     errors = validate_package(write_package(tmp_path / "p", m), "cpu").errors
     assert len(errors) == 1
     assert "input.tensor.shape: declares ['batch', 1, 16, 16]" in errors[0]
     assert "[" in errors[0].split("has")[-1]
+
+
+def test_preprocessing_size_must_agree_with_the_input_tensor(tmp_path: Path) -> None:
+    m = manifest()
+    m["input"]["tensor"]["shape"] = ["batch", 1, 16, 16]
+    (err,) = validate_package(write_package(tmp_path / "p", m), "cpu").errors
+    assert err.endswith(
+        "input.tensor.shape: H x W is 16 x 16, input.preprocessing[2] makes 8 x 8; make them agree"
+    )
 
 
 def test_unknown_tensor_name_and_dtype(tmp_path: Path) -> None:
@@ -52,7 +62,7 @@ def test_unknown_tensor_name_and_dtype(tmp_path: Path) -> None:
     m["output"]["tensors"][0]["name"] = "scores"
     m["input"]["tensor"]["dtype"] = "uint8"
     errors = validate_package(write_package(tmp_path / "p", m), "cpu").errors
-    assert any("output.tensors.0.name: model.onnx has no tensor 'scores'" in e for e in errors)
+    assert any("output.tensors[0].name: model.onnx has no tensor 'scores'" in e for e in errors)
     assert any("input.tensor.dtype: declares uint8" in e for e in errors)
 
 
@@ -61,9 +71,9 @@ def test_unknown_preprocessing_step(tmp_path: Path) -> None:
     m["input"]["preprocessing"].insert(1, {"step": "sharpen", "amount": 2})
     errors = validate_package(write_package(tmp_path / "p", m), "cpu").errors
     assert errors == [
-        f"{tmp_path / 'p' / 'manifest.yaml'}: input.preprocessing.1: unknown preprocessing step "
-        "'sharpen' (known: modality_lut, window, resize, resample_spacing, orient, normalize, "
-        "channels, scale)"
+        f"{tmp_path / 'p' / 'manifest.yaml'}: input.preprocessing[1]: unknown preprocessing step "
+        "'sharpen' (known: modality_lut, window, percentile_clip, resize, resample_spacing, "
+        "crop_or_pad, orient, normalize, channels, scale)"
     ]
 
 
@@ -84,7 +94,7 @@ def test_schema_errors_keep_going(tmp_path: Path) -> None:
     text = "\n".join(errors)
     assert "name: must be 2..64" in text
     assert "version: must be a semantic version" in text
-    assert "intended_use.fr: Field required" in text
+    assert "intended_use.fr: required; add it" in text
     assert "output: kind segmentation needs output tensors with roles ['mask']" in text
 
 
@@ -127,14 +137,14 @@ def test_fetched_model_is_checked_against_the_pinned_sha256(tmp_path: Path) -> N
 
 def test_informational_and_normal_classes_are_never_findings(tmp_path: Path) -> None:
     from cds.inference.manifest import parse_manifest
-    from cds.inference.postprocess import ImageRef, postprocess
+    from cds.inference.postprocess import ImageRef, Outputs, postprocess
 
     m = manifest()
     m["output"]["labels"][0]["threshold"] = None
     m["output"]["labels"][1]["normal"] = True
     out = parse_manifest(m).output
     images = [ImageRef("1.2", 1)]
-    raw = {"probs": np.array([[0.9, 0.95]], dtype=np.float32)}
+    raw = Outputs({"scores": np.array([[0.9, 0.95]], dtype=np.float32)})
     f0, f1 = postprocess(out, raw, images, [], None)  # type: ignore[arg-type]
     assert (f0.score, f0.present) == (np.float32(0.9).item(), False)
     assert (f1.score, f1.present) == (np.float32(0.95).item(), False)

@@ -9,7 +9,7 @@ import pytest
 
 from cds.inference import manifest as mf
 from cds.inference.images import ImageMeta, ImageStack, decode
-from cds.inference.preprocess import preprocess, resize_bilinear, to_source_box, to_source_mask
+from cds.inference.preprocess import preprocess, resize_bilinear, sort_slices
 from cds.inference.registry import ModelRegistry
 from cds.inference.runner import ModelRunner, run_series_list
 from cds.inference.session import DeviceSlots
@@ -39,13 +39,15 @@ def stack_of(pixels: np.ndarray, **meta: object) -> ImageStack:
     return s
 
 
-def spec(steps: list[dict[str, object]], shape: list[object] | None = None) -> mf.InputSpec:
+def spec(
+    steps: list[dict[str, object]], shape: list[object] | None = None, layout: str = "NCHW"
+) -> mf.InputSpec:
     return mf.InputSpec.model_validate(
         {
             "kind": "slice",
             "modality": ["CT"],
             "preprocessing": steps,
-            "tensor": {"name": "x", "shape": shape or ["b", 1, 4, 4]},
+            "tensor": {"name": "x", "shape": shape or ["b", 1, "h", "w"], "layout": layout},
         }
     )
 
@@ -58,11 +60,14 @@ def test_modality_lut_then_window() -> None:
     np.testing.assert_allclose(t[0, 0], [[0.0, 0.0], [0.5, 1.0]])  # -1000, 0, 40, 1000 HU
 
 
-def test_monochrome1_is_inverted() -> None:
+def test_monochrome1_is_inverted_unless_the_manifest_says_never() -> None:
     s = stack_of(np.array([[[0, 10], [5, 10]]]), photometric="MONOCHROME1")
     sp = spec([])
     t, _ = preprocess(s, sp.preprocessing, sp)
     np.testing.assert_allclose(t[0, 0], [[10, 0], [5, 0]])
+    never = sp.model_copy(update={"invert": "never"})
+    t, _ = preprocess(s, never.preprocessing, never)
+    np.testing.assert_allclose(t[0, 0], [[0, 10], [5, 10]])
 
 
 def test_resize_is_bilinear_with_aligned_corners() -> None:
@@ -79,8 +84,10 @@ def test_normalize_and_channels_nhwc_3() -> None:
         [
             {"step": "normalize", "method": "minmax"},
             {"step": "scale", "factor": 255},
-            {"step": "channels", "layout": "NHWC", "count": 3},
-        ]
+            {"step": "channels", "count": 3},
+        ],
+        ["b", 2, 2, 3],
+        layout="NHWC",
     )
     t, _ = preprocess(s, sp.preprocessing, sp)
     assert t.shape == (2, 2, 2, 3)
@@ -88,7 +95,7 @@ def test_normalize_and_channels_nhwc_3() -> None:
     assert np.array_equal(t[..., 0], t[..., 2])
 
 
-def test_orient_sorts_along_normal_and_flips_back_to_source() -> None:
+def test_orient_flips_and_geometry_maps_back_to_source() -> None:
     px = np.stack([np.full((4, 4), z, np.float32) for z in (2, 0, 1)])
     px[:, 0, 3] = 100  # top-right marker in source pixels
     s = stack_of(px)
@@ -96,16 +103,33 @@ def test_orient_sorts_along_normal_and_flips_back_to_source() -> None:
         ImageMeta("u", 1, 4, 4, 1, 0, "MONOCHROME2", (1, 1), (-1, 0, 0, 0, 1, 0), (0, 0, z))
         for z in (2, 0, 1)
     ]
-    sp = spec([{"step": "orient"}, {"step": "resize", "size": [8, 8]}], ["b", 1, 8, 8])
+    sp = spec(
+        [{"step": "orient"}, {"step": "resize", "size": [8, 8], "interpolation": "nearest",
+                              "align_corners": False}],
+        ["b", 1, 8, 8],
+    )  # fmt: skip
     t, geom = preprocess(s, sp.preprocessing, sp)
-    assert [m.position[2] for m in s.meta] == [0, 1, 2]  # type: ignore[index]
     assert geom[0].flip_columns
     assert not geom[0].flip_rows
     assert t[0, 0, 0, 0] == 100  # rows run +x: the marker moved to the left
-    back = to_source_mask(t[0, 0], geom[0])
+    back = geom[0].mask(t[0, 0], "nearest")
     assert back.shape == (4, 4)
     assert back[0, 3] == 100
-    assert to_source_box((0, 0, 7, 7), geom[0]) == (0, 0, 3, 3)
+    # the marker's model pixels [0, 2) x [0, 2) are source pixel (row 0, column 3)
+    assert geom[0].box(0, 0, 2, 2) == (3.0, 0.0, 4.0, 1.0)
+
+
+def test_volume_slices_are_sorted_along_the_normal() -> None:
+    s = stack_of(np.stack([np.full((2, 2), z, np.float32) for z in (2, 0, 1)]))
+    s.meta = [
+        ImageMeta(f"u{z}", 1, 2, 2, 1, 0, "MONOCHROME2", (1, 1), (1, 0, 0, 0, 1, 0), (0, 0, z))
+        for z in (2, 0, 1)
+    ]
+    sort_slices(s)
+    assert [m.sop_uid for m in s.meta] == ["u0", "u1", "u2"]
+    assert s.pixels[:, 0, 0].tolist() == [0, 1, 2]
+    sort_slices(s, descending=True)
+    assert [m.sop_uid for m in s.meta] == ["u2", "u1", "u0"]
 
 
 def test_resample_spacing_needs_pixel_spacing() -> None:

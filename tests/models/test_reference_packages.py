@@ -141,7 +141,10 @@ def test_build_script_reproduces_the_packages(tmp_path: Path) -> None:
     for name in PACKAGES:
         m = _manifest(name)
         built, committed = tmp_path / name, MODELS / name
-        for rel in ("model.onnx", m.test_vector.input):
+        golden = [p.relative_to(committed) for g in m.golden for p in (committed / g).rglob("*")
+                  if p.is_file()]  # fmt: skip
+        assert golden, f"{name} ships no golden case"
+        for rel in ("model.onnx", m.test_vector.input, *golden):
             assert (built / rel).read_bytes() == (committed / rel).read_bytes(), f"{name}/{rel}"
         # numpy's exp may differ in the last bit between builds of numpy: compare values.
         new = np.load(built / m.test_vector.expected)

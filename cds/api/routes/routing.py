@@ -86,7 +86,13 @@ async def explain(
     loaded = {m.name for m in node.models.all() if m.status == "ready"}
     disabled = node.routing.disabled()
     plans = [
-        route(s, node.routing.rules, disabled_models=disabled, loaded_models=loaded)
+        route(
+            s,
+            node.routing.rules,
+            disabled_models=disabled,
+            loaded_models=loaded,
+            declared_use=node.models.declared_use(),
+        )
         for s in studies
     ]
     return {"studies": [asdict(p) for p in plans], "skipped": skipped}

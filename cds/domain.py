@@ -135,7 +135,9 @@ class ObjectOutcome:
 
     ``made``, or not: ``failed`` when its encoder raised (the job is then partial, or
     failed when nothing was made), else there was nothing to encode (a SEG without a
-    positive mask). ``reason`` is in words, never a data value (``errors.safe_message``).
+    positive mask). ``reason`` is in words, never a data value (``errors.safe_message``);
+    for an object made, what of the source attributes was not copied as it was
+    (``cds.results.copied``), if anything.
     """
 
     kind: str  # SR, SEG, GSPS, SC
@@ -146,7 +148,9 @@ class ObjectOutcome:
     @property
     def text(self) -> str:
         """``GSPS not made: <reason>``, or ``SR made``."""
-        return f"{self.kind} made" if self.made else f"{self.kind} not made: {self.reason}"
+        if self.made:
+            return f"{self.kind} made" + (f" ({self.reason})" if self.reason else "")
+        return f"{self.kind} not made: {self.reason}"
 
 
 @dataclass(frozen=True, slots=True)

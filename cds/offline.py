@@ -380,7 +380,7 @@ def _run_job(
         say(f"wrote {rel}  {kind_of(ds)}  {ds.get('SeriesDescription', '')}")
     # the encoder's own notes (a kind skipped, SC capped), then kinds asked but not made
     made = {kind_of(ds) for ds in done.objects}
-    entry["encoder_notes"] = list(done.skipped)
+    entry["encoder_notes"] = [*done.copied, *done.skipped]
     entry["not_produced"] = {
         k: next(
             (n.split(": ", 1)[1] for n in done.skipped if n.startswith(f"{k}: ")),

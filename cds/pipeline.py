@@ -217,6 +217,8 @@ class SeriesOutcome:
     objects: list[Dataset]
     skipped: list[str]
     outcomes: list[ObjectOutcome] = field(default_factory=list)
+    #: the source attributes not copied as they were (``cds.results.copied``)
+    copied: list[str] = field(default_factory=list)
 
 
 def inputs_seed(files: Sequence[Path]) -> str:
@@ -258,7 +260,7 @@ def process_series(
         seed=inputs_seed(files) if seed is None else seed,
         predecessors=predecessors,
     )
-    return SeriesOutcome(result, done.objects, done.notes, done.outcomes)
+    return SeriesOutcome(result, done.objects, done.notes, done.outcomes, done.copied)
 
 
 def _encoded_event(node: Node, study_key: str, out: SeriesOutcome, paths: list[Path]) -> None:
@@ -267,7 +269,8 @@ def _encoded_event(node: Node, study_key: str, out: SeriesOutcome, paths: list[P
         study_key,
         "encoded",
         f"{len(paths)} object(s): {made}{' ...' if len(out.objects) > 4 else ''}"
-        + (f"; skipped {'; '.join(out.skipped)}" if out.skipped else ""),
+        + (f"; skipped {'; '.join(out.skipped)}" if out.skipped else "")
+        + (f"; source attributes: {'; '.join(out.copied)}" if out.copied else ""),
     )
 
 

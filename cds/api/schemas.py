@@ -118,7 +118,10 @@ class ObjectOutcomeOut(BaseModel):
     kind: str = Field(description="SR, SEG, GSPS or SC")
     made: bool
     failed: bool = Field(description="not made because its encoder failed (the job is partial)")
-    reason: str = Field(description="why it was not made, in words (never a data value)")
+    reason: str = Field(
+        description="why it was not made, in words (never a data value); for an object "
+        "made, the source attributes not copied as they were, if any"
+    )
 
     @classmethod
     def of(cls, o: ObjectOutcome) -> ObjectOutcomeOut:

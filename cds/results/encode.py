@@ -32,6 +32,7 @@ from cds.inference import manifest as mf
 from cds.inference.runner import InferenceResult
 from cds.logging import get_logger
 from cds.results.common import content_seed, series_number
+from cds.results.copied import copy_for_encoding
 from cds.results.gsps import build_gsps
 from cds.results.sc import build_sc
 from cds.results.seg import build_seg
@@ -52,11 +53,14 @@ _ATTRIBUTES_NAMED = 6
 @dataclass
 class Encoded:
     """The objects made, what became of each object asked for, and a note per object
-    not made (``"GSPS: <reason>"``)."""
+    not made (``"GSPS: <reason>"``). ``copied``: what of the source attributes was not
+    copied as it was (``copy_for_encoding``), kept as the ``reason`` of each object made
+    (the job's record) without making the job partial."""
 
     objects: list[Dataset] = field(default_factory=list)
     outcomes: list[ObjectOutcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    copied: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[ObjectOutcome]:
@@ -96,7 +100,7 @@ class Encoded:
                 )
             return None
         self.objects.append(ds)
-        self.outcomes.append(ObjectOutcome(kind, made=True))
+        self.outcomes.append(ObjectOutcome(kind, made=True, reason="; ".join(self.copied)))
         return ds
 
 
@@ -111,9 +115,10 @@ def encode(
     predecessors: Sequence[ResultRef] = (),
 ) -> tuple[list[Dataset], list[str]]:
     """The objects of ``kinds`` made, and a note per object not made (see
-    ``encode_each``, which also says what became of each)."""
+    ``encode_each``, which also says what became of each), and of the source attributes
+    not copied as they were."""
     done = encode_each(sources, result, manifest, kinds, lang, seed=seed, predecessors=predecessors)
-    return done.objects, done.notes
+    return done.objects, [*done.copied, *done.notes]
 
 
 def encode_each(
@@ -133,9 +138,12 @@ def encode_each(
     ``seed`` is mixed with all the content depends on (``content_seed``: input SOP
     Instance UIDs, model and manifest hashes, language, encoder version): a changed
     threshold or language gives new UIDs, the same inputs the same UIDs.
+    The encoders get a checked UTF-8 copy of the sources (``copy_for_encoding``); what
+    was dropped or repaired is said in ``copied`` and in each object's outcome.
     """
     seed = content_seed(seed, sources, manifest, result.record.sha256, lang)
-    out = Encoded()
+    sources, copied = copy_for_encoding(sources)
+    out = Encoded(copied=copied)
     seg: Dataset | None = None
     if "SEG" in kinds:
         seg = out.attempt(

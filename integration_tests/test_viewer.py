@@ -90,9 +90,22 @@ def _series(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [s for st in report["studies"] for s in st["series"] if s["kind"] == kind]
 
 
+#: races of OHIF and of ../shared/viewer/driver.mjs, not of our objects: OHIF has not made
+#: the series' display set yet when the driver looks for it ("OHIF made no display set";
+#: in a fresh viewer page the driver then reads ``.uid`` of nothing: "Cannot read
+#: properties of undefined (reading 'uid')", seen once in 4 clean-clone CI runs), or loses
+#: its own viewport ("ViewportId is required"). The driver is shared tooling; the fix
+#: belongs there (wait for the display set before checking it), and is reported.
+_VIEWER_RACES = (
+    "ViewportId is required",
+    "OHIF made no display set",
+    "driver: Cannot read properties of undefined (reading 'uid')",
+)
+
+
 def _flaky(series: dict[str, Any]) -> bool:
     text = " ".join(series.get("problems", []) + series.get("console_errors", []))
-    return "ViewportId is required" in text or "OHIF made no display set" in text
+    return any(race in text for race in _VIEWER_RACES)
 
 
 def check(tmp: Path, job: Job, files: list[Path]) -> tuple[dict[str, Any], InferenceResult]:
@@ -129,7 +142,7 @@ def check(tmp: Path, job: Job, files: list[Path]) -> tuple[dict[str, Any], Infer
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         report["returncode"] = run.returncode
         # OHIF in headless Chromium on a loaded 2-core machine sometimes loses a race of its
-        # own ("ViewportId is required ...", a series with no display set): look once more
+        # own, or the driver looks before OHIF made a display set (_VIEWER_RACES): once more
         if not any(_flaky(s) for st in report["studies"] for s in st["series"]):
             break
     (study,) = report["studies"]  # the results went into the source images' own study

@@ -287,17 +287,19 @@ def _run_series(
     """Infer, encode, keep the objects durably, then queue them for delivery (outbox),
     with the routing rule's ``priority``; returns what became of each object.
 
-    A second run on the same inputs with the same model version makes the same
-    objects (same UIDs): nothing is superseded and nothing already delivered is
-    sent again. Otherwise (late instances, another model version) the new
-    objects supersede the current ones: the new SR lists the old SR as its
-    predecessor, and the old objects are withdrawn by a rejection note.
+    A second run with the same content (inputs, model, manifest, language) makes the
+    same objects (same UIDs): nothing is superseded and nothing already delivered is
+    sent again. Otherwise (late instances, another model version, a changed threshold
+    or language) the new objects supersede the current ones: the new SR lists the old
+    SR as its predecessor, and the old objects are withdrawn by a rejection note.
     """
     seed = inputs_seed(series.files)
     version = runner.manifest.version
     prev = node.store.current_results(study_key, job_kind, series.series_uid)
     same_run = all(r.inputs_seed == seed and r.model_version == version for r in prev)
-    predecessors = [] if same_run else [r.ref for r in prev if r.modality == "SR"]
+    # every current SR: the new SR names those it replaces; an SR with the same content
+    # has the same UID and names none (build_sr drops its own UID), so a re-run is identical
+    predecessors = [r.ref for r in prev if r.modality == "SR"]
     out = process_series(
         runner,
         series.files,

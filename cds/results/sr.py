@@ -86,7 +86,8 @@ def build_sr(
     language, a manifest that is not the result's model or no source images;
     EncodingError when the result does not fit the sources (or the SEG) or the
     object would not be valid. ``predecessors``: the result objects of an earlier
-    run this SR replaces (Predecessor Documents Sequence).
+    run this SR replaces (Predecessor Documents Sequence); one with this SR's own UID (the
+    same content) is left out.
     """
     t = texts(lang)
     rec = result.record
@@ -189,8 +190,10 @@ def build_sr(
     # the SEG's repairs (de-identification method, 99CDS declared) use only Dataset operations
     complete(sr, manifest.manufacturer)
     identify_vendor(sr, manifest)
-    if predecessors:
-        sr.PredecessorDocumentsSequence = _hierarchical(predecessors)
+    # an SR is never its own predecessor: the same content has the same UID
+    replaced = [p for p in predecessors if p.sop_uid != sop_uid]
+    if replaced:
+        sr.PredecessorDocumentsSequence = _hierarchical(replaced)
     return sr
 
 

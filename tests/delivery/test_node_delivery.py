@@ -157,6 +157,35 @@ def test_admin_sees_and_retries_dead_deliveries(tmp_path: Path, ct_series: list[
         node.stop()
 
 
+def test_a_changed_language_supersedes_the_result_and_the_new_sr_names_the_old_one(
+    tmp_path: Path, pacs: Pacs, ct_series: list[Path]
+) -> None:
+    """issue 15: the same inputs and model with another language (or threshold) make
+    different content, hence new UIDs: the new SR names the old one as its predecessor
+    and the old objects are withdrawn, as for a late instance."""
+    settings = settings_with_routing(tmp_path, ROUTING.format(port=pacs.port))
+    node = Node(settings)
+    node.start()
+    try:
+        send_files(node, ct_series[:4])
+        wait_until(lambda: len(delivered(node)) == 2, what="SEG and SR delivered")
+        (study,) = node.store.list_studies()
+        first = {r.sop_uid for r in node.store.list_results(study.study_key)}
+    finally:
+        node.stop()
+    french = settings.model_copy(
+        update={"results": settings.results.model_copy(update={"language": "fr"})}
+    )
+    node = Node(french)
+    node.start()
+    try:
+        admin.rerun_study(node.store, node.submit_study, study.study_key)
+        wait_until(lambda: len(delivered(node)) == 5, what="new SEG, SR and the KOS delivered")
+        check_supersession(node, pacs, study.study_key, study.study_uid, first)
+    finally:
+        node.stop()
+
+
 def check_supersession(
     node: Node, pacs: Pacs, study_key: str, study_uid: str, first: set[str]
 ) -> None:

@@ -81,6 +81,7 @@ def model_list(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Load the configured model folders as the node does; show each model's status."""
+    from cds.golden import run_golden_once  # noqa: PLC0415
     from cds.inference.registry import ModelRegistry  # noqa: PLC0415
 
     try:
@@ -88,7 +89,8 @@ def model_list(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     inf = settings.inference
-    models = ModelRegistry(inf.model_dirs, inf.providers, warm=False).load()
+    golden = run_golden_once if inf.golden_at_load else None
+    models = ModelRegistry(inf.model_dirs, inf.providers, warm=False, golden=golden).load()
     rows = [
         {
             "name": m.name,

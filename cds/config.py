@@ -246,6 +246,12 @@ class InferenceSettings(_Section):
     max_sessions_per_gpu: int = Field(1, ge=1, le=64)
     max_sessions_cpu: int = Field(1, ge=1, le=64)
     warm_up: bool = True
+    golden_at_load: bool = Field(
+        True,
+        description="run each package's golden cases (end to end, read back from the "
+        "encoded objects) when the node loads it: a package whose findings no longer land "
+        "where its golden cases say is broken and never runs",
+    )
     max_job_attempts: int = Field(
         3,
         ge=1,

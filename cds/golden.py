@@ -29,6 +29,7 @@ from the SEG by Dice, and the SR's outline of the mask by IoU with its bounding 
 
 from __future__ import annotations
 
+import hashlib
 from io import BytesIO
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cds import __version__
 from cds.errors import CdsError
 from cds.inference import manifest as mf
 from cds.inference import readback as rb
@@ -289,3 +291,33 @@ def run_golden(
         lines.append(line)
         errors.extend(errs)
     return lines, errors
+
+
+#: verdicts of run_golden by everything they depend on (see ``run_golden_once``)
+_VERDICTS: dict[str, tuple[list[str], list[str]]] = {}
+
+
+def _content_key(package: Path, m: mf.Manifest, session: Session, sha256: str) -> str:
+    """What a verdict depends on: the model, the manifest, the golden files' bytes, the
+    provider (a GPU's numbers are not the CPU's) and this cds."""
+    digest = hashlib.sha256()
+    for part in (sha256, m.digest(), session.provider_short, __version__):
+        digest.update(part.encode() + b"\0")
+    for rel in m.golden:
+        for f in sorted(p for p in (package / rel).rglob("*") if p.is_file()):
+            digest.update(f.relative_to(package).as_posix().encode() + b"\0")
+            digest.update(hashlib.sha256(f.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def run_golden_once(
+    package: Path, m: mf.Manifest, session: Session, sha256: str, src: str
+) -> tuple[list[str], list[str]]:
+    """``run_golden``, remembered in this process for the same content: a node that
+    reloads an unchanged package does not run its cases again; any change to the model,
+    the manifest or a golden file runs them."""
+    key = _content_key(package, m, session, sha256)
+    if key not in _VERDICTS:
+        _VERDICTS[key] = run_golden(package, m, session, sha256, src)
+    lines, errors = _VERDICTS[key]
+    return list(lines), list(errors)

@@ -31,6 +31,7 @@ from cds.domain import JobState, StudyState
 from cds.errors import CdsError, ConfigError, IngestError
 from cds.executor import Executor, InProcessExecutor
 from cds.feedback.dicom import FEEDBACK_MODALITIES, read_feedback
+from cds.golden import run_golden_once
 from cds.inference.registry import ModelRegistry
 from cds.inference.session import DeviceSlots
 from cds.ingest.assembler import Assembler
@@ -88,6 +89,7 @@ class Node:
             inf.providers,
             DeviceSlots(inf.max_sessions_per_gpu, inf.max_sessions_cpu),
             warm=inf.warm_up,
+            golden=run_golden_once if inf.golden_at_load else None,
         )
         self.routing = RoutingManager(
             settings.routing.file,

@@ -16,7 +16,7 @@ import numpy as np
 from cds.inference import manifest as mf
 from cds.inference.constraints import HeaderCheck, header_check
 from cds.inference.session import DeviceSlots, ProviderChoice, Session
-from cds.inference.validate import validate_package
+from cds.inference.validate import GoldenRunner, validate_package
 from cds.logging import get_logger
 
 log = get_logger("cds.inference")
@@ -107,8 +107,13 @@ class ModelRegistry:
         providers: ProviderChoice = "auto",
         slots: DeviceSlots | None = None,
         warm: bool = True,
+        *,
+        golden: GoldenRunner | None = None,
     ) -> None:
+        """``golden``: the runner of each package's golden cases (``cds.golden.run_golden``,
+        handed in by the wiring): a package whose golden case fails is broken."""
         self._dirs = list(dirs)
+        self._golden = golden
         self._providers = providers
         self._warm = warm
         self.slots = slots or DeviceSlots(per_gpu=1, per_cpu=1)
@@ -118,8 +123,8 @@ class ModelRegistry:
     def load(self) -> list[LoadedModel]:
         loaded: dict[str, LoadedModel] = {}
         for path in find_packages(self._dirs):
-            # golden cases are cds model validate's: loading checks files, graph, test vector
-            report = validate_package(path, self._providers, keep_session=True)
+            # files, graph, test vector, and the golden cases when a runner is handed in
+            report = validate_package(path, self._providers, keep_session=True, golden=self._golden)
             model = LoadedModel(
                 path=path,
                 status="ready" if report.ok else "broken",

@@ -11,9 +11,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cds.cli import app
-from cds.golden import run_golden
+from cds.golden import run_golden, run_golden_once
 from cds.inference.manifest import load_manifest
+from cds.inference.registry import ModelRegistry
 from cds.inference.validate import validate_package
+from cds.orchestrator import Node
+
+from ..conftest import make_settings
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 PACKAGES = ("cds-ref-ct-bone", "cds-ref-cxr-triage", "cds-ref-blob-detect")
@@ -95,3 +99,54 @@ def test_validate_without_golden_cases_warns(tmp_path: Path) -> None:
     assert res.exit_code == 0
     assert "warning: " in res.output
     assert "no golden cases: geometry not verified" in res.output
+
+
+def test_the_node_runs_golden_cases_at_load_and_a_failing_package_never_runs(
+    tmp_path: Path,
+) -> None:
+    """A package edited on the node after its validation (here its box format, the
+    vendor's transposed boxes) no longer passes its golden case: the node loads it as
+    broken, so no study reaches it, and /health names it; with golden_at_load off the
+    same package would load as ready."""
+    models = tmp_path / "models"
+    good = _copy("cds-ref-ct-bone", models)
+    bad = _copy("cds-ref-blob-detect", models)
+    text = (bad / "manifest.yaml").read_text()
+    (bad / "manifest.yaml").write_text(text.replace("format: yxyx", "format: xyxy"))
+
+    def loaded(golden_at_load: bool) -> dict[str, tuple[str, list[str]]]:
+        settings = make_settings(
+            tmp_path / f"home-{golden_at_load}",
+            inference={
+                "model_dirs": [str(models)],
+                "providers": "cpu",
+                "warm_up": False,
+                "golden_at_load": golden_at_load,
+            },
+        )
+        return {m.name: (m.status, m.errors) for m in Node(settings).models.load()}
+
+    checked = loaded(True)
+    assert checked[good.name][0] == "ready"
+    status, errors = checked["cds-ref-blob-detect"]
+    assert status == "broken"
+    assert any("golden[0]" in e and "IoU" in e for e in errors), errors
+    assert loaded(False)["cds-ref-blob-detect"][0] == "ready"
+
+
+def test_a_reload_runs_the_golden_cases_again_when_a_golden_file_changed(
+    tmp_path: Path,
+) -> None:
+    """The verdicts are remembered by content: an unchanged package is not run again on a
+    reload, an edited golden case is."""
+    pkg = _copy("cds-ref-ct-bone", tmp_path)
+    registry = ModelRegistry([pkg], "cpu", warm=False, golden=run_golden_once)
+    (first,) = registry.load()
+    assert first.status == "ready", first.errors
+    path = pkg / "golden" / "bone-block" / "mask.npz"
+    with np.load(path) as z:
+        moved = {k: np.roll(z[k], 6, axis=1) for k in z.files}
+    np.savez(path, **moved)
+    (again,) = registry.load()
+    assert again.status == "broken"
+    assert any("Dice" in e for e in again.errors), again.errors

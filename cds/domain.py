@@ -1,4 +1,4 @@
-"""Small immutable records handed between stages.
+"""Small immutable records handed between stages (and to the store).
 
 They carry DICOM UIDs and technical attributes only: never patient names,
 IDs, birth dates or accession numbers.
@@ -7,7 +7,7 @@ IDs, birth dates or accession numbers.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class StudyState(enum.StrEnum):
@@ -306,3 +306,53 @@ class Feedback:
     model: str
     version: str
     sha256: str
+
+
+# --- the observatory's records, kept by the store (no patient attribute, no UID) ---
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One model run on one series: what went in (headers) and what came out (scores)."""
+
+    run_key: str  # digest of series UID, model and version: re-runs replace, never add
+    at: float
+    model: str
+    version: str
+    provider: str
+    seconds: float  # inference time (the model's own figure)
+    images: int
+    modality: str
+    body_part: str
+    manufacturer: str
+    scanner_model: str
+    protocol: str
+    slice_thickness: float | None  # mm
+    kvp: float | None
+    pixel_spacing: float | None  # mm, the row spacing (PixelSpacing, else ImagerPixelSpacing)
+    scores: dict[str, float] = field(default_factory=dict)  # label code value -> score
+
+
+@dataclass(frozen=True, slots=True)
+class HistogramRow:
+    labels: tuple[str, ...]
+    cumulative: tuple[int, ...]  # observations <= each bound of BUCKETS, in order
+    count: int
+    total: float
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """Counts the store holds, grouped by low-cardinality labels only."""
+
+    instances_stored: int = 0  # current instance records
+    instances_received: dict[str, int] = field(default_factory=dict)  # outcome -> count
+    jobs: dict[tuple[str, ...], int] = field(default_factory=dict)  # (kind, state)
+    results: dict[tuple[str, ...], int] = field(default_factory=dict)  # (kind, state)
+    deliveries: dict[tuple[str, ...], int] = field(default_factory=dict)  # (destination, state)
+    delivery_failed_attempts: dict[str, int] = field(default_factory=dict)  # destination
+    findings: dict[tuple[str, ...], int] = field(default_factory=dict)  # model, version,
+    # present ("true" / "false")
+    feedback: dict[tuple[str, ...], int] = field(default_factory=dict)  # model, version,
+    # action
+    histograms: dict[str, list[HistogramRow]] = field(default_factory=dict)

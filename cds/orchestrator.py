@@ -36,12 +36,12 @@ from cds.inference.registry import ModelRegistry
 from cds.inference.session import DeviceSlots
 from cds.ingest.assembler import Assembler
 from cds.ingest.receiver import Receiver
-from cds.ingest.retention import Retention
 from cds.ingest.scp import DicomListener
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
 from cds.memory import trim_heap
 from cds.pipeline import RERUN_EVENTS, run_study, study_series
+from cds.retention import Retention
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
 

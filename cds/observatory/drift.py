@@ -33,9 +33,10 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cds.domain import RunRecord
 from cds.logging import get_logger
 
 if TYPE_CHECKING:
@@ -50,28 +51,6 @@ log = get_logger("cds.observatory")
 DAY = 86400.0
 EPSILON = 1e-4
 NONE = "(none)"
-
-
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    """One model run on one series: what went in (headers) and what came out (scores)."""
-
-    run_key: str  # digest of series UID, model and version: re-runs replace, never add
-    at: float
-    model: str
-    version: str
-    provider: str
-    seconds: float  # inference time (the model's own figure)
-    images: int
-    modality: str
-    body_part: str
-    manufacturer: str
-    scanner_model: str
-    protocol: str
-    slice_thickness: float | None  # mm
-    kvp: float | None
-    pixel_spacing: float | None  # mm, the row spacing (PixelSpacing, else ImagerPixelSpacing)
-    scores: dict[str, float] = field(default_factory=dict)  # label code value -> score
 
 
 @dataclass(frozen=True, slots=True)

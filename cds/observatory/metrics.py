@@ -24,7 +24,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -68,31 +67,6 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("destination",),
     ),
 }
-
-
-@dataclass(frozen=True, slots=True)
-class HistogramRow:
-    labels: tuple[str, ...]
-    cumulative: tuple[int, ...]  # observations <= each bound of BUCKETS, in order
-    count: int
-    total: float
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsSnapshot:
-    """Counts the store holds, grouped by low-cardinality labels only."""
-
-    instances_stored: int = 0  # current instance records
-    instances_received: dict[str, int] = field(default_factory=dict)  # outcome -> count
-    jobs: dict[tuple[str, ...], int] = field(default_factory=dict)  # (kind, state)
-    results: dict[tuple[str, ...], int] = field(default_factory=dict)  # (kind, state)
-    deliveries: dict[tuple[str, ...], int] = field(default_factory=dict)  # (destination, state)
-    delivery_failed_attempts: dict[str, int] = field(default_factory=dict)  # destination
-    findings: dict[tuple[str, ...], int] = field(default_factory=dict)  # model, version,
-    # present ("true" / "false")
-    feedback: dict[tuple[str, ...], int] = field(default_factory=dict)  # model, version,
-    # action
-    histograms: dict[str, list[HistogramRow]] = field(default_factory=dict)
 
 
 class StoreCollector(Collector):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from cds.domain import (
     Delivery,
@@ -13,18 +13,16 @@ from cds.domain import (
     InstanceRecord,
     Job,
     JobState,
+    MetricsSnapshot,
     ObjectOutcome,
     QueueStats,
     RecordResult,
     ResultObject,
+    RunRecord,
     StudyDetail,
     StudyState,
     StudySummary,
 )
-
-if TYPE_CHECKING:
-    from cds.observatory.drift import RunRecord
-    from cds.observatory.metrics import MetricsSnapshot
 
 
 class StateStore(Protocol):

@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from cds.observatory.drift import RunRecord
-from cds.observatory.metrics import HistogramRow, MetricsSnapshot
+from cds.domain import HistogramRow, MetricsSnapshot, RunRecord
 
 _RUN_COLS = (
     "run_key, at, model, version, provider, seconds, images, modality, body_part, "

@@ -13,8 +13,8 @@ from cds.audit.verify import verify
 from cds.config import RetentionSettings
 from cds.delivery.scu import Outcome
 from cds.domain import DeliveryState, StudyState
-from cds.ingest.retention import DAY_S, Retention
 from cds.ingest.spool import Spool
+from cds.retention import DAY_S, Retention
 from cds.store.sqlite import SqliteStore
 
 from ..delivery.test_worker import Clock, Pacs, queue, worker

@@ -11,6 +11,9 @@ the study's row and history stay, marked purged, and the purge is recorded in
 the audit trail (``purge``, who ``system``, reason ``retention``). Off when
 ``spool_days`` is not set. A study the purge refuses (a job started meanwhile)
 waits for the next pass.
+
+It sits beside the orchestrator, not in ingest: it is a policy of the node that
+calls the admin operation, and stages never import the admin layer.
 """
 
 from __future__ import annotations

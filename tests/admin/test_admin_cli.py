@@ -15,8 +15,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cds import cli_admin
-from cds.cli_admin import jobs_app, queue_cmd, studies_app
+from cds.cli import admin as cli_admin
+from cds.cli.admin import jobs_app, queue_cmd, studies_app
 from cds.config import Settings
 from cds.domain import JobState, StudyState
 from cds.orchestrator import Node
@@ -26,7 +26,7 @@ from .helpers import SentStudy, send_study, serving, wait_for, wait_state
 
 
 def cli() -> typer.Typer:
-    """Registered as cds/cli.py registers them."""
+    """Registered as cds/cli/main.py registers them."""
     app = typer.Typer()
     app.add_typer(jobs_app, name="jobs")
     app.command("queue")(queue_cmd)

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from cds.cli import app
-from cds.cli_security import new_token
+from cds.cli.security import new_token
 from cds.config import HttpSettings, Settings, load_settings
 from cds.errors import ConfigError
 

@@ -15,7 +15,7 @@ import typer
 
 from cds import admin
 from cds.api.schemas import DeliveryOut
-from cds.cli_admin import (
+from cds.cli.admin import (
     ConfigOpt,
     HomeOpt,
     JsonOpt,

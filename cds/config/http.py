@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 
-from cds.config_types import Port, _Section
+from cds.config.types import Port, _Section
 
 _WEAK_WORDS = frozenset(
     {

@@ -14,18 +14,16 @@ from typing import Annotated
 
 import typer
 
-from cds import (
-    __version__,
-    cli_audit,
-    cli_demo,
-    cli_export,
-    cli_observatory,
-    cli_process,
-    cli_security,
-)
-from cds.cli_admin import jobs_app, queue_cmd, studies_app
-from cds.cli_deliveries import deliveries_app
-from cds.cli_model import model_app
+from cds import __version__
+from cds.cli import audit as cli_audit
+from cds.cli import demo as cli_demo
+from cds.cli import export as cli_export
+from cds.cli import observatory as cli_observatory
+from cds.cli import process as cli_process
+from cds.cli import security as cli_security
+from cds.cli.admin import jobs_app, queue_cmd, studies_app
+from cds.cli.deliveries import deliveries_app
+from cds.cli.model import model_app
 from cds.config import Settings, load_settings
 from cds.domain import StudyState
 from cds.errors import CdsError, ConfigError
@@ -279,7 +277,7 @@ app.add_typer(jobs_app, name="jobs")
 app.command("queue")(queue_cmd)
 app.add_typer(deliveries_app, name="deliveries")
 
-app.add_typer(model_app, name="model")  # cds/cli_model.py: validate, list, schema, run
+app.add_typer(model_app, name="model")  # cds/cli/model.py: validate, list, schema, run
 
 
 route_app = typer.Typer(help="Routing rules: explain what would run.", no_args_is_help=True)

@@ -21,7 +21,7 @@ from cds.audit import AuditEvent, AuditRecord, AuditTrail, cli_actor
 from cds.audit.atna import to_atna
 from cds.audit.query import AuditQuery, as_json, query
 from cds.audit.verify import verify
-from cds.cli_admin import ConfigOpt, HomeOpt, JsonOpt, _fail, _settings
+from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _fail, _settings
 from cds.config import Settings
 from cds.observatory.stats import parse_when
 

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cds.audit import AuditEvent, AuditTrail, cli_actor
-from cds.cli_admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _fail, _settings, _store
+from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _fail, _settings, _store
 from cds.observatory.export import DEFAULT_MIN_COUNT, build_export, to_csv
 from cds.observatory.stats import (
     Bucket,

@@ -1,5 +1,5 @@
 """The field types every settings section shares (ports, AE titles, seconds) and the
-strict base of a section. Kept apart so that ``config.py`` and ``config_http.py`` both
+strict base of a section. Kept apart so that ``settings.py``, ``dicom.py`` and ``http.py`` all
 build on them."""
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ ENV = "CDS_FAILPOINTS"
 POINTS = {
     "pipeline.inferring": "a job is running, before the model runs",
     "pipeline.encoded": "result objects are on disk, not yet recorded in the outbox",
+    "compute.worker": "in a worker process (executor.kind process), before the model runs",
     "delivery.sent": "the PACS acknowledged a batch, not yet recorded as delivered",
 }
 

@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -24,6 +25,7 @@ from cds import __version__
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail
 from cds.audit.config import record_config
 from cds.audit.syslog import SyslogForwarder
+from cds.compute import Compute
 from cds.config import Settings
 from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker
@@ -81,8 +83,14 @@ class Node:
         self.receiver = Receiver(settings, self.spool, self.store, self.secret, audit=self.audit)
         self.listener = DicomListener(settings, self.receiver, self.audit)
         self.assembler = Assembler(
-            self.store, self._study_complete, settings.assembly.check_interval_s
+            self.store,
+            self._study_complete,
+            settings.assembly.check_interval_s,
+            on_tick=self._rechecks_due,
         )
+        #: study key -> when to route it again (a rule's longer quiet time), see recheck_at
+        self._rechecks: dict[str, float] = {}
+        self._rechecks_lock = threading.Lock()
         inf = settings.inference
         self.models = ModelRegistry(
             inf.model_dirs,
@@ -90,6 +98,13 @@ class Node:
             DeviceSlots(inf.max_sessions_per_gpu, inf.max_sessions_cpu),
             warm=inf.warm_up,
             golden=run_golden_once if inf.golden_at_load else None,
+        )
+        self.compute = Compute(  # where a model's work on a series runs (executor.kind)
+            self.models,
+            settings.executor.kind,
+            settings.executor.workers,
+            log_format=settings.log.format,
+            log_level=settings.log.level,
         )
         self.routing = RoutingManager(
             settings.routing.file,
@@ -146,7 +161,14 @@ class Node:
         if files:
             detail = self.store.get_study(study_key)
             calling = detail.summary.calling_ae if detail else "UNKNOWN"
-            read_feedback(self.store, study_key, files, calling, audit=self.audit)
+            read_feedback(
+                self.store,
+                study_key,
+                files,
+                calling,
+                audit=self.audit,
+                results_root=self.settings.results_path,
+            )
 
     def _association_ended(self, study_keys: list[str]) -> None:
         """A sender finished a batch: rules whose required series are now all present
@@ -156,6 +178,20 @@ class Node:
             return
         for key in study_keys:
             self.executor.submit(run_study, self, key, True)
+
+    def recheck_at(self, study_key: str, at: float) -> None:
+        """Route ``study_key`` again at ``at`` (the assembler's tick submits it). A restart
+        forgets it and loses nothing: reconcile resumes every complete study."""
+        with self._rechecks_lock:
+            self._rechecks[study_key] = at
+
+    def _rechecks_due(self, now: float) -> None:
+        with self._rechecks_lock:
+            due = [k for k, at in self._rechecks.items() if at <= now]
+            for key in due:
+                del self._rechecks[key]
+        for key in due:
+            self.submit_study(key)
 
     def _study_complete(self, study_key: str) -> None:
         self.submit_study(study_key)
@@ -259,6 +295,7 @@ class Node:
         self.routing.stop()
         self.listener.stop()
         self.executor.shutdown(wait=True)
+        self.compute.shutdown()  # no job is left to use it
         self.delivery.stop()  # after the executor: the last results are queued
         self.notifier.stop()
         self.store.close()
@@ -349,6 +386,7 @@ class Node:
                 "min_free_bytes": space.min_free_bytes,
                 "below_watermark": space.below_watermark,
             },
+            "executor": self.compute.describe(),
             "assembly": {"running": self.assembler.running},
             "delivery": {"running": self.delivery.running},
             "notify": {"running": self.notifier.running, "pending": self.notifier.pending},

@@ -7,35 +7,31 @@ objects and delivering them (issue 5) plug in after the inference here.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cds.audit import AuditEvent
+from cds.compute import SeriesOutcome, SeriesWork, inputs_seed, process_series
 from cds.domain import (
     JobState,
     ObjectOutcome,
     ResultObject,
-    ResultRef,
     ResultState,
     StudyState,
 )
 from cds.errors import CdsError, error_text
 from cds.faults import failpoint
 from cds.feedback.findings import findings_of
-from cds.inference.images import decode
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.registry import LoadedModel
+from cds.inference.runner import InferenceResult
 from cds.logging import get_logger
 from cds.observatory.drift import record_run
-from cds.results.encode import encode_each, write_results
+from cds.results.encode import write_results
 from cds.results.kos import build_rejection_kos
 from cds.routing.router import (
     PipelinePlan,
@@ -48,7 +44,53 @@ from cds.routing.router import (
 from cds.routing.rules import Rule
 
 if TYPE_CHECKING:
-    from cds.orchestrator import Node
+    from cds.audit import AuditTrail
+    from cds.compute import Compute
+    from cds.config import Settings
+    from cds.delivery.notify import Notifier
+    from cds.delivery.worker import DeliveryWorker
+    from cds.inference.registry import ModelRegistry
+    from cds.ingest.spool import Spool
+    from cds.routing.manager import RoutingManager
+    from cds.store.base import StateStore
+
+
+class Node(Protocol):
+    """What the pipeline uses of the node: its parts, and two ways to hand a study back
+    (``cds.orchestrator.Node`` is one). The model's own work crosses ``compute`` as a
+    value (``SeriesWork``), so it may run in another process."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def spool(self) -> Spool: ...
+    @property
+    def store(self) -> StateStore: ...
+    @property
+    def routing(self) -> RoutingManager: ...
+    @property
+    def models(self) -> ModelRegistry: ...
+    @property
+    def compute(self) -> Compute: ...
+    @property
+    def audit(self) -> AuditTrail: ...
+    @property
+    def notifier(self) -> Notifier: ...
+    @property
+    def delivery(self) -> DeliveryWorker: ...
+    def submit_study(self, study_key: str) -> None: ...
+    def recheck_at(self, study_key: str, at: float) -> None: ...
+
+
+__all__ = [  # the series step lives in cds.compute; these names stay importable from here
+    "RERUN_EVENTS",
+    "SeriesOutcome",
+    "SeriesWork",
+    "inputs_seed",
+    "process_series",
+    "run_study",
+    "study_series",
+]
 
 log = get_logger("cds.pipeline")
 _SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture (and its multi-frame variants)
@@ -183,9 +225,7 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
         node.store.set_study_state(
             study_key, StudyState.COMPLETE, f"routed: waiting {wait:.0f} s more (rule quiet time)"
         )
-        timer = threading.Timer(wait, node.submit_study, args=(study_key,))
-        timer.daemon = True
-        timer.start()
+        node.recheck_at(study_key, time.time() + wait)  # on the assembler's tick
         return
     if not plan.runs:
         node.store.set_study_state(study_key, StudyState.DONE, "routed: no rule matched")
@@ -208,61 +248,6 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
     )
 
 
-@dataclass
-class SeriesOutcome:
-    """What one model did on one series: the inference, the objects encoded, why any
-    requested object was not encoded (``"GSPS: <reason>"``), and what became of each."""
-
-    result: InferenceResult
-    objects: list[Dataset]
-    skipped: list[str]
-    outcomes: list[ObjectOutcome] = field(default_factory=list)
-    #: the source attributes not copied as they were (``cds.results.copied``)
-    copied: list[str] = field(default_factory=list)
-
-
-def inputs_seed(files: Sequence[Path]) -> str:
-    """A digest of the input instances (their SOP Instance UIDs) for result UIDs.
-
-    The same inputs and model version give the same result UIDs (a resend or a
-    re-run creates no duplicate in the PACS); a late instance gives new UIDs, and
-    the new result supersedes the old one.
-    """
-    uids = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
-    return hashlib.sha256("\\".join(uids).encode()).hexdigest()[:32]
-
-
-def process_series(
-    runner: ModelRunner,
-    files: Sequence[Path],
-    kinds: Sequence[str],
-    lang: str,
-    *,
-    predecessors: Sequence[ResultRef] = (),
-    seed: str | None = None,
-) -> SeriesOutcome:
-    """Run the model on one series and encode the result objects of ``kinds``.
-
-    Shared by the node (``run_study``) and the offline mode (``cds process``): the
-    only difference between them is where the files come from and where the
-    objects go.
-    """
-    result = runner.run(decode(list(files)))
-    if not kinds:
-        return SeriesOutcome(result, [], [])
-    sources = [dcmread(f) for f in files]
-    done = encode_each(
-        sources,
-        result,
-        runner.manifest,
-        kinds,
-        lang,
-        seed=inputs_seed(files) if seed is None else seed,
-        predecessors=predecessors,
-    )
-    return SeriesOutcome(result, done.objects, done.notes, done.outcomes, done.copied)
-
-
 def _encoded_event(node: Node, study_key: str, out: SeriesOutcome, paths: list[Path]) -> None:
     made = ", ".join(f"{ds.Modality} {ds.SeriesDescription!s}"[:80] for ds in out.objects[:4])
     node.store.record_event(
@@ -280,7 +265,7 @@ def _run_series(
     job_kind: str,
     plan: PipelinePlan,
     *,
-    runner: ModelRunner,
+    model: LoadedModel,
     series: SeriesHeader,
     priority: int = 0,
 ) -> list[ObjectOutcome]:
@@ -294,20 +279,24 @@ def _run_series(
     SR as its predecessor, and the old objects are withdrawn by a rejection note.
     """
     seed = inputs_seed(series.files)
-    version = runner.manifest.version
+    version = model.version
     prev = node.store.current_results(study_key, job_kind, series.series_uid)
     same_run = all(r.inputs_seed == seed and r.model_version == version for r in prev)
     # every current SR: the new SR names those it replaces; an SR with the same content
     # has the same UID and names none (build_sr drops its own UID), so a re-run is identical
     predecessors = [r.ref for r in prev if r.modality == "SR"]
-    out = process_series(
-        runner,
-        series.files,
-        plan.results,
-        node.settings.results.language,
-        predecessors=predecessors,
+    work = SeriesWork(
+        model=model.name,
+        package=model.path,
+        sha256=model.sha256 or "",
+        providers=node.settings.inference.providers,
+        files=tuple(series.files),
+        kinds=tuple(plan.results),
+        lang=node.settings.results.language,
+        predecessors=tuple(predecessors),
         seed=seed,
     )
+    out = node.compute.run(work)  # in this thread or a worker process (executor.kind)
     node.store.record_event(study_key, "inferred", _summary(out.result))
     root = node.settings.results_path
     paths = write_results(root, study_key, out.objects)
@@ -427,9 +416,8 @@ def _run_job(  # noqa: PLR0917 (one job: where it runs and what it runs)
     problems: list[str] = []
     model = node.models.get(p.model)
     try:
-        if model is None:
+        if model is None or model.status != "ready" or not model.sha256:
             raise CdsError(f"model {p.model} is not loaded")
-        runner = ModelRunner(model, node.models.slots)
         failpoint("pipeline.inferring")
         by_name = {r.name: r for r in node.routing.rules.rules}
         priority = by_name[rule.rule].priority if rule.rule in by_name else 0
@@ -443,7 +431,7 @@ def _run_job(  # noqa: PLR0917 (one job: where it runs and what it runs)
     for s in selected:
         try:
             outcomes += _run_series(
-                node, study_key, kind, p, runner=runner, series=s, priority=priority
+                node, study_key, kind, p, model=model, series=s, priority=priority
             )
         except Exception as exc:  # one series' failure does not stop the others
             last = exc

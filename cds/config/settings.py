@@ -78,6 +78,17 @@ class AssemblySettings(_Section):
     check_interval_s: Seconds = 0.5
 
 
+class ExecutorSettings(_Section):
+    """Where a model's work on a series runs (``cds.compute``)."""
+
+    kind: Literal["thread", "process"] = Field(
+        "thread",
+        description="thread: in the node's own worker threads; process: in worker "
+        "processes (a crash in a model's native code costs its job, not the node)",
+    )
+    workers: int = Field(2, ge=1, le=64, description="worker processes (kind process)")
+
+
 class InferenceSettings(_Section):
     model_dirs: list[Path] = Field(
         default_factory=lambda: [Path("models")],
@@ -250,6 +261,7 @@ class Settings(BaseSettings):
     store: StoreSettings = StoreSettings()
     assembly: AssemblySettings = AssemblySettings()
     inference: InferenceSettings = InferenceSettings()
+    executor: ExecutorSettings = ExecutorSettings()
     routing: RoutingSettings = RoutingSettings()
     results: ResultsSettings = ResultsSettings()
     delivery: DeliverySettings = DeliverySettings()

@@ -27,9 +27,14 @@ class Assembler:
         on_complete: StudyCompleteCallback,
         interval_s: float = 0.5,
         clock: Callable[[], float] = time.time,
+        *,
+        on_tick: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_tick(now)``: called at every tick after the due studies (the node's
+        re-checks of studies that wait for a rule's longer quiet time)."""
         self._store = store
         self._on_complete = on_complete
+        self._on_tick = on_tick
         self._interval = interval_s
         self._clock = clock
         self._stop = threading.Event()
@@ -51,6 +56,8 @@ class Assembler:
                         study_key=key,
                         error_type=type(exc).__name__,
                     )
+        if self._on_tick is not None:
+            self._on_tick(now)
         return done
 
     def _run(self) -> None:

@@ -1,0 +1,255 @@
+"""The work of one model on one series, as a value: where it runs is the executor's choice.
+
+A ``SeriesWork`` names everything the step needs and nothing of the node: the model
+(name, package folder, SHA-256 of model.onnx, providers), the series' files, the result
+kinds, the language, the predecessors and the UID seed. ``process_series`` runs it:
+decode, preprocess, onnxruntime, postprocess, then encode each result object on its
+own. It returns a ``SeriesOutcome`` (the inference and the encoded objects): values
+again, which the orchestrator's side records, writes and queues.
+
+``Compute`` runs the work where ``executor.kind`` says:
+
+- ``thread``: in the calling thread (a worker thread of the node), with the model the
+  node loaded;
+- ``process``: in a pool of worker processes (``executor.workers``), started with
+  ``spawn`` (never a fork of the node's threads). Each worker loads a package the first
+  time it is asked for it and keeps it; it refuses a package whose model.onnx no longer
+  has the SHA-256 the node loaded (changed on disk: reload the node). A worker that dies
+  (a crash in a native library, the OOM killer) costs that job, which fails with a
+  clear reason; the pool is started again for the next one. The node never shares its
+  store, sockets or spool with a worker: only paths and values cross.
+
+A Ray executor (issue 20) is another ``Compute`` kind behind the same ``run``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from cds.domain import ObjectOutcome, ResultRef
+from cds.errors import CdsError
+from cds.faults import failpoint
+from cds.inference.images import decode
+from cds.inference.registry import LoadedModel, ModelRegistry
+from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.session import DeviceSlots, ProviderChoice
+from cds.inference.validate import validate_package
+from cds.logging import configure_logging, get_logger
+from cds.memory import trim_heap
+from cds.results.encode import encode_each
+
+log = get_logger("cds.compute")
+
+ExecutorKind = Literal["thread", "process"]
+
+
+@dataclass(frozen=True)
+class SeriesWork:
+    """One model on one series: every input of ``process_series``, as plain values."""
+
+    model: str
+    package: Path
+    sha256: str
+    providers: ProviderChoice
+    files: tuple[Path, ...]
+    kinds: tuple[str, ...]
+    lang: str
+    predecessors: tuple[ResultRef, ...] = ()
+    seed: str | None = None
+
+
+@dataclass
+class SeriesOutcome:
+    """What one model did on one series: the inference, the objects encoded, why any
+    requested object was not encoded (``"GSPS: <reason>"``), and what became of each."""
+
+    result: InferenceResult
+    objects: list[Dataset]
+    skipped: list[str]
+    outcomes: list[ObjectOutcome] = field(default_factory=list)
+    #: the source attributes not copied as they were (``cds.results.copied``)
+    copied: list[str] = field(default_factory=list)
+
+
+def inputs_seed(files: Sequence[Path]) -> str:
+    """A digest of the input instances (their SOP Instance UIDs) for result UIDs.
+
+    The same inputs and model version give the same result UIDs (a resend or a
+    re-run creates no duplicate in the PACS); a late instance gives new UIDs, and
+    the new result supersedes the old one.
+    """
+    uids = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+    return hashlib.sha256("\\".join(uids).encode()).hexdigest()[:32]
+
+
+def process_series(
+    runner: ModelRunner,
+    files: Sequence[Path],
+    kinds: Sequence[str],
+    lang: str,
+    *,
+    predecessors: Sequence[ResultRef] = (),
+    seed: str | None = None,
+) -> SeriesOutcome:
+    """Run the model on one series and encode the result objects of ``kinds``.
+
+    Shared by the node (through ``Compute``) and the offline mode (``cds process``):
+    the only difference between them is where the files come from and where the
+    objects go.
+    """
+    result = runner.run(decode(list(files)))
+    if not kinds:
+        return SeriesOutcome(result, [], [])
+    sources = [dcmread(f) for f in files]
+    done = encode_each(
+        sources,
+        result,
+        runner.manifest,
+        kinds,
+        lang,
+        seed=inputs_seed(files) if seed is None else seed,
+        predecessors=predecessors,
+    )
+    return SeriesOutcome(result, done.objects, done.notes, done.outcomes, done.copied)
+
+
+def _run(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:
+    return process_series(
+        runner,
+        work.files,
+        work.kinds,
+        work.lang,
+        predecessors=work.predecessors,
+        seed=work.seed,
+    )
+
+
+# --- worker processes ------------------------------------------------------------
+
+#: the packages a worker process loaded: (folder, SHA-256) -> model
+_WORKER_MODELS: dict[tuple[str, str], LoadedModel] = {}
+_WORKER_SLOTS = DeviceSlots(per_gpu=1, per_cpu=1)
+
+
+def _worker_init(log_format: str, log_level: str) -> None:
+    """Each worker logs as the node does (JSON, patient-data scrubber)."""
+    configure_logging(log_format, log_level)
+
+
+def _worker_model(work: SeriesWork) -> LoadedModel:
+    key = (str(work.package), work.sha256)
+    model = _WORKER_MODELS.get(key)
+    if model is not None:
+        return model
+    report = validate_package(work.package, work.providers, keep_session=True)
+    if not report.ok or report.session is None:
+        raise CdsError(f"model {work.model}: the worker could not load its package")
+    if report.sha256 != work.sha256:
+        raise CdsError(
+            f"model {work.model}: model.onnx changed on disk since the node loaded it "
+            "(SHA-256 differs): reload the node"
+        )
+    model = LoadedModel(
+        path=work.package,
+        status="ready",
+        manifest=report.manifest,
+        sha256=report.sha256,
+        provider=report.provider,
+        session=report.session,
+    )
+    _WORKER_MODELS[key] = model
+    log.info("compute.worker_loaded", model=work.model, sha256=work.sha256)
+    return model
+
+
+def run_in_worker(work: SeriesWork) -> SeriesOutcome:
+    """The process kind's entry point, in a worker process."""
+    try:
+        failpoint("compute.worker")
+        return _run(work, ModelRunner(_worker_model(work), _WORKER_SLOTS))
+    finally:
+        trim_heap()
+
+
+# --- the node's side ---------------------------------------------------------------
+
+
+class Compute:
+    """Runs ``SeriesWork`` in the node's thread or in worker processes (see the module)."""
+
+    def __init__(
+        self,
+        models: ModelRegistry,
+        kind: ExecutorKind = "thread",
+        workers: int = 2,
+        *,
+        log_format: str = "json",
+        log_level: str = "info",
+    ) -> None:
+        self.kind: ExecutorKind = kind
+        self.workers = workers if kind == "process" else 0
+        self._models = models
+        self._log = (log_format, log_level)
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def describe(self) -> dict[str, object]:
+        """For ``/health``: the kind, and the worker processes (0 for thread)."""
+        return {"kind": self.kind, "workers": self.workers}
+
+    def run(self, work: SeriesWork) -> SeriesOutcome:
+        """Run ``work``; raises CdsError (or the step's own error) when it fails."""
+        if self.kind == "thread":
+            model = self._models.get(work.model)
+            if model is None or model.status != "ready":
+                raise CdsError(f"model {work.model} is not loaded")
+            return _run(work, ModelRunner(model, self._models.slots))
+        future = self._submit(work)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._restart()
+            raise CdsError(
+                f"model {work.model}: the worker process running it ended abruptly "
+                "(a crash or the memory limit); the job can be retried"
+            ) from None
+
+    def _submit(self, work: SeriesWork) -> Future[SeriesOutcome]:
+        with self._lock:
+            if self._closed:
+                raise CdsError("the node is stopping: no new work")
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_worker_init,
+                    initargs=self._log,
+                )
+            return self._pool.submit(run_in_worker, work)
+
+    def _restart(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        log.error("compute.worker_died", kind=self.kind, workers=self.workers)
+
+    def shutdown(self) -> None:
+        """Wait for running work, then stop the workers."""
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)

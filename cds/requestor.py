@@ -39,15 +39,14 @@ import time
 from ssl import SSLContext
 from typing import Any, cast
 
-import pynetdicom
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
+from cds.netdicom import check_pynetdicom
+
 # the logger of the code replaced here, so its messages keep their name
 _ASSOC_LOG = logging.getLogger("pynetdicom.association")
-
-PYNETDICOM_SERIES = "3.0."
 
 
 class PauseSafeAssociation(Association):
@@ -113,11 +112,7 @@ class PauseSafeAE(AE):
     """An ``AE`` whose ``associate()`` returns a ``PauseSafeAssociation``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if not pynetdicom.__version__.startswith(PYNETDICOM_SERIES):
-            raise RuntimeError(
-                f"cds.requestor adapts pynetdicom {PYNETDICOM_SERIES}x internals, "
-                f"found {pynetdicom.__version__}"
-            )
+        check_pynetdicom("cds.requestor")
         super().__init__(*args, **kwargs)
 
     def _create_socket(

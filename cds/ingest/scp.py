@@ -58,6 +58,7 @@ from cds.ingest.server import (
 from cds.ingest.sources import GatedACSE, Peer, SourcePolicy, reject_words
 from cds.ingest.tls import HandshakeError, server_context
 from cds.logging import get_logger
+from cds.netdicom import check_pynetdicom
 
 log = get_logger("cds.ingest")
 
@@ -146,6 +147,7 @@ class DicomListener:
         self.ae = self._make_ae()
 
     def _make_ae(self) -> NodeAE:
+        check_pynetdicom("cds.ingest (server, sources, module configuration)")
         cfg = self._settings.dicom
         _config.UNRESTRICTED_STORAGE_SERVICE = True
         # No patient data in logs: pynetdicom logs C-FIND/GET/MOVE identifiers and,

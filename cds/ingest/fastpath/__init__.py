@@ -41,7 +41,6 @@ from copy import deepcopy
 from datetime import datetime
 from typing import Any, cast
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
@@ -49,8 +48,7 @@ from pynetdicom.transport import AssociationServer, AssociationSocket, RequestHa
 
 from cds.ingest.fastpath.association import FastAssociation, _silent, encode_c_store_rsp
 from cds.ingest.fastpath.dul import MAX_CONTROL_PDU, FastDUL, PduTooLarge, bound_stock_dul
-
-PYNETDICOM_SERIES = "3.0."
+from cds.netdicom import check_pynetdicom
 
 __all__ = [
     "MAX_CONTROL_PDU",
@@ -99,9 +97,5 @@ class FastRequestHandler(RequestHandler):
 
 def install(server: AssociationServer) -> None:
     """Make ``server`` create fast-path associations for the connections it accepts."""
-    if not pynetdicom.__version__.startswith(PYNETDICOM_SERIES):
-        raise RuntimeError(
-            f"cds.ingest.fastpath adapts pynetdicom {PYNETDICOM_SERIES}x internals, "
-            f"found {pynetdicom.__version__}"
-        )
+    check_pynetdicom("cds.ingest.fastpath")
     server.RequestHandlerClass = FastRequestHandler

@@ -198,5 +198,5 @@ def test_pause_safe_ae_refuses_another_pynetdicom_series(monkeypatch: pytest.Mon
     import pynetdicom
 
     monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
-    with pytest.raises(RuntimeError, match=r"3\.0\.x"):
+    with pytest.raises(RuntimeError, match=r"pynetdicom 3\.0\.4 internals, found 3\.1\.0"):
         PauseSafeAE()

@@ -18,7 +18,6 @@ calls the admin operation, and stages never import the admin layer.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from cds.domain import DeliveryState, StudyState
 from cds.errors import AdminError
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
+from cds.periodic import PeriodicWorker
 from cds.store.base import StateStore
 
 log = get_logger("cds.retention")
@@ -56,8 +56,10 @@ class Retention:
         self._cfg = settings
         self._audit = audit
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(
+            "cds-retention", self._step, settings.check_interval_s,
+            log_event="retention.failed", join_timeout_s=30,
+        )  # fmt: skip
 
     @property
     def enabled(self) -> bool:
@@ -104,24 +106,12 @@ class Retention:
         return done
 
     # --- thread ------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:  # a pass at start, then one every check_interval_s
-            try:
-                self.run_once()
-            except Exception as exc:  # a store hiccup must not end retention
-                log.error("retention.failed", error_type=type(exc).__name__, error=str(exc)[:200])
-            if self._stop.wait(self._cfg.check_interval_s):
-                return
+    def _step(self) -> None:  # a pass at start, then one every check_interval_s
+        self.run_once()
 
     def start(self) -> None:
-        if not self.enabled:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cds-retention", daemon=True)
-        self._thread.start()
+        if self.enabled:
+            self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
+        self._worker.stop()

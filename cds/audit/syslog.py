@@ -23,7 +23,6 @@ import os
 import select
 import socket
 import ssl
-import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from cds.audit.atna import to_atna
 from cds.audit.trail import LOG_NAME, AuditRecord
 from cds.config import SyslogSettings
 from cds.logging import get_logger
+from cds.periodic import Backoff, PeriodicWorker
 
 log = get_logger("cds.audit")
 
@@ -81,9 +81,11 @@ class SyslogForwarder:
         self._retry = (retry_initial_s, retry_max_s)
         self._timeout = timeout_s
         self._sock: ssl.SSLSocket | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._backoff = retry_initial_s  # the next wait while the repository is down
+        self._worker = PeriodicWorker(
+            "cds-audit-syslog", self._step, poll_s, log_event="audit.syslog_failed",
+            join_timeout_s=timeout_s + 5,
+        )  # fmt: skip
         self.sent = 0
         self.last_error: str | None = None
 
@@ -195,46 +197,36 @@ class SyslogForwarder:
     # --- thread ------------------------------------------------------------------
     def kick(self, _rec: AuditRecord | None = None) -> None:
         """A record was written: send it now (an ``AuditTrail`` listener)."""
-        self._wake.set()
+        self._worker.kick()
 
-    def _run(self) -> None:
-        wait = self._retry[0]
-        while not self._stop.is_set():
-            try:
-                while self.flush() == BATCH and not self._stop.is_set():
-                    pass  # a long backlog goes out in batches, without waiting between
-                wait, timeout = self._retry[0], self._poll
-                if self.last_error is not None:
-                    log.info("audit.syslog_back", host=self._cfg.host, port=self._cfg.port)
-                self.last_error = None
-            except (OSError, ssl.SSLError) as exc:
-                if self.last_error is None:
-                    log.warning(
-                        "audit.syslog_down",
-                        host=self._cfg.host,
-                        port=self._cfg.port,
-                        error_type=type(exc).__name__,
-                        error=str(exc)[:200],
-                    )
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                timeout, wait = wait, min(wait * 2, self._retry[1])
-                self._stop.wait(timeout)  # down: new records do not cut the backoff short
-                continue
-            self._wake.wait(timeout)
-            self._wake.clear()
+    def _step(self) -> float | Backoff:
+        try:
+            while self.flush() == BATCH and not self._worker.stopping:
+                pass  # a long backlog goes out in batches, without waiting between
+        except (OSError, ssl.SSLError) as exc:
+            if self.last_error is None:
+                log.warning(
+                    "audit.syslog_down",
+                    host=self._cfg.host,
+                    port=self._cfg.port,
+                    error_type=type(exc).__name__,
+                    error=str(exc)[:200],
+                )
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            wait, self._backoff = self._backoff, min(self._backoff * 2, self._retry[1])
+            return Backoff(wait)  # down: new records do not cut the backoff short
+        self._backoff = self._retry[0]
+        if self.last_error is not None:
+            log.info("audit.syslog_back", host=self._cfg.host, port=self._cfg.port)
+        self.last_error = None
+        return self._poll
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cds-audit-syslog", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
         """Stop after one last try to send what is left (the rest stays for next time)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._timeout + 5)
-            self._thread = None
+        self._worker.stop()
         if self.last_error is None:
             with contextlib.suppress(OSError, ssl.SSLError):
                 self.flush()

@@ -37,7 +37,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cds.delivery.worker import backoff
+from cds.errors import safe_message
 from cds.logging import get_logger
+from cds.periodic import PeriodicWorker
 from cds.results.text import texts
 from cds.routing.rules import ANY_FINDING, NotificationTarget, Notify, RoutingFile
 
@@ -335,9 +337,10 @@ class Notifier:
         self._queue: list[_Pending] = []
         self._seq = itertools.count()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(
+            "cds-notify", self._step, 60.0, log_event="notify.tick_failed",
+            join_timeout_s=self._longest_timeout,
+        )  # fmt: skip
 
     # --- queueing ----------------------------------------------------------
     def after_result(
@@ -380,11 +383,11 @@ class Notifier:
             heapq.heappush(self._queue, item)
         if dropped is not None:
             self._failed(dropped, "dropped: too many notifications waiting")
-        self._wake.set()
+        self._worker.kick()
 
     def kick(self) -> None:
         """Try the due notifications now."""
-        self._wake.set()
+        self._worker.kick()
 
     @property
     def pending(self) -> int:
@@ -466,37 +469,34 @@ class Notifier:
         )
 
     # --- thread ------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # a store hiccup must not stop notifications
-                log.error("notify.tick_failed", error_type=type(exc).__name__, error=str(exc))
-            with self._lock:
-                wait = self._queue[0].due - self._clock() if self._queue else 60.0
-            self._wake.wait(min(60.0, max(0.0, wait)))
-            self._wake.clear()
+    def _step(self) -> float:
+        """Send what is due (a store hiccup is logged, notifications go on); wait until
+        the next is due, a minute at most."""
+        try:
+            self.tick()
+        except Exception as exc:  # a store hiccup must not stop notifications
+            log.error("notify.tick_failed", error_type=type(exc).__name__, error=safe_message(exc))
+        with self._lock:
+            wait = self._queue[0].due - self._clock() if self._queue else 60.0
+        return min(60.0, wait)
+
+    def _longest_timeout(self) -> float:
+        try:
+            longest = max((t.timeout_s for t in self._targets().values()), default=0.0)
+        except Exception:  # the routing file is not this method's business
+            longest = 0.0
+        return longest + 5
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cds-notify", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
         """Stop the thread; what is still waiting is dropped (and logged, counted)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            try:
-                longest = max((t.timeout_s for t in self._targets().values()), default=0.0)
-            except Exception:  # the routing file is not this method's business
-                longest = 0.0
-            self._thread.join(timeout=longest + 5)
-            self._thread = None
+        self._worker.stop()
         left = self.pending
         if left:
             log.warning("notify.dropped_at_stop", notifications=left)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.running

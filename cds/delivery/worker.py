@@ -20,7 +20,6 @@ destination has been removed from it is not sent (dead, and said so).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -32,6 +31,7 @@ from cds.delivery.scu import Outcome, describe, store_batch
 from cds.domain import Delivery, DeliveryState
 from cds.faults import failpoint
 from cds.logging import get_logger
+from cds.periodic import PeriodicWorker
 from cds.routing.rules import Destination
 from cds.store.base import StateStore
 
@@ -67,13 +67,14 @@ class DeliveryWorker:
         self._calling_ae = settings.calling_ae_title or calling_ae
         self._send = sender
         self._clock = clock
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(
+            "cds-delivery", self._step, settings.poll_interval_s,
+            log_event="delivery.tick_failed", join_timeout_s=settings.timeout_s + 5,
+        )  # fmt: skip
 
     def kick(self) -> None:
         """Look at the outbox now (new results were queued, or an admin retried)."""
-        self._wake.set()
+        self._worker.kick()
 
     def tick(self) -> int:
         """Try every due delivery once; returns how many were tried."""
@@ -115,7 +116,7 @@ class DeliveryWorker:
         # it answers: whatever waits for it (backing off since an outage) goes now,
         # highest priority first, not each at the end of its own backoff
         if any(o.ok for o in outcomes) and self._store.deliveries_due_now(name, self._clock()):
-            self._wake.set()
+            self._worker.kick()
 
     def _record(
         self,
@@ -217,27 +218,15 @@ class DeliveryWorker:
             )
 
     # --- thread ------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # a bad row or a store hiccup must not stop delivery
-                log.error("delivery.tick_failed", error_type=type(exc).__name__, error=str(exc))
-            self._wake.wait(self._cfg.poll_interval_s)
-            self._wake.clear()
+    def _step(self) -> None:  # a bad row or a store hiccup is logged; delivery goes on
+        self.tick()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cds-delivery", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self._cfg.timeout_s + 5)
-            self._thread = None
+        self._worker.stop()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.running

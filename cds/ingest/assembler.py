@@ -8,11 +8,11 @@ studies and hands each completed study to the orchestrator's callback.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 
 from cds.logging import get_logger
+from cds.periodic import PeriodicWorker
 from cds.store.base import StateStore
 
 log = get_logger("cds.assembly")
@@ -35,10 +35,11 @@ class Assembler:
         self._store = store
         self._on_complete = on_complete
         self._on_tick = on_tick
-        self._interval = interval_s
         self._clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(
+            "cds-assembler", self._step, interval_s, log_event="assembly.tick_failed",
+            wait_first=True,
+        )  # fmt: skip
 
     def tick(self) -> list[str]:
         """Complete every due study once; returns the keys completed."""
@@ -60,24 +61,15 @@ class Assembler:
             self._on_tick(now)
         return done
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.tick()
-            except Exception as exc:
-                log.error("assembly.tick_failed", error_type=type(exc).__name__, error=str(exc))
+    def _step(self) -> None:
+        self.tick()
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="cds-assembler", daemon=True)
-        self._thread.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._worker.stop()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._worker.running

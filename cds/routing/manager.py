@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.logging import get_logger
+from cds.periodic import PeriodicWorker
 from cds.routing.rules import RoutingFile, RoutingFileError, load_routing
 
 log = get_logger("cds.routing")
@@ -36,13 +37,14 @@ class RoutingManager:
         self._sha256: str | None = None  # of the file in force
         self._config_disabled = set(disabled_by_config)
         self._state_file = state_file
-        self._interval = interval_s
         self._rules = RoutingFile()
         self._mtime: float | None = None
         self.last_errors: list[str] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._worker = PeriodicWorker(
+            "cds-routing", self._step, interval_s, log_event="routing.reload_failed",
+            wait_first=True,
+        )  # fmt: skip
         self._api_disabled: set[str] = set()
         if state_file.exists():
             try:
@@ -138,25 +140,23 @@ class RoutingManager:
         )
 
     # --- life cycle --------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.reload()
-            except Exception as exc:  # the watcher outlives one bad read
-                # e.g. the audit trail's folder unwritable for a moment: the rules in force
-                # stay, and the next tick tries again
-                log.error("routing.reload_failed", error=type(exc).__name__)
+    def _step(self) -> None:
+        # a failed read (e.g. the audit trail's folder unwritable for a moment) leaves the
+        # rules in force; the worker logs it and the next tick tries again
+        self.reload()
 
     def start(self) -> None:
         self.reload()
         if self.path is not None:
-            self._thread = threading.Thread(target=self._run, name="cds-routing", daemon=True)
-            self._thread.start()
+            self._worker.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._worker.stop()
+
+    @property
+    def running(self) -> bool:
+        """Whether the file watcher runs (it does when a routing file is configured)."""
+        return self._worker.running
 
 
 def _sha256(path: Path) -> str | None:

@@ -45,7 +45,6 @@ def test_watcher_survives_a_failed_reload(tmp_path: Path) -> None:
         assert audit.raised.wait(5)
         f.write_text(RULES.replace("NAME", "third") + "\n\n")  # the next must still happen
         assert audit.recorded.wait(5), "the watcher died after the failed reload"
-        assert mgr._thread is not None
-        assert mgr._thread.is_alive()
+        assert mgr.running
     finally:
         mgr.stop()

@@ -9,8 +9,6 @@ on the executor, never in a network thread.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 import struct
 import threading
 import time
@@ -40,6 +38,7 @@ from cds.ingest.assembler import Assembler
 from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
 from cds.ingest.spool import Spool
+from cds.keyfile import load_or_create_key
 from cds.logging import get_logger
 from cds.memory import trim_heap
 from cds.pipeline import RERUN_EVENTS, run_study, study_series
@@ -58,16 +57,8 @@ DEAD_LETTER_EVENT = "dead_letter"
 
 def load_secret(home: Path) -> bytes:
     """The node's pseudonymisation key (created once, mode 0600, never logged)."""
-    path = home / "node.key"
-    if path.exists():
-        return path.read_bytes()
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    key = load_or_create_key(home / "node.key")
+    assert key is not None  # created when absent
     return key
 
 

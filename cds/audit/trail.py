@@ -26,7 +26,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from cds.audit.events import AuditEvent, AuditOutcome
+from cds.keyfile import load_or_create_key
 
 LOG_NAME = "audit.jsonl"
 HEAD_NAME = "audit.head"
@@ -103,22 +103,7 @@ def head_mac(key: bytes, seq: int, last_hash: str) -> str:
 
 def read_key(path: Path, create: bool) -> bytes | None:
     """The head's HMAC key (created once, mode 0600, never logged)."""
-    key_file = path / KEY_NAME
-    if key_file.exists():
-        return key_file.read_bytes()
-    if not create:
-        return None
-    key = secrets.token_bytes(32)
-    try:
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return key_file.read_bytes()
-    try:
-        os.write(fd, key)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return key
+    return load_or_create_key(path / KEY_NAME, create=create)
 
 
 def iter_lines(log_file: Path) -> Iterator[tuple[int, bytes]]:

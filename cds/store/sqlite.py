@@ -65,11 +65,25 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            found = _schema_version(self._db)
+            if found is not None and found > SCHEMA_VERSION:
+                self._db.close()
+                raise StoreError(
+                    f"state store {path} has schema version {found}, newer than this cds "
+                    f"understands ({SCHEMA_VERSION}): run the cds release that wrote it (or a "
+                    "newer one); this one leaves the file as it is"
+                )
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from exc
         with self._tx() as db:
             migrate(db)
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version the file records (this cds' after opening it)."""
+        with self._lock:
+            return _schema_version(self._db) or 0
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -444,3 +458,12 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             deliveries_dead=dead,
             oldest_pending_delivery_at=oldest_delivery,
         )
+
+
+def _schema_version(db: sqlite3.Connection) -> int | None:
+    """The schema version a store file records; None for a new (empty) file."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: a new file
+        return None
+    return int(row[0]) if row is not None else None

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -38,7 +38,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cds.domain import ObjectOutcome, ResultRef
-from cds.errors import CdsError
+from cds.errors import CdsError, ModelError
 from cds.faults import failpoint
 from cds.inference.images import decode
 from cds.inference.registry import LoadedModel, ModelRegistry
@@ -89,8 +89,12 @@ def inputs_seed(files: Sequence[Path]) -> str:
     re-run creates no duplicate in the PACS); a late instance gives new UIDs, and
     the new result supersedes the old one.
     """
-    uids = sorted(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
-    return hashlib.sha256("\\".join(uids).encode()).hexdigest()[:32]
+    return seed_of(str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files)
+
+
+def seed_of(sop_uids: Iterable[str]) -> str:
+    """``inputs_seed`` from the SOP Instance UIDs themselves (routing read them already)."""
+    return hashlib.sha256("\\".join(sorted(sop_uids)).encode()).hexdigest()[:32]
 
 
 def process_series(
@@ -108,20 +112,28 @@ def process_series(
     the only difference between them is where the files come from and where the
     objects go.
     """
-    result = runner.run(decode(list(files)))
+    # each file is read once: decoded for the model, then encoded from
+    sources = [_read(f) for f in files]
+    result = runner.run(decode(sources))
     if not kinds:
         return SeriesOutcome(result, [], [])
-    sources = [dcmread(f) for f in files]
     done = encode_each(
         sources,
         result,
         runner.manifest,
         kinds,
         lang,
-        seed=inputs_seed(files) if seed is None else seed,
+        seed=seed_of(str(ds.SOPInstanceUID) for ds in sources) if seed is None else seed,
         predecessors=predecessors,
     )
     return SeriesOutcome(result, done.objects, done.notes, done.outcomes, done.copied)
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return dcmread(path)
+    except Exception as exc:  # malformed elements surface in many types
+        raise ModelError(f"{path}: cannot read the data set ({type(exc).__name__})") from exc
 
 
 def _run(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:

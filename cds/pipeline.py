@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cds.audit import AuditEvent
-from cds.compute import SeriesOutcome, SeriesWork, inputs_seed, process_series
+from cds.compute import SeriesOutcome, SeriesWork, inputs_seed, process_series, seed_of
 from cds.domain import (
     JobState,
     ObjectOutcome,
@@ -278,7 +278,8 @@ def _run_series(
     or language) the new objects supersede the current ones: the new SR lists the old
     SR as its predecessor, and the old objects are withdrawn by a rejection note.
     """
-    seed = inputs_seed(series.files)
+    # routing read every instance's header already: the seed needs no other read
+    seed = seed_of(series.sop_uids) if series.sop_uids else inputs_seed(series.files)
     version = model.version
     prev = node.store.current_results(study_key, job_kind, series.series_uid)
     same_run = all(r.inputs_seed == seed and r.model_version == version for r in prev)
@@ -297,6 +298,7 @@ def _run_series(
         seed=seed,
     )
     out = node.compute.run(work)  # in this thread or a worker process (executor.kind)
+    first = dcmread(series.files[0], stop_before_pixels=True)  # for the KOS and the drift record
     node.store.record_event(study_key, "inferred", _summary(out.result))
     root = node.settings.results_path
     paths = write_results(root, study_key, out.objects)
@@ -329,7 +331,7 @@ def _run_series(
     if rejected:  # withdraw them from the PACS too (IHE IOCM rejection note)
         rec = out.result.record
         kos = build_rejection_kos(
-            dcmread(series.files[0], stop_before_pixels=True),
+            first,
             [r.ref for r in rejected],
             node.settings.results.language,
             model=rec.model,
@@ -357,7 +359,7 @@ def _run_series(
     node.store.record_findings(
         findings_of(out.result, out.objects, study_key=study_key, job_kind=job_kind)
     )
-    record_run(node.store, dcmread(series.files[0], stop_before_pixels=True), out.result)
+    record_run(node.store, first, out.result)
     node.notifier.after_result(study_key, series.study_uid, plan.pipeline, out.result)
     if rejected:
         node.store.record_event(

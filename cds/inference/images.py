@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.pixels.utils import pixel_array
 
 from cds.errors import ModelError
 
@@ -162,7 +163,9 @@ def _decode_one(ds: Dataset, name: str) -> tuple[np.ndarray, list[ImageMeta], st
             "not supported (grayscale only)"
         )
     try:
-        px = np.asarray(ds.pixel_array, dtype=np.float32)
+        # the functional decoder keeps no copy in the data set (ds.pixel_array would):
+        # the same data sets are encoded from after inference (cds.compute)
+        px = np.asarray(pixel_array(ds), dtype=np.float32)
     except Exception as exc:  # decoder errors come in many types
         raise ModelError(f"{name}: cannot decode Pixel Data ({type(exc).__name__})") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -70,6 +70,8 @@ class SeriesHeader:
     instance_count: int = 1
     calling_ae: str = ""
     files: list[Path] = field(default_factory=list)
+    #: the SOP Instance UIDs of ``files`` (the newest version of each instance)
+    sop_uids: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -157,7 +159,13 @@ def read_headers(
         first = ordered[0][1][3]
         studies[study].append(
             SeriesHeader(
-                study, series, header_attrs(first), len(ordered), "", [v[2] for _, v in ordered]
+                study,
+                series,
+                header_attrs(first),
+                len(ordered),
+                "",
+                [v[2] for _, v in ordered],
+                [sop for sop, _ in ordered],
             )
         )
     return dict(studies), skipped

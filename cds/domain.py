@@ -288,6 +288,19 @@ class FeedbackAction(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class ImageBox:
+    """A rectangle on one source image, in its pixels: x along columns, y along rows,
+    with DICOM's (0, 0) at the top-left corner of the top-left pixel (as an SR SCOORD)."""
+
+    sop_uid: str
+    frame: int  # 1-based, as DICOM counts frames
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+@dataclass(frozen=True, slots=True)
 class Feedback:
     """One appended feedback record: it never changes the result it is about."""
 
@@ -306,6 +319,8 @@ class Feedback:
     model: str
     version: str
     sha256: str
+    # the outline the radiologist drew instead (correct), e.g. a box resized in the viewer
+    corrected_box: ImageBox | None = None
 
 
 # --- the observatory's records, kept by the store (no patient attribute, no UID) ---

@@ -273,10 +273,17 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 class Orthanc:
     """A throw-away Orthanc: the PACS. ``dicom_port`` fixes its DICOM port (e.g. one a
-    node's routing file already names); ``dicomweb`` loads the DICOMweb plugin."""
+    node's routing file already names); ``dicomweb`` loads the DICOMweb plugin;
+    ``lua_scripts`` are run by Orthanc (e.g. deploy/orthanc/forward-to-cds.lua)."""
 
     def __init__(
-        self, workdir: Path, cds: CdsNode, *, dicom_port: int | None = None, dicomweb: bool = False
+        self,
+        workdir: Path,
+        cds: CdsNode,
+        *,
+        dicom_port: int | None = None,
+        dicomweb: bool = False,
+        lua_scripts: tuple[Path, ...] = (),
     ) -> None:
         self.workdir = workdir
         self.http_port = free_port()
@@ -294,6 +301,7 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
+            "LuaScripts": [str(p) for p in lua_scripts],
         }
         self.config_path.write_text(json.dumps(config), encoding="utf-8")
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=60)
@@ -372,18 +380,24 @@ class Orthanc:
 
 @pytest.fixture
 def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
-    """``make(cds_node, dicom_port=None, dicomweb=False)`` -> a running Orthanc whose
-    modality ``cds`` is that node."""
+    """``make(cds_node, dicom_port=None, dicomweb=False, lua_scripts=())`` -> a running
+    Orthanc whose modality ``cds`` is that node."""
     if not ORTHANC_BIN.exists():
         pytest.skip(f"Orthanc not installed ({ORTHANC_BIN} missing)")
     started: list[Orthanc] = []
 
-    def make(cds: CdsNode, *, dicom_port: int | None = None, dicomweb: bool = False) -> Orthanc:
+    def make(
+        cds: CdsNode,
+        *,
+        dicom_port: int | None = None,
+        dicomweb: bool = False,
+        lua_scripts: tuple[Path, ...] = (),
+    ) -> Orthanc:
         if dicomweb and not DICOMWEB_PLUGIN.exists():
             pytest.skip(f"Orthanc DICOMweb plugin not installed ({DICOMWEB_PLUGIN} missing)")
         workdir = tmp_path / f"orthanc{len(started)}"
         workdir.mkdir()
-        o = Orthanc(workdir, cds, dicom_port=dicom_port, dicomweb=dicomweb)
+        o = Orthanc(workdir, cds, dicom_port=dicom_port, dicomweb=dicomweb, lua_scripts=lua_scripts)
         started.append(o)
         return o.start()
 

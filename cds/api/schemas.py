@@ -13,6 +13,7 @@ from cds.domain import (
     Feedback,
     FeedbackAction,
     FindingRecord,
+    ImageBox,
     Job,
     JobState,
     ObjectOutcome,
@@ -319,6 +320,22 @@ class FeedbackIn(BaseModel):
     )
 
 
+class BoxOut(BaseModel):
+    """A rectangle on a source image, in its pixels: x along columns, y along rows,
+    (0, 0) at the top-left corner of the top-left pixel (as DICOM SR coordinates)."""
+
+    sop_instance_uid: str
+    frame: int
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @classmethod
+    def of(cls, b: ImageBox) -> BoxOut:
+        return cls(sop_instance_uid=b.sop_uid, frame=b.frame, x0=b.x0, y0=b.y0, x1=b.x1, y1=b.y1)
+
+
 class FeedbackOut(BaseModel):
     feedback_id: str
     tracking_uid: str
@@ -327,6 +344,9 @@ class FeedbackOut(BaseModel):
     action: FeedbackAction
     reason: str
     corrected_label: CodeIn | None
+    corrected_box: BoxOut | None = Field(
+        None, description="for 'correct': the outline the radiologist drew instead"
+    )
     user: str
     source: str = Field(description="review (page), api or dicom")
     at: datetime
@@ -349,6 +369,7 @@ class FeedbackOut(BaseModel):
             action=f.action,
             reason=f.reason,
             corrected_label=corrected,
+            corrected_box=BoxOut.of(f.corrected_box) if f.corrected_box is not None else None,
             user=f.who,
             source=f.source,
             at=_ts(f.at),

@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from pydicom.dataset import Dataset
 
 from cds.domain import FindingRecord
+from cds.feedback.edited import read_groups
 from cds.inference.postprocess import Finding
 from cds.inference.runner import InferenceResult
 
-_TRACKING_UID = ("DCM", "112040")
-_FINDING = ("DCM", "121071")
 _COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 _NAMESPACE = uuid.UUID("6f1c2f38-5a3e-4d52-9a55-0c8a4f1d2b90")
-
-
-def _items(seq: Sequence[Dataset]) -> Iterator[Dataset]:
-    for item in seq:
-        yield item
-        yield from _items(item.get("ContentSequence", []))
-
-
-def _code(item: Dataset, key: str) -> tuple[str, str] | None:
-    seq = item.get(key)
-    return (str(seq[0].CodingSchemeDesignator), str(seq[0].CodeValue)) if seq else None
 
 
 def groups(sr: Dataset) -> list[tuple[str, tuple[str, str] | None]]:
@@ -41,30 +29,7 @@ def groups(sr: Dataset) -> list[tuple[str, tuple[str, str] | None]]:
     A detection reports one group per box, so a result may have more groups than
     labels: each is a finding the radiologist can accept or reject on its own.
     """
-    found = []
-    for item in _items(sr.get("ContentSequence", [])):
-        children = item.get("ContentSequence", [])
-        uid = next(
-            (
-                str(c.UID)
-                for c in children
-                if c.get("ValueType") == "UIDREF"
-                and _code(c, "ConceptNameCodeSequence") == _TRACKING_UID
-            ),
-            None,
-        )
-        if uid is None:
-            continue
-        code = next(
-            (
-                _code(c, "ConceptCodeSequence")
-                for c in children
-                if c.get("ValueType") == "CODE" and _code(c, "ConceptNameCodeSequence") == _FINDING
-            ),
-            None,
-        )
-        found.append((uid, code))
-    return found
+    return [(g.tracking_uid, g.code) for g in read_groups(sr) if g.tracking_uid]
 
 
 def tracking_uids(sr: Dataset) -> list[str]:

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from cds.audit import AuditEvent, AuditTrail
-from cds.domain import Feedback, FeedbackAction, FindingRecord
+from cds.domain import Feedback, FeedbackAction, FindingRecord, ImageBox
 from cds.errors import FeedbackError
 from cds.store.base import StateStore
 
@@ -39,10 +39,13 @@ def give_feedback(
     source: str,
     reason: str = "",
     corrected: CorrectedLabel | None = None,
+    corrected_box: ImageBox | None = None,
     now: float | None = None,
     audit: AuditTrail | None = None,
 ) -> Feedback:
-    """Append one feedback record on a finding of a result; returns it.
+    """Append one feedback record on a finding of a result; returns it. A correction
+    says what the radiologist put instead: another label, another outline
+    (``corrected_box``, in source pixels), a reason, or several of these.
 
     Recorded in ``audit`` (``feedback_given``) when given: who, the action, the
     model, version and hash, the finding's tracking UID (no reason text: it is
@@ -60,15 +63,30 @@ def give_feedback(
         raise FeedbackError(
             INVALID, f"who is at most {MAX_WHO} characters and reason at most {MAX_REASON}"
         )
-    if action is FeedbackAction.CORRECT and corrected is None and not reason.strip():
-        raise FeedbackError(INVALID, "a correction needs the corrected label, a reason, or both")
-    if action is not FeedbackAction.CORRECT and corrected is not None:
+    if (
+        action is FeedbackAction.CORRECT
+        and corrected is None
+        and corrected_box is None
+        and not reason.strip()
+    ):
         raise FeedbackError(
-            INVALID, f"corrected_label is only for action 'correct', not {action.value!r}"
+            INVALID, "a correction needs the corrected label or outline, a reason, or both"
         )
+    if action is not FeedbackAction.CORRECT and (
+        corrected is not None or corrected_box is not None
+    ):
+        what = "corrected_label" if corrected is not None else "corrected_box"
+        raise FeedbackError(INVALID, f"{what} is only for action 'correct', not {action.value!r}")
     fb = store.add_feedback(
         _record(
-            finding, action, who=who, source=source, reason=reason, corrected=corrected, now=now
+            finding,
+            action,
+            who=who,
+            source=source,
+            reason=reason,
+            corrected=corrected,
+            corrected_box=corrected_box,
+            now=now,
         )
     )
     if audit is not None:
@@ -91,6 +109,7 @@ def _record(
     source: str,
     reason: str,
     corrected: CorrectedLabel | None,
+    corrected_box: ImageBox | None,
     now: float | None,
 ) -> Feedback:
     return Feedback(
@@ -109,4 +128,5 @@ def _record(
         model=finding.model,
         version=finding.version,
         sha256=finding.sha256,
+        corrected_box=corrected_box,
     )

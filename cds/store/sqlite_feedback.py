@@ -7,10 +7,11 @@ verdict.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
-from cds.domain import Feedback, FeedbackAction, FindingRecord
+from cds.domain import Feedback, FeedbackAction, FindingRecord, ImageBox
 from cds.store.sqlite_host import SqliteHost as _Host
 
 _FINDING_COLS = (
@@ -19,7 +20,7 @@ _FINDING_COLS = (
 )
 _FEEDBACK_COLS = (
     "feedback_id, tracking_uid, result_sop_uid, study_key, action, reason, corrected_scheme, "
-    "corrected_value, corrected_meaning, who, source, at, model, version, sha256"
+    "corrected_value, corrected_meaning, who, source, at, model, version, sha256, corrected_box"
 )
 
 
@@ -48,6 +49,22 @@ def _opt(v: object) -> str | None:
     return None if v is None else str(v)
 
 
+def _box_json(box: ImageBox | None) -> str | None:
+    if box is None:
+        return None
+    return json.dumps(
+        {"sop_uid": box.sop_uid, "frame": box.frame, "box": [box.x0, box.y0, box.x1, box.y1]}
+    )
+
+
+def _box(value: object) -> ImageBox | None:
+    if value is None:
+        return None
+    d = json.loads(str(value))
+    x0, y0, x1, y1 = (float(v) for v in d["box"])
+    return ImageBox(str(d["sop_uid"]), int(d["frame"]), x0, y0, x1, y1)
+
+
 def _feedback(row: tuple[object, ...]) -> Feedback:
     return Feedback(
         feedback_id=str(row[0]),
@@ -65,6 +82,7 @@ def _feedback(row: tuple[object, ...]) -> Feedback:
         model=str(row[12]),
         version=str(row[13]),
         sha256=str(row[14]),
+        corrected_box=_box(row[15]),
     )
 
 
@@ -117,7 +135,7 @@ class FeedbackMixin:
         with self._tx() as db:
             db.execute(
                 f"INSERT INTO feedback ({_FEEDBACK_COLS}) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     fb.feedback_id,
                     fb.tracking_uid,
@@ -134,9 +152,12 @@ class FeedbackMixin:
                     fb.model,
                     fb.version,
                     fb.sha256,
+                    _box_json(fb.corrected_box),
                 ),
             )
             corrected = f" -> {fb.corrected_meaning}" if fb.corrected_meaning else ""
+            if fb.corrected_box is not None:
+                corrected += " -> new outline"
             self._event(
                 db,
                 fb.study_key,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 7  # 2: job times; 3: results, deliveries; 4: findings, feedback; 5: runs;
-# 6: delivery priority; 7: what became of each object of a job (partial jobs)
+SCHEMA_VERSION = 8  # 2: job times; 3: results, deliveries; 4: findings, feedback; 5: runs;
+# 6: delivery priority; 7: what became of each object of a job (partial jobs);
+# 8: the outline a correction puts instead (feedback.corrected_box)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -157,7 +158,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     at REAL NOT NULL,
     model TEXT NOT NULL,
     version TEXT NOT NULL,
-    sha256 TEXT NOT NULL
+    sha256 TEXT NOT NULL,
+    corrected_box TEXT
 );
 CREATE INDEX IF NOT EXISTS feedback_finding ON feedback (tracking_uid, at);
 CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, version, at);
@@ -189,6 +191,7 @@ ADDED_COLUMNS = (
     ("jobs", "finished_at", "REAL"),
     ("deliveries", "priority", "INTEGER NOT NULL DEFAULT 0"),
     ("jobs", "objects", "TEXT"),  # JSON: [{"kind", "made", "failed", "reason"}]
+    ("feedback", "corrected_box", "TEXT"),  # JSON: {"sop_uid", "frame", "box": [x0, y0, x1, y1]}
 )
 
 

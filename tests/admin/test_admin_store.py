@@ -49,7 +49,7 @@ def test_schema_1_store_gains_job_timings_in_place(tmp_path: Path) -> None:
     assert running.started_at == 12.0
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
-    assert version == str(SCHEMA_VERSION) == "7"
+    assert version == str(SCHEMA_VERSION) == "8"
     again = SqliteStore(path)  # opening again changes nothing; schema 3 tables are there
     assert again.list_deliveries() == []
     assert again.list_results("k1") == []
@@ -84,7 +84,7 @@ def test_schema_6_store_keeps_its_jobs_and_records_what_each_made(tmp_path: Path
     assert store.list_jobs(state=JobState.PARTIAL) == [ended]
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
-    assert version == "7"
+    assert version == str(SCHEMA_VERSION)
 
 
 def test_job_timings_follow_its_states(store: SqliteStore) -> None:

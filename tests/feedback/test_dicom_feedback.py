@@ -163,3 +163,92 @@ def test_edited_sr_accepts_corrects_and_rejects_findings(ran: tuple[Node, list[P
     kept = set(by_uid) - {dropped, changed}
     assert {by_uid[u].action for u in kept} == {FeedbackAction.ACCEPT}
     assert {f.who for f in by_uid.values()} == {"AE:PACS"}
+
+
+def _saved_by_ohif(
+    sr: Dataset, resized: str, deleted: str, *, same_series: bool
+) -> tuple[Dataset, tuple[float, float, float, float]]:
+    """What OHIF 3.13 stores when the radiologist resized one box of our SR (bottom-right
+    corner by (+3, +2) pixels), deleted another and saved (docs/feedback-from-viewers.md):
+    every group a new tracking UID, our code, label and untouched outlines kept; into our
+    SR's series with Predecessor Documents naming our SR (OHIF's default), or as a new
+    series naming none of our objects. Returns it and the resized box (x0, y0, x1, y1)."""
+    saved = copy.deepcopy(sr)
+    saved.SOPInstanceUID = generate_uid()
+    saved.file_meta.MediaStorageSOPInstanceUID = saved.SOPInstanceUID
+    saved.Manufacturer = "Unspecified"
+    if same_series:
+        pred = Dataset()
+        pred.StudyInstanceUID = sr.StudyInstanceUID
+        series = Dataset()
+        series.SeriesInstanceUID = sr.SeriesInstanceUID
+        ref = Dataset()
+        ref.ReferencedSOPInstanceUID = sr.SOPInstanceUID  # OHIF leaves out the class UID
+        series.ReferencedSOPSequence = [ref]
+        pred.ReferencedSeriesSequence = [series]
+        saved.PredecessorDocumentsSequence = [pred]
+    else:
+        saved.SeriesInstanceUID = generate_uid()
+    new_box: list[float] = []
+    stack = [saved]
+    while stack:
+        item = stack.pop()
+        keep = []
+        for child in item.get("ContentSequence", []):
+            uids = [c for c in child.get("ContentSequence", []) if c.get("ValueType") == "UIDREF"]
+            if uids and str(uids[0].UID) == deleted:
+                continue
+            if uids and str(uids[0].UID) == resized:
+                for sub in child.ContentSequence:
+                    for coord in sub.get("ContentSequence", []):
+                        if coord.get("ValueType") == "SCOORD" and not new_box:
+                            xs, ys = coord.GraphicData[0::2], coord.GraphicData[1::2]
+                            x0, y0, x1, y1 = min(xs), min(ys), max(xs) + 3, max(ys) + 2
+                            coord.GraphicData = [x0, y0, x1, y0, x1, y1, x0, y1, x0, y0]
+                            new_box = [x0, y0, x1, y1]
+            if uids:
+                uids[0].UID = generate_uid()  # OHIF keeps none of our tracking UIDs
+            keep.append(child)
+            stack.append(child)
+        if "ContentSequence" in item:
+            item.ContentSequence = keep
+    assert len(new_box) == 4
+    return saved, (new_box[0], new_box[1], new_box[2], new_box[3])
+
+
+@pytest.mark.parametrize("same_series", [True, False], ids=["into-our-series", "new-series"])
+def test_sr_saved_by_ohif_corrects_the_resized_box_and_rejects_the_deleted_one(
+    ran: tuple[Node, list[Path]], same_series: bool
+) -> None:
+    """issue 17 (item 3): OHIF gives every group a new tracking UID; the groups are matched
+    by image, label and outline instead, also when the SR names none of our objects."""
+    node, files = ran
+    (study,) = node.store.list_studies()
+    (sr,) = [r for r in node.store.list_results(study.study_key) if r.modality == "SR"]
+    ours = dcmread(node.settings.results_path / sr.path)
+    uids = [uid for uid, _ in groups(ours)]
+    if len(uids) < 3:
+        pytest.skip("the detector found fewer than 3 boxes on these slices")
+    resized, deleted = uids[0], uids[1]
+    saved, (x0, y0, x1, y1) = _saved_by_ohif(ours, resized, deleted, same_series=same_series)
+    assert not {uid for uid, _ in groups(saved)} & set(uids)
+    send(node, saved, calling="ORTHANC")
+    wait_until(
+        lambda: len(node.store.list_feedback(study_key=study.study_key)) == len(uids),
+        what="one verdict per finding",
+    )
+    by_uid = {f.tracking_uid: f for f in node.store.list_feedback(study_key=study.study_key)}
+    assert by_uid[resized].action is FeedbackAction.CORRECT
+    box = by_uid[resized].corrected_box
+    assert box is not None
+    assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((x0, y0, x1, y1), abs=1e-4)
+    assert by_uid[resized].corrected_value is None  # the finding itself was kept
+    assert by_uid[deleted].action is FeedbackAction.REJECT
+    kept = set(uids) - {resized, deleted}
+    assert {by_uid[u].action for u in kept} == {FeedbackAction.ACCEPT}
+    assert all(by_uid[u].corrected_box is None for u in kept)
+    assert {f.who for f in by_uid.values()} == {"AE:ORTHANC"}
+    assert {f.result_sop_uid for f in by_uid.values()} == {sr.sop_uid}
+    # on the source image the finding is on, in its pixels
+    assert box.frame == 1
+    assert box.sop_uid in {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}

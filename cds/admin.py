@@ -9,7 +9,7 @@ with the node down), and asks the running node over HTTP to retry and re-run.
 Every operation that changes something leaves a line in the study's history
 (``job_retried``, ``rerun_requested``, ``job_cancelled``, ``purged``): the
 history is the audit trail, and it survives a purge. A refusal raises
-``AdminError`` with the HTTP status it maps to.
+``AdminError`` with the reason (``Refusal``) the API maps to an HTTP status.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from cds.domain import (
     StudyDetail,
     StudyState,
 )
-from cds.errors import AdminError
+from cds.errors import AdminError, Refusal
 from cds.ingest.spool import Spool
 from cds.store.base import StateStore
 
-NOT_FOUND = 404
-CONFLICT = 409
-UNAVAILABLE = 503
+NOT_FOUND = Refusal.NOT_FOUND
+CONFLICT = Refusal.CONFLICT
+UNAVAILABLE = Refusal.UNAVAILABLE
 
 #: a file in a study's folder that the store does not know is removed by a purge
 #: only when older than this: a younger one may be an instance being received

@@ -11,6 +11,7 @@ they refuse, a patient's name or birth date among them.
 
 from __future__ import annotations
 
+import enum
 import re
 
 
@@ -60,25 +61,30 @@ class DeliveryError(CdsError):
     """A result could not be sent to its destination."""
 
 
+class Refusal(enum.StrEnum):
+    """Why an operation is refused, in the operation's terms (the HTTP API maps each
+    to its status in ``cds.api``; the CLI prints the message and exits 1)."""
+
+    NOT_FOUND = "not_found"  # no such job, study, delivery or finding
+    CONFLICT = "conflict"  # not allowed in its current state
+    INVALID = "invalid"  # the request itself is wrong
+    UNAVAILABLE = "unavailable"  # the node is stopping
+
+
 class AdminError(CdsError):
-    """An admin operation (retry, re-run, cancel, purge) is refused.
+    """An admin operation (retry, re-run, cancel, purge) is refused, and why."""
 
-    ``status`` is the HTTP status the API answers with (404: no such job or
-    study; 409: not allowed in its current state; 503: the node is stopping);
-    the CLI prints the message and exits 1.
-    """
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
+    def __init__(self, refusal: Refusal, message: str) -> None:
+        self.refusal = refusal
         super().__init__(message)
 
 
 class FeedbackError(CdsError):
-    """Feedback refused (unknown finding, invalid correction), with its HTTP status."""
+    """Feedback refused (unknown finding, invalid correction), and why."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, refusal: Refusal, message: str) -> None:
+        self.refusal = refusal
         super().__init__(message)
-        self.status = status
 
 
 # --- what of an exception may be stored or shown -----------------------------------

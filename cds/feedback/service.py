@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from cds.audit import AuditEvent, AuditTrail
 from cds.domain import Feedback, FeedbackAction, FindingRecord, ImageBox
-from cds.errors import FeedbackError
+from cds.errors import FeedbackError, Refusal
 from cds.store.base import StateStore
 
-NOT_FOUND = 404
-INVALID = 422
+NOT_FOUND = Refusal.NOT_FOUND
+INVALID = Refusal.INVALID
 MAX_REASON = 2000
 MAX_WHO = 64
 

@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 from cds import admin
 from cds.api.auth import ADMIN, OBSERVER, AdminUser
 from cds.api.deps import get_node
+from cds.api.refusals import http_status
 from cds.api.schemas import DeliveryOut, JobOut, Problem, PurgeOut, QueueOut, RequeuedOut
 from cds.domain import DeliveryState, JobState
 from cds.errors import AdminError
@@ -40,7 +41,7 @@ def _admin(op: Callable[[], T]) -> T:
     try:
         return op()
     except AdminError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        raise HTTPException(http_status(exc.refusal), str(exc)) from None
 
 
 @router.get(

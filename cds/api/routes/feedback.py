@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, status
 
 from cds.api.auth import RADIOLOGIST, RadiologistUser
 from cds.api.deps import get_node
+from cds.api.refusals import http_status
 from cds.api.schemas import FeedbackIn, FeedbackOut, FindingOut, Problem
 from cds.errors import FeedbackError
 from cds.feedback.service import CorrectedLabel, give_feedback
@@ -77,7 +78,7 @@ def post_feedback(
             audit=node.audit,  # feedback_given, by who
         )
     except FeedbackError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        raise HTTPException(http_status(exc.refusal), str(exc)) from None
     log.info("feedback.recorded", study_key=fb.study_key, model=fb.model, action=fb.action.value)
     return FeedbackOut.of(fb)
 

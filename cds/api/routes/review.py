@@ -36,6 +36,7 @@ from cds.api.auth import (
     radiologist_page,
 )
 from cds.api.deps import get_node
+from cds.api.refusals import http_status
 from cds.api.review import pages
 from cds.api.review.basis import Basis, ImageRef, Region, bases_of, read_basis
 from cds.api.review.render import Mask, NotRenderable, render_png, segment_frame
@@ -404,7 +405,7 @@ def _record(
             audit=node.audit,  # feedback_given, by who
         )
     except FeedbackError as exc:
-        raise _Refused(exc.status, str(exc)) from None
+        raise _Refused(http_status(exc.refusal), str(exc)) from None
 
 
 @router.post("/{study_key}/findings/{tracking_uid}", summary="Accept, reject or correct")

@@ -1,7 +1,7 @@
 """Recording feedback: one function for every way in (review page, REST API, DICOM).
 
 Feedback is appended and never blocks the radiologist's work: a record that
-cannot be matched to a finding is refused with a reason (HTTP 404/422), the
+cannot be matched to a finding is refused with a reason (a Refusal: not found, invalid), the
 result itself is never changed.
 """
 

@@ -33,6 +33,7 @@ import typer
 from cds import admin
 from cds.api.schemas import JobOut, QueueOut
 from cds.audit import AuditTrail, cli_actor
+from cds.cli.common import REFUSED, USAGE, fail
 from cds.config import Settings, load_settings
 from cds.domain import JobState
 from cds.errors import AdminError, ConfigError
@@ -55,23 +56,19 @@ LimitOpt = Annotated[int, typer.Option("--limit", min=1, help="at most this many
 HTTP_TIMEOUT_S = 30.0
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
-
-
 def _settings(config: Path | None, home: Path | None) -> Settings:
     try:
         return load_settings(config, home)
     except ConfigError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), USAGE) from None
 
 
 def _store(settings: Settings) -> StateStore:
     if not settings.sqlite_path.exists():
-        raise _fail(
+        raise fail(
             f"no state store at {settings.sqlite_path} (store.sqlite_path): "
-            "has the node run with this --home?"
+            "has the node run with this --home?",
+            REFUSED,
         )
     return open_store(settings)
 
@@ -197,7 +194,7 @@ def jobs_cancel(
     try:
         job = admin.cancel_job(store, job_id)
     except AdminError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), REFUSED) from None
     finally:
         store.close()
     typer.echo(f"job {job.job_id} ({job.kind}, study {job.study_key}) cancelled")
@@ -268,13 +265,14 @@ def study_purge_cmd(
     try:
         detail = store.get_study(study_key)
         if detail is None:
-            raise _fail(f"no study with key {study_key!r}")
+            raise fail(f"no study with key {study_key!r}", REFUSED)
         s = detail.summary
         if not yes:
             if not _interactive():
-                raise _fail(
+                raise fail(
                     f"refusing to purge study {study_key} without confirmation: "
-                    "no terminal to ask on; pass --yes"
+                    "no terminal to ask on; pass --yes",
+                    REFUSED,
                 )
             typer.confirm(
                 f"Purge study {study_key} ({s.state.value}, {s.series_count} series, "
@@ -290,7 +288,7 @@ def study_purge_cmd(
                 store, spool, study_key, force, audit=trail, who=cli_actor(), reason="admin"
             )
         except AdminError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc), REFUSED) from None
         finally:
             trail.close()
     finally:
@@ -346,7 +344,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     try:
         ctx.load_verify_locations(cafile=str(cert))
     except (OSError, ssl.SSLError) as exc:
-        raise _fail(f"http.tls_cert_file: cannot read {cert} ({exc})") from None
+        raise fail(f"http.tls_cert_file: cannot read {cert} ({exc})", REFUSED) from None
     return ctx
 
 
@@ -360,10 +358,11 @@ def _post(settings: Settings, path: str) -> dict[str, Any]:
     token = os.environ.get(TOKEN_ENV, "")
     if settings.http.auth.mode != "none":
         if not token:
-            raise _fail(
+            raise fail(
                 f"the node's API needs authentication (http.auth.mode "
                 f"{settings.http.auth.mode}): set {TOKEN_ENV} to an admin token "
-                "(cds token new --name NAME --role admin)"
+                "(cds token new --name NAME --role admin)",
+                REFUSED,
             )
         request.add_header("Authorization", f"Bearer {token}")
     # the node's API is local: never through a proxy from the environment
@@ -383,11 +382,12 @@ def _post(settings: Settings, path: str) -> dict[str, Any]:
             detail = str(exc.reason)
         if exc.code == 401:
             detail = f"{detail} (the token in {TOKEN_ENV} was refused)"
-        raise _fail(detail) from None
+        raise fail(detail, REFUSED) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise _fail(
+        raise fail(
             f"the node is not running at {base} (http.host/http.port): {reason}. "
             "Retry and re-run need the running node: start it with 'cds serve' "
-            "(and give this command the node's --config)"
+            "(and give this command the node's --config)",
+            REFUSED,
         ) from None

@@ -21,7 +21,8 @@ from cds.audit import AuditEvent, AuditRecord, AuditTrail, cli_actor
 from cds.audit.atna import to_atna
 from cds.audit.query import AuditQuery, as_json, query
 from cds.audit.verify import verify
-from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _fail, _settings
+from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _settings
+from cds.cli.common import REFUSED, USAGE, fail
 from cds.config import Settings
 from cds.observatory.stats import parse_when
 
@@ -58,7 +59,7 @@ def _query(
         start = None if since is None else parse_when(since, "--since")
         end = None if until is None else parse_when(until, "--until")
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), USAGE) from None
     return AuditQuery(start, end, frozenset(events or ()), study, who)
 
 
@@ -119,10 +120,10 @@ def audit_verify(config: ConfigOpt = None, home: HomeOpt = None) -> None:
         return
     where = f"seq {v.bad_seq}" if v.bad_seq is not None else "head"
     line = f" (line {v.line})" if v.line is not None else ""
-    raise _fail(
+    raise fail(
         f"audit trail NOT intact at {where}{line}: {v.reason}; "
         f"{v.records} record(s) verified before it ({path})",
-        1,
+        REFUSED,
     )
 
 
@@ -162,7 +163,7 @@ def audit_export(
     try:
         out.write_bytes(data)
     except OSError as exc:
-        raise _fail(f"cannot write {out}: {exc.strerror or exc}") from None
+        raise fail(f"cannot write {out}: {exc.strerror or exc}", REFUSED) from None
     typer.echo(f"wrote {out}: {len(rows)} audit message(s)")
 
 

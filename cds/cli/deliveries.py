@@ -21,11 +21,11 @@ from cds.cli.admin import (
     JsonOpt,
     LimitOpt,
     _duration,
-    _fail,
     _settings,
     _store,
     _when,
 )
+from cds.cli.common import REFUSED, USAGE, fail
 from cds.domain import Delivery, DeliveryState
 from cds.errors import AdminError
 
@@ -105,7 +105,7 @@ def deliveries_retry(
 ) -> None:
     """Try a dead delivery again now (or every dead one with --all-dead)."""
     if (delivery_id is None) == (not all_dead):
-        raise _fail("give a delivery id, or --all-dead (not both)", 2)
+        raise fail("give a delivery id, or --all-dead (not both)", USAGE)
     store = _store(_settings(config, home))
     try:
         if all_dead:
@@ -115,7 +115,7 @@ def deliveries_retry(
         assert delivery_id is not None
         d = admin.retry_delivery(store, delivery_id)
     except AdminError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), REFUSED) from None
     finally:
         store.close()
     typer.echo(f"delivery {d.delivery_id} ({d.modality} to {d.destination}) queued again")

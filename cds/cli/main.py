@@ -22,6 +22,7 @@ from cds.cli import observatory as cli_observatory
 from cds.cli import process as cli_process
 from cds.cli import security as cli_security
 from cds.cli.admin import jobs_app, queue_cmd, studies_app
+from cds.cli.common import REFUSED, USAGE, fail
 from cds.cli.deliveries import deliveries_app
 from cds.cli.model import model_app
 from cds.config import Settings, load_settings
@@ -48,16 +49,11 @@ HomeOpt = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
-
-
 def _settings(config: Path | None, home: Path | None) -> Settings:
     try:
         return load_settings(config, home)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), USAGE) from None
 
 
 @app.command()
@@ -79,25 +75,25 @@ def serve(config: ConfigOpt = None, home: HomeOpt = None) -> None:
     http = settings.http
     for name, path in (("tls_cert_file", http.tls_cert_file), ("tls_key_file", http.tls_key_file)):
         if path is not None and not path.is_file():
-            raise _fail(f"http.{name}: no such file {path}", 1)
+            raise fail(f"http.{name}: no such file {path}", REFUSED)
     configure_logging(settings.log.format, settings.log.level)
     try:
         node = Node(settings)
         node.start()
     except OSError as exc:
         cfg = settings.dicom
-        raise _fail(
+        raise fail(
             f"cannot start DICOM listener on {cfg.host}:{cfg.port} (dicom.host/dicom.port): "
             f"{exc.strerror or exc}",
-            1,
+            REFUSED,
         ) from None
     except CdsError as exc:
-        raise _fail(f"cannot start: {exc}", 1) from None
+        raise fail(f"cannot start: {exc}", REFUSED) from None
     try:
         api = create_app(settings, node)
     except (OSError, ValueError) as exc:  # the session key, or the OIDC keys (jwks_file)
         node.stop()
-        raise _fail(f"cannot start the HTTP API: {exc}", 1) from None
+        raise fail(f"cannot start the HTTP API: {exc}", REFUSED) from None
     try:
         uvicorn.run(
             api,
@@ -182,10 +178,10 @@ def _open_store_readonly(settings: Settings):  # type: ignore[no-untyped-def]
     from cds.store import open_store
 
     if not settings.sqlite_path.exists():
-        raise _fail(
+        raise fail(
             f"no state store at {settings.sqlite_path} (store.sqlite_path): "
             "has the node run with this --home?",
-            1,
+            REFUSED,
         )
     return open_store(settings)
 
@@ -249,7 +245,7 @@ def study(
     finally:
         store.close()
     if detail is None:
-        raise _fail(f"no study with key {study_key!r}", 1)
+        raise fail(f"no study with key {study_key!r}", REFUSED)
     s = detail.summary
     typer.echo(f"study {s.study_key}  state {s.state.value}  UID {s.study_uid}")
     typer.echo(f"  {s.series_count} series, {s.instance_count} instances")
@@ -308,19 +304,19 @@ def route_explain(
     settings = _settings(config, home)
     file = routing or settings.routing.file
     if file is None:
-        raise _fail("no routing file: give --routing FILE or set routing.file in the config")
+        raise fail("no routing file: give --routing FILE or set routing.file in the config", USAGE)
     try:
         rf = load_routing(file)
     except RoutingFileError as exc:
-        raise _fail("\n".join(exc.errors), 1) from None
+        raise fail("\n".join(exc.errors), REFUSED) from None
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise _fail(f"no such file or folder: {', '.join(missing)}")
+        raise fail(f"no such file or folder: {', '.join(missing)}", USAGE)
     budget = ReadBudget.of(settings.routing.explain_limits)  # local files: no roots
     try:
         studies, skipped = read_headers(paths, limits=settings.dicom.limits, budget=budget)
     except ExplainStopped as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), USAGE) from None
     disabled = set(settings.routing.disabled_models)
     uses = declared_use_of(settings.inference.model_dirs)  # the manifests' declared use
     for study_series in studies.values():
@@ -332,7 +328,7 @@ def route_explain(
     for line in skipped:
         typer.echo(f"skipped {line}")
     if not studies:
-        raise _fail("no DICOM study found in the given paths", 1)
+        raise fail("no DICOM study found in the given paths", REFUSED)
 
 
 cli_process.register(app)

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from cds.cli.common import REFUSED, USAGE, fail
 from cds.config import Settings, load_settings
 from cds.errors import CdsError, ConfigError
 
@@ -28,14 +29,9 @@ _PROVIDERS = ("auto", "tensorrt", "cuda", "cpu")
 _LISTED = 10
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
-
-
 def _check_providers(providers: str) -> None:
     if providers not in _PROVIDERS:
-        raise _fail(f"--providers: must be auto, tensorrt, cuda or cpu, not {providers!r}")
+        raise fail(f"--providers: must be auto, tensorrt, cuda or cpu, not {providers!r}", USAGE)
 
 
 @model_app.command("validate")
@@ -87,7 +83,7 @@ def model_list(
     try:
         settings: Settings = load_settings(config, home)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), USAGE) from None
     inf = settings.inference
     golden = run_golden_once if inf.golden_at_load else None
     models = ModelRegistry(inf.model_dirs, inf.providers, warm=False, golden=golden).load()
@@ -222,7 +218,7 @@ def model_run(
     _check_providers(providers)
     r = validate_package(package, providers, keep_session=True)  # type: ignore[arg-type]
     if not r.ok:
-        raise _fail("\n".join([f"{package}: not a valid package", *r.errors]), 1)
+        raise fail("\n".join([f"{package}: not a valid package", *r.errors]), REFUSED)
     files = sorted(p for s in series for p in ([s] if s.is_file() else s.rglob("*")) if p.is_file())
     try:
         stack = decode(files)
@@ -230,7 +226,7 @@ def model_run(
         warm_up(model)
         result = ModelRunner(model, DeviceSlots(1, 1)).run(stack)
     except CdsError as exc:
-        raise _fail(f"cannot run the model on the series: {exc}", 1) from None
+        raise fail(f"cannot run the model on the series: {exc}", REFUSED) from None
     rec = result.record
     typer.echo(
         f"{rec.model} {rec.version} (sha256 {rec.sha256[:12]}) on {rec.images} images, "

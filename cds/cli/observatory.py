@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 
 from cds.audit import AuditEvent, AuditTrail, cli_actor
-from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _fail, _settings, _store
+from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _settings, _store
+from cds.cli.common import REFUSED, USAGE, fail
 from cds.observatory.export import DEFAULT_MIN_COUNT, build_export, to_csv
 from cds.observatory.stats import (
     Bucket,
@@ -50,9 +51,9 @@ def _range(since: str | None, until: str | None) -> tuple[float | None, float | 
         start = None if since is None else parse_when(since, "--since")
         end = None if until is None else parse_when(until, "--until")
     except ValueError as exc:
-        raise _fail(str(exc), 2) from None
+        raise fail(str(exc), USAGE) from None
     if start is not None and end is not None and end <= start:
-        raise _fail(f"--until ({until}) must come after --since ({since})", 2)
+        raise fail(f"--until ({until}) must come after --since ({since})", USAGE)
     return start, end
 
 
@@ -147,7 +148,7 @@ def export(
     try:
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise _fail(f"cannot write the export to {out}: {exc.strerror or exc}") from None
+        raise fail(f"cannot write the export to {out}: {exc.strerror or exc}", REFUSED) from None
     suppressed = sum(
         1 for row in data["rows"] for v in row.values() if isinstance(v, dict) and v["suppressed"]
     )

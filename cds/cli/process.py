@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from cds.cli.common import PARTIAL, REFUSED, USAGE, fail
 from cds.config import load_settings
 from cds.errors import CdsError, ConfigError
 from cds.logging import configure_logging
@@ -33,11 +34,6 @@ _HELP = "\n\n".join(
 )
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
-
-
 class _Stderr:
     """Whatever ``sys.stderr`` is when a log line is written (test runners swap it)."""
 
@@ -53,11 +49,13 @@ def _check_together(
 ) -> None:
     """Options that go with --model only, or not with each other."""
     if routing is not None and model is not None:
-        raise _fail("give --routing or --model, not both")
+        raise fail("give --routing or --model, not both", USAGE)
     if results is not None and model is None:
-        raise _fail("--results goes with --model (a routing file names its pipelines' results)")
+        raise fail(
+            "--results goes with --model (a routing file names its pipelines' results)", USAGE
+        )
     if sha256 is not None and (model is None or not _SHA_RE.match(sha256)):
-        raise _fail("--sha256: goes with --model and is 12 to 64 hex digits")
+        raise fail("--sha256: goes with --model and is 12 to 64 hex digits", USAGE)
 
 
 def process(
@@ -125,23 +123,25 @@ def process(
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), USAGE) from None
     configure_logging(settings.log.format, "info" if verbose else "warning", stream=_Stderr())  # type: ignore[arg-type]
     inf = settings.inference
     choice = providers or inf.providers
     if choice not in _PROVIDERS:
-        raise _fail(f"--providers: must be {', '.join(_PROVIDERS)}, not {choice!r}")
+        raise fail(f"--providers: must be {', '.join(_PROVIDERS)}, not {choice!r}", USAGE)
     language = lang or settings.results.language
     if language not in ("en", "fr"):
-        raise _fail(f"--lang: must be 'en' or 'fr', not {language!r}")
+        raise fail(f"--lang: must be 'en' or 'fr', not {language!r}", USAGE)
     _check_together(routing, model, results, sha256)
     try:
         kinds = offline.parse_kinds(results) if results is not None else None
     except ValueError as exc:
-        raise _fail(f"--results: {exc}") from None
+        raise fail(f"--results: {exc}", USAGE) from None
     file = None if model is not None else (routing or settings.routing.file)
     if model is None and file is None:
-        raise _fail("no routing file: give --routing FILE or --model NAME, or set routing.file")
+        raise fail(
+            "no routing file: give --routing FILE or --model NAME, or set routing.file", USAGE
+        )
     request = offline.Request(
         paths=paths,
         out=out,
@@ -164,19 +164,19 @@ def process(
             warnings.filterwarnings("ignore", module=r"highdicom(\..*)?$")
             outcome = offline.run(request, typer.echo)
     except RoutingFileError as exc:
-        raise _fail(
-            f"{file}: {len(exc.errors)} error(s)\n  " + "\n  ".join(exc.errors), 1
+        raise fail(
+            f"{file}: {len(exc.errors)} error(s)\n  " + "\n  ".join(exc.errors), REFUSED
         ) from None
     except CdsError as exc:
-        raise _fail(str(exc), 1) from None
+        raise fail(str(exc), REFUSED) from None
     except OSError as exc:  # the output folder: full disk, no permission
-        raise _fail(f"--out: cannot write under {out}: {exc.strerror or exc}", 1) from None
+        raise fail(f"--out: cannot write under {out}: {exc.strerror or exc}", REFUSED) from None
     record = out / offline.RECORD_NAME
     if not outcome.written and outcome.problems:
-        raise _fail("\n".join(["nothing was made:", *outcome.problems, f"see {record}"]), 1)
+        raise fail("\n".join(["nothing was made:", *outcome.problems, f"see {record}"]), REFUSED)
     typer.echo(f"{len(outcome.written)} object(s) written; record: {record}")
     if outcome.problems:
-        raise _fail("\n".join(["not everything asked was made:", *outcome.problems]), 3)
+        raise fail("\n".join(["not everything asked was made:", *outcome.problems]), PARTIAL)
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,12 +32,11 @@ import typer
 from cds import admin
 from cds.api.schemas import JobOut, QueueOut
 from cds.audit import AuditTrail, cli_actor
-from cds.cli.common import REFUSED, USAGE, fail
+from cds.cli.common import REFUSED, USAGE, fail, open_state_store, when
 from cds.config import Settings, load_settings
 from cds.domain import JobState
 from cds.errors import AdminError, ConfigError
 from cds.ingest.spool import Spool
-from cds.store import StateStore, open_store
 
 ConfigOpt = Annotated[
     Path | None,
@@ -61,22 +59,6 @@ def _settings(config: Path | None, home: Path | None) -> Settings:
         return load_settings(config, home)
     except ConfigError as exc:
         raise fail(str(exc), USAGE) from None
-
-
-def _store(settings: Settings) -> StateStore:
-    if not settings.sqlite_path.exists():
-        raise fail(
-            f"no state store at {settings.sqlite_path} (store.sqlite_path): "
-            "has the node run with this --home?",
-            REFUSED,
-        )
-    return open_store(settings)
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _duration(seconds: float | None) -> str:
@@ -107,7 +89,7 @@ def _print_jobs(
     limit: int,
     as_json: bool,
 ) -> None:
-    store = _store(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     try:
         rows = admin.list_jobs(store, state, study, limit)
     finally:
@@ -128,7 +110,7 @@ def _print_jobs(
         not_made = [o.text for o in j.objects if o.failed]
         error = f"  {j.error[:80]}" if j.error and not not_made else ""
         typer.echo(
-            f"{j.job_id:<32} {j.study_key:<16} {j.state.value:<9} {_when(j.created_at):<19} "
+            f"{j.job_id:<32} {j.study_key:<16} {j.state.value:<9} {when(j.created_at):<19} "
             f"{_duration(waited):>7} {_duration(ran):>7} {j.attempts:>5}  {j.kind}{error}"
         )
         for line in not_made:  # a partial job: each object not made, with its reason
@@ -190,7 +172,7 @@ def jobs_cancel(
 
     A running job stops at its next step and is never reported done.
     """
-    store = _store(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     try:
         job = admin.cancel_job(store, job_id)
     except AdminError as exc:
@@ -203,7 +185,7 @@ def jobs_cancel(
 # --- cds queue ------------------------------------------------------------------
 def queue_cmd(config: ConfigOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     """Queue depth: jobs queued and running, the oldest waiting, studies waiting."""
-    store = _store(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     try:
         q = QueueOut.of(admin.queue_stats(store), time.time())
     finally:
@@ -261,7 +243,7 @@ def study_purge_cmd(
     stored again and re-opens the study.
     """
     settings = _settings(config, home)
-    store = _store(settings)
+    store = open_state_store(settings)
     try:
         detail = store.get_study(study_key)
         if detail is None:

@@ -9,7 +9,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from cds.config import Settings
+    from cds.store import StateStore
 
 REFUSED = 1
 USAGE = 2
@@ -20,3 +27,24 @@ def fail(message: str, code: int) -> typer.Exit:
     """Print ``message`` on stderr; the Exit to raise with ``code``."""
     typer.echo(message, err=True)
     return typer.Exit(code)
+
+
+def open_state_store(settings: Settings) -> StateStore:
+    """The node's state store, for a command that reads or changes it; REFUSED when the
+    node never ran with this home (a command never creates a store)."""
+    from cds.store import open_store  # noqa: PLC0415 (``cds --help`` stays fast)
+
+    if not settings.sqlite_path.exists():
+        raise fail(
+            f"no state store at {settings.sqlite_path} (store.sqlite_path): "
+            "has the node run with this --home?",
+            REFUSED,
+        )
+    return open_store(settings)
+
+
+def when(ts: float | None) -> str:
+    """A time stamp as the commands print it (UTC), ``-`` for none."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")

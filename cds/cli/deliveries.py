@@ -22,10 +22,8 @@ from cds.cli.admin import (
     LimitOpt,
     _duration,
     _settings,
-    _store,
-    _when,
 )
-from cds.cli.common import REFUSED, USAGE, fail
+from cds.cli.common import REFUSED, USAGE, fail, open_state_store, when
 from cds.domain import Delivery, DeliveryState
 from cds.errors import AdminError
 
@@ -44,15 +42,15 @@ DestOpt = Annotated[
 
 def _line(d: Delivery, now: float) -> str:
     if d.state is DeliveryState.PENDING and d.next_attempt_at is not None:
-        when = f"next in {_duration(d.next_attempt_at - now)}" if d.next_attempt_at > now else "due"
+        at = f"next in {_duration(d.next_attempt_at - now)}" if d.next_attempt_at > now else "due"
     else:
-        when = _when(d.delivered_at) if d.delivered_at else "-"
+        at = when(d.delivered_at) if d.delivered_at else "-"
     error = (
         f"  {d.last_error[:90]}" if d.last_error and d.state is not DeliveryState.DELIVERED else ""
     )
     return (
         f"{d.delivery_id:<32} {d.study_key:<16} {d.modality:<4} {d.destination:<12} "
-        f"{d.state.value:<9} {d.attempts:>5}  {when}{error}"
+        f"{d.state.value:<9} {d.attempts:>5}  {at}{error}"
     )
 
 
@@ -71,7 +69,7 @@ def deliveries(
     """List deliveries (one result object to one destination), newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    store = _store(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     try:
         rows = admin.list_deliveries(store, state, study, destination, limit)
     finally:
@@ -106,7 +104,7 @@ def deliveries_retry(
     """Try a dead delivery again now (or every dead one with --all-dead)."""
     if (delivery_id is None) == (not all_dead):
         raise fail("give a delivery id, or --all-dead (not both)", USAGE)
-    store = _store(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     try:
         if all_dead:
             retried = admin.retry_dead_deliveries(store, destination)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -22,7 +21,7 @@ from cds.cli import observatory as cli_observatory
 from cds.cli import process as cli_process
 from cds.cli import security as cli_security
 from cds.cli.admin import jobs_app, queue_cmd, studies_app
-from cds.cli.common import REFUSED, USAGE, fail
+from cds.cli.common import REFUSED, USAGE, fail, open_state_store, when
 from cds.cli.deliveries import deliveries_app
 from cds.cli.model import model_app
 from cds.config import Settings, load_settings
@@ -174,24 +173,6 @@ def config_check(
     )
 
 
-def _open_store_readonly(settings: Settings):  # type: ignore[no-untyped-def]
-    from cds.store import open_store
-
-    if not settings.sqlite_path.exists():
-        raise fail(
-            f"no state store at {settings.sqlite_path} (store.sqlite_path): "
-            "has the node run with this --home?",
-            REFUSED,
-        )
-    return open_store(settings)
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 @studies_app.callback(invoke_without_command=True)
 def studies(
     ctx: typer.Context,
@@ -207,7 +188,7 @@ def studies(
         return
     from cds.api.schemas import StudyOut
 
-    store = _open_store_readonly(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     rows = store.list_studies(state, limit)
     store.close()
     if as_json:
@@ -226,7 +207,7 @@ def studies(
         typer.echo(
             f"{s.study_key:<17} {s.state.value:<11} {s.series_count:>6} {s.instance_count:>6} "
             f"{','.join(s.modalities)[:8]:<8} {s.calling_ae:<16} "
-            f"{_when(s.last_received_at):<19}{reopened}"
+            f"{when(s.last_received_at):<19}{reopened}"
         )
 
 
@@ -237,7 +218,7 @@ def study(
     home: HomeOpt = None,
 ) -> None:
     """Show one study: its series, its result objects (and where they went), its history."""
-    store = _open_store_readonly(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     try:
         detail = store.get_study(study_key)
         results = store.list_results(study_key)
@@ -266,7 +247,7 @@ def study(
             )
     typer.echo("history:")
     for e in detail.events:
-        typer.echo(f"  {_when(e.at)}  {e.kind:<18} {e.detail}")
+        typer.echo(f"  {when(e.at)}  {e.kind:<18} {e.detail}")
 
 
 app.add_typer(jobs_app, name="jobs")

@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from cds.audit import AuditEvent, AuditTrail, cli_actor
-from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _settings, _store
-from cds.cli.common import REFUSED, USAGE, fail
+from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _settings
+from cds.cli.common import REFUSED, USAGE, fail, open_state_store
 from cds.observatory.export import DEFAULT_MIN_COUNT, build_export, to_csv
 from cds.observatory.stats import (
     Bucket,
@@ -58,7 +58,7 @@ def _range(since: str | None, until: str | None) -> tuple[float | None, float | 
 
 
 def _records(config: Path | None, home: Path | None) -> Records:
-    store = _store(_settings(config, home))
+    store = open_state_store(_settings(config, home))
     try:
         return load_records(store)
     finally:

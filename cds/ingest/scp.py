@@ -34,7 +34,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -46,6 +45,7 @@ from cds.config import Settings
 from cds.errors import ConfigError, IngestError, safe_message
 from cds.ingest import fastpath
 from cds.ingest.admission import AddressCap
+from cds.ingest.assoc import AssocStats, StudyCounts, called_ae_title, peer_of, status_dataset
 from cds.ingest.instance import STATUS_PROCESSING_FAILURE
 from cds.ingest.receiver import Receiver
 from cds.ingest.server import (
@@ -55,7 +55,7 @@ from cds.ingest.server import (
     NodeRequestHandler,
     TlsServer,
 )
-from cds.ingest.sources import GatedACSE, Peer, SourcePolicy, reject_words
+from cds.ingest.sources import GatedACSE, SourcePolicy, reject_words
 from cds.ingest.tls import HandshakeError, server_context
 from cds.logging import get_logger
 from cds.netdicom import check_pynetdicom
@@ -68,51 +68,6 @@ ALL_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
     "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
 ]
-
-
-@dataclass
-class _StudyCounts:
-    instances: int = 0
-    duplicates: int = 0
-
-
-@dataclass
-class _AssocStats:
-    calling_ae: str
-    peer: str
-    address: str
-    tls: bool = False
-    started: float = field(default_factory=time.monotonic)
-    stored: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    bytes: int = 0
-    studies: dict[str, _StudyCounts] = field(default_factory=dict)
-
-    @property
-    def study_keys(self) -> list[str]:
-        return sorted(self.studies)
-
-
-def _peer_of(assoc: Any) -> Peer:
-    acse = assoc.acse
-    if isinstance(acse, GatedACSE):
-        return acse.peer
-    return Peer(address=str(assoc.requestor.address), port=int(assoc.requestor.port))
-
-
-def _called_ae_title(assoc: Any) -> str:
-    """The AE title the peer called (not ours), from its A-ASSOCIATE-RQ."""
-    primitive = assoc.requestor.primitive
-    return str(primitive.called_ae_title).strip() if primitive is not None else ""
-
-
-def _status(code: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    # Error Comment is LO: at most 64 characters
-    ds.ErrorComment = comment[:64]
-    return ds
 
 
 class DicomListener:
@@ -140,7 +95,7 @@ class DicomListener:
         self._server: HardenedServer | None = None
         self._tls_server: TlsServer | None = None
         self._threads: list[threading.Thread] = []
-        self._stats: dict[int, _AssocStats] = {}
+        self._stats: dict[int, AssocStats] = {}
         self._stats_lock = threading.Lock()
         #: called with the study keys an association stored into, when it ends
         self.on_association_end: Callable[[list[str]], None] | None = None
@@ -283,8 +238,8 @@ class DicomListener:
 
     def _on_accepted(self, event: Any) -> None:
         a = event.assoc
-        peer = _peer_of(a)
-        stats = _AssocStats(
+        peer = peer_of(a)
+        stats = AssocStats(
             calling_ae=str(a.requestor.ae_title).strip(),
             peer=f"{peer.address}:{peer.port}",
             address=peer.address,
@@ -299,7 +254,7 @@ class DicomListener:
             tls=peer.tls,
             cert_cn=peer.cert_cn,
         )
-        detail: dict[str, Any] = {"called_ae": _called_ae_title(a), "tls": peer.tls}
+        detail: dict[str, Any] = {"called_ae": called_ae_title(a), "tls": peer.tls}
         if peer.tls:
             detail["tls_version"] = peer.tls_version
         if peer.cert_cn is not None:
@@ -313,7 +268,7 @@ class DicomListener:
 
     def _on_rejected(self, event: Any) -> None:
         a = event.assoc
-        peer = _peer_of(a)
+        peer = peer_of(a)
         calling = str(a.requestor.ae_title).strip()
         acse = a.acse
         rsd = acse.rejection if isinstance(acse, GatedACSE) else None
@@ -329,14 +284,14 @@ class DicomListener:
         log.warning(
             "ingest.association_rejected",
             calling_ae=calling,
-            called_ae=_called_ae_title(a),
+            called_ae=called_ae_title(a),
             peer=f"{peer.address}:{peer.port}",
             tls=peer.tls,
             reason=reason,
             source_rule=source_reason,
         )
         detail: dict[str, Any] = {
-            "called_ae": _called_ae_title(a),
+            "called_ae": called_ae_title(a),
             "tls": peer.tls,
             "reason": reason,
         }
@@ -418,7 +373,7 @@ class DicomListener:
         )
         self._audit_received(stats)
 
-    def _audit_received(self, stats: _AssocStats) -> None:
+    def _audit_received(self, stats: AssocStats) -> None:
         """INSTANCES_RECEIVED once per study the association stored into (and once,
         without a study, if it only had failures)."""
         who = f"AE:{stats.calling_ae}"
@@ -447,7 +402,7 @@ class DicomListener:
             )
 
     def _on_pdu_refused(self, assoc: Any, refused: fastpath.PduTooLarge) -> None:
-        peer = _peer_of(assoc)
+        peer = peer_of(assoc)
         calling = str(assoc.requestor.ae_title or "").strip()
         log.warning(
             "ingest.pdu_too_large",
@@ -500,7 +455,7 @@ class DicomListener:
                 reason=str(exc),
                 calling_ae=calling_ae.strip(),
             )
-            return _status(exc.status, str(exc))
+            return status_dataset(exc.status, str(exc))
         except Exception as exc:
             if stats:
                 stats.failed += 1
@@ -510,10 +465,12 @@ class DicomListener:
                 reason=safe_message(exc),
                 calling_ae=calling_ae.strip(),
             )
-            return _status(STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
+            return status_dataset(
+                STATUS_PROCESSING_FAILURE, f"internal error: {type(exc).__name__}"
+            )
         if stats:
             stats.bytes += len(data)
-            counts = stats.studies.setdefault(result.study_key, _StudyCounts())
+            counts = stats.studies.setdefault(result.study_key, StudyCounts())
             if result.outcome.value == "duplicate":
                 stats.duplicates += 1
                 counts.duplicates += 1

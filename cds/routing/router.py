@@ -11,198 +11,29 @@ decided — it is shown to admins (CLI, API), never written to logs.
 
 from __future__ import annotations
 
-import os
 import re
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from io import BytesIO
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
-
-from cds.config import IngestLimits
-from cds.errors import IngestError
-from cds.ingest.instance import check_file
-from cds.routing.files import NotRegularFile, ReadBudget
+from cds.routing.headers import SeriesHeader, header_attrs, read_headers
 from cds.routing.rules import ATTRIBUTES, Condition, Range, RoutingFile, Rule
 
-_HEADER_KEYWORDS = [
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "SOPInstanceUID",
-    "InstanceNumber",
-    "SOPClassUID",
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDescription",
-    "StudyDescription",
-    "ProtocolName",
-    "ViewPosition",
-    "Manufacturer",
-    "ManufacturerModelName",
-    "ImageType",
-    "PatientSex",
-    "PatientAge",
-    "PatientBirthDate",
-    "StudyDate",
-    "SliceThickness",
-    "PixelSpacing",
-    "SeriesNumber",
-    # compared with a model's declared use (manifest input.photometric, input.slices)
-    "PhotometricInterpretation",
-    "NumberOfFrames",
+__all__ = [  # the headers live in cds.routing.headers; these stay importable from here
+    "PipelinePlan",
+    "RuleVerdict",
+    "SeriesHeader",
+    "SeriesVerdict",
+    "StudyPlan",
+    "evaluate",
+    "explain_text",
+    "header_attrs",
+    "read_headers",
+    "route",
+    "value_of",
 ]
 
-
-@dataclass
-class SeriesHeader:
-    """What routing knows of one series: header attributes of its first instance, and counts."""
-
-    study_uid: str
-    series_uid: str
-    attrs: dict[str, Any]
-    instance_count: int = 1
-    calling_ae: str = ""
-    files: list[Path] = field(default_factory=list)
-    #: the SOP Instance UIDs of ``files`` (the newest version of each instance)
-    sop_uids: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        num = self.attrs.get("SeriesNumber")
-        desc = self.attrs.get("SeriesDescription") or ""
-        mod = self.attrs.get("Modality") or "?"
-        return f"#{num if num not in (None, '') else '-'} {mod} {desc}".strip()
-
-
-def header_attrs(ds: Dataset) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kw in _HEADER_KEYWORDS:
-        v = ds.get(kw)
-        if v is None or v == "":
-            continue
-        if kw == "ImageType":
-            many = isinstance(v, MultiValue | list | tuple)
-            out[kw] = [str(x).strip() for x in (v if many else [v])]
-        elif kw == "PixelSpacing":
-            try:
-                out[kw] = [float(x) for x in v]
-            except (TypeError, ValueError):
-                continue
-        elif kw in ("SliceThickness",):
-            try:
-                out[kw] = float(v)
-            except (TypeError, ValueError):
-                continue
-        else:
-            out[kw] = str(v).strip()
-    return out
-
-
-def read_headers(
-    paths: Iterable[Path], limits: IngestLimits | None = None, budget: ReadBudget | None = None
-) -> tuple[dict[str, list[SeriesHeader]], list[str]]:
-    """Group DICOM files (or folders of them) by study and series; also return unread files.
-
-    Only regular files are opened (devices, FIFOs and sockets are passed over, never
-    read). ``limits``: for files that did not come through the node's ingest (``cds
-    process``, ``cds route explain`` on local paths), the ingest bounds are applied to
-    each file before it is parsed (size, deflate bomb, nesting depth); a file past them is
-    skipped with the reason. The node's own spool is already bounded. ``budget``: bounds
-    on the whole read (files, bytes, wall time, cancellation; ExplainStopped past one).
-
-    Deterministic whatever the file names or their order: of several versions of one
-    SOP Instance (the spool keeps them) the newest file counts, files are ordered by
-    InstanceNumber, and a series' attributes are those of its first instance (series
-    may vary within, e.g. slice thickness).
-    """
-    budget = budget if budget is not None else ReadBudget()
-    files, skipped = budget.list_files(paths)
-    rank = {f: i for i, f in enumerate(files)}
-    # (study, series) -> sop -> (mtime, instance number, file, dataset)
-    found: dict[tuple[str, str], dict[str, tuple[float, float, Path, Dataset]]] = {}
-    for f in files:
-        try:
-            ds, mtime = _read_header(f, limits, budget)
-        except IngestError as exc:
-            skipped.append(f"{f}: refused ({exc})")
-            continue
-        except NotRegularFile as exc:
-            skipped.append(f"{f}: {exc} (not opened)")
-            continue
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            skipped.append(f"{f}: not readable as DICOM ({type(exc).__name__})")
-            continue
-        study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
-        if not study or not series:
-            skipped.append(f"{f}: no StudyInstanceUID/SeriesInstanceUID")
-            continue
-        sop = str(ds.get("SOPInstanceUID", "")) or str(f)
-        try:
-            number = float(ds.get("InstanceNumber", "") or "inf")
-        except (TypeError, ValueError):
-            number = float("inf")
-        item = (mtime, number, f, ds)
-        versions = found.setdefault((study, series), {})
-        if sop not in versions or item[0] >= versions[sop][0]:
-            versions[sop] = item
-    studies: dict[str, list[SeriesHeader]] = defaultdict(list)
-    for (study, series), versions in found.items():
-        # by InstanceNumber, then by the order the files were given in
-        ordered = sorted(versions.items(), key=lambda kv: (kv[1][1], rank[kv[1][2]]))
-        first = ordered[0][1][3]
-        studies[study].append(
-            SeriesHeader(
-                study,
-                series,
-                header_attrs(first),
-                len(ordered),
-                "",
-                [v[2] for _, v in ordered],
-                [sop for sop, _ in ordered],
-            )
-        )
-    return dict(studies), skipped
-
-
-def _read_header(f: Path, limits: IngestLimits | None, budget: ReadBudget) -> tuple[Dataset, float]:
-    """(header, mtime) of one file. With ``limits`` the whole file is read (bounded) and
-    checked first; without, the header alone is read from disk."""
-    with budget.open(f) as fh:
-        mtime = os.fstat(fh.fileno()).st_mtime
-        if limits is None:
-            ds = _parse_header(fh)
-            budget.spent(fh.tell())
-            return ds, mtime
-        raw = budget.read(fh, limits.max_dataset_mb * 2**20)
-    check_file(
-        raw,
-        max_inflated_bytes=limits.max_inflated_mb * 2**20,
-        max_sequence_depth=limits.max_sequence_depth,
-    )
-    return _parse_header(BytesIO(raw)), mtime
-
-
-def _parse_header(fh: BinaryIO) -> Dataset:
-    """Header of a Part 10 file, or of a bare data set without File Meta (common in the
-    field: tolerant when reading), recognised by a first group of 0008."""
-    try:
-        return dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS)
-    except InvalidDicomError:
-        fh.seek(0)
-        if fh.read(2) not in (b"\x08\x00", b"\x00\x08"):
-            raise
-        fh.seek(0)
-        return dcmread(fh, stop_before_pixels=True, specific_tags=_HEADER_KEYWORDS, force=True)
-
-
-# --- attribute values -----------------------------------------------------------
 _AGE_RE = re.compile(r"^(\d{1,3})([DWMY]?)$")  # a bare number is taken as years
 _AGE_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0, "": 1.0}
 

@@ -32,7 +32,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -51,7 +51,37 @@ from cds.results.encode import encode_each
 
 log = get_logger("cds.compute")
 
-ExecutorKind = Literal["thread", "process"]
+ExecutorKind = Literal["thread", "process", "ray"]
+
+
+class Runner(Protocol):
+    """Where ``SeriesWork`` runs: ``Compute`` (thread, process) or ``RayCompute`` (ray)."""
+
+    @property
+    def workers(self) -> int: ...
+    def run(self, work: SeriesWork) -> SeriesOutcome: ...
+    def describe(self) -> dict[str, object]: ...
+    def shutdown(self) -> None: ...
+
+
+def make_compute(
+    models: ModelRegistry,
+    kind: ExecutorKind,
+    workers: int,
+    *,
+    address: str = "local",
+    gpus_per_worker: float = 0.0,
+    log_format: str = "json",
+    log_level: str = "info",
+) -> Runner:
+    """The executor of ``kind``; Ray is imported only for ``ray``."""
+    if kind == "ray":
+        from cds.compute_ray import RayCompute  # noqa: PLC0415 (an optional extra)
+
+        return RayCompute(
+            address, workers, gpus_per_worker, log_format=log_format, log_level=log_level
+        )
+    return Compute(models, kind, workers, log_format=log_format, log_level=log_level)
 
 
 @dataclass(frozen=True)

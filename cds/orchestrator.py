@@ -23,7 +23,7 @@ from cds import __version__
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail
 from cds.audit.config import record_config
 from cds.audit.syslog import SyslogForwarder
-from cds.compute import Compute
+from cds.compute import make_compute
 from cds.config import Settings
 from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker
@@ -90,10 +90,13 @@ class Node:
             warm=inf.warm_up,
             golden=run_golden_once if inf.golden_at_load else None,
         )
-        self.compute = Compute(  # where a model's work on a series runs (executor.kind)
+        ex = settings.executor
+        self.compute = make_compute(  # where a model's work on a series runs (executor.kind)
             self.models,
-            settings.executor.kind,
-            settings.executor.workers,
+            ex.kind,
+            ex.workers,
+            address=ex.address,
+            gpus_per_worker=ex.gpus_per_worker,
             log_format=settings.log.format,
             log_level=settings.log.level,
         )

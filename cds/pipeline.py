@@ -45,7 +45,7 @@ from cds.routing.rules import Rule
 
 if TYPE_CHECKING:
     from cds.audit import AuditTrail
-    from cds.compute import Compute
+    from cds.compute import Runner
     from cds.config import Settings
     from cds.delivery.notify import Notifier
     from cds.delivery.worker import DeliveryWorker
@@ -71,7 +71,7 @@ class Node(Protocol):
     @property
     def models(self) -> ModelRegistry: ...
     @property
-    def compute(self) -> Compute: ...
+    def compute(self) -> Runner: ...
     @property
     def audit(self) -> AuditTrail: ...
     @property

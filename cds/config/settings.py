@@ -81,12 +81,22 @@ class AssemblySettings(_Section):
 class ExecutorSettings(_Section):
     """Where a model's work on a series runs (``cds.compute``)."""
 
-    kind: Literal["thread", "process"] = Field(
+    kind: Literal["thread", "process", "ray"] = Field(
         "thread",
         description="thread: in the node's own worker threads; process: in worker "
-        "processes (a crash in a model's native code costs its job, not the node)",
+        "processes (a crash in a model's native code costs its job, not the node); ray: "
+        "on Ray actors (pip install 'cds[ray]')",
     )
-    workers: int = Field(2, ge=1, le=64, description="worker processes (kind process)")
+    workers: int = Field(
+        2, ge=1, le=256, description="worker processes (process) or inference actors (ray)"
+    )
+    address: str = Field(
+        "local",
+        min_length=1,
+        description="ray: local (a Ray instance inside the node), auto (the cluster of "
+        "'ray start --head' on this machine) or ray://host:port",
+    )
+    gpus_per_worker: float = Field(0.0, ge=0, le=16, description="ray: GPUs each actor holds")
 
 
 class InferenceSettings(_Section):

@@ -1,0 +1,148 @@
+"""``executor.kind: ray``: a model's work on a series runs on Ray actors (``cds[ray]``).
+
+Each actor is a worker process of a Ray cluster that keeps the packages it was asked
+for loaded and warm (the same loading, SHA-256 check and logging as the ``process``
+kind's workers: ``cds.compute.run_in_worker``). ``executor.workers`` actors are made,
+each reserving ``executor.gpus_per_worker`` GPUs (0: CPU); Ray places them on the
+cluster's machines.
+
+``executor.address``: ``local`` starts a Ray instance inside the node (stopped with
+it); ``auto`` joins the cluster started on this machine with ``ray start --head``;
+``ray://host:port`` joins a remote cluster through Ray Client. Work and results cross
+as values (``SeriesWork`` -> ``SeriesOutcome``): the node stays the one writer of the
+state store, the spool and the results folder, so the files a work names must be
+readable by the actors at the same paths (one machine, or a shared file system).
+
+A work goes to the actor with the fewest works in flight. An actor that dies during a
+work (kill -9 of its process, a lost machine) is restarted by Ray and the work is
+tried once more, on whichever actor is free; the node records the result only when a
+work returns, and result UIDs are derived from the inputs and the model, so a retried
+work makes the same objects, once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from cds.compute import SeriesOutcome, SeriesWork, _worker_init, run_in_worker
+from cds.errors import CdsError
+from cds.logging import get_logger
+
+log = get_logger("cds.compute")
+
+#: tries of one work: the first, and one more after its actor died
+_TRIES = 2
+
+
+class _InferenceActor:
+    """Wrapped by ``ray.remote`` when the executor starts (Ray is an optional extra)."""
+
+    def __init__(self, log_format: str, log_level: str) -> None:
+        _worker_init(log_format, log_level)
+
+    def run(self, work: SeriesWork) -> SeriesOutcome:
+        return run_in_worker(work)
+
+    def pid(self) -> int:
+        import os  # noqa: PLC0415
+
+        return os.getpid()
+
+
+class RayCompute:
+    """Runs ``SeriesWork`` on Ray actors (see the module)."""
+
+    kind = "ray"
+
+    def __init__(
+        self,
+        address: str,
+        workers: int,
+        gpus_per_worker: float = 0.0,
+        *,
+        log_format: str = "json",
+        log_level: str = "info",
+    ) -> None:
+        try:
+            import ray  # noqa: PLC0415
+        except ImportError:
+            raise CdsError(
+                "executor.kind ray needs Ray: install cds with the ray extra (pip install "
+                "'cds[ray]')"
+            ) from None
+        self._ray = ray
+        self.address = address
+        self.workers = workers
+        self._started_ray = False
+        if not ray.is_initialized():
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            self._started_ray = address == "local"
+        actor = ray.remote(_InferenceActor).options(
+            num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=0
+        )
+        self._actors: list[Any] = [actor.remote(log_format, log_level) for _ in range(workers)]
+        self._busy = [0] * workers
+        self._lock = threading.Lock()
+        log.info("compute.ray_started", address=address, workers=workers, gpus=gpus_per_worker)
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": self.kind, "workers": self.workers, "address": self.address}
+
+    def actor_pids(self) -> list[int]:
+        """The process ids of the actors (for ``cds workers`` and the tests)."""
+        ray = self._ray
+        return [int(ray.get(a.pid.remote())) for a in self._actors]
+
+    def _take(self) -> int:
+        with self._lock:
+            i = min(range(len(self._busy)), key=self._busy.__getitem__)
+            self._busy[i] += 1
+            return i
+
+    def _give(self, i: int) -> None:
+        with self._lock:
+            self._busy[i] -= 1
+
+    def run(self, work: SeriesWork) -> SeriesOutcome:
+        ray = self._ray
+        for attempt in range(1, _TRIES + 1):
+            i = self._take()
+            try:
+                outcome: SeriesOutcome = ray.get(self._actors[i].run.remote(work))
+                return outcome
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+                log.error(
+                    "compute.actor_died",
+                    model=work.model,
+                    actor=i,
+                    attempt=attempt,
+                    error_type=type(exc).__name__,
+                )
+            except ray.exceptions.RayTaskError as exc:  # the work's own error, re-raised
+                cause = exc.cause if isinstance(exc.cause, Exception) else None
+                if cause is not None:
+                    raise cause from None
+                raise CdsError(f"model {work.model}: the work failed on Ray") from None
+            finally:
+                self._give(i)
+        raise CdsError(
+            f"model {work.model}: the Ray worker running it died {_TRIES} times (a crash, "
+            "the memory limit or a lost machine); the job can be retried"
+        )
+
+    def shutdown(self) -> None:
+        ray = self._ray
+        for a in self._actors:
+            try:
+                ray.kill(a)
+            except Exception as exc:  # an actor already gone
+                log.info("compute.ray_kill_failed", error_type=type(exc).__name__)
+        self._actors = []
+        if self._started_ray:
+            ray.shutdown()

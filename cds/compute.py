@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -54,6 +55,47 @@ log = get_logger("cds.compute")
 ExecutorKind = Literal["thread", "process", "ray"]
 
 
+@dataclass
+class WorkerStats:
+    """What one worker (or the node's threads, or a process pool) did, seen from the node."""
+
+    worker: str
+    kind: str
+    in_flight: int = 0
+    done: int = 0
+    failed: int = 0
+    busy_seconds: float = 0.0
+    models: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def begin(self, model: str) -> float:
+        with self._lock:
+            self.in_flight += 1
+            self.models.add(model)
+        return time.perf_counter()
+
+    def end(self, started: float, ok: bool) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.busy_seconds += time.perf_counter() - started
+            if ok:
+                self.done += 1
+            else:
+                self.failed += 1
+
+    def as_dict(self) -> dict[str, object]:
+        with self._lock:
+            return {
+                "worker": self.worker,
+                "kind": self.kind,
+                "in_flight": self.in_flight,
+                "done": self.done,
+                "failed": self.failed,
+                "busy_seconds": round(self.busy_seconds, 3),
+                "models": sorted(self.models),
+            }
+
+
 class Runner(Protocol):
     """Where ``SeriesWork`` runs: ``Compute`` (thread, process) or ``RayCompute`` (ray)."""
 
@@ -61,6 +103,7 @@ class Runner(Protocol):
     def workers(self) -> int: ...
     def run(self, work: SeriesWork) -> SeriesOutcome: ...
     def describe(self) -> dict[str, object]: ...
+    def workers_info(self) -> list[dict[str, object]]: ...
     def shutdown(self) -> None: ...
 
 
@@ -215,6 +258,11 @@ def _worker_model(work: SeriesWork) -> LoadedModel:
     return model
 
 
+def loaded_models() -> list[LoadedModel]:
+    """The packages this worker process holds loaded."""
+    return list(_WORKER_MODELS.values())
+
+
 def run_in_worker(work: SeriesWork) -> SeriesOutcome:
     """The process kind's entry point, in a worker process."""
     try:
@@ -246,13 +294,29 @@ class Compute:
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        name = "node threads" if kind == "thread" else f"process pool ({workers} processes)"
+        self._stats = WorkerStats(name, kind)
 
     def describe(self) -> dict[str, object]:
         """For ``/health``: the kind, and the worker processes (0 for thread)."""
         return {"kind": self.kind, "workers": self.workers}
 
+    def workers_info(self) -> list[dict[str, object]]:
+        """For ``cds workers``: the node's threads, or the process pool, as one worker."""
+        return [self._stats.as_dict()]
+
     def run(self, work: SeriesWork) -> SeriesOutcome:
         """Run ``work``; raises CdsError (or the step's own error) when it fails."""
+        started = self._stats.begin(work.model)
+        ok = False
+        try:
+            out = self._run_here_or_in_a_worker(work)
+            ok = True
+            return out
+        finally:
+            self._stats.end(started, ok)
+
+    def _run_here_or_in_a_worker(self, work: SeriesWork) -> SeriesOutcome:
         if self.kind == "thread":
             model = self._models.get(work.model)
             if model is None or model.status != "ready":

@@ -22,10 +22,19 @@ work makes the same objects, once.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 from typing import Any
 
-from cds.compute import SeriesOutcome, SeriesWork, _worker_init, run_in_worker
+from cds.compute import (
+    SeriesOutcome,
+    SeriesWork,
+    WorkerStats,
+    _worker_init,
+    loaded_models,
+    run_in_worker,
+)
 from cds.errors import CdsError
 from cds.logging import get_logger
 
@@ -45,9 +54,15 @@ class _InferenceActor:
         return run_in_worker(work)
 
     def pid(self) -> int:
-        import os  # noqa: PLC0415
-
         return os.getpid()
+
+    def info(self) -> dict[str, object]:
+        """Where the actor runs and what it holds loaded."""
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "loaded": sorted(f"{m.name} {m.version} ({m.provider})" for m in loaded_models()),
+        }
 
 
 class RayCompute:
@@ -88,11 +103,26 @@ class RayCompute:
         )
         self._actors: list[Any] = [actor.remote(log_format, log_level) for _ in range(workers)]
         self._busy = [0] * workers
+        self._stats = [WorkerStats(f"actor {i}", "ray") for i in range(workers)]
         self._lock = threading.Lock()
         log.info("compute.ray_started", address=address, workers=workers, gpus=gpus_per_worker)
 
     def describe(self) -> dict[str, object]:
         return {"kind": self.kind, "workers": self.workers, "address": self.address}
+
+    def workers_info(self) -> list[dict[str, object]]:
+        """For ``cds workers``: each actor, what the node sent it, where it runs and what it
+        holds loaded (an actor that does not answer within 5 s says so)."""
+        ray = self._ray
+        out = []
+        for actor, stats in zip(self._actors, self._stats, strict=True):
+            row = stats.as_dict()
+            try:
+                row.update(ray.get(actor.info.remote(), timeout=5))
+            except Exception as exc:  # a dead or busy actor: the node's figures stay
+                row["unreachable"] = type(exc).__name__
+            out.append(row)
+        return out
 
     def actor_pids(self) -> list[int]:
         """The process ids of the actors (for ``cds workers`` and the tests)."""
@@ -113,8 +143,10 @@ class RayCompute:
         ray = self._ray
         for attempt in range(1, _TRIES + 1):
             i = self._take()
+            started, ok = self._stats[i].begin(work.model), False
             try:
                 outcome: SeriesOutcome = ray.get(self._actors[i].run.remote(work))
+                ok = True
                 return outcome
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
                 log.error(
@@ -130,6 +162,7 @@ class RayCompute:
                     raise cause from None
                 raise CdsError(f"model {work.model}: the work failed on Ray") from None
             finally:
+                self._stats[i].end(started, ok)
                 self._give(i)
         raise CdsError(
             f"model {work.model}: the Ray worker running it died {_TRIES} times (a crash, "

@@ -66,6 +66,7 @@ def _run_node(
         objects = _objects(node)
         with TestClient(admin_app(node.settings, node)) as client:  # stops the node at exit
             health = client.get("/health").json()
+            health["workers"] = client.get("/api/workers").json()  # what cds workers shows
         return objects, health
     finally:
         node.stop()
@@ -80,6 +81,11 @@ def test_the_process_kind_makes_the_same_objects_as_the_thread_kind(
     assert in_workers == in_threads  # same UIDs (content-derived), same pixels and content
     assert health_t["executor"] == {"kind": "thread", "workers": 0}
     assert health_p["executor"] == {"kind": "process", "workers": 2}
+    for health, name in ((health_t, "node threads"), (health_p, "process pool (2 processes)")):
+        (w,) = health["workers"]
+        assert (w["worker"], w["done"], w["failed"], w["in_flight"]) == (name, 1, 0, 0)
+        assert w["models"] == ["cds-ref-ct-bone"]
+        assert w["busy_seconds"] > 0
 
 
 def _work(files: list[Path], sha256: str) -> SeriesWork:

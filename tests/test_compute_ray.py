@@ -47,6 +47,13 @@ def test_ray_makes_the_same_objects_as_the_thread_kind(
     assert len(in_threads) == 2  # SEG and SR
     assert on_ray == in_threads  # same UIDs (content-derived), same pixels and content
     assert health["executor"] == {"kind": "ray", "workers": 2, "address": ADDRESS}
+    actors = health["workers"]  # GET /api/workers, what cds workers shows
+    assert [a["worker"] for a in actors] == ["actor 0", "actor 1"]
+    assert sum(a["done"] for a in actors) == 1
+    busy = next(a for a in actors if a["done"] == 1)
+    assert busy["models"] == ["cds-ref-ct-bone"]
+    assert busy["pid"] > 0
+    assert busy["loaded"] == ["cds-ref-ct-bone 1.0.0 (CPU)"]
 
 
 def test_a_work_whose_actor_was_killed_completes_once(cluster: None, ct_series: list[Path]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cds.admin import PurgeResult, job_timings
 from cds.domain import (
@@ -169,6 +169,20 @@ class JobOut(BaseModel):
             waited_s=None if waited is None else round(waited, 3),
             ran_s=None if ran is None else round(ran, 3),
         )
+
+
+class WorkerOut(BaseModel):
+    """One worker of the executor, as the node sees it (and as it says, for Ray actors)."""
+
+    model_config = ConfigDict(extra="allow")  # a Ray actor adds pid, host, loaded
+
+    worker: str = Field(description="'node threads', 'process pool (N processes)' or 'actor N'")
+    kind: str = Field(description="executor.kind: thread, process or ray")
+    in_flight: int = Field(description="works sent and not yet back")
+    done: int
+    failed: int
+    busy_seconds: float = Field(description="time with work in flight, summed over works")
+    models: list[str] = Field(description="the models it was sent work for")
 
 
 class QueueOut(BaseModel):

@@ -205,6 +205,27 @@ def queue_cmd(config: ConfigOpt = None, home: HomeOpt = None, as_json: JsonOpt =
     typer.echo(f"deliveries dead             {q.deliveries_dead}")
 
 
+# --- cds workers ----------------------------------------------------------------
+def workers_cmd(config: ConfigOpt = None, home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """The executor's workers: what each was sent and did, where it runs, what it holds.
+
+    Asks the running node (GET /api/workers): the node's threads, its process pool, or
+    each Ray actor with its process, machine and loaded models."""
+    rows: list[dict[str, Any]] = _call(_settings(config, home), "/api/workers", "GET")
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'WORKER':<28} {'KIND':<8} {'IN FLIGHT':>9} {'DONE':>6} {'FAILED':>6} BUSY")
+    for w in rows:
+        typer.echo(
+            f"{w['worker']:<28} {w['kind']:<8} {w['in_flight']:>9} {w['done']:>6} "
+            f"{w['failed']:>6} {_duration(w['busy_seconds'])}"
+        )
+        where = " ".join(f"{k} {w[k]}" for k in ("host", "pid") if k in w)
+        held = ", ".join(w.get("loaded", [])) or ", ".join(w["models"]) or "-"
+        typer.echo(f"    {where + '; ' if where else ''}models: {held}")
+
+
 # --- cds studies rerun | purge --------------------------------------------------
 def study_rerun_cmd(
     study_key: Annotated[str, typer.Argument(help="study key as listed by 'cds studies'")],
@@ -331,12 +352,18 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def _post(settings: Settings, path: str) -> dict[str, Any]:
-    """POST to the running node; exit 1 with its message on a refusal or when it is down.
+    """POST to the running node (see ``_call``)."""
+    body: dict[str, Any] = _call(settings, path, "POST")
+    return body
+
+
+def _call(settings: Settings, path: str, method: str) -> Any:
+    """Ask the running node; exit 1 with its message on a refusal or when it is down.
 
     With authentication on, the token comes from the environment (``CDS_API_TOKEN``),
     never from the command line (it would show in the process list and the history)."""
     base = _base_url(settings)
-    request = urllib.request.Request(base + path, method="POST")  # noqa: S310 (http(s) only)
+    request = urllib.request.Request(base + path, method=method)  # noqa: S310 (http(s) only)
     token = os.environ.get(TOKEN_ENV, "")
     if settings.http.auth.mode != "none":
         if not token:
@@ -355,8 +382,7 @@ def _post(settings: Settings, path: str) -> dict[str, Any]:
     opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=HTTP_TIMEOUT_S) as response:
-            body: dict[str, Any] = json.load(response)
-            return body
+            return json.load(response)
     except urllib.error.HTTPError as exc:
         try:
             detail = str(json.load(exc).get("detail", exc.reason))
@@ -369,7 +395,7 @@ def _post(settings: Settings, path: str) -> dict[str, Any]:
         reason = getattr(exc, "reason", exc)
         raise fail(
             f"the node is not running at {base} (http.host/http.port): {reason}. "
-            "Retry and re-run need the running node: start it with 'cds serve' "
+            "This command needs the running node: start it with 'cds serve' "
             "(and give this command the node's --config)",
             REFUSED,
         ) from None

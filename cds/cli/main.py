@@ -20,7 +20,7 @@ from cds.cli import export as cli_export
 from cds.cli import observatory as cli_observatory
 from cds.cli import process as cli_process
 from cds.cli import security as cli_security
-from cds.cli.admin import jobs_app, queue_cmd, studies_app
+from cds.cli.admin import jobs_app, queue_cmd, studies_app, workers_cmd
 from cds.cli.common import REFUSED, USAGE, fail, open_state_store, when
 from cds.cli.deliveries import deliveries_app
 from cds.cli.model import model_app
@@ -252,6 +252,7 @@ def study(
 
 app.add_typer(jobs_app, name="jobs")
 app.command("queue")(queue_cmd)
+app.command("workers")(workers_cmd)
 app.add_typer(deliveries_app, name="deliveries")
 
 app.add_typer(model_app, name="model")  # cds/cli/model.py: validate, list, schema, run

@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from cds.cli import admin as cli_admin
-from cds.cli.admin import jobs_app, queue_cmd, studies_app
+from cds.cli.admin import jobs_app, queue_cmd, studies_app, workers_cmd
 from cds.config import Settings
 from cds.domain import JobState, StudyState
 from cds.orchestrator import Node
@@ -30,6 +30,7 @@ def cli() -> typer.Typer:
     app = typer.Typer()
     app.add_typer(jobs_app, name="jobs")
     app.command("queue")(queue_cmd)
+    app.command("workers")(workers_cmd)
     app.add_typer(studies_app, name="studies")
     return app
 
@@ -192,7 +193,7 @@ def test_retry_and_rerun_say_when_the_node_is_not_running(
 ) -> None:
     cfg = config_file(tmp_path, settings)
     url = f"http://127.0.0.1:{settings.http.port}"
-    for args in (("jobs", "retry", "j1"), ("studies", "rerun", "k1")):
+    for args in (("jobs", "retry", "j1"), ("studies", "rerun", "k1"), ("workers",)):
         code, out = run(*args, "--config", cfg)
         assert code == 1
         assert out.startswith(f"the node is not running at {url} (http.host/http.port)")
@@ -227,6 +228,11 @@ def test_retry_and_rerun_through_the_running_node(
         wait_for(lambda: seen == [sent.key] * 3, what="the re-run study")
         code, out = run("studies", "rerun", "nope", "--config", cfg)
         assert (code, out.strip()) == (1, "no study with key 'nope'")
+        code, out = run("workers", "--config", cfg)  # issue 20: the executor's workers
+        assert code == 0, out
+        assert out.splitlines()[1].split()[:4] == ["node", "threads", "thread", "0"]
+        code, out = run("workers", "--json", "--config", cfg)
+        assert json.loads(out)[0]["worker"] == "node threads"
 
         detail = node.store.get_study(sent.key)
         assert detail is not None

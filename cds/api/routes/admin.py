@@ -18,7 +18,15 @@ from cds import admin
 from cds.api.auth import ADMIN, OBSERVER, AdminUser
 from cds.api.deps import get_node
 from cds.api.refusals import http_status
-from cds.api.schemas import DeliveryOut, JobOut, Problem, PurgeOut, QueueOut, RequeuedOut
+from cds.api.schemas import (
+    DeliveryOut,
+    JobOut,
+    Problem,
+    PurgeOut,
+    QueueOut,
+    RequeuedOut,
+    WorkerOut,
+)
 from cds.domain import DeliveryState, JobState
 from cds.errors import AdminError
 from cds.logging import get_logger
@@ -131,6 +139,15 @@ def purge_study(
 )
 def queue(node: NodeDep) -> QueueOut:
     return QueueOut.of(admin.queue_stats(node.store), time.time())
+
+
+@router.get(
+    "/workers",
+    summary="The executor's workers: what each was sent, did and holds loaded",
+    dependencies=[OBSERVER],
+)
+def workers(node: NodeDep) -> list[WorkerOut]:
+    return [WorkerOut.model_validate(w) for w in node.compute.workers_info()]
 
 
 @router.get(

@@ -25,6 +25,8 @@ A Ray executor (issue 20) is another ``Compute`` kind behind the same ``run``.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import multiprocessing
 import threading
 import time
@@ -53,6 +55,38 @@ from cds.results.encode import encode_each
 log = get_logger("cds.compute")
 
 ExecutorKind = Literal["thread", "process", "ray"]
+
+
+class PrioritySlots:
+    """``n`` workers shared by works waiting in priority order: when all are busy, the
+    next one freed goes to the highest priority waiting (a STAT study's work overtakes
+    routine ones), then to the earliest. Waiting here is the executor's backpressure."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []  # heap of (-priority, arrival)
+        self._arrivals = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiting)
+
+    def acquire(self, priority: int = 0) -> None:
+        with self._cond:
+            ticket = (-priority, next(self._arrivals))
+            heapq.heappush(self._waiting, ticket)
+            while not (self._free > 0 and self._waiting[0] == ticket):
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._cond.notify_all()  # the next in line may take another free worker
+
+    def release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
 
 
 @dataclass
@@ -140,6 +174,7 @@ class SeriesWork:
     lang: str
     predecessors: tuple[ResultRef, ...] = ()
     seed: str | None = None
+    priority: int = 0  # the routing rule's: higher first when workers are busy (STAT)
 
 
 @dataclass
@@ -296,6 +331,7 @@ class Compute:
         self._closed = False
         name = "node threads" if kind == "thread" else f"process pool ({workers} processes)"
         self._stats = WorkerStats(name, kind)
+        self._slots = PrioritySlots(self.workers) if kind == "process" else None
 
     def describe(self) -> dict[str, object]:
         """For ``/health``: the kind, and the worker processes (0 for thread)."""
@@ -322,15 +358,18 @@ class Compute:
             if model is None or model.status != "ready":
                 raise CdsError(f"model {work.model} is not loaded")
             return _run(work, ModelRunner(model, self._models.slots))
-        future = self._submit(work)
+        assert self._slots is not None
+        self._slots.acquire(work.priority)  # STAT before routine when the workers are busy
         try:
-            return future.result()
+            return self._submit(work).result()
         except BrokenProcessPool:
             self._restart()
             raise CdsError(
                 f"model {work.model}: the worker process running it ended abruptly "
                 "(a crash or the memory limit); the job can be retried"
             ) from None
+        finally:
+            self._slots.release()
 
     def _submit(self, work: SeriesWork) -> Future[SeriesOutcome]:
         with self._lock:

@@ -13,7 +13,9 @@ as values (``SeriesWork`` -> ``SeriesOutcome``): the node stays the one writer o
 state store, the spool and the results folder, so the files a work names must be
 readable by the actors at the same paths (one machine, or a shared file system).
 
-A work goes to the actor with the fewest works in flight. An actor that dies during a
+Each actor takes one work at a time; when all are busy, works wait in the node, the
+highest routing-rule priority first (a STAT study overtakes routine ones), and the next
+goes to the actor with the fewest works in flight. An actor that dies during a
 work (kill -9 of its process, a lost machine) is restarted by Ray and the work is
 tried once more, on whichever actor is free; the node records the result only when a
 work returns, and result UIDs are derived from the inputs and the model, so a retried
@@ -28,6 +30,7 @@ import threading
 from typing import Any
 
 from cds.compute import (
+    PrioritySlots,
     SeriesOutcome,
     SeriesWork,
     WorkerStats,
@@ -42,6 +45,8 @@ log = get_logger("cds.compute")
 
 #: tries of one work: the first, and one more after its actor died
 _TRIES = 2
+#: how long a retry waits for Ray to restart the actor that died
+_RESTART_WAIT_S = 60.0
 
 
 class _InferenceActor:
@@ -104,6 +109,7 @@ class RayCompute:
         self._actors: list[Any] = [actor.remote(log_format, log_level) for _ in range(workers)]
         self._busy = [0] * workers
         self._stats = [WorkerStats(f"actor {i}", "ray") for i in range(workers)]
+        self._slots = PrioritySlots(workers)  # one work per actor; STAT first when all busy
         self._lock = threading.Lock()
         log.info("compute.ray_started", address=address, workers=workers, gpus=gpus_per_worker)
 
@@ -142,6 +148,7 @@ class RayCompute:
     def run(self, work: SeriesWork) -> SeriesOutcome:
         ray = self._ray
         for attempt in range(1, _TRIES + 1):
+            self._slots.acquire(work.priority)
             i = self._take()
             started, ok = self._stats[i].begin(work.model), False
             try:
@@ -156,6 +163,7 @@ class RayCompute:
                     attempt=attempt,
                     error_type=type(exc).__name__,
                 )
+                self._wait_restarted(i)
             except ray.exceptions.RayTaskError as exc:  # the work's own error, re-raised
                 cause = exc.cause if isinstance(exc.cause, Exception) else None
                 if cause is not None:
@@ -164,10 +172,20 @@ class RayCompute:
             finally:
                 self._stats[i].end(started, ok)
                 self._give(i)
+                self._slots.release()
         raise CdsError(
             f"model {work.model}: the Ray worker running it died {_TRIES} times (a crash, "
             "the memory limit or a lost machine); the job can be retried"
         )
+
+    def _wait_restarted(self, i: int) -> None:
+        """Wait (bounded) until Ray has restarted actor ``i``, so the next try does not
+        fall on an actor still coming back."""
+        ray = self._ray
+        try:
+            ray.get(self._actors[i].pid.remote(), timeout=_RESTART_WAIT_S)
+        except Exception as exc:  # not back in time: the next try says what happens
+            log.warning("compute.actor_not_back", actor=i, error_type=type(exc).__name__)
 
     def shutdown(self) -> None:
         ray = self._ray

@@ -296,6 +296,7 @@ def _run_series(
         lang=node.settings.results.language,
         predecessors=tuple(predecessors),
         seed=seed,
+        priority=priority,
     )
     out = node.compute.run(work)  # in this thread or a worker process (executor.kind)
     first = dcmread(series.files[0], stop_before_pixels=True)  # for the KOS and the drift record

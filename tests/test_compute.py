@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 
-from cds.compute import Compute, SeriesWork, inputs_seed
+from cds.compute import Compute, PrioritySlots, SeriesWork, inputs_seed
 from cds.domain import StudyState
 from cds.errors import CdsError
 from cds.inference.registry import ModelRegistry
@@ -139,3 +141,30 @@ def test_a_worker_refuses_a_package_changed_since_the_node_loaded_it(
             compute.run(work)
     finally:
         compute.shutdown()
+
+
+def test_when_the_workers_are_busy_a_stat_work_overtakes_routine_ones() -> None:
+    """PrioritySlots: the next free worker goes to the highest priority waiting, then to
+    the earliest (the process and Ray kinds wait there; rule priority is the work's)."""
+    slots = PrioritySlots(1)
+    slots.acquire()  # the one worker is busy
+    order: list[str] = []
+
+    def work(name: str, priority: int) -> None:
+        slots.acquire(priority)
+        order.append(name)
+        slots.release()
+
+    threads = []
+    for n, (name, priority) in enumerate((("routine 1", 0), ("routine 2", 0), ("STAT", 10))):
+        t = threading.Thread(target=work, args=(name, priority))
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 5
+        while slots.waiting < n + 1:  # each is in line before the next comes
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    slots.release()
+    for t in threads:
+        t.join(5)
+    assert order == ["STAT", "routine 1", "routine 2"]

@@ -87,4 +87,4 @@ def test_a_work_value_names_files_not_data(ct_series: list[Path]) -> None:
         lang="en",
         seed=inputs_seed(ct_series),
     )
-    assert all(isinstance(v, str | Path | tuple) or v is None for v in vars(work).values())
+    assert all(isinstance(v, str | int | Path | tuple) or v is None for v in vars(work).values())

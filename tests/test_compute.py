@@ -69,6 +69,7 @@ def _run_node(
         with TestClient(admin_app(node.settings, node)) as client:  # stops the node at exit
             health = client.get("/health").json()
             health["workers"] = client.get("/api/workers").json()  # what cds workers shows
+            health["metrics"] = client.get("/metrics").text
         return objects, health
     finally:
         node.stop()
@@ -88,6 +89,9 @@ def test_the_process_kind_makes_the_same_objects_as_the_thread_kind(
         assert (w["worker"], w["done"], w["failed"], w["in_flight"]) == (name, 1, 0, 0)
         assert w["models"] == ["cds-ref-ct-bone"]
         assert w["busy_seconds"] > 0
+        kind = w["kind"]
+        done = f'cds_worker_works_total{{kind="{kind}",outcome="done",worker="{name}"}} 1.0'
+        assert done in health["metrics"], health["metrics"][-2000:]
 
 
 def _work(files: list[Path], sha256: str) -> SeriesWork:

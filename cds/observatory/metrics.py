@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -226,12 +226,51 @@ def _gauge(
     return g
 
 
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+class WorkerCollector(Collector):
+    """The executor's workers at each scrape (``cds workers``): labelled by the worker's
+    name ('node threads', 'process pool (N processes)', 'actor N') and kind only."""
+
+    def __init__(self, workers: Callable[[], Sequence[Mapping[str, object]]]) -> None:
+        self._workers = workers
+
+    def collect(self) -> Iterator[Metric]:
+        rows = list(self._workers())
+        labels = ["worker", "kind"]
+        in_flight = GaugeMetricFamily(
+            "cds_worker_in_flight", "Works sent to the worker, not yet back", labels=labels
+        )
+        works = CounterMetricFamily(
+            "cds_worker_works", "Works the worker finished, by outcome", labels=[*labels, "outcome"]
+        )
+        busy = CounterMetricFamily(
+            "cds_worker_busy_seconds", "Time with work in flight on the worker", labels=labels
+        )
+        for w in rows:
+            key = [str(w["worker"]), str(w["kind"])]
+            in_flight.add_metric(key, _num(w["in_flight"]))
+            works.add_metric([*key, "done"], _num(w["done"]))
+            works.add_metric([*key, "failed"], _num(w["failed"]))
+            busy.add_metric(key, _num(w["busy_seconds"]))
+        yield from (in_flight, works, busy)
+
+
 def build_registry(
-    store: StateStore, drift: DriftSettings | None = None, *, process: bool = True
+    store: StateStore,
+    drift: DriftSettings | None = None,
+    *,
+    process: bool = True,
+    workers: Callable[[], Sequence[Mapping[str, object]]] | None = None,
 ) -> CollectorRegistry:
-    """A registry of its own for one node: the store's figures (and the process's)."""
+    """A registry of its own for one node: the store's figures (and the process's, and
+    the executor's workers when ``workers`` is given)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store, drift))
+    if workers is not None:
+        registry.register(WorkerCollector(workers))
     if process:
         ProcessCollector(registry=registry)
     return registry

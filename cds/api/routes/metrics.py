@@ -29,7 +29,9 @@ def _registry(request: Request, node: Node) -> CollectorRegistry:
     state = request.app.state
     registry = getattr(state, "metrics_registry", None)
     if not isinstance(registry, CollectorRegistry):
-        registry = build_registry(node.store, drift_settings_of(node.settings))
+        registry = build_registry(
+            node.store, drift_settings_of(node.settings), workers=node.compute.workers_info
+        )
         state.metrics_registry = registry
     return registry
 

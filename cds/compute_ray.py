@@ -49,7 +49,7 @@ _TRIES = 2
 _RESTART_WAIT_S = 60.0
 
 
-class _InferenceActor:
+class InferenceActor:
     """Wrapped by ``ray.remote`` when the executor starts (Ray is an optional extra)."""
 
     def __init__(self, log_format: str, log_level: str) -> None:
@@ -83,7 +83,10 @@ class RayCompute:
         *,
         log_format: str = "json",
         log_level: str = "info",
+        actor_class: type[InferenceActor] | None = None,
     ) -> None:
+        """``actor_class``: a subclass of the inference actor (the scaling benchmark's
+        simulated accelerator); the default runs the work itself."""
         try:
             import ray  # noqa: PLC0415
         except ImportError:
@@ -103,7 +106,7 @@ class RayCompute:
                 configure_logging=False,
             )
             self._started_ray = address == "local"
-        actor = ray.remote(_InferenceActor).options(
+        actor = ray.remote(actor_class or InferenceActor).options(
             num_gpus=gpus_per_worker, max_restarts=-1, max_task_retries=0
         )
         self._actors: list[Any] = [actor.remote(log_format, log_level) for _ in range(workers)]

@@ -55,7 +55,9 @@ class Encoded:
     """The objects made, what became of each object asked for, and a note per object
     not made (``"GSPS: <reason>"``). ``copied``: what of the source attributes was not
     copied as it was (``copy_for_encoding``), kept as the ``reason`` of each object made
-    (the job's record) without making the job partial."""
+    (the job's record) without making the job partial, after what its encoder noted of
+    the object itself (a fallback the standard allows: a SEG without Frame of Reference,
+    an SC with an empty PatientOrientation)."""
 
     objects: list[Dataset] = field(default_factory=list)
     outcomes: list[ObjectOutcome] = field(default_factory=list)
@@ -69,16 +71,18 @@ class Encoded:
     def attempt(
         self,
         kind: str,
-        build: Callable[[], Dataset],
+        build: Callable[[list[str]], Dataset],
         sources: Sequence[Dataset],
         *,
         nothing_to_encode: bool = False,
         what: str = "",
     ) -> Dataset | None:
-        """Build one object; on any exception record it as not made (a failure, unless
-        ``nothing_to_encode`` and the encoder said so with an EncodingError)."""
+        """Build one object (``build`` appends its notes to the list it gets); on any
+        exception record it as not made (a failure, unless ``nothing_to_encode`` and the
+        encoder said so with an EncodingError)."""
+        said: list[str] = []
         try:
-            ds = build()
+            ds = build(said)
         except Exception as exc:  # highdicom, pydicom, numpy raise their own types
             expected = nothing_to_encode and isinstance(exc, EncodingError)
             reason = safe_message(exc) if expected else error_text(exc)
@@ -100,7 +104,8 @@ class Encoded:
                 )
             return None
         self.objects.append(ds)
-        self.outcomes.append(ObjectOutcome(kind, made=True, reason="; ".join(self.copied)))
+        reason = "; ".join([*said, *self.copied])
+        self.outcomes.append(ObjectOutcome(kind, made=True, reason=reason))
         return ds
 
 
@@ -148,13 +153,14 @@ def encode_each(
     if "SEG" in kinds:
         seg = out.attempt(
             "SEG",
-            lambda: build_seg(
+            lambda notes: build_seg(
                 sources,
                 result,
                 manifest,
                 lang,
                 uid_root_seed=seed,
                 series_number=series_number(manifest.name, "SEG"),
+                notes=notes,
             ),
             sources,
             nothing_to_encode=not _has_positive_mask(result),
@@ -162,7 +168,7 @@ def encode_each(
     if "SR" in kinds:
         out.attempt(
             "SR",
-            lambda: build_sr(
+            lambda _notes: build_sr(
                 sources,
                 result,
                 manifest,
@@ -177,7 +183,7 @@ def encode_each(
     if "GSPS" in kinds:
         out.attempt(
             "GSPS",
-            lambda: build_gsps(
+            lambda _notes: build_gsps(
                 sources,
                 result,
                 manifest,
@@ -211,7 +217,7 @@ def _encode_sc(  # noqa: PLR0917 (the arguments of encode, passed on)
         if (src := by_uid.get(ref.sop_uid)) is None:
             continue
 
-        def build(src: Dataset = src, ref: Any = ref, n: int = n) -> Dataset:
+        def build(notes: list[str], src: Dataset = src, ref: Any = ref, n: int = n) -> Dataset:
             return build_sc(
                 src,
                 ref,
@@ -221,6 +227,7 @@ def _encode_sc(  # noqa: PLR0917 (the arguments of encode, passed on)
                 instance_number=n + 1,
                 uid_root_seed=seed or None,
                 series_number=series_number(manifest.name, "SC"),
+                notes=notes,
             )
 
         out.attempt("SC", build, [src], what=f"image {n + 1} with a finding: ")

@@ -15,7 +15,10 @@ version, SHA-256 as DeviceSerialNumber, as the SEG does). UIDs come from
 ``result_uids`` with kind "GSPS".
 
 highdicom leaves out the General Series Laterality (Type 2C, required for
-paired body parts): it is copied from the source, else present and empty.
+paired body parts): the source's side; absent, with the Body Part Examined,
+for an unpaired body part; else present and empty (``set_series_laterality``).
+A presentation state holds no pixels, so it carries no Lossy Image Compression
+(no module of the GSPS IOD has it).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from cds.results.common import (
     result_uids,
     tolerant,
 )
-from cds.results.sc import laterality
+from cds.results.inherited import set_series_laterality
 from cds.results.text import texts
 
 RESULT_KIND = "GSPS"
@@ -216,7 +219,7 @@ def build_gsps(
         raise EncodingError(f"GSPS of {rec.model} {rec.version} is not valid: {exc}") from exc
     gsps.SpecificCharacterSet = "ISO_IR 192"
     gsps.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:_LO]
-    gsps.Laterality = laterality(source_datasets[0]) or ""  # empty: unknown
+    set_series_laterality(gsps, source_datasets[0])
     complete(gsps)
     identify_vendor(gsps, manifest)
     return gsps

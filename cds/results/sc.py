@@ -19,7 +19,6 @@ image, so each source image gives its own, stable SC.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
 from typing import Any
 
 import highdicom as hd
@@ -33,6 +32,12 @@ from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
 from cds.results.common import MANUFACTURER, below_threshold, identify_vendor, result_uids
+from cds.results.inherited import (
+    ORIENTATION_UNKNOWN,
+    patient_orientation,
+    set_lossy_compression,
+    set_series_laterality,
+)
 from cds.results.text import texts
 
 RESULT_KIND = "SC"
@@ -157,13 +162,19 @@ def build_sc(
     series_number: int = 904,
     instance_number: int = 1,
     uid_root_seed: str | None = None,
+    notes: list[str] | None = None,
 ) -> Dataset:
     """An RGB SC of ``image_ref`` (an image of ``source_dataset``) with ``result`` burned in.
+
+    A source without any orientation gives an SC whose PatientOrientation is empty
+    (General Image, Type 2C: unknown), and ``notes`` say so; a lossy compressed source
+    gives an SC that says it (``set_lossy_compression``).
 
     ValueError for an unknown language, a manifest that is not the result's model
     or an image that is not ``source_dataset``'s; EncodingError when the
     object cannot be made valid.
     """
+    notes = [] if notes is None else notes
     t = texts(lang)
     rec = result.record
     if (manifest.name, manifest.version) != (rec.model, rec.version):
@@ -206,13 +217,19 @@ def build_sc(
             sop_instance_uid=sop_uid,
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
-            patient_orientation=_orientation(source_dataset),
+            # highdicom insists on a value in the PATIENT coordinate system; the real
+            # one (or none) is set below, checked by patient_orientation
+            patient_orientation=("L", "F"),
         )
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"SC of {rec.model} {rec.version} is not valid: {exc}") from exc
+    orientation = patient_orientation(source_dataset)
+    sc.PatientOrientation = list(orientation or ())  # empty: unknown (Type 2)
+    if orientation is None:
+        notes.append(ORIENTATION_UNKNOWN)
     sc.SpecificCharacterSet = "ISO_IR 192"
-    side = laterality(source_dataset)
-    sc.Laterality = side or ""  # empty: unknown
+    set_series_laterality(sc, source_dataset)
+    set_lossy_compression(sc, [source_dataset], notes)
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ConversionType = "WSD"
@@ -229,43 +246,6 @@ def build_sc(
     sc.ReferencedImageSequence = [ref2]
     identify_vendor(sc, manifest)
     return sc
-
-
-def laterality(ds: Dataset) -> str | None:
-    """Series Laterality (Type 2C, for paired body parts): the source's, else empty.
-
-    highdicom leaves it out; a source that names only ImageLaterality gives that
-    when it is R or L (B and U are not Laterality values).
-    """
-    for kw in ("Laterality", "ImageLaterality"):
-        value = str(ds.get(kw, "") or "")
-        if value in ("R", "L"):
-            return value
-    return None
-
-
-def _letter(direction: Sequence[float]) -> str:
-    axis = int(np.argmax(np.abs(direction)))
-    return ("LR", "PA", "HF")[axis][0 if direction[axis] > 0 else 1]
-
-
-def _orientation(ds: Dataset) -> tuple[str, str]:
-    """PatientOrientation (row, column directions) from the source's, or its orientation."""
-    given = ds.get("PatientOrientation")
-    if isinstance(given, MultiValue) and len(given) == 2 and all(given):
-        return str(given[0]), str(given[1])
-    iop = ds.get("ImageOrientationPatient")
-    if iop is None and "SharedFunctionalGroupsSequence" in ds:
-        shared = ds.SharedFunctionalGroupsSequence[0]
-        if "PlaneOrientationSequence" in shared:
-            iop = shared.PlaneOrientationSequence[0].get("ImageOrientationPatient")
-    if iop is None or len(iop) != 6:
-        raise EncodingError(
-            f"SC: source image {ds.SOPInstanceUID} has neither PatientOrientation "
-            "nor ImageOrientationPatient"
-        )
-    values = [float(v) for v in iop]
-    return _letter(values[:3]), _letter(values[3:])
 
 
 def _tolerant(ds: Dataset) -> Dataset:

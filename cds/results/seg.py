@@ -10,6 +10,19 @@ ContentDescription, in the job's language) and names the model: segment
 AlgorithmIdentification (name, version, SHA-256 of model.onnx as an algorithm
 parameter), ManufacturerModelName, and a Contributing Equipment item.
 
+Source images without a Frame of Reference (or without any position in it) still
+give a SEG (issue 16): the Segmentation IOD needs the Frame of Reference module only
+when the Derivation Image functional group is absent (PS3.3 A.51.3), and "if the
+Frame of Reference UID is not present, each pixel of the segmentation shall correspond
+to a pixel in a referenced image, using the Derivation Image Functional Group"
+(A.51.5.1). highdicom makes such a SEG of one frame only, so it builds this one on a
+copy of the sources with a stand-in geometry that keeps their order
+(``_with_stand_in_geometry``), then the stand-in is taken out again
+(``_drop_stand_in_geometry``): no Frame of Reference, Plane Position,
+Plane Orientation or Pixel Measures; each frame keeps its Derivation Image reference
+and is indexed by segment and source image; PatientOrientation (General Image, Type
+2C) is the source's. The object's notes say it.
+
 Its Series and SOP Instance UIDs are derived from the study, the source
 series, the model name and version and the result kind, so a re-run or a
 resend replaces the object at the destination instead of adding a copy.
@@ -25,6 +38,8 @@ from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
+from highdicom.spatial import get_image_coordinate_system
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
@@ -34,6 +49,7 @@ from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
 from cds.results import common
 from cds.results.common import MANUFACTURER, complete, identify_vendor, tolerant
+from cds.results.inherited import ORIENTATION_UNKNOWN, patient_orientation, set_lossy_compression
 from cds.results.text import texts
 
 RESULT_KIND = "SEG"
@@ -48,6 +64,15 @@ _AI = hd.sr.CodedConcept(
     codes.DCM.ArtificialIntelligence.meaning,
 )
 _LO = 64
+NO_FRAME_OF_REFERENCE = (
+    "made without Frame of Reference, as the source images have none: each frame "
+    "references the source image it lies on"
+)
+#: the Frame of Reference of the stand-in geometry (``_with_stand_in_geometry``), never written
+_STAND_IN_FOR = "2.25.1"
+_IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+_IMAGE_POSITION = tag_for_keyword("ImagePositionPatient")
+_ORIENTATIONS_DIFFER = "PatientOrientation left empty: the source images differ in orientation"
 
 
 def _coded(code: mf.Code) -> hd.sr.CodedConcept:
@@ -126,6 +151,121 @@ def _pixel_array(
     return [tolerant(ds) for ds in referenced], array
 
 
+def _frames(ds: Dataset) -> int:
+    return int(ds.get("NumberOfFrames", 1) or 1)
+
+
+def _located(sources: Sequence[Dataset]) -> bool:
+    """Whether every source image lies in a Frame of Reference, with positions in it."""
+    return all(get_image_coordinate_system(ds) is not None for ds in sources)
+
+
+def _item(**attributes: object) -> Dataset:
+    item = Dataset()
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return item
+
+
+def _with_stand_in_geometry(sources: Sequence[Dataset]) -> list[Dataset]:
+    """Copies of ``sources`` (theirs are not changed) in a stand-in Frame of Reference:
+    unit pixels, one axial plane per image (or frame) in their order, so that highdicom
+    maps the frames to the images one to one (its Derivation Image references)."""
+    copies = []
+    for i, ds in enumerate(sources):
+        copy = Dataset()
+        copy.update(ds)
+        if hasattr(ds, "file_meta"):
+            copy.file_meta = ds.file_meta
+        for kw in (
+            "FrameOfReferenceUID",
+            "ImagePositionPatient",
+            "ImageOrientationPatient",
+            "PixelSpacing",
+            "SliceThickness",
+            "SharedFunctionalGroupsSequence",
+            "PerFrameFunctionalGroupsSequence",
+        ):
+            if kw in copy:
+                delattr(copy, kw)  # from the copy only: the elements are shared
+        copy.FrameOfReferenceUID = _STAND_IN_FOR
+        if _frames(ds) > 1:
+            copy.SharedFunctionalGroupsSequence = [
+                _item(
+                    PlaneOrientationSequence=[_item(ImageOrientationPatient=_IDENTITY)],
+                    PixelMeasuresSequence=[_item(PixelSpacing=[1.0, 1.0], SliceThickness=1.0)],
+                )
+            ]
+            copy.PerFrameFunctionalGroupsSequence = [
+                _item(PlanePositionSequence=[_item(ImagePositionPatient=[0.0, 0.0, float(f)])])
+                for f in range(_frames(ds))
+            ]
+        else:
+            copy.ImagePositionPatient = [0.0, 0.0, float(i)]
+            copy.ImageOrientationPatient = _IDENTITY
+            copy.PixelSpacing = [1.0, 1.0]
+            copy.SliceThickness = 1.0
+        copies.append(copy)
+    return copies
+
+
+def _drop_stand_in_geometry(seg: Dataset, sources: Sequence[Dataset], notes: list[str]) -> None:
+    """Take the stand-in geometry out of ``seg`` (see the module): the sources' own Frame
+    of Reference where they share one, else none (said in ``notes``); no plane position,
+    orientation or pixel measures; the position dimension becomes the source image
+    (Frame Label 'source image N', N its place among ``sources``); PatientOrientation
+    is the sources' (Type 2C: required without a plane orientation), else empty."""
+    for kw in ("FrameOfReferenceUID", "PositionReferenceIndicator", "DimensionOrganizationType"):
+        if kw in seg:
+            delattr(seg, kw)
+    own = {str(ds.get("FrameOfReferenceUID", "") or "") for ds in sources}
+    if len(own) == 1 and "" not in own:  # in a Frame of Reference, without positions
+        seg.FrameOfReferenceUID = own.pop()
+        seg.PositionReferenceIndicator = sources[0].get("PositionReferenceIndicator") or ""
+    else:
+        notes.append(NO_FRAME_OF_REFERENCE)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    for kw in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+        if kw in shared:
+            delattr(shared, kw)
+    dimensions = list(seg.DimensionIndexSequence)
+    label = _item(
+        DimensionOrganizationUID=dimensions[0].DimensionOrganizationUID,
+        DimensionIndexPointer=tag_for_keyword("FrameLabel"),
+        FunctionalGroupPointer=tag_for_keyword("FrameContentSequence"),
+        DimensionDescriptionLabel="Source image",
+    )
+    where = next(
+        (i for i, d in enumerate(dimensions) if d.DimensionIndexPointer == _IMAGE_POSITION),
+        len(dimensions),
+    )
+    dimensions[where : where + 1] = [label]
+    seg.DimensionIndexSequence = dimensions
+    place = {
+        (str(ds.SOPInstanceUID), frame): n
+        for n, (ds, frame) in enumerate(
+            ((ds, f) for ds in sources for f in range(1, _frames(ds) + 1)), start=1
+        )
+    }
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        if "PlanePositionSequence" in item:
+            del item.PlanePositionSequence
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        n = place[
+            (str(source.ReferencedSOPInstanceUID), int(source.get("ReferencedFrameNumber", 1)))
+        ]
+        content = item.FrameContentSequence[0]
+        values = list(content.DimensionIndexValues)
+        values[where : where + 1] = [n]
+        content.DimensionIndexValues = values
+        content.FrameLabel = f"source image {n}"
+    orientations = {patient_orientation(ds) for ds in sources}
+    orientation = orientations.pop() if len(orientations) == 1 else None
+    seg.PatientOrientation = list(orientation or ())  # empty: unknown (Type 2)
+    if orientation is None:
+        notes.append(ORIENTATION_UNKNOWN if len(orientations) == 0 else _ORIENTATIONS_DIFFER)
+
+
 #: segment colours in the viewer, one per segment in turn (CSS colour names)
 _DISPLAY_COLORS = ("yellow", "orange", "magenta", "cyan", "lime", "red")
 
@@ -139,8 +279,12 @@ def build_seg(
     series_number: int = 901,
     instance_number: int = 1,
     uid_root_seed: str = "",
+    notes: list[str] | None = None,
 ) -> hd.seg.Segmentation:
     """A binary SEG of ``result``'s masks on ``source_datasets`` (the series the model ran on).
+
+    Sources without a Frame of Reference give a SEG without one (see the module);
+    ``notes`` get what the object says differently from a SEG of located images.
 
     Raises EncodingError when there is nothing to encode (no positive mask) or the
     masks do not fit the source images; ValueError for an unknown language or a
@@ -148,6 +292,7 @@ def build_seg(
     """
     t = texts(lang)
     rec = result.record
+    notes = [] if notes is None else notes
     if (manifest.name, manifest.version) != (rec.model, rec.version):
         raise ValueError(
             f"manifest {manifest.name} {manifest.version} is not the model that produced "
@@ -198,9 +343,10 @@ def build_seg(
     series_uid, sop_uid = result_uids(
         study_uid, series_uids, rec.model, rec.version, kind=RESULT_KIND, seed=uid_root_seed
     )
+    located = _located(referenced)
     try:
         seg = hd.seg.Segmentation(
-            source_images=referenced,
+            source_images=referenced if located else _with_stand_in_geometry(referenced),
             pixel_array=array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=segments,
@@ -220,6 +366,10 @@ def build_seg(
         )
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"SEG of {rec.model} {rec.version} is not valid: {exc}") from exc
+    if not located:
+        _drop_stand_in_geometry(seg, referenced, notes)
+        seg = hd.seg.Segmentation.from_dataset(seg, copy=False)  # highdicom's view of it
+    set_lossy_compression(seg, source_datasets, notes)
     complete(seg, manifest.manufacturer)
     identify_vendor(seg, manifest)
     return seg

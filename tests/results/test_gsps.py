@@ -98,7 +98,9 @@ def test_gsps_is_valid_and_advisory(
     assert back.ManufacturerModelName == manifest.name
     assert (back.SeriesNumber, back.InstanceNumber) == (903, 1)
     assert back.StudyInstanceUID == slices[0].StudyInstanceUID
-    assert "Laterality" in back  # Type 2C, which highdicom leaves out
+    # General Series Laterality (Type 2C) is absent for the head, an unpaired body part
+    assert "Laterality" not in back
+    assert back.BodyPartExamined == slices[0].BodyPartExamined == "HEAD"
     # the labels say AI, the finding and the score, in the job's language
     text = _annotation_of(back, slices[1]).TextObjectSequence[0].UnformattedTextValue
     assert text == {"en": "AI · Bone structure · 0.75", "fr": "IA · Structure osseuse · 0,75"}[lang]

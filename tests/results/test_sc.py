@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
+from cds.results.inherited import ORIENTATION_UNKNOWN
 from cds.results.sc import build_sc, drawable, render, windowed
 from cds.results.text import LANGS, texts
 from tests.results.test_seg import MODELS, SERIES, dciodvfy_errors, record
@@ -154,3 +155,49 @@ def test_sc_refuses_another_models_manifest_and_a_foreign_image(
         build_sc(source, ImageRef("1.2.3", 1), result, manifest, "en")
     with pytest.raises(ValueError, match="unknown language"):
         build_sc(source, _ref(source), result, manifest, "de")
+
+
+def _reoriented(source: Dataset, orientation: list[str] | None) -> Dataset:
+    """A copy of ``source`` with ``orientation`` as its only orientation (None: none)."""
+    ds = Dataset()
+    ds.update(source)
+    ds.file_meta = source.file_meta
+    for kw in ("PatientOrientation", "ImageOrientationPatient", "ImagePositionPatient"):
+        if kw in ds:
+            delattr(ds, kw)
+    if orientation is not None:
+        ds.PatientOrientation = orientation
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("orientation", "expected"),
+    [(None, []), (["A", "FL"], ["A", "FL"]), (["P", "F"], ["P", "F"]), (["x", ""], [])],
+)
+def test_sc_of_a_source_without_orientation_is_made_with_the_boxes_in_place(
+    source: Dataset,
+    manifest: mf.Manifest,
+    tmp_path: Path,
+    orientation: list[str] | None,
+    expected: list[str],
+) -> None:
+    """issue 16: PatientOrientation (General Image, Type 2C) is the source's, even oblique
+    ('FL', which highdicom's constructor refuses), else empty (unknown), and said so."""
+    src = _reoriented(source, orientation)
+    notes: list[str] = []
+    sc = build_sc(
+        src, _ref(src), _result(src, manifest, box_only=True), manifest, "en", notes=notes
+    )
+    path = tmp_path / "sc.dcm"
+    sc.save_as(path)
+    errors, _ = dciodvfy_errors(path)
+    assert errors == []
+    back = pydicom.dcmread(path)
+    assert "PatientOrientation" in back
+    assert list(back.PatientOrientation or []) == expected
+    assert notes == ([] if expected else [ORIENTATION_UNKNOWN])
+    # the box read back from the encoded pixels lies where the model put it
+    pixels = back.pixel_array
+    r0, c0, r1, c1 = BOX
+    for r, c in ((r0, c0), (r0, c1), (r1, c0), (r1, c1)):
+        assert tuple(pixels[r, c]) == (255, 64, 64)

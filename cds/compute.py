@@ -2,10 +2,11 @@
 
 A ``SeriesWork`` names everything the step needs and nothing of the node: the model
 (name, package folder, SHA-256 of model.onnx, providers), the series' files, the result
-kinds, the language, the predecessors and the UID seed. ``process_series`` runs it:
-decode, preprocess, onnxruntime, postprocess, then encode each result object on its
-own. It returns a ``SeriesOutcome`` (the inference and the encoded objects): values
-again, which the orchestrator's side records, writes and queues.
+kinds (and the pipeline's fallbacks), the language, the predecessors and the UID seed.
+``process_series`` runs it: decode, preprocess, onnxruntime, postprocess, then encode
+each result object on its own, and the fallback of one that could not be made. It
+returns a ``SeriesOutcome`` (the inference and the encoded objects): values again,
+which the orchestrator's side records, writes and queues.
 
 ``Compute`` runs the work where ``executor.kind`` says:
 
@@ -33,7 +34,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -50,7 +51,7 @@ from cds.inference.session import DeviceSlots, ProviderChoice
 from cds.inference.validate import validate_package
 from cds.logging import configure_logging, get_logger
 from cds.memory import trim_heap
-from cds.results.encode import encode_each
+from cds.results.encode import Encoded, encode_each
 
 log = get_logger("cds.compute")
 
@@ -175,6 +176,8 @@ class SeriesWork:
     predecessors: tuple[ResultRef, ...] = ()
     seed: str | None = None
     priority: int = 0  # the routing rule's: higher first when workers are busy (STAT)
+    #: (kind, the kind made in its place when it cannot be made): the pipeline's fallback
+    fallback: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -213,8 +216,11 @@ def process_series(
     *,
     predecessors: Sequence[ResultRef] = (),
     seed: str | None = None,
+    fallback: Sequence[tuple[str, str]] = (),
 ) -> SeriesOutcome:
-    """Run the model on one series and encode the result objects of ``kinds``.
+    """Run the model on one series and encode the result objects of ``kinds``; for a
+    kind that could not be made (its encoder failed), the kind ``fallback`` names
+    instead, unless it is made anyway (docs/viewers.md).
 
     Shared by the node (through ``Compute``) and the offline mode (``cds process``):
     the only difference between them is where the files come from and where the
@@ -225,16 +231,33 @@ def process_series(
     result = runner.run(decode(sources))
     if not kinds:
         return SeriesOutcome(result, [], [])
-    done = encode_each(
-        sources,
-        result,
-        runner.manifest,
-        kinds,
-        lang,
-        seed=seed_of(str(ds.SOPInstanceUID) for ds in sources) if seed is None else seed,
-        predecessors=predecessors,
-    )
+    base = seed_of(str(ds.SOPInstanceUID) for ds in sources) if seed is None else seed
+
+    def encode(asked: Sequence[str]) -> Encoded:
+        return encode_each(
+            sources, result, runner.manifest, asked, lang, seed=base, predecessors=predecessors
+        )
+
+    done = encode(kinds)
+    for kind, instead in fallback:
+        if instead not in kinds and any(o.kind == kind and o.failed for o in done.outcomes):
+            _stand_in(done, kind, instead, encode([instead]))
     return SeriesOutcome(result, done.objects, done.notes, done.outcomes, done.copied)
+
+
+def _stand_in(done: Encoded, kind: str, instead: str, more: Encoded) -> None:
+    """Add ``more`` (the objects of ``instead``, made in place of ``kind``) to ``done``;
+    once one is made, ``kind`` is no longer a failure of the job: its fallback stood in."""
+    made = any(o.made for o in more.outcomes)
+    done.objects.extend(more.objects)
+    done.notes.extend(more.notes)
+    note = f"in place of {kind} (pipeline fallback)"
+    done.outcomes[:] = [
+        replace(o, failed=False, reason=f"{o.reason}; {instead} made in its place (fallback)")
+        if made and o.kind == kind and o.failed
+        else o
+        for o in done.outcomes
+    ] + [replace(o, reason="; ".join(filter(None, [note, o.reason]))) for o in more.outcomes]
 
 
 def _read(path: Path) -> Dataset:
@@ -252,6 +275,7 @@ def _run(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:
         work.lang,
         predecessors=work.predecessors,
         seed=work.seed,
+        fallback=work.fallback,
     )
 
 

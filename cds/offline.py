@@ -90,6 +90,8 @@ class Job:
     kinds: list[str]
     origin: dict[str, str]  # {"rule", "pipeline"} or {"model": "--model"}
     status: str = "run"  # or "skipped: ..."
+    #: (kind, the kind made in its place if it cannot be made): the pipeline's fallback
+    fallback: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -249,7 +251,15 @@ def _jobs_for_routing(
         for verdict, p in plan.runs:
             origin = {"rule": verdict.rule, "pipeline": p.pipeline}
             jobs.extend(
-                Job(uid, s, p.model, list(p.results), origin, _status(p, s.series_uid))
+                Job(
+                    uid,
+                    s,
+                    p.model,
+                    list(p.results),
+                    origin,
+                    _status(p, s.series_uid),
+                    tuple(p.fallback.items()),
+                )
                 for s in series
                 if s.series_uid in verdict.selected
             )
@@ -345,7 +355,9 @@ def _run_job(
     entry["inputs"] = {"count": len(files), "sop_instance_uids": sorted(uids)}
     t0 = time.perf_counter()
     try:
-        done = process_series(ModelRunner(model, slots), files, job.kinds, req.lang)
+        done = process_series(
+            ModelRunner(model, slots), files, job.kinds, req.lang, fallback=job.fallback
+        )
     except Exception as exc:  # onnxruntime and decoders raise their own types
         why = error_text(exc)  # never a data value: process.json may travel
         entry["status"] = f"failed: {why}"[:500]

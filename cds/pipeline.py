@@ -297,6 +297,7 @@ def _run_series(
         predecessors=tuple(predecessors),
         seed=seed,
         priority=priority,
+        fallback=tuple(plan.fallback.items()),
     )
     out = node.compute.run(work)  # in this thread or a worker process (executor.kind)
     first = dcmread(series.files[0], stop_before_pixels=True)  # for the KOS and the drift record
@@ -371,7 +372,21 @@ def _run_series(
         )
     if destinations:
         node.delivery.kick()
-    return out.outcomes
+    return out.outcomes + _replaced(plan)
+
+
+def _replaced(plan: PipelinePlan) -> list[ObjectOutcome]:
+    """A note per kind the pipeline's viewer does not show: not made, its fallback was
+    asked for instead (``cds.routing.viewers``)."""
+    return [
+        ObjectOutcome(
+            kind,
+            made=False,
+            reason=f"viewer {plan.viewer} does not show {kind}: {instead} asked for in its "
+            "place (pipeline fallback)",
+        )
+        for kind, instead in plan.replaced.items()
+    ]
 
 
 def _kind(r: ResultObject) -> str:

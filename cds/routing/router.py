@@ -19,6 +19,7 @@ from typing import Any
 
 from cds.routing.headers import SeriesHeader, header_attrs, read_headers
 from cds.routing.rules import ATTRIBUTES, Condition, Range, RoutingFile, Rule
+from cds.routing.viewers import pipeline_kinds
 
 __all__ = [  # the headers live in cds.routing.headers; these stay importable from here
     "PipelinePlan",
@@ -152,6 +153,11 @@ class PipelinePlan:
     #: selected series outside the model's declared use (series UID -> the constraints
     #: broken): the model does not run on them; all of them outside: status "skipped: ..."
     outside: dict[str, str] = field(default_factory=dict)
+    #: kind the pipeline's viewer does not show -> the kind made in its place
+    #: (``results`` already has it); kind -> the kind made when it cannot be made
+    replaced: dict[str, str] = field(default_factory=dict)
+    fallback: dict[str, str] = field(default_factory=dict)
+    viewer: str | None = None
 
 
 @dataclass
@@ -299,7 +305,18 @@ def _plan(rf: RoutingFile, name: str, disabled: set[str], loaded: set[str] | Non
     if p.notify is not None:
         floor = f" (score >= {p.notify.min_score:g})" if p.notify.min_score is not None else ""
         notify = f"{p.notify.target} on {', '.join(p.notify.findings)}{floor}"
-    return PipelinePlan(name, p.model, list(p.results), dests, status, notify)
+    kinds = pipeline_kinds(p.results, p.fallback, p.viewer)
+    return PipelinePlan(
+        name,
+        p.model,
+        kinds.make,
+        dests,
+        status,
+        notify,
+        replaced=kinds.replaced,
+        fallback=kinds.fallback,
+        viewer=p.viewer,
+    )
 
 
 def _completeness(rule: Rule, series: Sequence[SeriesHeader], now: datetime) -> str:
@@ -342,6 +359,14 @@ def explain_text(plan: StudyPlan) -> list[str]:
                     f"of {p.model} ({why})"
                     for uid, why in p.outside.items()
                 )
+            lines.extend(
+                f"       {kind} replaced by {instead}: viewer {p.viewer} does not show {kind}"
+                for kind, instead in p.replaced.items()
+            )
+            lines.extend(
+                f"       {instead} in place of {kind} if {kind} cannot be made (fallback)"
+                for kind, instead in p.fallback.items()
+            )
             if p.notify:
                 lines.append(f"       notifies {p.notify} (urgent findings)")
     if not any(r.matched for r in plan.rules):

@@ -21,6 +21,12 @@ reported by its path (``rules.2.match.0.regex: does not compile: ...``).
         priority: 10
     disabled_models: []
 
+A pipeline may name the kind made in place of one that cannot be made, or that the site's
+viewer does not show (``cds.routing.viewers``, docs/viewers.md):
+
+    pipelines:
+      ct-hyperdensity: {model: ..., results: [GSPS, SR], fallback: {GSPS: SC}, viewer: ohif}
+
 Optionally (off unless configured), a pipeline may notify a worklist of an urgent
 finding (``cds.delivery.notify``):
 
@@ -49,6 +55,7 @@ from pydantic import (
 )
 
 from cds.errors import RoutingError
+from cds.routing.viewers import ResultKind, ViewerName, fallback_errors
 
 #: attributes a condition may test, and their type
 ATTRIBUTES: dict[str, str] = {
@@ -241,7 +248,15 @@ class Notify(_Strict):
 
 class Pipeline(_Strict):
     model: str = Field(min_length=1, description="model package name (manifest name)")
-    results: list[Literal["SR", "SEG", "GSPS", "SC"]] = Field(min_length=1)
+    results: list[ResultKind] = Field(min_length=1)
+    fallback: dict[ResultKind, ResultKind] = Field(
+        default_factory=dict,
+        description="kind -> the kind made in its place when it cannot be made, or when "
+        "`viewer` does not show it (docs/viewers.md)",
+    )
+    viewer: ViewerName | None = Field(
+        None, description="the site's viewer: a kind it does not show is not made, its fallback is"
+    )
     destinations: list[str] = Field(default_factory=list)
     notify: Notify | None = Field(None, description="announce urgent findings (off if absent)")
 
@@ -310,6 +325,10 @@ def _references(rf: RoutingFile, source: str) -> list[str]:
                 )
         if p.notify is not None and p.notify.target not in rf.notifications:
             errors.append(_unknown_target(source, name, p.notify.target, rf.notifications))
+        errors.extend(
+            f"{source}: pipelines.{name}.{where}: {why}"
+            for where, why in fallback_errors(p.results, p.fallback, p.viewer)
+        )
     for i, r in enumerate(rf.rules):
         for j, pname in enumerate(r.pipelines):
             if pname not in rf.pipelines:

@@ -142,26 +142,6 @@ class Runner(Protocol):
     def shutdown(self) -> None: ...
 
 
-def make_compute(
-    models: ModelRegistry,
-    kind: ExecutorKind,
-    workers: int,
-    *,
-    address: str = "local",
-    gpus_per_worker: float = 0.0,
-    log_format: str = "json",
-    log_level: str = "info",
-) -> Runner:
-    """The executor of ``kind``; Ray is imported only for ``ray``."""
-    if kind == "ray":
-        from cds.compute_ray import RayCompute  # noqa: PLC0415 (an optional extra)
-
-        return RayCompute(
-            address, workers, gpus_per_worker, log_format=log_format, log_level=log_level
-        )
-    return Compute(models, kind, workers, log_format=log_format, log_level=log_level)
-
-
 @dataclass(frozen=True)
 class SeriesWork:
     """One model on one series: every input of ``process_series``, as plain values."""

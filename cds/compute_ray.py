@@ -30,7 +30,10 @@ import threading
 from typing import Any
 
 from cds.compute import (
+    Compute,
+    ExecutorKind,
     PrioritySlots,
+    Runner,
     SeriesOutcome,
     SeriesWork,
     WorkerStats,
@@ -39,6 +42,7 @@ from cds.compute import (
     run_in_worker,
 )
 from cds.errors import CdsError
+from cds.inference.registry import ModelRegistry
 from cds.logging import get_logger
 
 log = get_logger("cds.compute")
@@ -200,3 +204,21 @@ class RayCompute:
         self._actors = []
         if self._started_ray:
             ray.shutdown()
+
+
+def make_compute(
+    models: ModelRegistry,
+    kind: ExecutorKind,
+    workers: int,
+    *,
+    address: str = "local",
+    gpus_per_worker: float = 0.0,
+    log_format: str = "json",
+    log_level: str = "info",
+) -> Runner:
+    """The executor of ``kind``; Ray is imported only for ``ray``."""
+    if kind == "ray":
+        return RayCompute(
+            address, workers, gpus_per_worker, log_format=log_format, log_level=log_level
+        )
+    return Compute(models, kind, workers, log_format=log_format, log_level=log_level)

@@ -23,7 +23,7 @@ from cds import __version__
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail
 from cds.audit.config import record_config
 from cds.audit.syslog import SyslogForwarder
-from cds.compute import make_compute
+from cds.compute_ray import make_compute
 from cds.config import Settings
 from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker

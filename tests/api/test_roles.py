@@ -32,6 +32,7 @@ ROLE_OF: dict[tuple[str, str], str] = {
     ("GET", "/redoc"): "observer",
     # status, queue, models, observatory, metrics: read-only, no study named
     ("GET", "/api/queue"): "observer",
+    ("GET", "/api/workers"): "observer",
     ("GET", "/api/models"): "observer",
     ("GET", "/metrics"): "observer",
     ("GET", "/api/observatory/drift"): "observer",

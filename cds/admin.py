@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail
 from cds.domain import (
@@ -30,7 +31,7 @@ from cds.domain import (
 )
 from cds.errors import AdminError, Refusal
 from cds.ingest.spool import Spool
-from cds.store.base import StateStore
+from cds.store.base import InstanceStore, JobStore, Outbox, StudyStore
 
 NOT_FOUND = Refusal.NOT_FOUND
 CONFLICT = Refusal.CONFLICT
@@ -48,6 +49,15 @@ BUSY_STATES = (StudyState.RECEIVING, StudyState.PROCESSING)
 Submit = Callable[[str], None]  # Node.submit_study
 
 
+class QueueStore(StudyStore, JobStore, Protocol):
+    """Studies and their jobs: what retrying a job uses of the state store."""
+
+
+class PurgeStore(InstanceStore, QueueStore, Protocol):
+    """What a purge uses of the state store: the study, its open jobs (cancelled), the
+    paths of its instances and their versions (forgotten)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PurgeResult:
     study_key: str
@@ -60,7 +70,7 @@ class PurgeResult:
 
 
 def list_jobs(
-    store: StateStore,
+    store: JobStore,
     state: JobState | None = None,
     study_key: str | None = None,
     limit: int = 100,
@@ -91,11 +101,11 @@ def job_timings(job: Job, now: float) -> tuple[float | None, float | None]:
     return waited, ran
 
 
-def queue_stats(store: StateStore) -> QueueStats:
+def queue_stats(store: JobStore) -> QueueStats:
     return store.queue_stats()
 
 
-def retry_job(store: StateStore, submit: Submit, job_id: str) -> Job:
+def retry_job(store: QueueStore, submit: Submit, job_id: str) -> Job:
     """Re-queue the study of a failed or partial job (routing runs again on the whole
     study; the objects a partial job made are made again with the same UIDs, so the
     PACS gets no duplicate)."""
@@ -115,7 +125,7 @@ def retry_job(store: StateStore, submit: Submit, job_id: str) -> Job:
     return job
 
 
-def rerun_study(store: StateStore, submit: Submit, study_key: str) -> StudyDetail:
+def rerun_study(store: StudyStore, submit: Submit, study_key: str) -> StudyDetail:
     """Run a study through routing and its pipelines again (e.g. after a model update)."""
     detail = _study(store, study_key)
     _runnable(detail, "re-run it")
@@ -126,7 +136,7 @@ def rerun_study(store: StateStore, submit: Submit, study_key: str) -> StudyDetai
     return detail
 
 
-def cancel_job(store: StateStore, job_id: str) -> Job:
+def cancel_job(store: JobStore, job_id: str) -> Job:
     """queued or running -> cancelled.
 
     Cancelling is a mark in the store: a running job's worker sees it at its
@@ -147,7 +157,7 @@ def cancel_job(store: StateStore, job_id: str) -> Job:
 
 
 def purge_study(
-    store: StateStore,
+    store: PurgeStore,
     spool: Spool,
     study_key: str,
     force: bool = False,
@@ -232,7 +242,7 @@ def purge_study(
 
 # --- deliveries ---------------------------------------------------------------
 def list_deliveries(
-    store: StateStore,
+    store: Outbox,
     state: DeliveryState | None = None,
     study_key: str | None = None,
     destination: str | None = None,
@@ -244,7 +254,7 @@ def list_deliveries(
     )
 
 
-def retry_delivery(store: StateStore, delivery_id: str) -> Delivery:
+def retry_delivery(store: Outbox, delivery_id: str) -> Delivery:
     """A dead delivery (or a pending one waiting out its backoff) is tried again now.
 
     A mark in the store, like cancelling a job: the running node's delivery worker
@@ -264,21 +274,21 @@ def retry_delivery(store: StateStore, delivery_id: str) -> Delivery:
     return delivery
 
 
-def retry_dead_deliveries(store: StateStore, destination: str | None = None) -> list[Delivery]:
+def retry_dead_deliveries(store: Outbox, destination: str | None = None) -> list[Delivery]:
     """Retry every dead delivery (of one destination): after a PACS outage is fixed."""
     dead = store.list_deliveries(state=DeliveryState.DEAD, destination=destination, limit=100_000)
     return [store.retry_delivery(d.delivery_id, "by admin (all dead)")[0] for d in dead]
 
 
 # --- helpers ------------------------------------------------------------------
-def _job(store: StateStore, job_id: str) -> Job:
+def _job(store: JobStore, job_id: str) -> Job:
     job = store.get_job(job_id)
     if job is None:
         raise AdminError(NOT_FOUND, f"no job with id {job_id!r}")
     return job
 
 
-def _study(store: StateStore, study_key: str) -> StudyDetail:
+def _study(store: StudyStore, study_key: str) -> StudyDetail:
     detail = store.get_study(study_key)
     if detail is None:
         raise AdminError(NOT_FOUND, f"no study with key {study_key!r}")

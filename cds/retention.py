@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from cds.admin import PurgeResult, purge_study
+from cds.admin import PurgeResult, PurgeStore, purge_study
 from cds.audit import AuditTrail
 from cds.config import RetentionSettings
 from cds.domain import DeliveryState, StudyState
@@ -29,7 +30,7 @@ from cds.errors import AdminError
 from cds.ingest.spool import Spool
 from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
-from cds.store.base import StateStore
+from cds.store.base import Outbox
 
 log = get_logger("cds.retention")
 
@@ -41,10 +42,15 @@ UNDELIVERED = (DeliveryState.PENDING, DeliveryState.DEAD)
 MAX_STUDIES = 100_000
 
 
+class RetentionStore(PurgeStore, Outbox, Protocol):
+    """What retention uses of the state store: finished studies, whether their results
+    are all delivered, and what a purge uses."""
+
+
 class Retention:
     def __init__(
         self,
-        store: StateStore,
+        store: RetentionStore,
         spool: Spool,
         settings: RetentionSettings,
         audit: AuditTrail,

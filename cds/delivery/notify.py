@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from cds.delivery.fhir import fhir_diagnostic_report, urgent_findings
 from cds.delivery.worker import backoff
@@ -40,6 +40,7 @@ from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
 from cds.results.text import texts
 from cds.routing.rules import NotificationTarget, RoutingFile
+from cds.store.base import StudyHistory
 
 if TYPE_CHECKING:  # the inference stack (onnxruntime) is not needed to send
     from cds.inference.runner import InferenceResult
@@ -51,14 +52,6 @@ log = get_logger("cds.notify")
 Targets = Callable[[], Mapping[str, NotificationTarget]]
 #: sends ``body`` to ``target``; returns the HTTP status or raises SendError
 Poster = Callable[[NotificationTarget, bytes], int]
-
-
-class EventStore(Protocol):
-    """What the notifier needs of the state store: a study's history."""
-
-    def record_event(
-        self, study_key: str, kind: str, detail: str = "", now: float | None = None
-    ) -> None: ...
 
 
 class SendError(Exception):
@@ -144,7 +137,7 @@ class Notifier:
 
     def __init__(
         self,
-        store: EventStore,
+        store: StudyHistory,
         targets: Targets,
         clock: Callable[[], float] = time.time,
         *,

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import DeliverySettings
@@ -33,12 +34,17 @@ from cds.faults import failpoint
 from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
 from cds.routing.rules import Destination
-from cds.store.base import StateStore
+from cds.store.base import Outbox, StudyHistory
 
 log = get_logger("cds.delivery")
 
 Destinations = Callable[[], Mapping[str, Destination]]
 Sender = Callable[[list[Path], Destination, str, float], list[Outcome]]
+
+
+class DeliveryStore(Outbox, StudyHistory, Protocol):
+    """What the worker uses of the state store: the outbox, and the history of the
+    studies it sends (delivered, failed and retried, dead)."""
 
 
 def backoff(attempt: int, initial_s: float, max_s: float) -> float:
@@ -49,7 +55,7 @@ def backoff(attempt: int, initial_s: float, max_s: float) -> float:
 class DeliveryWorker:
     def __init__(
         self,
-        store: StateStore,
+        store: DeliveryStore,
         settings: DeliverySettings,
         results_root: Path,
         destinations: Destinations,

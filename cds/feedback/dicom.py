@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -37,7 +38,7 @@ from cds.domain import FeedbackAction, FindingRecord, ImageBox, ResultObject
 from cds.feedback.edited import Group, Verdict, derived_from, judge, read_groups
 from cds.feedback.service import CorrectedLabel, give_feedback
 from cds.logging import get_logger
-from cds.store.base import StateStore
+from cds.store.base import FeedbackStore, Outbox, StudyStore
 
 log = get_logger("cds.feedback")
 
@@ -52,6 +53,11 @@ FEEDBACK_MODALITIES = {"KO", "SR", "SEG", "PR"}
 _SEEN = "dicom_feedback"
 
 
+class DicomFeedbackStore(StudyStore, Outbox, FeedbackStore, Protocol):
+    """What reading feedback from DICOM uses of the state store: a study's history (which
+    objects were read already), our result objects, their findings, the feedback."""
+
+
 def _referenced(ds: Dataset) -> Iterator[str]:
     """Every Referenced SOP Instance UID anywhere in ``ds``."""
     for elem in ds:
@@ -62,7 +68,7 @@ def _referenced(ds: Dataset) -> Iterator[str]:
             yield str(elem.value)
 
 
-def _run_of(store: StateStore, ref: ResultObject) -> list[FindingRecord]:
+def _run_of(store: DicomFeedbackStore, ref: ResultObject) -> list[FindingRecord]:
     """The findings of the run that made ``ref`` (its SR's, or its own)."""
     run = {
         r.sop_uid
@@ -74,7 +80,7 @@ def _run_of(store: StateStore, ref: ResultObject) -> list[FindingRecord]:
 
 
 def read_feedback(
-    store: StateStore,
+    store: DicomFeedbackStore,
     study_key: str,
     files: Sequence[Path],
     calling_ae: str,
@@ -148,7 +154,7 @@ def _copied_from(
 
 
 def _judge(
-    store: StateStore,
+    store: DicomFeedbackStore,
     ds: Dataset,
     refs: list[ResultObject],
     who: str,
@@ -198,7 +204,7 @@ def _judge(
 
 
 def _edited(
-    store: StateStore,
+    store: Outbox,
     ds: Dataset,
     findings: dict[str, FindingRecord],
     refs: list[ResultObject],

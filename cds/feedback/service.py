@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cds.audit import AuditEvent, AuditTrail
 from cds.domain import Feedback, FeedbackAction, FindingRecord, ImageBox
 from cds.errors import FeedbackError, Refusal
-from cds.store.base import StateStore
+from cds.store.base import FeedbackStore
 
 NOT_FOUND = Refusal.NOT_FOUND
 INVALID = Refusal.INVALID
@@ -30,7 +30,7 @@ class CorrectedLabel:
 
 
 def give_feedback(
-    store: StateStore,
+    store: FeedbackStore,
     *,
     result_sop_uid: str,
     tracking_uid: str,

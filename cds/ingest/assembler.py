@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
-from cds.store.base import StateStore
+from cds.store.base import StudyStore
 
 log = get_logger("cds.assembly")
 
@@ -23,7 +23,7 @@ StudyCompleteCallback = Callable[[str], None]
 class Assembler:
     def __init__(
         self,
-        store: StateStore,
+        store: StudyStore,
         on_complete: StudyCompleteCallback,
         interval_s: float = 0.5,
         clock: Callable[[], float] = time.time,

@@ -36,7 +36,7 @@ from cds.ingest.instance import (
 )
 from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, PendingFile, Spool
 from cds.logging import get_logger, study_key
-from cds.store.base import StateStore
+from cds.store.base import InstanceStore
 
 log = get_logger("cds.ingest")
 
@@ -49,7 +49,7 @@ class Receiver:
         self,
         settings: Settings,
         spool: Spool,
-        store: StateStore,
+        store: InstanceStore,
         secret: bytes,
         listeners: list[InstanceListener] | None = None,
         *,

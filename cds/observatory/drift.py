@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from cds.config import Settings
     from cds.inference.runner import InferenceResult
-    from cds.store.base import StateStore
+    from cds.store.base import ObservatoryStore
 
 log = get_logger("cds.observatory")
 
@@ -121,7 +121,7 @@ def run_from(headers: Dataset, result: InferenceResult, now: float) -> RunRecord
 
 
 def record_run(
-    store: StateStore, headers: Dataset, result: InferenceResult, now: float | None = None
+    store: ObservatoryStore, headers: Dataset, result: InferenceResult, now: float | None = None
 ) -> RunRecord | None:
     """Keep what one run saw and said, for drift and ``/metrics``; never raises (the
     observatory must not fail a job): a failure is logged and None returned."""
@@ -288,7 +288,7 @@ def compare(
 
 
 def drift_report(
-    store: StateStore,
+    store: ObservatoryStore,
     now: float,
     cfg: DriftSettings,
     model: str | None = None,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
@@ -38,9 +38,7 @@ from prometheus_client.registry import Collector
 from cds import __version__
 from cds.domain import DeliveryState, JobState, StudyState
 from cds.observatory.drift import DriftSettings, ModelDrift, drift_report
-
-if TYPE_CHECKING:
-    from cds.store.base import StateStore
+from cds.store.base import JobStore, ObservatoryStore, StudyStore
 
 #: histogram bucket upper bounds, seconds (the same for every stage)
 BUCKETS: tuple[float, ...] = (
@@ -69,13 +67,18 @@ HISTOGRAMS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+class MetricsStore(ObservatoryStore, StudyStore, JobStore, Protocol):
+    """What a scrape reads of the state store: the counts and runs, the studies by
+    state, the queue."""
+
+
 class StoreCollector(Collector):
     """Reads the figures from the store at each scrape. Drift is recomputed at most
     every ``drift_cache_s`` (it reads every run of the windows)."""
 
     def __init__(
         self,
-        store: StateStore,
+        store: MetricsStore,
         drift: DriftSettings | None = None,
         *,
         clock: Callable[[], float] = time.time,
@@ -259,7 +262,7 @@ class WorkerCollector(Collector):
 
 
 def build_registry(
-    store: StateStore,
+    store: MetricsStore,
     drift: DriftSettings | None = None,
     *,
     process: bool = True,

@@ -1,6 +1,6 @@
 """Statistics per model and version, over time windows, from the state store.
 
-Everything is read through the ``StateStore`` protocol (``load_records``), so any
+Everything is read through the store's roles (``RecordsStore``, ``load_records``), so any
 store implementation serves; the figures are computed here, in plain Python
 (``model_stats``), exactly and in UTC.
 
@@ -40,6 +40,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 from cds.domain import (
     Feedback,
@@ -50,7 +51,7 @@ from cds.domain import (
     ResultObject,
     ResultState,
 )
-from cds.store.base import StateStore
+from cds.store.base import FeedbackStore, JobStore, Outbox, StudyStore
 
 HISTOGRAM_BINS = 10
 _PAGE = 500
@@ -78,8 +79,13 @@ class Records:
     feedback: list[Feedback]
 
 
-def load_records(store: StateStore) -> Records:
-    """Read everything the statistics need through the ``StateStore`` protocol."""
+class RecordsStore(StudyStore, Outbox, JobStore, FeedbackStore, Protocol):
+    """What the statistics read of the state store: studies, results, jobs, findings
+    and feedback (no instance, no run)."""
+
+
+def load_records(store: RecordsStore) -> Records:
+    """Read everything the statistics need through the store's roles."""
     completed: dict[str, float | None] = {}
     offset = 0
     while page := store.list_studies(limit=_PAGE, offset=offset):

@@ -1,8 +1,10 @@
 """The state store: studies, series, instances, jobs and study history.
 
-Stages talk to the ``StateStore`` protocol only; ``open_store`` picks the
-implementation from the settings (SQLite today; PostgreSQL can be added
-behind the same protocol without touching a stage).
+Stages talk to the role of the store they use (``base``: ``InstanceStore``,
+``StudyStore``, ``JobStore``, ``Outbox``, ``FeedbackStore``, ``ObservatoryStore``;
+``StateStore`` is all of them); ``open_store`` picks the implementation from the
+settings (SQLite today; PostgreSQL can be added behind the same protocols without
+touching a stage).
 """
 
 from __future__ import annotations

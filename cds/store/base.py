@@ -1,4 +1,10 @@
-"""The interface every state store implements."""
+"""The interface every state store implements, cut into the roles its callers use.
+
+A stage is handed the role it works with (``Outbox`` for the delivery worker,
+``InstanceStore`` for the receiver, ...), so its signature says what it reads and
+writes and a test fake needs only those methods; ``StateStore`` is every role at
+once, for the orchestrator, the admin operations and the API.
+"""
 
 from __future__ import annotations
 
@@ -25,16 +31,9 @@ from cds.domain import (
 )
 
 
-class StateStore(Protocol):
-    """Durable state of the node. Implementations must be safe to call from many threads."""
+class InstanceStore(Protocol):
+    """SOP Instances as spooled: the receiver records them, start-up reconciles the spool."""
 
-    def ping(self) -> bool:
-        """True when the store answers a trivial query."""
-        ...
-
-    def close(self) -> None: ...
-
-    # --- instances -------------------------------------------------------
     def find_instance(self, sop_uid: str) -> tuple[str, str] | None:
         """(sha256, path) of the current version of an instance, if known."""
         ...
@@ -60,7 +59,20 @@ class StateStore(Protocol):
         """Spool paths of one study's instances: current and superseded versions."""
         ...
 
-    # --- studies ---------------------------------------------------------
+
+class StudyHistory(Protocol):
+    """A study's history: the lines every stage adds (delivered, feedback read, rerun)."""
+
+    def record_event(
+        self, study_key: str, kind: str, detail: str = "", now: float | None = None
+    ) -> None:
+        """Add one line to a study's history (e.g. an admin's ``rerun_requested``)."""
+        ...
+
+
+class StudyStore(StudyHistory, Protocol):
+    """Studies: their state, their completeness deadline, their history, their purge."""
+
     def list_studies(
         self, state: StudyState | None = None, limit: int = 100, offset: int = 0
     ) -> list[StudySummary]: ...
@@ -81,12 +93,6 @@ class StateStore(Protocol):
 
     def count_studies_by_state(self) -> dict[StudyState, int]: ...
 
-    def record_event(
-        self, study_key: str, kind: str, detail: str = "", now: float | None = None
-    ) -> None:
-        """Add one line to a study's history (e.g. an admin's ``rerun_requested``)."""
-        ...
-
     def mark_purged(
         self, study_key: str, paths: Collection[str], detail: str, now: float | None = None
     ) -> bool:
@@ -100,7 +106,10 @@ class StateStore(Protocol):
         """
         ...
 
-    # --- jobs ------------------------------------------------------------
+
+class JobStore(Protocol):
+    """Jobs: one per pipeline run on a study, and the depth of the queue."""
+
     def create_job(self, study_key: str, kind: str, now: float | None = None) -> Job: ...
 
     def set_job_state(
@@ -140,7 +149,10 @@ class StateStore(Protocol):
         """Jobs queued and running, the oldest queued, studies waiting."""
         ...
 
-    # --- results and the delivery outbox ------------------------------------
+
+class Outbox(Protocol):
+    """Result objects and their deliveries, recorded together (the delivery outbox)."""
+
     def record_results(
         self,
         objects: Sequence[ResultObject],
@@ -213,7 +225,10 @@ class StateStore(Protocol):
         Returns the delivery and whether it changed; KeyError for an unknown id."""
         ...
 
-    # --- findings and feedback -----------------------------------------------
+
+class FeedbackStore(Protocol):
+    """Findings of our results and the radiologists' feedback on them (append-only)."""
+
     def record_findings(self, findings: Sequence[FindingRecord]) -> None:
         """Record the findings of a result (a finding already known is left as it is)."""
         ...
@@ -237,7 +252,10 @@ class StateStore(Protocol):
         """Feedback records, oldest first."""
         ...
 
-    # --- observatory: model runs (drift) and the counts of GET /metrics ---------
+
+class ObservatoryStore(Protocol):
+    """Model runs (drift) and the counts ``GET /metrics`` reads."""
+
     def record_run(self, run: RunRecord) -> None:
         """Keep one model run on one series (headers and scores, no patient data); a
         run with the same ``run_key`` (same series, model and version) replaces it."""
@@ -253,3 +271,16 @@ class StateStore(Protocol):
         """Counts by low-cardinality labels and the stage-latency histograms (cumulative
         counts at or under each of ``bounds``, seconds) for ``GET /metrics``."""
         ...
+
+
+class StateStore(
+    InstanceStore, StudyStore, JobStore, Outbox, FeedbackStore, ObservatoryStore, Protocol
+):
+    """Durable state of the node: every role. Implementations must be safe to call from
+    many threads."""
+
+    def ping(self) -> bool:
+        """True when the store answers a trivial query."""
+        ...
+
+    def close(self) -> None: ...

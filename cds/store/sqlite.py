@@ -1,6 +1,7 @@
 """SQLite implementation of the state store (the embedded default).
 
-One connection shared by every thread behind a lock, WAL journal. Commits use
+One connection shared by every thread behind a lock, WAL journal; rows are read by
+column name (``sqlite3.Row``). Commits use
 ``synchronous=NORMAL``: a commit survives a crash of the node process (kill -9);
 after a power loss the last commits may be lost, and the node re-indexes
 every spooled file the store does not know at start (see
@@ -34,7 +35,7 @@ from cds.store.sqlite_feedback import FeedbackMixin
 from cds.store.sqlite_jobs import JobsMixin
 from cds.store.sqlite_observatory import ObservatoryMixin
 from cds.store.sqlite_outbox import OutboxMixin
-from cds.store.sqlite_schema import SCHEMA, SCHEMA_VERSION, migrate
+from cds.store.sqlite_schema import SCHEMA_VERSION, migrate, recorded_version, refuse_newer
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -42,9 +43,10 @@ _STUDY_SUMMARY_SQL = """
 SELECT s.study_key, s.study_uid, s.state, s.calling_ae, s.first_received_at,
        s.last_received_at, s.complete_due_at, s.completed_at, s.reopened_count,
        s.updated_at,
-       (SELECT COUNT(*) FROM series r WHERE r.study_key = s.study_key),
-       (SELECT COUNT(*) FROM instances i WHERE i.study_key = s.study_key),
+       (SELECT COUNT(*) FROM series r WHERE r.study_key = s.study_key) AS series_count,
+       (SELECT COUNT(*) FROM instances i WHERE i.study_key = s.study_key) AS instance_count,
        (SELECT group_concat(DISTINCT r.modality) FROM series r WHERE r.study_key = s.study_key)
+           AS modalities
 FROM studies s
 """
 
@@ -62,28 +64,25 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             self._db = sqlite3.connect(
                 path, check_same_thread=False, isolation_level=None, timeout=30
             )
+            self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            found = _schema_version(self._db)
-            if found is not None and found > SCHEMA_VERSION:
-                self._db.close()
-                raise StoreError(
-                    f"state store {path} has schema version {found}, newer than this cds "
-                    f"understands ({SCHEMA_VERSION}): run the cds release that wrote it (or a "
-                    "newer one); this one leaves the file as it is"
-                )
-            self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open state store {path}: {exc}") from exc
-        with self._tx() as db:
-            migrate(db)
+        try:
+            refuse_newer(recorded_version(self._db), path)  # before taking the write lock
+            with self._tx() as db:
+                migrate(db, path)
+        except BaseException:
+            self._db.close()
+            raise
 
     @property
     def schema_version(self) -> int:
         """The schema version the file records (this cds' after opening it)."""
         with self._lock:
-            return _schema_version(self._db) or 0
+            return recorded_version(self._db) or 0
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -99,7 +98,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             except sqlite3.Error as exc:
                 raise StoreError(f"state store error: {exc}") from exc
 
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return list(self._db.execute(sql, args).fetchall())
@@ -108,7 +107,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
 
     def ping(self) -> bool:
         try:
-            return self._query("SELECT 1") == [(1,)]
+            return [tuple(r) for r in self._query("SELECT 1")] == [(1,)]
         except StoreError:
             return False
 
@@ -119,11 +118,11 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
     # --- instances -------------------------------------------------------
     def find_instance(self, sop_uid: str) -> tuple[str, str] | None:
         rows = self._query("SELECT sha256, path FROM instances WHERE sop_uid = ?", (sop_uid,))
-        return (str(rows[0][0]), str(rows[0][1])) if rows else None
+        return (str(rows[0]["sha256"]), str(rows[0]["path"])) if rows else None
 
     def known_paths(self) -> set[str]:
         rows = self._query("SELECT path FROM instances UNION SELECT path FROM instance_versions")
-        return {str(r[0]) for r in rows}
+        return {str(r["path"]) for r in rows}
 
     def instance_paths(self, study_key: str) -> list[str]:
         rows = self._query(
@@ -132,7 +131,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             "WHERE i.study_key = ? ORDER BY 1",
             (study_key, study_key),
         )
-        return [str(r[0]) for r in rows]
+        return [str(r["path"]) for r in rows]
 
     def record_instance(self, rec: InstanceRecord) -> RecordResult:
         with self._tx() as db:
@@ -140,13 +139,15 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                 "SELECT sha256, version, path, size, received_at FROM instances WHERE sop_uid = ?",
                 (rec.sop_uid,),
             ).fetchone()
-            if row is not None and row[0] == rec.sha256:
+            if row is not None and row["sha256"] == rec.sha256:
                 db.execute(
                     "UPDATE instances SET duplicates_received = duplicates_received + 1 "
                     "WHERE sop_uid = ?",
                     (rec.sop_uid,),
                 )
-                return RecordResult(StoreOutcome.DUPLICATE, rec.study_key, False, int(row[1]))
+                return RecordResult(
+                    StoreOutcome.DUPLICATE, rec.study_key, False, int(row["version"])
+                )
 
             reopened = self._touch_study(db, rec)
             self._touch_series(db, rec)
@@ -171,11 +172,19 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                     ),
                 )
             else:
-                outcome, version = StoreOutcome.REPLACED, int(row[1]) + 1
+                outcome, version = StoreOutcome.REPLACED, int(row["version"]) + 1
                 db.execute(
                     "INSERT INTO instance_versions (sop_uid, version, path, sha256, size, "
                     "received_at, superseded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (rec.sop_uid, row[1], row[2], row[0], row[3], row[4], rec.received_at),
+                    (
+                        rec.sop_uid,
+                        row["version"],
+                        row["path"],
+                        row["sha256"],
+                        row["size"],
+                        row["received_at"],
+                        rec.received_at,
+                    ),
                 )
                 db.execute(
                     "UPDATE instances SET study_key = ?, series_uid = ?, sop_class_uid = ?, "
@@ -201,7 +210,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                     rec.received_at,
                     "instance_replaced",
                     f"SOP Instance {rec.sop_uid} version {version} (newest wins, "
-                    f"version {row[1]} kept)",
+                    f"version {row['version']} kept)",
                 )
             return RecordResult(outcome, rec.study_key, reopened, version)
 
@@ -229,7 +238,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             )
             self._event(db, rec.study_key, rec.received_at, "receiving", f"from {rec.calling_ae}")
             return False
-        reopened = row[0] != _ACTIVE
+        reopened = row["state"] != _ACTIVE
         db.execute(
             "UPDATE studies SET state = ?, calling_ae = ?,"
             " last_received_at = MAX(?, last_received_at),"
@@ -251,7 +260,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                 rec.study_key,
                 rec.received_at,
                 "reopened",
-                f"late instance after state {row[0]}, from {rec.calling_ae}",
+                f"late instance after state {row['state']}, from {rec.calling_ae}",
             )
         return bool(reopened)
 
@@ -280,21 +289,21 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
 
     # --- studies ---------------------------------------------------------
     @staticmethod
-    def _summary(row: tuple[object, ...]) -> StudySummary:
-        mods = str(row[12]) if row[12] else ""
+    def _summary(row: sqlite3.Row) -> StudySummary:
+        mods = str(row["modalities"]) if row["modalities"] else ""
         return StudySummary(
-            study_key=str(row[0]),
-            study_uid=str(row[1]),
-            state=StudyState(str(row[2])),
-            calling_ae=str(row[3]),
-            first_received_at=float(row[4]),  # type: ignore[arg-type]
-            last_received_at=float(row[5]),  # type: ignore[arg-type]
-            complete_due_at=None if row[6] is None else float(row[6]),  # type: ignore[arg-type]
-            completed_at=None if row[7] is None else float(row[7]),  # type: ignore[arg-type]
-            reopened_count=int(row[8]),  # type: ignore[call-overload]
-            updated_at=float(row[9]),  # type: ignore[arg-type]
-            series_count=int(row[10]),  # type: ignore[call-overload]
-            instance_count=int(row[11]),  # type: ignore[call-overload]
+            study_key=str(row["study_key"]),
+            study_uid=str(row["study_uid"]),
+            state=StudyState(str(row["state"])),
+            calling_ae=str(row["calling_ae"]),
+            first_received_at=float(row["first_received_at"]),
+            last_received_at=float(row["last_received_at"]),
+            complete_due_at=_opt_float(row["complete_due_at"]),
+            completed_at=_opt_float(row["completed_at"]),
+            reopened_count=int(row["reopened_count"]),
+            updated_at=float(row["updated_at"]),
+            series_count=int(row["series_count"]),
+            instance_count=int(row["instance_count"]),
             modalities=tuple(sorted(m for m in mods.split(",") if m)),
         )
 
@@ -314,7 +323,8 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             return None
         series = self._query(
             "SELECT r.series_uid, r.modality, r.series_number, "
-            "(SELECT COUNT(*) FROM instances i WHERE i.series_uid = r.series_uid), "
+            "(SELECT COUNT(*) FROM instances i WHERE i.series_uid = r.series_uid) "
+            "AS instance_count, "
             "r.first_received_at, r.last_received_at FROM series r WHERE r.study_key = ? "
             "ORDER BY r.series_number, r.first_received_at",
             (study_key,),
@@ -327,17 +337,17 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             summary=self._summary(rows[0]),
             series=tuple(
                 SeriesSummary(
-                    series_uid=str(r[0]),
-                    modality=str(r[1]),
-                    series_number=None if r[2] is None else int(r[2]),  # type: ignore[call-overload]
-                    instance_count=int(r[3]),  # type: ignore[call-overload]
-                    first_received_at=float(r[4]),  # type: ignore[arg-type]
-                    last_received_at=float(r[5]),  # type: ignore[arg-type]
+                    series_uid=str(r["series_uid"]),
+                    modality=str(r["modality"]),
+                    series_number=None if r["series_number"] is None else int(r["series_number"]),
+                    instance_count=int(r["instance_count"]),
+                    first_received_at=float(r["first_received_at"]),
+                    last_received_at=float(r["last_received_at"]),
                 )
                 for r in series
             ),
             events=tuple(
-                StudyEvent(at=float(e[0]), kind=str(e[1]), detail=str(e[2]))  # type: ignore[arg-type]
+                StudyEvent(at=float(e["at"]), kind=str(e["kind"]), detail=str(e["detail"]))
                 for e in events
             ),
         )
@@ -348,7 +358,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             "ORDER BY complete_due_at",
             (_ACTIVE, now),
         )
-        return [str(r[0]) for r in rows]
+        return [str(r["study_key"]) for r in rows]
 
     def complete_study(self, study_key: str, now: float) -> bool:
         with self._tx() as db:
@@ -377,8 +387,8 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
 
     def count_studies_by_state(self) -> dict[StudyState, int]:
         counts = dict.fromkeys(StudyState, 0)
-        for state, n in self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"):
-            counts[StudyState(str(state))] = int(n)  # type: ignore[call-overload]
+        for r in self._query("SELECT state, COUNT(*) AS n FROM studies GROUP BY state"):
+            counts[StudyState(str(r["state"]))] = int(r["n"])
         return counts
 
     def record_event(
@@ -401,29 +411,32 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             current = db.execute(
                 "SELECT sop_uid, path FROM instances WHERE study_key = ?", (study_key,)
             ).fetchall()
-            for sop_uid, path in current:
-                if path in gone:
+            for row in current:
+                sop_uid = row["sop_uid"]
+                if row["path"] in gone:
                     # its superseded versions go with it: a re-sent instance starts
                     # again at version 1, so none may be left behind under its UID
                     db.execute("DELETE FROM instance_versions WHERE sop_uid = ?", (sop_uid,))
                     db.execute("DELETE FROM instances WHERE sop_uid = ?", (sop_uid,))
                 else:  # arrived during the purge: keep it, drop only purged old versions
-                    for (version_path,) in db.execute(
+                    for version in db.execute(
                         "SELECT path FROM instance_versions WHERE sop_uid = ?", (sop_uid,)
                     ).fetchall():
-                        if version_path in gone:
+                        if version["path"] in gone:
                             db.execute(
                                 "DELETE FROM instance_versions WHERE sop_uid = ? AND path = ?",
-                                (sop_uid, version_path),
+                                (sop_uid, version["path"]),
                             )
             db.execute(
                 "DELETE FROM series WHERE study_key = ? AND NOT EXISTS "
                 "(SELECT 1 FROM instances i WHERE i.series_uid = series.series_uid)",
                 (study_key,),
             )
-            (left,) = db.execute(
-                "SELECT COUNT(*) FROM instances WHERE study_key = ?", (study_key,)
-            ).fetchone()
+            left = int(
+                db.execute(
+                    "SELECT COUNT(*) AS n FROM instances WHERE study_key = ?", (study_key,)
+                ).fetchone()["n"]
+            )
             if left:
                 detail += f"; {left} instance(s) received during the purge kept"
             else:
@@ -438,10 +451,10 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
     # --- jobs: see sqlite_jobs.JobsMixin --------------------------------
     def queue_stats(self) -> QueueStats:
         jobs = {
-            JobState(str(state)): (int(n), oldest)  # type: ignore[call-overload]
-            for state, n, oldest in self._query(
-                "SELECT state, COUNT(*), MIN(created_at) FROM jobs WHERE state IN (?, ?) "
-                "GROUP BY state",
+            JobState(str(r["state"])): (int(r["n"]), _opt_float(r["oldest"]))
+            for r in self._query(
+                "SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs "
+                "WHERE state IN (?, ?) GROUP BY state",
                 (JobState.QUEUED.value, JobState.RUNNING.value),
             )
         }
@@ -451,7 +464,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
         return QueueStats(
             jobs_queued=queued,
             jobs_running=jobs.get(JobState.RUNNING, (0, None))[0],
-            oldest_queued_at=None if oldest is None else float(oldest),  # type: ignore[arg-type]
+            oldest_queued_at=oldest,
             studies_receiving=studies[StudyState.RECEIVING],
             studies_complete_waiting=studies[StudyState.COMPLETE],
             deliveries_pending=pending,
@@ -460,10 +473,5 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
         )
 
 
-def _schema_version(db: sqlite3.Connection) -> int | None:
-    """The schema version a store file records; None for a new (empty) file."""
-    try:
-        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    except sqlite3.OperationalError:  # no meta table: a new file
-        return None
-    return int(row[0]) if row is not None else None
+def _opt_float(value: float | None) -> float | None:
+    return None if value is None else float(value)

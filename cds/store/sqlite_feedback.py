@@ -8,6 +8,7 @@ verdict.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Sequence
 
@@ -24,24 +25,23 @@ _FEEDBACK_COLS = (
 )
 
 
-def _finding(row: tuple[object, ...]) -> FindingRecord:
-    f = [str(v) for v in row[:12]]
+def _finding(row: sqlite3.Row) -> FindingRecord:
     return FindingRecord(
-        tracking_uid=f[0],
-        result_sop_uid=f[1],
-        study_key=f[2],
-        job_kind=f[3],
-        model=f[4],
-        version=f[5],
-        sha256=f[6],
-        label_scheme=f[7],
-        label_value=f[8],
-        label_meaning=f[9],
-        display_en=f[10],
-        display_fr=f[11],
-        present=bool(row[12]),
-        score=float(row[13]),  # type: ignore[arg-type]
-        created_at=float(row[14]),  # type: ignore[arg-type]
+        tracking_uid=str(row["tracking_uid"]),
+        result_sop_uid=str(row["result_sop_uid"]),
+        study_key=str(row["study_key"]),
+        job_kind=str(row["job_kind"]),
+        model=str(row["model"]),
+        version=str(row["version"]),
+        sha256=str(row["sha256"]),
+        label_scheme=str(row["label_scheme"]),
+        label_value=str(row["label_value"]),
+        label_meaning=str(row["label_meaning"]),
+        display_en=str(row["display_en"]),
+        display_fr=str(row["display_fr"]),
+        present=bool(row["present"]),
+        score=float(row["score"]),
+        created_at=float(row["created_at"]),
     )
 
 
@@ -65,24 +65,24 @@ def _box(value: object) -> ImageBox | None:
     return ImageBox(str(d["sop_uid"]), int(d["frame"]), x0, y0, x1, y1)
 
 
-def _feedback(row: tuple[object, ...]) -> Feedback:
+def _feedback(row: sqlite3.Row) -> Feedback:
     return Feedback(
-        feedback_id=str(row[0]),
-        tracking_uid=str(row[1]),
-        result_sop_uid=str(row[2]),
-        study_key=str(row[3]),
-        action=FeedbackAction(str(row[4])),
-        reason=str(row[5]),
-        corrected_scheme=_opt(row[6]),
-        corrected_value=_opt(row[7]),
-        corrected_meaning=_opt(row[8]),
-        who=str(row[9]),
-        source=str(row[10]),
-        at=float(row[11]),  # type: ignore[arg-type]
-        model=str(row[12]),
-        version=str(row[13]),
-        sha256=str(row[14]),
-        corrected_box=_box(row[15]),
+        feedback_id=str(row["feedback_id"]),
+        tracking_uid=str(row["tracking_uid"]),
+        result_sop_uid=str(row["result_sop_uid"]),
+        study_key=str(row["study_key"]),
+        action=FeedbackAction(str(row["action"])),
+        reason=str(row["reason"]),
+        corrected_scheme=_opt(row["corrected_scheme"]),
+        corrected_value=_opt(row["corrected_value"]),
+        corrected_meaning=_opt(row["corrected_meaning"]),
+        who=str(row["who"]),
+        source=str(row["source"]),
+        at=float(row["at"]),
+        model=str(row["model"]),
+        version=str(row["version"]),
+        sha256=str(row["sha256"]),
+        corrected_box=_box(row["corrected_box"]),
     )
 
 

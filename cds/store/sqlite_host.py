@@ -1,4 +1,5 @@
-"""What the SQLite store's mixins (outbox, feedback) use of ``SqliteStore``."""
+"""What the SQLite store's mixins (jobs, outbox, feedback, observatory) use of
+``SqliteStore``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Protocol
 class SqliteHost(Protocol):
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]: ...
 
     @staticmethod
     def _event(

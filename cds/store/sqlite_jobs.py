@@ -31,8 +31,8 @@ _JOB_COLS = (
 )
 
 
-def _opt(v: object) -> float | None:
-    return None if v is None else float(v)  # type: ignore[arg-type]
+def _opt(v: float | None) -> float | None:
+    return None if v is None else float(v)
 
 
 def _objects(text: object) -> tuple[ObjectOutcome, ...]:
@@ -61,19 +61,19 @@ def _objects_json(objects: Sequence[ObjectOutcome] | None) -> str | None:
     )
 
 
-def _job(row: tuple[object, ...]) -> Job:
+def _job(row: sqlite3.Row) -> Job:
     return Job(
-        job_id=str(row[0]),
-        study_key=str(row[1]),
-        kind=str(row[2]),
-        state=JobState(str(row[3])),
-        created_at=float(row[4]),  # type: ignore[arg-type]
-        updated_at=float(row[5]),  # type: ignore[arg-type]
-        attempts=int(row[6]),  # type: ignore[call-overload]
-        error=None if row[7] is None else str(row[7]),
-        started_at=_opt(row[8]),
-        finished_at=_opt(row[9]),
-        objects=_objects(row[10]),
+        job_id=str(row["job_id"]),
+        study_key=str(row["study_key"]),
+        kind=str(row["kind"]),
+        state=JobState(str(row["state"])),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        attempts=int(row["attempts"]),
+        error=None if row["error"] is None else str(row["error"]),
+        started_at=_opt(row["started_at"]),
+        finished_at=_opt(row["finished_at"]),
+        objects=_objects(row["objects"]),
     )
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from typing import Protocol
 
 from cds.domain import HistogramRow, MetricsSnapshot, RunRecord
+from cds.store.sqlite_host import SqliteHost as _Host
 
 _RUN_COLS = (
     "run_key, at, model, version, provider, seconds, images, modality, body_part, "
@@ -55,32 +54,26 @@ def _num(v: object) -> float | None:
     return None if v is None else _f(v)
 
 
-def _run(row: tuple[object, ...]) -> RunRecord:
-    scores = json.loads(str(row[15]))
+def _run(row: sqlite3.Row) -> RunRecord:
+    scores = json.loads(str(row["scores"]))
     return RunRecord(
-        run_key=str(row[0]),
-        at=_f(row[1]),
-        model=str(row[2]),
-        version=str(row[3]),
-        provider=str(row[4]),
-        seconds=_f(row[5]),
-        images=_i(row[6]),
-        modality=str(row[7]),
-        body_part=str(row[8]),
-        manufacturer=str(row[9]),
-        scanner_model=str(row[10]),
-        protocol=str(row[11]),
-        slice_thickness=_num(row[12]),
-        kvp=_num(row[13]),
-        pixel_spacing=_num(row[14]),
+        run_key=str(row["run_key"]),
+        at=_f(row["at"]),
+        model=str(row["model"]),
+        version=str(row["version"]),
+        provider=str(row["provider"]),
+        seconds=_f(row["seconds"]),
+        images=_i(row["images"]),
+        modality=str(row["modality"]),
+        body_part=str(row["body_part"]),
+        manufacturer=str(row["manufacturer"]),
+        scanner_model=str(row["scanner_model"]),
+        protocol=str(row["protocol"]),
+        slice_thickness=_num(row["slice_thickness"]),
+        kvp=_num(row["kvp"]),
+        pixel_spacing=_num(row["pixel_spacing"]),
         scores={str(k): float(v) for k, v in scores.items()},
     )
-
-
-class _Host(Protocol):
-    def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
-
-    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]: ...
 
 
 def _histogram(
@@ -89,25 +82,26 @@ def _histogram(
     """One row per label set of ``source`` (label columns, then the value): the count
     at or under each bound, the count and the sum."""
     labels = [f"c{i}" for i in range(n_labels)]
-    under = ", ".join("SUM(v <= ?)" for _ in bounds)
+    under = [f"le{i}" for i in range(len(bounds))]
     group = f"GROUP BY {', '.join(labels)} ORDER BY {', '.join(labels)}" if labels else ""
     rows = host._query(
         # S608: the columns and sources are this module's constants; values are bound
         f"WITH src ({', '.join([*labels, 'v'])}) AS ({source}) "  # noqa: S608
-        f"SELECT {''.join(c + ', ' for c in labels)}COUNT(*), TOTAL(v), {under} "
+        f"SELECT {''.join(c + ', ' for c in labels)}COUNT(*) AS n, TOTAL(v) AS total, "
+        f"{', '.join(f'SUM(v <= ?) AS {le}' for le in under)} "
         f"FROM src WHERE v IS NOT NULL {group}",
         tuple(bounds),
     )
     out = []
     for row in rows:
-        count = _i(row[n_labels])
+        count = _i(row["n"])
         if count:
             out.append(
                 HistogramRow(
-                    labels=tuple(str(v) for v in row[:n_labels]),
-                    cumulative=tuple(_i(v) for v in row[n_labels + 2 :]),
+                    labels=tuple(str(row[c]) for c in labels),
+                    cumulative=tuple(_i(row[le]) for le in under),
                     count=count,
-                    total=_f(row[n_labels + 1]),
+                    total=_f(row["total"]),
                 )
             )
     return out
@@ -167,29 +161,32 @@ class ObservatoryMixin:
 
     def metrics_snapshot(self: _Host, bounds: Sequence[float]) -> MetricsSnapshot:
         def pairs(sql: str) -> dict[tuple[str, ...], int]:
+            """Rows of (labels..., count), by position: the labels vary by query."""
             return {tuple(str(v) for v in r[:-1]): _i(r[-1]) for r in self._query(sql)}
 
-        ((stored, duplicates),) = self._query(
-            "SELECT COUNT(*), TOTAL(duplicates_received) FROM instances"
+        (instances,) = self._query(
+            "SELECT COUNT(*) AS stored, TOTAL(duplicates_received) AS duplicates FROM instances"
         )
-        ((replaced,),) = self._query("SELECT COUNT(*) FROM instance_versions")
+        stored = instances["stored"]
+        (versions,) = self._query("SELECT COUNT(*) AS replaced FROM instance_versions")
         failed = self._query(
             "SELECT destination, TOTAL(CASE WHEN state = 'delivered' "
-            "THEN MAX(attempts - 1, 0) ELSE attempts END) FROM deliveries GROUP BY destination"
+            "THEN MAX(attempts - 1, 0) ELSE attempts END) AS failed FROM deliveries "
+            "GROUP BY destination"
         )
         return MetricsSnapshot(
             instances_stored=_i(stored),
             instances_received={
                 "new": _i(stored),
-                "replaced": _i(replaced),
-                "duplicate": _i(duplicates),
+                "replaced": _i(versions["replaced"]),
+                "duplicate": _i(instances["duplicates"]),
             },
             jobs=pairs("SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state"),
             results=pairs("SELECT job_kind, state, COUNT(*) FROM results GROUP BY job_kind, state"),
             deliveries=pairs(
                 "SELECT destination, state, COUNT(*) FROM deliveries GROUP BY destination, state"
             ),
-            delivery_failed_attempts={str(d): _i(n) for d, n in failed},
+            delivery_failed_attempts={str(r["destination"]): _i(r["failed"]) for r in failed},
             findings=pairs(
                 "SELECT model, version, CASE WHEN present THEN 'true' ELSE 'false' END, "
                 "COUNT(*) FROM findings GROUP BY 1, 2, 3"

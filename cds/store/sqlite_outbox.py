@@ -8,6 +8,7 @@ result UIDs are deterministic, so a resend is the same object to the PACS.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,48 +26,46 @@ _DELIVERY_COLS = (
 )
 
 
-def _opt(v: object) -> float | None:
-    return None if v is None else float(v)  # type: ignore[arg-type]
+def _opt(v: float | None) -> float | None:
+    return None if v is None else float(v)
 
 
-def _result(row: tuple[object, ...]) -> ResultObject:
-    f = [str(v) for v in row[:11]]
+def _result(row: sqlite3.Row) -> ResultObject:
     return ResultObject(
-        sop_uid=f[0],
-        study_key=f[1],
-        study_uid=f[2],
-        series_uid=f[3],
-        sop_class_uid=f[4],
-        modality=f[5],
-        path=f[6],
-        job_kind=f[7],
-        source_series_uid=f[8],
-        model_version=f[9],
-        inputs_seed=f[10],
-        state=ResultState(str(row[11])),
-        created_at=float(row[12]),  # type: ignore[arg-type]
-        superseded_at=_opt(row[13]),
+        sop_uid=str(row["sop_uid"]),
+        study_key=str(row["study_key"]),
+        study_uid=str(row["study_uid"]),
+        series_uid=str(row["series_uid"]),
+        sop_class_uid=str(row["sop_class_uid"]),
+        modality=str(row["modality"]),
+        path=str(row["path"]),
+        job_kind=str(row["job_kind"]),
+        source_series_uid=str(row["source_series_uid"]),
+        model_version=str(row["model_version"]),
+        inputs_seed=str(row["inputs_seed"]),
+        state=ResultState(str(row["state"])),
+        created_at=float(row["created_at"]),
+        superseded_at=_opt(row["superseded_at"]),
     )
 
 
-def _delivery(row: tuple[object, ...]) -> Delivery:
-    f = [str(v) for v in row[:7]]
+def _delivery(row: sqlite3.Row) -> Delivery:
     return Delivery(
-        delivery_id=f[0],
-        study_key=f[1],
-        sop_uid=f[2],
-        sop_class_uid=f[3],
-        modality=f[4],
-        path=f[5],
-        destination=f[6],
-        state=DeliveryState(str(row[7])),
-        attempts=int(row[8]),  # type: ignore[call-overload]
-        last_error=None if row[9] is None else str(row[9]),
-        next_attempt_at=_opt(row[10]),
-        created_at=float(row[11]),  # type: ignore[arg-type]
-        updated_at=float(row[12]),  # type: ignore[arg-type]
-        delivered_at=_opt(row[13]),
-        priority=int(row[14]),  # type: ignore[call-overload]
+        delivery_id=str(row["delivery_id"]),
+        study_key=str(row["study_key"]),
+        sop_uid=str(row["sop_uid"]),
+        sop_class_uid=str(row["sop_class_uid"]),
+        modality=str(row["modality"]),
+        path=str(row["path"]),
+        destination=str(row["destination"]),
+        state=DeliveryState(str(row["state"])),
+        attempts=int(row["attempts"]),
+        last_error=None if row["last_error"] is None else str(row["last_error"]),
+        next_attempt_at=_opt(row["next_attempt_at"]),
+        created_at=float(row["created_at"]),
+        updated_at=float(row["updated_at"]),
+        delivered_at=_opt(row["delivered_at"]),
+        priority=int(row["priority"]),
     )
 
 
@@ -197,10 +196,10 @@ class OutboxMixin:
 
     def next_delivery_due(self: _Host) -> float | None:
         rows = self._query(
-            "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = ?",
+            "SELECT MIN(next_attempt_at) AS due FROM deliveries WHERE state = ?",
             (DeliveryState.PENDING.value,),
         )
-        return _opt(rows[0][0]) if rows else None
+        return _opt(rows[0]["due"]) if rows else None
 
     def delivery_attempted(
         self: _Host,
@@ -307,10 +306,10 @@ class OutboxMixin:
     def delivery_counts(self: _Host) -> tuple[int, int, float | None]:
         """(pending, dead, oldest pending created_at)."""
         rows = self._query(
-            "SELECT state, COUNT(*), MIN(created_at) FROM deliveries WHERE state IN (?, ?) "
-            "GROUP BY state",
+            "SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM deliveries "
+            "WHERE state IN (?, ?) GROUP BY state",
             (DeliveryState.PENDING.value, DeliveryState.DEAD.value),
         )
-        by = {str(s): (int(n), _opt(m)) for s, n, m in rows}  # type: ignore[call-overload]
+        by = {str(r["state"]): (int(r["n"]), _opt(r["oldest"])) for r in rows}
         pending, oldest = by.get(DeliveryState.PENDING.value, (0, None))
         return pending, by.get(DeliveryState.DEAD.value, (0, None))[0], oldest

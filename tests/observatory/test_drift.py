@@ -300,6 +300,4 @@ def test_a_version_4_store_gets_the_runs_table(tmp_path: Path) -> None:
     store = SqliteStore(path)
     store.record_run(_run(1, NOW, maker="A", thickness=1.0, score=0.5))
     assert len(store.list_runs()) == 1
-    assert store._query("SELECT value FROM meta WHERE key = 'schema_version'") == [
-        (str(SCHEMA_VERSION),)
-    ]
+    assert store.schema_version == SCHEMA_VERSION

@@ -20,12 +20,15 @@ from pydicom.sr.codedict import codes
 
 from cds import __version__
 from cds.inference import manifest as mf
+from cds.inference.runner import InferenceResult
 
 MANUFACTURER = "cds"
 PRIVATE_SCHEME = "99CDS"
 #: responsible organisation of the 99CDS codes (the cds reference packages')
 CDS_ORGANIZATION = "cds open-source project"
-_LO = 64
+#: the longest value of VR LO (series descriptions, names, model names)
+LO = 64
+_LO = LO
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cds.invalid/dicom/result-uid")
 _SEP = "\x1f"  # ASCII unit separator
 #: Type 2 Patient and General Study attributes the builders copy from the source images
@@ -228,3 +231,14 @@ def _schemes(ds: Dataset) -> set[str]:
         elif elem.keyword == "CodingSchemeDesignator":
             found.add(str(elem.value))
     return found
+
+
+def check_model_of(manifest: mf.Manifest, result: InferenceResult) -> None:
+    """Raise ValueError unless ``manifest`` is the model that produced ``result``: every
+    builder checks it before writing the model's name into an object."""
+    rec = result.record
+    if (manifest.name, manifest.version) != (rec.model, rec.version):
+        raise ValueError(
+            f"manifest {manifest.name} {manifest.version} is not the model that produced "
+            f"the result ({rec.model} {rec.version})"
+        )

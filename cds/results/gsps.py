@@ -35,8 +35,10 @@ from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
 from cds.results.common import (
+    LO,
     MANUFACTURER,
     below_threshold,
+    check_model_of,
     complete,
     identify_vendor,
     rectangle,
@@ -47,7 +49,6 @@ from cds.results.inherited import set_series_laterality
 from cds.results.text import texts
 
 RESULT_KIND = "GSPS"
-_LO = 64
 _LAYER = "CDS_AI"
 _PIXEL = hd.pr.AnnotationUnitsValues.PIXEL
 
@@ -72,7 +73,7 @@ def _annotations_of(
         below = below_threshold(finding.label, score)
         text.append(
             hd.pr.TextObject(
-                t.finding_label(name, score, below_threshold=below)[:_LO],
+                t.finding_label(name, score, below_threshold=below)[:LO],
                 units=_PIXEL,
                 anchor_point=(4.0, 4.0),
                 anchor_point_visible=False,
@@ -87,7 +88,7 @@ def _annotations_of(
         anchor = (min(float(c1) + 1.0, columns - 1.0), max(min(float(r0), rows - 1.0), 0.0))
         text.append(
             hd.pr.TextObject(
-                t.finding_label(name, score)[:_LO],
+                t.finding_label(name, score)[:LO],
                 units=_PIXEL,
                 anchor_point=anchor,
                 anchor_point_visible=True,
@@ -150,18 +151,14 @@ def build_gsps(
     """
     t = texts(lang)
     rec = result.record
-    if (manifest.name, manifest.version) != (rec.model, rec.version):
-        raise ValueError(
-            f"manifest {manifest.name} {manifest.version} is not the model that produced "
-            f"the result ({rec.model} {rec.version})"
-        )
+    check_model_of(manifest, result)
     if not source_datasets:
         raise ValueError("source_datasets is empty")
     if any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for ds in source_datasets):
         raise EncodingError("GSPS: multi-frame source images are not supported yet")
     index = _index(source_datasets)
     layer = hd.pr.GraphicLayer(
-        layer_name=_LAYER, order=1, description=f"{rec.model} {rec.version}"[:_LO]
+        layer_name=_LAYER, order=1, description=f"{rec.model} {rec.version}"[:LO]
     )
     annotations: list[hd.pr.GraphicAnnotation] = []
     for ref in sorted(
@@ -206,11 +203,11 @@ def build_gsps(
             sop_instance_uid=sop_uid,
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
-            manufacturer_model_name=rec.model[:_LO],
+            manufacturer_model_name=rec.model[:LO],
             software_versions=rec.cds_version,
-            device_serial_number=(rec.sha256 or "unknown")[:_LO],
+            device_serial_number=(rec.sha256 or "unknown")[:LO],
             content_label=t.content_label,
-            content_description=_plain_dashes(t.banner)[:_LO],
+            content_description=_plain_dashes(t.banner)[:LO],
             graphic_annotations=annotations,
             graphic_layers=[layer],
             voi_lut_transformations=_voi(referenced),
@@ -218,7 +215,7 @@ def build_gsps(
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"GSPS of {rec.model} {rec.version} is not valid: {exc}") from exc
     gsps.SpecificCharacterSet = "ISO_IR 192"
-    gsps.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:_LO]
+    gsps.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:LO]
     set_series_laterality(gsps, source_datasets[0])
     complete(gsps)
     identify_vendor(gsps, manifest)

@@ -32,13 +32,12 @@ from pydicom.uid import UID
 
 from cds.domain import ResultRef
 from cds.errors import EncodingError
-from cds.results.common import MANUFACTURER, complete, result_uids, tolerant
+from cds.results.common import LO, MANUFACTURER, complete, result_uids, tolerant
 from cds.results.text import texts
 
 RESULT_KIND = "KOS"
 #: CID 7010 title of an IOCM rejection note for results that must no longer be used
 REJECTED_FOR_QUALITY_REASONS = hd.sr.CodedConcept("113001", "DCM", "Rejected for Quality Reasons")
-_LO = 64
 
 
 def _is_image(sop_class_uid: str) -> bool:
@@ -128,10 +127,10 @@ def build_rejection_kos(
             manufacturer=MANUFACTURER,
             series_description=(
                 t.series_prefix + t.superseded_series.format(name=model, version=version)
-            )[:_LO],
-            manufacturer_model_name=model[:_LO],
+            )[:LO],
+            manufacturer_model_name=model[:LO],
             software_versions=version,
-            device_serial_number=sha256[:_LO],
+            device_serial_number=sha256[:LO],
             specific_character_set="ISO_IR 192",  # the French description holds accents
         )
     except (ValueError, TypeError) as exc:

@@ -31,7 +31,14 @@ from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
-from cds.results.common import MANUFACTURER, below_threshold, identify_vendor, result_uids
+from cds.results.common import (
+    LO,
+    MANUFACTURER,
+    below_threshold,
+    check_model_of,
+    identify_vendor,
+    result_uids,
+)
 from cds.results.inherited import (
     ORIENTATION_UNKNOWN,
     patient_orientation,
@@ -41,7 +48,6 @@ from cds.results.inherited import (
 from cds.results.text import texts
 
 RESULT_KIND = "SC"
-_LO = 64
 #: colours of successive findings (RGB)
 _COLOURS = ((255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 200, 0), (255, 0, 255))
 _BANNER_BG = (0, 0, 0)
@@ -177,11 +183,7 @@ def build_sc(
     notes = [] if notes is None else notes
     t = texts(lang)
     rec = result.record
-    if (manifest.name, manifest.version) != (rec.model, rec.version):
-        raise ValueError(
-            f"manifest {manifest.name} {manifest.version} is not the model that produced "
-            f"the result ({rec.model} {rec.version})"
-        )
+    check_model_of(manifest, result)
     if image_ref.sop_uid != str(source_dataset.SOPInstanceUID):
         raise ValueError(f"image {image_ref.sop_uid} is not the source dataset's")
     pixels = render(source_dataset, image_ref, result, lang)
@@ -233,12 +235,12 @@ def build_sc(
     sc.BurnedInAnnotation = "YES"
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ConversionType = "WSD"
-    sc.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:_LO]
+    sc.SeriesDescription = f"{t.series_prefix}{rec.model} {rec.version}"[:LO]
     sc.ImageComments = t.banner
     sc.DerivationDescription = t.produced_by.format(
         name=rec.model, version=rec.version, sha256=rec.sha256
     )
-    sc.ManufacturerModelName = rec.model[:_LO]
+    sc.ManufacturerModelName = rec.model[:LO]
     sc.SoftwareVersions = rec.cds_version
     sc.SourceImageSequence = [reference]
     ref2 = Dataset()

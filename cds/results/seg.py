@@ -48,7 +48,14 @@ from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
 from cds.results import common
-from cds.results.common import MANUFACTURER, complete, identify_vendor, tolerant
+from cds.results.common import (
+    LO,
+    MANUFACTURER,
+    check_model_of,
+    complete,
+    identify_vendor,
+    tolerant,
+)
 from cds.results.inherited import ORIENTATION_UNKNOWN, patient_orientation, set_lossy_compression
 from cds.results.text import texts
 
@@ -63,7 +70,6 @@ _AI = hd.sr.CodedConcept(
     codes.DCM.ArtificialIntelligence.scheme_designator,
     codes.DCM.ArtificialIntelligence.meaning,
 )
-_LO = 64
 NO_FRAME_OF_REFERENCE = (
     "made without Frame of Reference, as the source images have none: each frame "
     "references the source image it lies on"
@@ -293,11 +299,7 @@ def build_seg(
     t = texts(lang)
     rec = result.record
     notes = [] if notes is None else notes
-    if (manifest.name, manifest.version) != (rec.model, rec.version):
-        raise ValueError(
-            f"manifest {manifest.name} {manifest.version} is not the model that produced "
-            f"the result ({rec.model} {rec.version})"
-        )
+    check_model_of(manifest, result)
     if not rec.sha256:
         raise EncodingError(f"SEG: the result of {rec.model} {rec.version} has no model SHA-256")
     if not source_datasets:
@@ -318,7 +320,7 @@ def build_seg(
     segments = [
         hd.seg.SegmentDescription(
             segment_number=number,
-            segment_label=f.label.display.get(lang)[:_LO],
+            segment_label=f.label.display.get(lang)[:LO],
             segmented_property_category=segment_category(f.label.code),
             segmented_property_type=_coded(f.label.code),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -355,13 +357,13 @@ def build_seg(
             sop_instance_uid=sop_uid,
             instance_number=instance_number,
             manufacturer=MANUFACTURER,
-            manufacturer_model_name=rec.model[:_LO],
+            manufacturer_model_name=rec.model[:LO],
             software_versions=rec.cds_version,
-            device_serial_number=rec.sha256[:_LO],
+            device_serial_number=rec.sha256[:LO],
             content_label=t.content_label,
-            content_description=t.banner[:_LO],
+            content_description=t.banner[:LO],
             contributing_equipment=[equipment],
-            series_description=f"{t.series_prefix}{rec.model} {rec.version}"[:_LO],
+            series_description=f"{t.series_prefix}{rec.model} {rec.version}"[:LO],
             specific_character_set="ISO_IR 192",  # the French texts hold accents
         )
     except (ValueError, TypeError) as exc:

@@ -8,28 +8,52 @@ makes OHIF 3.13 crash instead of showing the image:
 - tracking identifier ``Cornerstone3DTools@^0.1.0:RectangleROI`` and a tracking
   UID derived like the object's UIDs (same inputs, same UID; feedback matches
   findings by it);
-- finding (DCM 121071): the label's code; algorithm identification (TID 4019):
-  model name, version, the manifest's manufacturer, family, the SHA-256 of model.onnx;
+- finding (DCM 121071): the label's code; algorithm identification (TID 4019, row
+  10, once for the whole group): model name, version, the manifest's manufacturer,
+  family, the SHA-256 of model.onnx;
 - the first NUM holds the outline, INFERRED FROM closed 5-point rectangles on
-  source images (the coordinates OHIF reads): DCM 122157 "Probability" (the
-  score), or for a measurement model the value named by the label's code;
-  then SCT 42798000 "Area" of a segmentation, when known;
-- qualitative evaluation: concept name = the label's code, value SCT 52101004
-  "Present" or SCT 272519000 "Absent";
-- the source images the finding is on (TID 1501 "Source image for measurement
-  group"), except for a box, whose rectangle names its image;
-- a TEXT DCM 121106 "Comment" with the label a viewer shows, in the job's
-  language: the advisory word, the finding and its score
-  ('AI · Focal hyperdensity · 0.93'); OHIF takes the group's first Comment as
-  the measurement's label. A second Comment says what the rectangle means when
-  it is not the finding's own outline.
+  source images and nothing else (the coordinates OHIF reads; TID 320 allows an
+  IMAGE or a SCOORD per inclusion, and validators take a NUM's sources as one
+  inclusion): DCM 122157 "Probability" (the score), or for a measurement model the
+  value named by the label's code; then SCT 42798000 "Area" of a segmentation,
+  when known, INFERRED FROM the segment when the SEG is given (the SEG as "Source
+  of Measurement" with its Referenced Segment Number);
+- the qualitative evaluation (TID 1501 CODE row): concept name = the label's code,
+  value SCT 52101004 "Present" or SCT 272519000 "Absent", stated as below;
+- the source images (TID 1501 row 10b, "Source of Measurement"): the finding's
+  segment of the SEG when given, then the images the finding is on, except for a
+  box, whose rectangle names its image;
+- a TEXT DCM 121106 "Comment" (a TID 1501 TEXT qualitative evaluation) with the
+  label a viewer shows, in the job's language: the advisory word, the finding and
+  its score ('AI · Focal hyperdensity · 0.93'); OHIF takes the group's first
+  Comment as the measurement's label. A second Comment says what the rectangle
+  means when it is not the finding's own outline.
+
+What the qualitative evaluation states, per kind of label (``statement``), so that
+it agrees with the group's probability and the label's threshold:
+
+- a finding (a label that is not ``normal``, with a threshold, or any label of a
+  segmentation or detection model): "Present" when the model reports it
+  (``cds.inference.postprocess``: its score reached the threshold), else "Absent";
+  the probability is the finding's (a box's own score, else the finding's best
+  score over the images). The classes of a
+  multi-label (sigmoid) model are each a finding of their own: each is Present or
+  Absent by its own score and threshold, whatever the others say; a softmax
+  model's classes likewise, one statement per class;
+- a ``normal`` class ('no finding', 'adequate contrast'): its statement is the
+  normal state itself, "Present" when its score reaches its threshold (0.5 when it
+  has none), else "Absent". It is never reported as a finding (no SEG, GSPS, SC
+  or notification for it, and no 'below threshold'), but a high score is never
+  coded Absent;
+- an informational classification score (threshold null): no statement at all,
+  only the probability: the model decides nothing about it;
+- a measurement: "Present" (the value was measured).
 
 What the rectangle is, per finding:
 
 - a detection box: the box, on its image;
 - a mask (segmentation): its bounding box on the image where its area is
-  largest. With the SEG, both NUMs are also INFERRED FROM the segment (the SEG
-  as "Source of Measurement" with its Referenced Segment Number);
+  largest;
 - anything else (a classification, a measurement, a finding found nowhere):
   the whole image the score comes from (a classification: the image with the
   highest score; a measurement: every image, its value being their mean; an
@@ -44,6 +68,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -66,12 +91,15 @@ _NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 _PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
 _ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+#: the threshold of a label that names none (``cds.inference.postprocess``: masks, boxes)
+DEFAULT_THRESHOLD = 0.5
 #: tracking identifier by which OHIF 3 recognises a group it can hydrate as a rectangle
 OHIF_RECTANGLE = "Cornerstone3DTools@^0.1.0:RectangleROI"
 
 #: (row0, col0, row1, col1): inclusive pixel indices on the source image
 Box = tuple[float, float, float, float]
 _Group = hd.sr.MeasurementsAndQualitativeEvaluations
+_Source = TypeVar("_Source", hd.sr.SourceImageForMeasurement, hd.sr.SourceImageForMeasurementGroup)
 
 
 def coded(code: mf.Code) -> hd.sr.CodedConcept:
@@ -200,6 +228,12 @@ def segment_numbers(findings: Sequence[Finding], seg: Dataset | None) -> dict[in
     return numbers
 
 
+def _as_segment(item: _Source, segment: int) -> _Source:
+    """``item``, an IMAGE content item naming the SEG, as its segment ``segment``."""
+    item.ReferencedSOPSequence[0].ReferencedSegmentNumber = segment
+    return item
+
+
 def _comment(text: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(
         name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -245,6 +279,7 @@ class Groups:
                         self.tracking_uid(i, finding, f"box-{ref.sop_uid}-{ref.frame}-{n}"),
                         score,
                         [(ref, box)],
+                        statement=self.statement(finding, score, box=True),
                     )
                     for n, (ref, box, score) in enumerate(boxes)
                 ]
@@ -272,18 +307,25 @@ class Groups:
             self.tracking_uid(i, finding),
             score,
             regions,
+            statement=self.statement(finding, score),
             segment=segment,
             source_images=_images(finding, self.result),
             meaning=meaning,
         )
 
-    def _source_of_segment(self, segment: int) -> hd.sr.SourceImageForMeasurement:
+    def _seg_ref(self) -> tuple[str, str]:
         assert self.seg is not None
-        item = hd.sr.SourceImageForMeasurement(
-            str(self.seg.SOPClassUID), str(self.seg.SOPInstanceUID)
-        )
-        item.ReferencedSOPSequence[0].ReferencedSegmentNumber = segment
-        return item
+        return str(self.seg.SOPClassUID), str(self.seg.SOPInstanceUID)
+
+    def _sources(
+        self, finding: Finding, refs: Sequence[ImageRef], segment: int | None
+    ) -> list[hd.sr.SourceImageForMeasurementGroup] | None:
+        """The group's source images (TID 1501 row 10b): the segment, then ``refs``."""
+        items = self.sources.for_group(finding, refs)
+        if segment is not None:
+            group_source = hd.sr.SourceImageForMeasurementGroup(*self._seg_ref())
+            items.insert(0, _as_segment(group_source, segment))
+        return items or None
 
     def _nums(
         self,
@@ -292,35 +334,28 @@ class Groups:
         outlines: list[hd.sr.CoordinatesForMeasurement],
         segment: int | None,
     ) -> list[hd.sr.Measurement]:
-        """The group's NUMs, the first holding the outlines (and the segment, with a SEG)."""
+        """The group's NUMs: the first INFERRED FROM the outlines only, the area (of a
+        segmentation) INFERRED FROM the segment when the SEG is given."""
         kind, label = self.manifest.output.kind, finding.label
-
-        def source() -> list[hd.sr.SourceImageForMeasurement] | None:
-            return [self._source_of_segment(segment)] if segment is not None else None
-
         # a measurement model's score is its value; others give a probability
         name, unit = (
             self._value_of(label) if kind == "measurement" else (PROBABILITY, PROBABILITY_UNIT)
         )
         nums = [
-            hd.sr.Measurement(
-                name=name,
-                value=score,
-                unit=unit,
-                referenced_coordinates=outlines,
-                referenced_images=source(),
-                algorithm_id=self.algorithm,
-            )
+            hd.sr.Measurement(name=name, value=score, unit=unit, referenced_coordinates=outlines)
         ]
         if finding.measurement is not None and kind != "measurement":
             name, unit = (AREA, _MM2) if kind == "segmentation" else self._value_of(label)
+            of_segment = None
+            if kind == "segmentation" and segment is not None:
+                source = hd.sr.SourceImageForMeasurement(*self._seg_ref())
+                of_segment = [_as_segment(source, segment)]
             nums.append(
                 hd.sr.Measurement(
                     name=name,
                     value=float(finding.measurement),
                     unit=unit,
-                    referenced_images=source() if kind == "segmentation" else None,
-                    algorithm_id=self.algorithm,
+                    referenced_images=of_segment,
                 )
             )
         return nums
@@ -337,6 +372,7 @@ class Groups:
         score: float,
         regions: list[tuple[ImageRef, Box]],
         *,
+        statement: bool | None,
         segment: int | None = None,
         source_images: list[ImageRef] | None = None,
         meaning: str | None = None,
@@ -352,14 +388,16 @@ class Groups:
             finding_type=coded(label.code),
             algorithm_id=self.algorithm,
             measurements=self._nums(finding, score, outlines, segment),
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(
-                    coded(label.code), _PRESENT if finding.present else _ABSENT
-                )
-            ],
-            source_images=(
-                self.sources.for_group(finding, source_images) if source_images else None
+            qualitative_evaluations=(
+                None
+                if statement is None
+                else [
+                    hd.sr.QualitativeEvaluation(
+                        coded(label.code), _PRESENT if statement else _ABSENT
+                    )
+                ]
             ),
+            source_images=self._sources(finding, source_images or [], segment),
         )
         below = not finding.present and self.reported(label)
         name = label.display.get(self.texts.lang)
@@ -368,6 +406,19 @@ class Groups:
         if meaning:
             items.append(_comment(meaning))
         return group
+
+    def statement(self, finding: Finding, score: float, *, box: bool = False) -> bool | None:
+        """What the qualitative evaluation of a group of ``finding`` with probability
+        ``score`` states: True "Present", False "Absent", None nothing (an informational
+        score). A box is reported (its score reached the threshold). See the module's
+        docstring."""
+        label = finding.label
+        if label.normal:  # the normal state itself: present when its score is high
+            threshold = label.threshold if label.threshold is not None else DEFAULT_THRESHOLD
+            return score >= threshold
+        if not self.reported(label):
+            return None
+        return box or finding.present
 
     def reported(self, label: mf.Label) -> bool:
         """Whether the model reports ``label`` as a finding when its score reaches the

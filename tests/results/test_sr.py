@@ -236,28 +236,37 @@ def test_one_group_per_finding_with_its_evaluation_score_and_model(
 def test_segmentation_findings_reference_their_segment_of_the_seg(
     slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
 ) -> None:
-    """Each NUM of a segmentation finding is INFERRED FROM its segment: the SEG as
-    "Source of Measurement" with the Referenced Segment Number."""
+    """A segmentation finding's group names its segment as a source (TID 1501 row 10b:
+    the SEG as "Source of Measurement" with the Referenced Segment Number) and its Area
+    is INFERRED FROM the segment; the Probability is INFERRED FROM the outline alone
+    (TID 320: an IMAGE or a SCOORD, not both; OHIF reads that SCOORD)."""
     result = synthetic_result(slices, manifest)
     seg = build_seg(slices, result, manifest, "en")
     back = write_and_read(build_sr(slices, result, manifest, "en", seg=seg), tmp_path)
     found = groups(back)
 
-    def segments(group: Dataset) -> list[tuple[str, str, int]]:
+    def segments(group: Dataset) -> list[tuple[tuple[str, str], str, str, int]]:
+        """(where, relationship, SEG, segment) of every reference to a segment."""
         return [
-            (name(num), str(r.ReferencedSOPInstanceUID), int(r.ReferencedSegmentNumber))
-            for num in group.ContentSequence
-            if num.ValueType == "NUM"
-            for c in num.get("ContentSequence", [])
-            if c.ValueType == "IMAGE" and c.RelationshipType == "INFERRED FROM"
+            (name(parent), str(c.RelationshipType), str(r.ReferencedSOPInstanceUID),
+             int(r.ReferencedSegmentNumber))
+            for parent in [group, *(n for n in group.ContentSequence if n.ValueType == "NUM")]
+            for c in parent.get("ContentSequence", [])
+            if c.ValueType == "IMAGE"
             for r in c.ReferencedSOPSequence
             if "ReferencedSegmentNumber" in r
-        ]
+        ]  # fmt: skip
 
     sop = str(seg.SOPInstanceUID)
-    assert segments(found[0]) == [(("DCM", "122157"), sop, 1), (("SCT", "42798000"), sop, 1)]
-    assert segments(found[1]) == [(("DCM", "122157"), sop, 2)]  # no area known
+    assert segments(found[0]) == [
+        (("DCM", "125007"), "CONTAINS", sop, 1),
+        (("SCT", "42798000"), "INFERRED FROM", sop, 1),
+    ]
+    assert segments(found[1]) == [(("DCM", "125007"), "CONTAINS", sop, 2)]  # no area known
     assert segments(found[2]) == []  # absent: no segment, the analysed images instead
+    for group in found:
+        (probability,) = children(group, "DCM", "122157")
+        assert [c.ValueType for c in probability.ContentSequence] == ["SCOORD"]
     assert comments(found[0])[1].endswith(" The finding itself is segment 1 of the SEG.")
     assert referenced_sops(found[1]) == {str(slices[3].SOPInstanceUID)}
     evidence = {

@@ -1,4 +1,5 @@
-"""issue 17: every SR group is one OHIF 3 can draw and hydrate, and says it is an AI result.
+"""issue 17: every SR group is one OHIF 3 can draw and hydrate, and says it is an AI result;
+issue 16 item 6: what each group states agrees with its score.
 
 OHIF 3.13 crashes on an SR group without spatial coordinates (viewport left black), and
 hydrates a group into an editable rectangle only when its tracking identifier names the
@@ -7,12 +8,19 @@ Cornerstone3D tool and its first NUM is INFERRED FROM the outline (see
 errors) and checks, in source pixels, what the rectangle is for each kind of finding
 (a box, a mask on its largest image, the whole image for an image-level result), and
 the label OHIF shows (the group's first Comment) in English and French.
+
+The qualitative evaluation of each group, read back from the SR, agrees with the
+group's Probability and its label's threshold (``cds.results.sr_groups``): a finding
+is Present exactly when its score reaches the threshold, a 'normal' class likewise
+(never Absent with a high score), a multi-label (sigmoid) class by its own score
+whatever the others', and an informational score states nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -21,14 +29,16 @@ from pydicom.dataset import Dataset
 
 from cds.feedback.findings import groups as feedback_groups
 from cds.inference import manifest as mf
+from cds.inference import readback as rb
 from cds.inference.images import decode
-from cds.inference.postprocess import Finding, ImageRef
+from cds.inference.postprocess import Finding, ImageRef, Outputs, postprocess
 from cds.inference.registry import ModelRegistry
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.common import result_uids
 from cds.results.seg import build_seg
 from cds.results.sr import build_sr
+from cds.results.sr_groups import DEFAULT_THRESHOLD
 from cds.results.text import LANGS
 from tests.results.test_sr import (
     LESION,
@@ -85,17 +95,20 @@ def whole(ds: Dataset) -> list[list[float]]:
     return corners(0, 0, int(ds.Rows) - 1, int(ds.Columns) - 1)
 
 
-def _all_kinds(slices: list[Dataset], manifest: mf.Manifest) -> dict[str, list[Dataset]]:
+def _all_kinds(
+    slices: list[Dataset], manifest: mf.Manifest, lang: str = "en"
+) -> dict[str, list[Dataset]]:
     result = synthetic_result(slices, manifest)
-    seg = build_seg(slices, result, manifest, "en")
+    seg = build_seg(slices, result, manifest, lang)
     cxr, classified = classification_result(slices)
     measuring, measured = measurement_result(slices, manifest)
+    detected = detection_result(slices, manifest)
     return {
-        "segmentation with its SEG": [build_sr(slices, result, manifest, "en", seg=seg)],
-        "segmentation alone": [build_sr(slices, result, manifest, "en")],
-        "detection": [build_sr(slices, detection_result(slices, manifest), manifest, "en")],
-        "classification": [build_sr(slices, classified, cxr, "en")],
-        "measurement": [build_sr(slices, measured, measuring, "en")],
+        "segmentation with its SEG": [build_sr(slices, result, manifest, lang, seg=seg)],
+        "segmentation alone": [build_sr(slices, result, manifest, lang)],
+        "detection": [build_sr(slices, detected, manifest, lang)],
+        "classification": [build_sr(slices, classified, cxr, lang)],
+        "measurement": [build_sr(slices, measured, measuring, lang)],
     }
 
 
@@ -307,3 +320,162 @@ def test_sr_of_the_bundled_blob_detector_on_a_real_series(
         ((sop, points),) = outlines(group)
         assert sop == ref.sop_uid
         assert np.allclose(points, corners(*box))
+
+
+# --- what each group states agrees with its score (issue 16 item 6) -----------------
+
+
+def statements(sr: Dataset, labels: Sequence[mf.Label], kind: str) -> list[bool | None]:
+    """Each group's qualitative evaluation read back (True Present, False Absent, None
+    none), after checking that it agrees with the group's Probability and the label's
+    threshold: a finding and a normal class are Present exactly when the probability
+    reaches the threshold (0.5 when none), an informational score states nothing."""
+    by_code = {(lb.code.scheme, lb.code.value): lb for lb in labels}
+    said = []
+    for g in rb.sr_groups(sr):
+        assert g.code is not None
+        lb = by_code[g.code]
+        if kind == "measurement":  # a value, no probability: it was measured
+            assert g.present is True
+        elif kind == "classification" and lb.threshold is None and not lb.normal:
+            assert g.present is None, f"{lb.code.meaning}: an informational score"
+        else:
+            assert g.probability is not None
+            threshold = lb.threshold if lb.threshold is not None else DEFAULT_THRESHOLD
+            assert g.present == (g.probability >= threshold), (
+                f"{lb.code.meaning}: {'Present' if g.present else 'Absent'} with probability "
+                f"{g.probability} and threshold {threshold}"
+            )
+        said.append(g.present)
+    return said
+
+
+def _label(
+    index: int, en: str, fr: str, threshold: float | None, *, normal: bool = False
+) -> mf.Label:
+    return mf.Label(
+        index=index,
+        code=mf.Code(scheme="99CDS", value=f"CDS-90{index:02d}", meaning=en),
+        display=mf.Text(en=en, fr=fr),
+        threshold=threshold,
+        normal=normal,
+    )
+
+
+#: a finding (threshold 0.5), a finding with a high threshold (0.8), the normal class
+#: (no threshold: 0.5) and an informational score (no threshold, not normal)
+SCORED = [
+    _label(0, "Nodule", "Nodule", 0.5),
+    _label(1, "Effusion", "Épanchement", 0.8),
+    _label(2, "No finding", "Aucune anomalie", None, normal=True),
+    _label(3, "Image quality", "Qualité d'image", None),
+]
+
+
+def scored_result(
+    slices: Sequence[Dataset], activation: str, probabilities: list[list[float]]
+) -> tuple[mf.Manifest, InferenceResult]:
+    """cds-ref-cxr-triage with the ``SCORED`` labels and ``activation``, scoring one image
+    per row of ``probabilities``: the findings as cds.inference.postprocess makes them."""
+    cxr = mf.load_manifest(MODELS / "cds-ref-cxr-triage")
+    tensor = cxr.output.tensors[0].model_copy(update={"activation": activation})
+    output = cxr.output.model_copy(update={"tensors": [tensor], "labels": SCORED})
+    model = cxr.model_copy(update={"output": output})
+    p = np.asarray(probabilities, dtype=np.float64)
+    logits = np.log(p) if activation == "softmax" else np.log(p / (1 - p))
+    refs = [ImageRef(str(ds.SOPInstanceUID), 1) for ds in slices[: len(p)]]
+    # a classification reads no geometry nor pixels
+    findings = postprocess(output, Outputs({"scores": logits}), refs, [], cast(Any, None))
+    rec = synthetic_result(slices, cxr).record
+    return model, InferenceResult(rec, "classification", findings, {}, refs)
+
+
+#: (activation, per image the probability of each SCORED label, the statements expected)
+CLASSIFIED = {
+    # one class per image (softmax): the nodule on image 2, no finding on image 1
+    "softmax": ([[0.1, 0.05, 0.8, 0.05], [0.6, 0.3, 0.05, 0.05]], [True, False, True, None]),
+    # multi-label (sigmoid): each class by its own score, whatever the others say
+    "sigmoid": ([[0.2, 0.85, 0.3, 0.6], [0.4, 0.1, 0.2, 0.9]], [False, True, False, None]),
+}
+
+
+@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize("activation", CLASSIFIED)
+def test_each_class_states_what_its_score_says(
+    lang: str, activation: str, slices: list[Dataset], tmp_path: Path
+) -> None:
+    probabilities, expected = CLASSIFIED[activation]
+    model, result = scored_result(slices, activation, probabilities)
+    back = write_and_read(build_sr(slices, result, model, lang), tmp_path)
+    assert statements(back, SCORED, "classification") == expected
+    best = np.asarray(probabilities).max(axis=0)
+    for g, score in zip(rb.sr_groups(back), best, strict=True):
+        assert g.probability == pytest.approx(score)
+    # 'below threshold' only for a finding the model did not report
+    below = {"en": " · below threshold", "fr": " · sous le seuil"}[lang]
+    said = [comments(g)[0].endswith(below) for g in groups(back)]
+    assert said == [e is False and not lb.normal for e, lb in zip(expected, SCORED, strict=True)]
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_a_normal_class_with_a_high_score_is_present_never_absent(
+    lang: str, slices: list[Dataset], tmp_path: Path
+) -> None:
+    """The chest-triage model's 'Adequate contrast' (normal) at 0.9 is Present: coding it
+    Absent beside its probability would contradict it. It stays no finding: no 'below
+    threshold', and the model does not report it."""
+    cxr, result = classification_result(slices)
+    adequate = result.findings[1]
+    assert adequate.label.normal
+    assert not adequate.present  # never reported as a finding
+    back = write_and_read(build_sr(slices, result, cxr, lang), tmp_path)
+    assert statements(back, cxr.output.labels, "classification") == [False, True]
+
+
+@pytest.mark.parametrize("lang", LANGS)
+@pytest.mark.parametrize(
+    "kind",
+    ["segmentation with its SEG", "segmentation alone", "detection", "classification",
+     "measurement"],
+)  # fmt: skip
+def test_every_group_of_every_kind_states_what_its_score_says(
+    lang: str, kind: str, slices: list[Dataset], manifest: mf.Manifest, tmp_path: Path
+) -> None:
+    """Boxes (Present: each box reached the threshold), masks, an absent finding of each
+    kind (Absent, its best score under the threshold), image-level scores."""
+    (sr,) = _all_kinds(slices, manifest, lang)[kind]
+    result = {
+        "segmentation with its SEG": synthetic_result(slices, manifest),
+        "segmentation alone": synthetic_result(slices, manifest),
+        "detection": detection_result(slices, manifest),
+        "classification": classification_result(slices)[1],
+        "measurement": measurement_result(slices, manifest)[1],
+    }[kind]
+    labels = [f.label for f in result.findings]
+    said = statements(write_and_read(sr, tmp_path), labels, result.kind)
+    assert (
+        said
+        == {
+            "segmentation with its SEG": [True, True, False],
+            "segmentation alone": [True, True, False],
+            "detection": [True, True, True, False],  # three boxes, an absent label
+            "classification": [False, True],
+            "measurement": [True],
+        }[kind]
+    )
+
+
+def test_the_bundled_chest_triage_model_states_adequate_contrast_present(tmp_path: Path) -> None:
+    """End to end on a real DX: the normal class's high score is Present, in both
+    languages, and the low-contrast finding Absent under its threshold."""
+    if not DX.exists():
+        pytest.skip(f"test image not found: {DX}")
+    (model,) = ModelRegistry([MODELS / "cds-ref-cxr-triage"], "cpu").load()
+    assert model.manifest is not None
+    dx = pydicom.dcmread(DX)
+    result = ModelRunner(model, DeviceSlots(1, 1)).run(decode([DX]))
+    low, adequate = result.findings
+    assert adequate.score >= DEFAULT_THRESHOLD > low.score  # what this image gives
+    for lang in LANGS:
+        back = write_and_read(build_sr([dx], result, model.manifest, lang), tmp_path)
+        assert statements(back, model.manifest.output.labels, "classification") == [False, True]

@@ -40,6 +40,7 @@ from typing import Literal, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cds.domain import ObjectOutcome, ResultRef
 from cds.errors import CdsError, ModelError
@@ -241,10 +242,23 @@ def _stand_in(done: Encoded, kind: str, instead: str, more: Encoded) -> None:
 
 
 def _read(path: Path) -> Dataset:
+    """A file routing already read as DICOM; one without the 128-byte preamble and
+    'DICM' prefix (an old or hand-made file) is read all the same, its transfer syntax
+    the encoding it was read in."""
     try:
-        return dcmread(path)
+        ds = dcmread(path, force=True)
     except Exception as exc:  # malformed elements surface in many types
         raise ModelError(f"{path}: cannot read the data set ({type(exc).__name__})") from exc
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
+        )
+    return ds
 
 
 def _run(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:

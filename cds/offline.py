@@ -350,7 +350,8 @@ def _run_job(
         out.problems.append(f"{where}: {job.model}: {reason}")
         return entry
     # the node hands a series over in the order of its spool files, named by SOP UID
-    uids = _sop_uids(s.files)
+    # routing read each file's SOP Instance UID (files without a preamble too)
+    uids = s.sop_uids if len(s.sop_uids) == len(s.files) else _sop_uids(s.files)
     files = [f for _, f in sorted(zip(uids, s.files, strict=True), key=lambda uf: uf[0])]
     entry["inputs"] = {"count": len(files), "sop_instance_uids": sorted(uids)}
     t0 = time.perf_counter()

@@ -426,3 +426,25 @@ def test_a_hostile_local_file_is_skipped_before_it_is_parsed(tmp_path: Path) -> 
     (line,) = skipped
     assert line.startswith(f"{hostile}: refused (")
     assert "max_sequence_depth" in line or "nest" in line
+
+
+def test_a_file_without_preamble_is_processed_not_a_crash(tmp_path: Path) -> None:
+    """A routed file without the 128-byte preamble and 'DICM' (an old CR, no File Meta)
+    is read in the encoding routing found, and its SR is made and valid, where the run
+    used to stop with a traceback."""
+    src = DICOM / "cr_dx" / "CR-MONO1-10-chest"
+    if not src.exists():
+        pytest.skip("shared DICOM corpus missing")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app,
+        ["process", str(src), "--routing", str(REPO / "deploy" / "routing.example.yaml"),
+         "--out", str(out)],
+    )  # fmt: skip
+    assert res.exit_code in (0, 3), res.output  # 3: the SC had nothing to draw
+    assert "Traceback" not in res.output
+    ((entry,),) = [st["series"] for st in json.loads((out / "process.json").read_text())["studies"]]
+    assert entry["status"] == "done", entry
+    assert [o["kind"] for o in entry["objects"]] == ["SR"], entry
+    for f in out.rglob("*.dcm"):
+        assert dciodvfy_errors(f)[0] == [], f

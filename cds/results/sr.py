@@ -23,7 +23,15 @@ from cds.domain import ResultRef
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
 from cds.inference.runner import InferenceResult
-from cds.results.common import MANUFACTURER, complete, identify_vendor, result_uids, tolerant
+from cds.results.common import (
+    LO,
+    MANUFACTURER,
+    check_model_of,
+    complete,
+    identify_vendor,
+    result_uids,
+    tolerant,
+)
 from cds.results.sr_groups import (
     COMMENT,
     OHIF_RECTANGLE,
@@ -37,7 +45,6 @@ from cds.results.text import texts
 
 __all__ = ["OHIF_RECTANGLE", "RESULT_KIND", "build_sr"]
 
-_LO = 64
 _QUALITATIVE = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 _AI = hd.sr.CodedConcept(
     codes.DCM.ArtificialIntelligence.value,
@@ -91,11 +98,7 @@ def build_sr(
     """
     t = texts(lang)
     rec = result.record
-    if (manifest.name, manifest.version) != (rec.model, rec.version):
-        raise ValueError(
-            f"manifest {manifest.name} {manifest.version} is not the model that produced "
-            f"the result ({rec.model} {rec.version})"
-        )
+    check_model_of(manifest, result)
     if not rec.sha256:
         raise EncodingError(f"SR: the result of {rec.model} {rec.version} has no model SHA-256")
     if not source_datasets:
@@ -114,9 +117,9 @@ def build_sr(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=device_uid,
-            name=rec.model[:_LO],
-            manufacturer_name=manifest.manufacturer[:_LO],  # the model's vendor
-            model_name=f"{rec.model} {rec.version}"[:_LO],
+            name=rec.model[:LO],
+            manufacturer_name=manifest.manufacturer[:LO],  # the model's vendor
+            model_name=f"{rec.model} {rec.version}"[:LO],
         ),
     )
     family = coded(manifest.algorithm_family) if manifest.algorithm_family else _AI
@@ -179,10 +182,10 @@ def build_sr(
             is_complete=True,
             is_final=False,
             is_verified=False,
-            series_description=f"{t.series_prefix}{rec.model} {rec.version}"[:_LO],
-            manufacturer_model_name=rec.model[:_LO],
+            series_description=f"{t.series_prefix}{rec.model} {rec.version}"[:LO],
+            manufacturer_model_name=rec.model[:LO],
             software_versions=rec.cds_version,
-            device_serial_number=rec.sha256[:_LO],
+            device_serial_number=rec.sha256[:LO],
             specific_character_set="ISO_IR 192",  # the French texts hold accents
         )
     except (ValueError, TypeError) as exc:

@@ -1,78 +1,87 @@
 """Read tolerantly, write strictly: the source attributes a result copies (issue 16).
 
-Every builder hands highdicom the source images, and highdicom copies their Patient,
-General Study and Patient Study attributes into the result. Real sources hold values
-that are not valid for their VR (an anonymiser's 56-character hash as a birth date, an
-over-long accession number, a lowercase sex), and in any character set, ISO 2022 code
-extensions included. ``copy_for_encoding`` gives the encoders a copy of each source in
-which:
+Every builder hands highdicom the source images, and highdicom copies the root attributes of
+their Patient, Clinical Trial Subject, General Study, Patient Study and Clinical Trial Study
+modules into the result (``COPIED``); the builders themselves read a few attributes of the
+source image (``IMAGE``: geometry, Modality LUT, window, lossy compression). Real sources hold
+values that are not valid for their VR (an anonymiser's 56-character hash as a birth date, an
+over-long accession number, a lowercase sex), and text in any character set, ISO 2022 code
+extensions included. ``copy_for_encoding`` gives the encoders a copy of each source in which:
 
-- each copied attribute (``COPIED``) is checked against its VR with pydicom's
-  validators (``pydicom.valuerep.validate_value``: length, characters, format of DA, TM,
-  DT, AS, CS, UI, IS, DS, LO, SH, PN), its VM (a single-valued attribute with several
-  values) and what pydicom does not check (control characters in text, more than five
-  PN components, PatientSex outside M/F/O);
+- each of these attributes is checked against its VR with pydicom's validators
+  (``pydicom.valuerep.validate_value``: length, characters, format of DA, TM, DT, AS,
+  CS, UI, IS, DS, LO, SH, PN...), its VM (a single-valued attribute with several
+  values), its enumerated values (``ENUMERATED``: PatientSex M/F/O, SmokingStatus...)
+  and what pydicom does not check (control characters in text, more than five PN
+  components, a negative SpacingBetweenSlices);
+- a copied sequence (OtherPatientIDsSequence, ProcedureCodeSequence,
+  ReferencedStudySequence...) is checked the same way in every item, at every depth,
+  and its text decoded like the rest: one invalid value drops the whole sequence;
 - an exact repair is made where there is one (leading/trailing spaces of DA, TM, DT, AS,
   CS, IS, DS, UI; an ACR-NEMA date ``YYYY.MM.DD`` as ``YYYYMMDD``); anything else that
-  is invalid is dropped: a Type 2 attribute becomes empty, a Type 3 one absent. A text
-  over its length (LO, SH, PN) is dropped, never truncated: a truncated accession
-  number or patient ID may be someone else's;
-- text is decoded by pydicom with the source's Specific Character Set and the copy
-  says ISO_IR 192, so results are written in UTF-8 whatever the source's encoding.
+  is invalid is dropped: a Type 2 attribute becomes empty (a Type 2C one too, of an
+  animal: its species says so), any other absent. A text over its length (LO, SH, PN)
+  is dropped, never truncated: a truncated accession number or patient ID may be
+  someone else's;
+- what a result may carry only together is kept together (``NEEDS``): a Clinical
+  Trial Subject module without a valid sponsor, protocol ID and subject (or reading)
+  ID is left out whole, an alternative-calendar date goes with its calendar, a
+  responsible person's role with the person, a window centre with its width;
+- text is decoded by pydicom with the source's Specific Character Set (inside sequences
+  too) and the copy says ISO_IR 192, so results are written in UTF-8 whatever the
+  source's encoding; a Specific Character Set that is not a defined term is said in a
+  note (pydicom then reads the text in its default repertoire).
 
 Each drop or repair gives a note naming the attribute and why, never the value
-("PatientBirthDate not copied: not a valid DA"). The source datasets are not changed
-(their elements are shared, never modified), nor are the spooled files.
-Type 1 attributes (StudyInstanceUID) are not repaired: without them no result is made.
+("PatientBirthDate not copied: not a valid DA"). The source datasets are not changed,
+nor are the spooled files: each copy holds elements of its own (their values shared,
+binary ones still raw), so an encoder that sets an attribute of the copy changes the
+copy alone. The UIDs that
+place a result (StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) are not repaired:
+the node refuses an instance whose UIDs are not valid when it receives it.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 
 from pydicom import config
+from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import PersonName, validate_value
 
-#: the attributes highdicom copies from a source into every result, with their Type in
-#: the Patient, General Study and Patient Study modules (PS3.3 C.7.1.1, C.7.2.1, C.7.2.2)
-COPIED: dict[str, int] = {
-    "PatientName": 2,
-    "PatientID": 2,
-    "IssuerOfPatientID": 3,
-    "PatientBirthDate": 2,
-    "PatientBirthTime": 3,
-    "PatientSex": 2,
-    "OtherPatientNames": 3,
-    "EthnicGroup": 3,
-    "PatientComments": 3,
-    "StudyDate": 2,
-    "StudyTime": 2,
-    "ReferringPhysicianName": 2,
-    "StudyID": 2,
-    "AccessionNumber": 2,
-    "StudyDescription": 3,
-    "PhysiciansOfRecord": 3,
-    "NameOfPhysiciansReadingStudy": 3,
-    "AdmittingDiagnosesDescription": 3,
-    "PatientAge": 3,
-    "PatientSize": 3,
-    "PatientWeight": 3,
-    "Occupation": 3,
-    "AdditionalPatientHistory": 3,
-}
-#: VRs whose leading and trailing spaces are not significant (removing them is exact)
-_PADDED = frozenset(("DA", "TM", "DT", "AS", "CS", "IS", "DS", "UI"))
-_TEXT = frozenset(("LO", "SH", "PN", "CS", "LT", "ST", "UT", "UC"))
-_SEXES = frozenset(("M", "F", "O"))
+from cds.results.copied_attributes import (
+    BINARY,
+    COPIED,
+    ENUMERATED,
+    IMAGE,
+    NEEDS,
+    NOT_NEGATIVE,
+    PADDED,
+    SPECIES,
+    STRING_VRS,
+    SUBJECT_IDS,
+    TEXT,
+    TRIAL_STUDY,
+    TRIAL_SUBJECT,
+)
+
+__all__ = ["COPIED", "ENUMERATED", "IMAGE", "UNKNOWN_CHARACTER_SET", "copy_for_encoding"]
+
 _PN_COMPONENTS = 5
 _ACR_NEMA_DATE = 10  # "YYYY.MM.DD"
 UTF8 = "ISO_IR 192"
+#: the note on a source whose Specific Character Set pydicom does not know
+UNKNOWN_CHARACTER_SET = (
+    "not a defined term: text decoded as pydicom reads it (its default character "
+    "repertoire where it cannot tell)"
+)
 _CHARSET = 0x00080005
 
 
@@ -92,48 +101,152 @@ def copy_for_encoding(sources: Sequence[Dataset]) -> tuple[list[Dataset], list[s
 
 def _copy(ds: Dataset) -> tuple[Dataset, dict[str, str]]:
     said: dict[str, str] = {}
-    fixed = Dataset()
-    if hasattr(ds, "file_meta"):
-        fixed.file_meta = ds.file_meta
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    failed: dict[str, str] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's warnings quote the values
+        if not _known_character_set(ds):
+            said["SpecificCharacterSet"] = UNKNOWN_CHARACTER_SET
         for tag in list(ds.keys()):
-            try:
-                elem = ds[tag]  # decoded with the source's character set
-            except Exception:  # a value pydicom cannot convert at all (DS 'seventy')
-                if (name := keyword_for_tag(tag)) in COPIED:
-                    _drop(fixed, name, f"not a valid {dictionary_VR(tag)}", said)
-                continue
-            if elem.VR == "PN" and elem.value not in (None, ""):
-                elem = _plain_pn(elem)
-            fixed[tag] = elem
-        for kw in COPIED:
-            if kw not in fixed:
-                continue
-            elem = fixed[kw]
-            value, why = _checked(kw, elem)
-            if why is None:
-                continue
-            if value is not None:
-                fixed[elem.tag] = DataElement(elem.tag, elem.VR, value)
-                said[kw] = f"repaired: {why}"
-            else:
-                _drop(fixed, kw, why, said)
-    # a new element: the source's is shared, never changed
+            _copy_element(ds, tag, elements, failed, said)
+        fixed = Dataset(elements)  # built at once: Dataset.__setitem__ per element is slow
+        if hasattr(ds, "file_meta"):
+            fixed.file_meta = ds.file_meta
+        for kw, why in failed.items():
+            _drop(fixed, kw, why, said)
+        for kw in (*COPIED, *IMAGE):
+            if kw in fixed and fixed[kw].VR != "SQ":
+                _check(fixed, kw, said)
+    _keep_together(fixed, said)
     fixed[_CHARSET] = DataElement(_CHARSET, "CS", UTF8)
     return fixed, said
 
 
+def _copy_element(
+    ds: Dataset,
+    tag: BaseTag,
+    elements: dict[BaseTag, DataElement | RawDataElement],
+    failed: dict[str, str],
+    said: dict[str, str],
+) -> None:
+    """``ds[tag]`` into ``elements``, its text decoded (a copied sequence: in every item,
+    exact repairs made and ``said``); an attribute of ``COPIED`` or ``IMAGE`` that
+    cannot be read, or a copied sequence with an invalid value, into ``failed``."""
+    raw = ds.get_item(tag)
+    if isinstance(raw, RawDataElement) and raw.VR in BINARY:
+        elements[tag] = raw  # no text: read when used, whatever the character set
+        return
+    name = keyword_for_tag(tag)
+    try:
+        elem = ds[tag]  # decoded with the source's character set
+        if name in COPIED and elem.VR == "SQ":
+            elem, status = _plain_sequence(elem)
+            if status == "invalid":
+                failed[name] = "an item holds a value not valid for its VR"
+                return
+            if status == "repaired":
+                said[name] = "repaired: padding or format of a value in an item corrected"
+    except Exception:  # a value pydicom cannot convert at all (DS 'seventy')
+        if name in COPIED or name in IMAGE:
+            failed[name] = f"not a valid {dictionary_VR(tag)}"
+        return
+    if elem.VR == "PN" and elem.value not in (None, ""):
+        elem = _plain_pn(elem)
+    elif elem is ds.get_item(tag):
+        # the copy's own element (its value shared): an encoder that sets the copy's
+        # attribute (``complete``) changes the element in place, never the source's,
+        # which the next object built from it and the caller still hold
+        elem = copy.copy(elem)
+    elements[tag] = elem
+
+
+def _check(fixed: Dataset, kw: str, said: dict[str, str]) -> None:
+    """``fixed[kw]`` kept, repaired or dropped (``_checked``), and said."""
+    elem = fixed[kw]
+    value, why = _checked(kw, elem)
+    if why is None:
+        return
+    if value is not None:
+        fixed[elem.tag] = DataElement(elem.tag, elem.VR, value)
+        said[kw] = f"repaired: {why}"
+    else:
+        _drop(fixed, kw, why, said)
+
+
+def _known_character_set(ds: Dataset) -> bool:
+    """Whether every value of the source's Specific Character Set is a defined term."""
+    value = ds.get("SpecificCharacterSet", "")
+    values = list(value) if isinstance(value, MultiValue | list) else [value]
+    return all(str(v).strip() in python_encoding for v in values)
+
+
 def _drop(fixed: Dataset, kw: str, why: str, said: dict[str, str]) -> None:
-    """A Type 2 attribute left empty, a Type 3 one absent, and the note saying so."""
+    """A Type 2 or 2C attribute left empty, any other absent, and the note saying so."""
     tag = Tag(kw)
-    if COPIED[kw] == 2:
-        fixed[tag] = DataElement(tag, dictionary_VR(tag), None)
+    if COPIED.get(kw, IMAGE.get(kw)) in ("2", "2C"):
+        vr = dictionary_VR(tag)
+        fixed[tag] = DataElement(tag, vr, [] if vr == "SQ" else None)
         said[kw] = f"not copied (left empty): {why}"
     else:
         if tag in fixed:
             del fixed[tag]
         said[kw] = f"not copied: {why}"
+
+
+def _present(fixed: Dataset, kw: str) -> bool:
+    return kw in fixed and fixed[kw].value not in (None, "", [])
+
+
+def _keep_together(fixed: Dataset, said: dict[str, str]) -> None:
+    """What PS3.3 asks to be present together (``NEEDS``, whole modules), after the
+    drops: a copy never holds half of it."""
+    for kw, needs in NEEDS:
+        if kw not in fixed or not (_present(fixed, kw) or COPIED.get(kw) != "2C"):
+            continue  # absent, or an empty 2C attribute (it needs nothing)
+        if not any(_present(fixed, n) for n in needs):
+            _drop(fixed, kw, f"without a valid {' or '.join(needs)}", said)
+    for kw, kind in (*COPIED.items(), *IMAGE.items()):
+        if kind in ("1", "1C") and kw in fixed and not _present(fixed, kw):
+            # present means with a value: an empty one is invalid whether its condition
+            # holds or not (a de-identified source's empty DeidentificationMethod:
+            # ``complete`` says the method is not stated)
+            _left_out(
+                fixed, kw, "empty, and a Type 1C attribute is present only with a value", said
+            )
+    _whole_module(fixed, TRIAL_SUBJECT, "Clinical Trial Subject", said)
+    _whole_module(fixed, TRIAL_STUDY, "Clinical Trial Study", said)
+    if not any(_present(fixed, k) for k in SPECIES):
+        # the Type 2C attributes of the Patient module are an animal's (which its species
+        # says): of anyone else an empty one is left out (dciodvfy takes an empty breed
+        # for an animal's, and then asks for its species)
+        for kw, kind in COPIED.items():
+            if kind == "2C" and kw in fixed and not _present(fixed, kw):
+                _left_out(fixed, kw, "empty, and the source names no species", said)
+
+
+def _whole_module(fixed: Dataset, module: dict[str, str], name: str, said: dict[str, str]) -> None:
+    """``module`` complete in ``fixed`` (its Type 1 attributes valid, one of its subject
+    IDs, its Type 2 ones present, empty if need be), or left out whole."""
+    present = [kw for kw in module if kw in fixed]
+    if not present:
+        return
+    complete = all(_present(fixed, kw) for kw, t in module.items() if t == "1")
+    complete = complete and any(_present(fixed, kw) for kw in present)  # not all emptied
+    if module is TRIAL_SUBJECT:
+        complete = complete and any(_present(fixed, kw) for kw in SUBJECT_IDS)
+    if complete:
+        for kw, t in module.items():
+            if t == "2" and kw not in fixed:
+                fixed[Tag(kw)] = DataElement(Tag(kw), dictionary_VR(kw), None)
+        return
+    for kw in present:
+        _left_out(fixed, kw, f"the {name} module is incomplete", said)
+
+
+def _left_out(fixed: Dataset, kw: str, why: str, said: dict[str, str]) -> None:
+    """``kw`` taken out of ``fixed`` (even an empty one), its note saying so."""
+    del fixed[Tag(kw)]
+    said[kw] = said[kw].replace(" (left empty)", "") if kw in said else f"not copied: {why}"
 
 
 def _plain_pn(elem: DataElement) -> DataElement:
@@ -145,47 +258,89 @@ def _plain_pn(elem: DataElement) -> DataElement:
     return DataElement(elem.tag, elem.VR, value)
 
 
+def _plain_sequence(elem: DataElement) -> tuple[DataElement, str | None]:
+    """A copy of the sequence ``elem`` whose items hold decoded values (written in the
+    result's character set, not as the source's bytes), exact repairs made (as
+    ``_checked`` makes them), and what was found: None (all valid), "repaired" or
+    "invalid" (a value not valid for its VR, and no exact repair)."""
+    items = []
+    found: str | None = None
+    for item in elem.value:
+        out = Dataset()
+        for tag in list(item.keys()):
+            inner = item[tag]  # decoded with the character set of the source
+            if inner.VR == "SQ":
+                inner, status = _plain_sequence(inner)
+            else:
+                if inner.VR == "PN" and inner.value not in (None, ""):
+                    inner = _plain_pn(inner)
+                value, why = _checked(inner.keyword, inner)
+                status = None if why is None else "invalid" if value is None else "repaired"
+                if status == "repaired":
+                    inner = DataElement(inner.tag, inner.VR, value)
+            if status == "invalid":
+                return elem, status
+            found = found or status
+            out[tag] = inner
+        items.append(out)
+    return DataElement(elem.tag, "SQ", items), found
+
+
 def _checked(kw: str, elem: DataElement) -> tuple[object | None, str | None]:
     """(repaired value or None, why) when ``elem`` is not valid; (None, None) when it is.
 
     A repaired value comes with why it was repaired; None with a reason means drop.
     """
-    vr = dictionary_VR(kw)
     raw = elem.value
     if raw is None or raw == "":
         return None, None
-    if vr != elem.VR:
+    vr = dictionary_VR(kw) if kw else elem.VR
+    if elem.VR not in vr.split(" or "):
         return None, f"not of its VR {vr}"
     values = list(raw) if isinstance(raw, MultiValue | list) else [raw]
-    if dictionary_VM(kw) == "1" and len(values) > 1:
+    if kw and dictionary_VM(kw) == "1" and len(values) > 1:
         return None, "more than one value"
     texts = [str(v) for v in values]
-    repaired = [t.strip(" \x00") if vr in _PADDED else t for t in texts]
-    if vr == "DA":
+    if elem.VR not in STRING_VRS:  # binary (US, FD): only its enumerated values
+        return None, _enumerated(kw, texts)
+    repaired = [t.strip(" \x00") if elem.VR in PADDED else t for t in texts]
+    if elem.VR == "DA":
         repaired = [_acr_nema_date(t) for t in repaired]
-    for t in repaired:
-        if not _valid(kw, vr, t):
-            return None, f"not a valid {vr}"
-    if repaired == texts:
-        return None, None
+    why = _invalid(kw, elem.VR, repaired)
+    if why is not None or repaired == texts:
+        return None, why
     value = repaired[0] if len(repaired) == 1 else repaired
-    return value, f"{vr} padding or format corrected"
+    return value, f"{elem.VR} padding or format corrected"
 
 
-def _valid(kw: str, vr: str, text: str) -> bool:
+def _invalid(kw: str, vr: str, texts: list[str]) -> str | None:
+    """Why the values ``texts`` of ``kw`` are not valid, or None."""
+    if not all(_valid(vr, t) for t in texts):
+        return f"not a valid {vr}"
+    if kw in NOT_NEGATIVE and any(t.startswith("-") for t in texts):
+        return "negative"
+    return _enumerated(kw, texts)
+
+
+def _enumerated(kw: str, texts: list[str]) -> str | None:
+    allowed = ENUMERATED.get(kw)
+    if allowed is None or all(t in allowed for t in texts if t != ""):
+        return None
+    return "not one of its enumerated values"
+
+
+def _valid(vr: str, text: str) -> bool:
     if text == "":
         return True
     try:
         validate_value(vr, text, config.RAISE)
     except (ValueError, TypeError):
         return False
-    if vr in _TEXT and any(ord(c) < 0x20 and c not in "\r\n\t\f" for c in text):
+    if vr in TEXT and any(ord(c) < 0x20 and c not in "\r\n\t\f" for c in text):
         return False  # control characters (ESC of an undecoded code extension)
     if vr in ("LO", "SH", "PN", "CS") and any(c in "\r\n\f" for c in text):
         return False  # a single-line VR
-    if vr == "PN" and any(g.count("^") >= _PN_COMPONENTS for g in text.split("=")):
-        return False
-    return not (kw == "PatientSex" and text not in _SEXES)
+    return not (vr == "PN" and any(g.count("^") >= _PN_COMPONENTS for g in text.split("=")))
 
 
 def _acr_nema_date(text: str) -> str:

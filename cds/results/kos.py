@@ -19,7 +19,9 @@ same rejection is the same object, however often it is built.
 
 Built with highdicom (``hd.ko.KeyObjectSelectionDocument`` takes any coded
 title). The patient and study attributes come from a source dataset of the
-study, with missing Type 2 ones added empty (``tolerant``).
+study, through the policy every result's copy goes through
+(``cds.results.copied.copy_for_encoding``: checked, invalid ones dropped, text in
+UTF-8), with missing Type 2 ones added empty (``tolerant``).
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ from pydicom.uid import UID
 
 from cds.domain import ResultRef
 from cds.errors import EncodingError
+from cds.logging import get_logger
 from cds.results.common import LO, MANUFACTURER, complete, result_uids, tolerant
+from cds.results.copied import copy_for_encoding
 from cds.results.text import texts
+
+log = get_logger("cds.results")
 
 RESULT_KIND = "KOS"
 #: CID 7010 title of an IOCM rejection note for results that must no longer be used
@@ -76,6 +82,7 @@ def build_rejection_kos(
     sha256: str,
     seed: str = "",
     series_number: int = 990,
+    notes: list[str] | None = None,
 ) -> hd.ko.KeyObjectSelectionDocument:
     """The IOCM rejection note withdrawing ``rejected``, in the study of ``source``.
 
@@ -83,9 +90,10 @@ def build_rejection_kos(
     copied); ``rejected``: the superseded result objects, all of that study;
     ``model``, ``version``, ``sha256``: the model of the newer run that
     supersedes them; ``seed``: as for the other builders (keeps two nodes' UIDs
-    apart). Raises ValueError for an unknown language, nothing to reject, a
-    reference to another study or a duplicated reference; EncodingError when
-    the object would not be valid.
+    apart); ``notes`` get what of the source's attributes was not copied as it was
+    (without ``notes``, they are logged: attribute names, never values). Raises
+    ValueError for an unknown language, nothing to reject, a reference to another
+    study or a duplicated reference; EncodingError when the object would not be valid.
     """
     t = texts(lang)
     if not rejected:
@@ -108,8 +116,13 @@ def build_rejection_kos(
     description = t.superseded.format(name=model, version=version, sha256=sha256)
     references = [_reference(r) for r in rejected]
     # highdicom copies the patient and study attributes from the first evidence dataset
+    (checked,), copied = copy_for_encoding([source])
+    if notes is not None:
+        notes.extend(copied)
+    elif copied:
+        log.info("results.source_attributes_not_copied", kind=RESULT_KIND, notes=copied)
     header = Dataset()
-    header.update(tolerant(source))
+    header.update(tolerant(checked))
     header.update(references[0])
     try:
         content = hd.ko.KeyObjectSelection(

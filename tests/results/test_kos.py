@@ -5,16 +5,19 @@ The note is built for real SEG, SR and GSPS objects of the bundled bone model's
 label set on a real CT series, written, read back and run through dciodvfy
 (zero errors): every rejected object is referenced in the content tree and in
 the evidence, nothing else is, the study is the source's, and the same
-rejection gives the same UIDs.
+rejection gives the same UIDs. A source with any copied attribute that is not valid
+(issue 16) still gives a valid note, through the same policy as every other result.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from structlog.testing import capture_logs
 
 from cds.domain import ResultRef
 from cds.errors import EncodingError
@@ -25,6 +28,7 @@ from cds.results.kos import build_rejection_kos
 from cds.results.seg import build_seg
 from cds.results.sr import build_sr
 from cds.results.text import LANGS, texts
+from tests.results.test_mutation_corpus import CANARY, EVERY_SERIES, SAMPLED, Mutation
 from tests.results.test_sr import dciodvfy, manifest, slices, synthetic_result
 
 __all__ = ["manifest", "slices"]  # fixtures shared with test_sr
@@ -54,7 +58,7 @@ def earlier(slices: list[Dataset], manifest: mf.Manifest) -> list[Dataset]:
     ]
 
 
-def kos_of(source: Dataset, rejected: list[ResultRef], lang: str, **kw: str) -> Dataset:
+def kos_of(source: Dataset, rejected: list[ResultRef], lang: str, **kw: Any) -> Dataset:
     return build_rejection_kos(
         source, rejected, lang, model=NEW_MODEL, version=NEW_VERSION, sha256=NEW_SHA, **kw
     )
@@ -187,3 +191,44 @@ def test_refusals_name_the_problem(slices: list[Dataset], earlier: list[Dataset]
         kos_of(slices[0], [rejected[0], rejected[0]], "en")
     with pytest.raises(EncodingError, match="no model SHA-256"):
         build_rejection_kos(slices[0], rejected, "en", model=NEW_MODEL, version="2", sha256="")
+
+
+#: every mutation of the corpus test (tests/results/test_mutation_corpus.py)
+MUTATIONS = [*EVERY_SERIES, *SAMPLED]
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name for m in MUTATIONS])
+def test_source_with_an_invalid_attribute_gives_a_valid_note(
+    mutation: Mutation, slices: list[Dataset], earlier: list[Dataset], tmp_path: Path
+) -> None:
+    """issue 16: the note copies the patient and study attributes through the checked
+    copy (``copy_for_encoding``): each invalid one is dropped and said by name, text in
+    any character set is written in UTF-8, and dciodvfy finds no error."""
+    notes: list[str] = []
+    source = mutation.apply(slices[2])
+    kos = kos_of(source, [ref(ds) for ds in earlier], "fr", notes=notes)
+    back = write_valid(kos, tmp_path / "kos.dcm")
+    assert back.SpecificCharacterSet == "ISO_IR 192"
+    assert back.StudyInstanceUID == slices[2].StudyInstanceUID
+    if mutation.noted is not None:
+        assert any(n.startswith(f"{mutation.noted} ") for n in notes), notes
+    assert CANARY.lower() not in " ".join(notes).lower()
+    for kw, text in mutation.texts.items():
+        if kw in back:
+            assert str(back[kw].value) == text, kw
+
+
+def test_without_notes_what_was_dropped_is_logged_by_name(
+    slices: list[Dataset], earlier: list[Dataset]
+) -> None:
+    (mutation,) = [m for m in EVERY_SERIES if m.name == "PatientBirthDate invalid"]
+    with capture_logs() as logs:
+        kos_of(mutation.apply(slices[2]), [ref(earlier[1])], "en")
+    (event,) = [e for e in logs if e["event"] == "results.source_attributes_not_copied"]
+    assert event["notes"] == [
+        "PatientBirthDate not copied (left empty): not a valid DA",
+        # the series' own (it is de-identified): not the mutation's
+        "DeidentificationMethod not copied: empty, and a Type 1C attribute is present only "
+        "with a value",
+    ]
+    assert CANARY.lower() not in str(logs).lower()

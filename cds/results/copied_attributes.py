@@ -9,6 +9,8 @@ use. Plain tables: the policy that applies them is ``cds.results.copied``.
 
 from __future__ import annotations
 
+from pydicom.tag import BaseTag, Tag
+
 #: Clinical Trial Subject module (PS3.3 C.7.1.3): kept whole or left out
 TRIAL_SUBJECT: dict[str, str] = {
     "ClinicalTrialSponsorName": "1",
@@ -192,3 +194,10 @@ NEEDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 SPECIES = ("PatientSpeciesDescription", "PatientSpeciesCodeSequence")
 SUBJECT_IDS = ("ClinicalTrialSubjectID", "ClinicalTrialSubjectReadingID")
+
+#: the tag of each attribute above, looked up once (a keyword's look-up per attribute
+#: and source was most of the cost of copying a 300-image series)
+TAGS: dict[str, BaseTag] = {
+    kw: Tag(kw)
+    for kw in (*COPIED, *IMAGE, *(n for _, needs in NEEDS for n in needs), *SPECIES, *SUBJECT_IDS)
+}

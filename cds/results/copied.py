@@ -233,11 +233,9 @@ def _keep_together(fixed: Dataset, said: dict[str, str]) -> None:
     for kw, kind in (*COPIED.items(), *IMAGE.items()):
         if kind in ("1", "1C") and _has(fixed, kw) and not _present(fixed, kw):
             # present means with a value: an empty one is invalid whether its condition
-            # holds or not (a de-identified source's empty DeidentificationMethod:
-            # ``complete`` says the method is not stated)
-            _left_out(
-                fixed, kw, "empty, and a Type 1C attribute is present only with a value", said
-            )
+            # holds or not. Left out without a note: no value is lost (a de-identified
+            # source's empty DeidentificationMethod: ``complete`` says it is not stated)
+            del fixed[TAGS[kw]]
     _whole_module(fixed, TRIAL_SUBJECT, "Clinical Trial Subject", said)
     _whole_module(fixed, TRIAL_STUDY, "Clinical Trial Study", said)
     if not any(_present(fixed, k) for k in SPECIES):

@@ -21,8 +21,13 @@ makes OHIF 3.13 crash instead of showing the image:
 - the qualitative evaluation (TID 1501 CODE row): concept name = the label's code,
   value SCT 52101004 "Present" or SCT 272519000 "Absent", stated as below;
 - the source images (TID 1501 row 10b, "Source of Measurement"): the finding's
-  segment of the SEG when given, then the images the finding is on, except for a
-  box, whose rectangle names its image;
+  segment of the SEG when given, and nothing else (the SEG's frames name each image
+  the segment lies on, in their Derivation Image Sequence: a group does not repeat
+  them one IMAGE item per slice, which made a 300-slice SR 300 items longer); else
+  the images the finding is on, except for a box, whose rectangle names its image.
+  TID 1501 has no series-level reference (its Source series UIDREF belongs to TID
+  1411): the SR's Current Requested Procedure Evidence lists every analysed image
+  and the SEG, and each SCOORD keeps its own SELECTED FROM image (what OHIF needs);
 - a TEXT DCM 121106 "Comment" (a TID 1501 TEXT qualitative evaluation) with the
   label a viewer shows, in the job's language: the advisory word, the finding and
   its score ('AI · Focal hyperdensity · 0.93'); OHIF takes the group's first
@@ -320,12 +325,12 @@ class Groups:
     def _sources(
         self, finding: Finding, refs: Sequence[ImageRef], segment: int | None
     ) -> list[hd.sr.SourceImageForMeasurementGroup] | None:
-        """The group's source images (TID 1501 row 10b): the segment, then ``refs``."""
-        items = self.sources.for_group(finding, refs)
+        """The group's source images (TID 1501 row 10b): the segment alone when there
+        is one (its SEG frames reference the images it lies on), else ``refs``."""
         if segment is not None:
             group_source = hd.sr.SourceImageForMeasurementGroup(*self._seg_ref())
-            items.insert(0, _as_segment(group_source, segment))
-        return items or None
+            return [_as_segment(group_source, segment)]
+        return self.sources.for_group(finding, refs) or None
 
     def _nums(
         self,

@@ -11,6 +11,12 @@ graph with ``onnx.helper``:
 | cds-ref-ct-bone     | mask [N,1,256,256]      | sigmoid(40 (mean3x3(x) - 0.5))                  |
 | cds-ref-cxr-triage  | scores [N,2]            | softmax of a logistic on the pixel std. dev.    |
 | cds-ref-blob-detect | boxes [N,5,4], scores   | difference of box means, max-pool NMS, top 5    |
+| cds-ref-perf-unet   | mask [N,1,256,256]      | a U-Net with seeded weights (performance only)  |
+
+cds-ref-perf-unet is the exception: a 2D U-Net of real compute (16-32-64 channels,
+3.6 GFLOP per slice) whose weights are seeded, for measuring cds next to a real network
+(``bench/inference.py --model``, ``bench/e2e.py --model``); NOT FOR DIAGNOSIS. Its golden
+case is written here (``perf_dense_block``), its reference is the network in numpy.
 
 For each package this script writes ``model.onnx``, its golden cases (``golden/``,
 by ``build_golden.py``: synthetic DICOM and the findings expected), ``test/input.npy`` (a
@@ -40,9 +46,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from build_golden import build_golden  # beside this script
+from build_golden import INPUT as GOLDEN_INPUT  # beside this script
+from build_golden import _case as golden_case
+from build_golden import build_golden
 from onnx import TensorProto, helper, numpy_helper
 
+from cds.inference import synthetic
 from cds.inference.manifest import Manifest, load_manifest
 
 HERE = Path(__file__).resolve().parent
@@ -429,6 +438,199 @@ def _check_blob_conditioning(expected: dict[str, np.ndarray], x: np.ndarray) -> 
         raise SystemExit("cds-ref-blob-detect: every expected box should score above 0.5")
 
 
+# --- cds-ref-perf-unet -----------------------------------------------------------
+# A 2D U-Net of real compute for performance measurement: 16-32-64 channels, 3x3
+# convolutions, max-pool down, nearest up, skip connections. Its weights are seeded
+# pseudo-random numbers (He-uniform, from a splitmix64 hash, so the bytes never vary),
+# except that channel 0 of the top level carries the windowed image through: the output
+# is sigmoid(PERF_SLOPE (x - 0.5) + the random channels' small contribution), a soft
+# threshold at 300 HU that golden cases can check, computed by the whole network.
+PERF_SIZE = 256
+PERF_WINDOW = BONE_WINDOW
+PERF_WIDTHS = (16, 32, 64)
+PERF_SLOPE = 10.0  # per window unit: one logit per 100 HU
+PERF_THRESHOLD = 0.5  # in window units: 300 HU
+PERF_NOISE = 0.15  # bound of the head weights of the random channels (see the card)
+PERF_SEED = 19
+# (name, input channels, output channels, carries channel `identity` of its input as its
+# channel 0, or None); the graph's order of convolutions
+PERF_CONVS: tuple[tuple[str, int, int, int | None], ...] = (
+    ("enc1a", 1, 16, 0),
+    ("enc1b", 16, 16, 0),
+    ("enc2a", 16, 32, None),
+    ("enc2b", 32, 32, None),
+    ("mid_a", 32, 64, None),
+    ("mid_b", 64, 64, None),
+    ("dec2a", 64 + 32, 32, None),
+    ("dec2b", 32, 32, None),
+    ("dec1a", 32 + 16, 16, 32),  # its input: [up(dec2b) 32, enc1b 16]; enc1b's channel 0
+    ("dec1b", 16, 16, 0),
+)
+
+
+def _uniform(seed: int, shape: tuple[int, ...], bound: float) -> np.ndarray:
+    """Uniform on [-bound, bound] in 2**20 + 1 steps, from a splitmix64 hash: the same
+    float32 values on every machine (no random number generator stream involved)."""
+    steps = 2**20
+    z = np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(
+        seed * 0x9E3779B97F4A7C15 % 2**64
+    )
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    k = (z % np.uint64(2 * steps + 1)).astype(np.int64) - steps
+    return (k.astype(np.float64) * (bound / steps)).astype(np.float32).reshape(shape)
+
+
+def perf_weights() -> dict[str, np.ndarray]:
+    """Every initializer of the U-Net: conv weights [out, in, 3, 3] and biases, the head."""
+    out: dict[str, np.ndarray] = {}
+    for i, (name, cin, cout, identity) in enumerate(PERF_CONVS):
+        w = _uniform(PERF_SEED * 100 + 2 * i, (cout, cin, 3, 3), float(np.sqrt(6 / (9 * cin))))
+        b = _uniform(PERF_SEED * 100 + 2 * i + 1, (cout,), 0.05)
+        if identity is not None:
+            w[0] = 0.0
+            w[0, identity, 1, 1] = 1.0
+            b[0] = 0.0
+        out[f"{name}_w"], out[f"{name}_b"] = w, b
+    head = _uniform(PERF_SEED * 100 + 99, (1, PERF_WIDTHS[0], 1, 1), PERF_NOISE)
+    head[0, 0] = PERF_SLOPE
+    out["head_w"] = head
+    out["head_b"] = np.array([-PERF_SLOPE * PERF_THRESHOLD], dtype=np.float32)
+    return out
+
+
+def perf_flops(size: int = PERF_SIZE) -> int:
+    """Multiply-adds x 2 of one slice: the convolutions and the head."""
+    total, side = 0, size
+    for name, cin, cout, _ in PERF_CONVS:
+        side = {"enc1": size, "enc2": size // 2, "mid_": size // 4, "dec2": size // 2}.get(
+            name[:4], size
+        )
+        total += 2 * 9 * cin * cout * side * side
+    return total + 2 * PERF_WIDTHS[0] * size * size
+
+
+def perf_graph() -> onnx.ModelProto:
+    doc = (
+        "PERFORMANCE MEASUREMENT ONLY, NOT FOR DIAGNOSIS. An untrained 2D U-Net "
+        f"({'-'.join(map(str, PERF_WIDTHS))} channels, {perf_flops() / 1e9:.2f} GFLOP per "
+        f"{PERF_SIZE}x{PERF_SIZE} slice) with seeded weights, on a CT slice windowed 300/1000; "
+        f"mask = sigmoid({PERF_SLOPE:g} (x - {PERF_THRESHOLD:g}) + random channels of the "
+        "network), a soft threshold at 300 HU."
+    )
+    weights = perf_weights()
+    nodes: list[onnx.NodeProto] = []
+
+    def conv(x: str, name: str) -> str:
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, f"{name}_w", f"{name}_b"],
+                [f"{name}_lin"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+            )
+        )
+        nodes.append(helper.make_node("Relu", [f"{name}_lin"], [name]))
+        return name
+
+    def pool(x: str, out: str) -> str:
+        nodes.append(helper.make_node("MaxPool", [x], [out], kernel_shape=[2, 2], strides=[2, 2]))
+        return out
+
+    def up_cat(x: str, skip: str, out: str) -> str:
+        nodes.append(
+            helper.make_node(
+                "Resize",
+                [x, "", "up_scales"],
+                [f"{out}_up"],
+                mode="nearest",
+                coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor",
+            )
+        )
+        nodes.append(helper.make_node("Concat", [f"{out}_up", skip], [out], axis=1))
+        return out
+
+    e1 = conv(conv("image", "enc1a"), "enc1b")
+    e2 = conv(conv(pool(e1, "pool1"), "enc2a"), "enc2b")
+    mid = conv(conv(pool(e2, "pool2"), "mid_a"), "mid_b")
+    d2 = conv(conv(up_cat(mid, e2, "cat2"), "dec2a"), "dec2b")
+    d1 = conv(conv(up_cat(d2, e1, "cat1"), "dec1a"), "dec1b")
+    nodes.append(helper.make_node("Conv", [d1, "head_w", "head_b"], ["logit"], kernel_shape=[1, 1]))
+    nodes.append(helper.make_node("Sigmoid", ["logit"], ["mask"]))
+    inits = [numpy_helper.from_array(a, n) for n, a in weights.items()]
+    inits.append(_const("up_scales", [1.0, 1.0, 2.0, 2.0]))
+    shape: list[int | str] = [BATCH, 1, PERF_SIZE, PERF_SIZE]
+    return _model(
+        "cds-ref-perf-unet",
+        doc,
+        nodes=nodes,
+        inputs=[_io("image", shape)],
+        outputs=[_io("mask", shape)],
+        initializers=inits,
+    )
+
+
+def _conv3(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """3 x 3 convolution, zero padding 1, float64: [N, C, H, W] -> [N, O, H, W]."""
+    n, _, h, wd = x.shape
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, w.shape[0], h, wd))
+    for dy in range(3):
+        for dx in range(3):
+            tap = padded[:, :, dy : dy + h, dx : dx + wd]
+            out += np.einsum("oc,nchw->nohw", w[:, :, dy, dx].astype(np.float64), tap)
+    return out + b.astype(np.float64)[None, :, None, None]
+
+
+def perf_reference(x: np.ndarray) -> dict[str, np.ndarray]:
+    w = perf_weights()
+
+    def block(a: np.ndarray, first: str, second: str) -> np.ndarray:
+        a = np.maximum(_conv3(a, w[f"{first}_w"], w[f"{first}_b"]), 0.0)
+        return np.maximum(_conv3(a, w[f"{second}_w"], w[f"{second}_b"]), 0.0)
+
+    def pool(a: np.ndarray) -> np.ndarray:
+        n, c, h, wd = a.shape
+        return a.reshape(n, c, h // 2, 2, wd // 2, 2).max(axis=(3, 5))
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return a.repeat(2, axis=2).repeat(2, axis=3)
+
+    e1 = block(x.astype(np.float64), "enc1a", "enc1b")
+    e2 = block(pool(e1), "enc2a", "enc2b")
+    mid = block(pool(e2), "mid_a", "mid_b")
+    d2 = block(np.concatenate([up(mid), e2], axis=1), "dec2a", "dec2b")
+    d1 = block(np.concatenate([up(d2), e1], axis=1), "dec1a", "dec1b")
+    head = w["head_w"][:, :, 0, 0].astype(np.float64)
+    logit = np.einsum("oc,nchw->nohw", head, d1) + float(w["head_b"][0])
+    return {"mask": sigmoid(logit).astype(np.float32)}
+
+
+def perf_input() -> np.ndarray:
+    return bone_input()  # the same window and size: the head phantom and the ramp
+
+
+def perf_dense_block() -> dict[str, bytes]:
+    """Golden case: bone-block's geometry (2 CT slices, 64 x 96, 0.7 x 0.5 mm, a 1000 HU
+    block at rows 20-43, columns 30-69 of slice 1), its own UIDs; the mask expected is
+    the block, known from how it was drawn."""
+    hu = np.zeros((2, 64, 96))
+    hu[0, 20:44, 30:70] = 1000
+    datasets = synthetic.ct_series(hu, "cds-ref-perf-unet/dense-block", spacing=(0.7, 0.5))
+    mask = np.zeros((64, 96), dtype=bool)
+    mask[20:44, 30:70] = True
+    expected = {
+        "input": GOLDEN_INPUT,
+        "min_dice": 0.95,
+        "findings": [{"label": 0, "present": True, "mask": "mask.npz"}],
+    }
+    key = f"{datasets[0].SOPInstanceUID}_1"
+    return golden_case(expected, datasets, {"mask.npz": _npz_bytes({key: mask})})
+
+
 # --- building --------------------------------------------------------------------
 @dataclass(frozen=True)
 class Package:
@@ -436,12 +638,21 @@ class Package:
     graph: Callable[[], onnx.ModelProto]
     make_input: Callable[[], np.ndarray]
     reference: Callable[[np.ndarray], dict[str, np.ndarray]]
+    #: golden cases written here (folder -> files) besides build_golden.py's
+    golden: tuple[tuple[str, Callable[[], dict[str, bytes]]], ...] = ()
 
 
 PACKAGES = (
     Package("cds-ref-ct-bone", bone_graph, bone_input, bone_reference),
     Package("cds-ref-cxr-triage", cxr_graph, cxr_input, cxr_reference),
     Package("cds-ref-blob-detect", blob_graph, blob_input, blob_reference),
+    Package(
+        "cds-ref-perf-unet",
+        perf_graph,
+        perf_input,
+        perf_reference,
+        golden=(("golden/dense-block", perf_dense_block),),
+    ),
 )
 
 
@@ -503,6 +714,11 @@ def build(pkg: Package, out: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     build_golden(pkg.name, dest)
+    for folder, make in pkg.golden:
+        for rel, data in make().items():
+            path = dest / folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
     return dest
 
 

@@ -3,8 +3,12 @@
 The series is checked against the model's declared use first (``constraints``): a
 model never runs outside it. A volume's slices are sorted along their normal
 whatever order they arrived in. Preprocessing of batch k+1 runs on a worker thread
-while batch k is in onnxruntime (which releases the GIL); ``run_series_list`` also
-decodes the next series while the current one is inferred. Every output is checked
+while batch k is in onnxruntime (which releases the GIL); for a segmentation of slices,
+so does the postprocessing of batch k-1 (masks back to the source grid, the heavy part),
+whose findings are then joined into the series' (``_join_segmentation``: the same
+findings as one postprocessing of the whole series); ``run_series_list`` also decodes
+the next series while the current one is inferred. onnxruntime's threads
+(``cds.inference.session.cpu_threads``) sleep rather than spin in the gaps. Every output is checked
 against its layout as it comes back (``layouts.canonical``: an error names the
 tensor and what to change, never a traceback). Every run returns an
 ``InferenceRecord``: model name, version, SHA-256 of model.onnx and of the manifest,
@@ -14,10 +18,11 @@ makes a result reproducible and reviewable.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +93,64 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
         return np.concatenate(parts, axis=0)
     except ValueError:  # runs of different box counts: keep them flat
         return np.concatenate([p.reshape(-1) for p in parts])
+
+
+def _join_segmentation(parts: list[list[Finding]], stack: ImageStack) -> list[Finding]:
+    """The findings of a series from those of its consecutive runs of slices, exactly as
+    ``postprocess`` makes them over the whole series: per image the union (in image
+    order), the highest score, present where any run is, the area summed in image order."""
+    where = {ImageRef(mt.sop_uid, mt.frame): mt.pixel_spacing for mt in stack.meta}
+    joined = []
+    for same in zip(*parts, strict=True):
+        per: dict[ImageRef, Any] = {}
+        for f in same:
+            per.update(f.per_image)
+        total, known = 0.0, False
+        for ref, binary in per.items():
+            sp = where[ref]
+            if sp is not None:
+                total += float(binary.sum()) * sp[0] * sp[1]
+                known = True
+        area = total if per and known else None
+        score = max(f.score for f in same)
+        present = any(f.present for f in same)
+        joined.append(Finding(same[0].label, score, present, per, area, None))
+    return joined
+
+
+class _Background:
+    """Calls made one after another on a worker thread; ``results`` waits for them all
+    and raises the first exception any raised."""
+
+    def __init__(self, name: str) -> None:
+        self._q: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+        self._out: list[Any] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (call := self._q.get()) is not None:
+            if self._error is None:
+                try:
+                    self._out.append(call())
+                except BaseException as exc:  # handed to results()
+                    self._error = exc
+
+    def submit(self, call: Callable[[], Any]) -> None:
+        self._q.put(call)
+
+    def stop(self) -> None:
+        """No more calls: the thread ends once those queued are done (or skipped)."""
+        self._error = self._error or RuntimeError("stopped")
+        self._q.put(None)
+
+    def results(self) -> list[Any]:
+        self._q.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 class ModelRunner:
@@ -174,53 +237,21 @@ class ModelRunner:
                 prev = outputs.by_role.get(t.role)
                 outputs.by_role[t.role] = canon if prev is None else np.concatenate([prev, canon])
 
-    def run(self, stack: ImageStack) -> InferenceResult:
+    def _infer(self, tensor: np.ndarray, names: list[str]) -> list[Any]:
         m = self.manifest
-        t_start = time.perf_counter()
-        timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
-        volume = m.input.kind == "volume"
-        positions = None
-        if volume:
-            sort_slices(stack, descending=m.input.slice_order == "decreasing")
-            positions = slice_positions(stack)
-        reasons = stack_violations(m.input, stack, positions)
-        if reasons:
-            raise OutsideDeclaredUse(f"{m.name} {m.version}", reasons)
-        names = [t.name for t in m.output.tensors]
-        outputs = Outputs()
-        raw: dict[str, list[Any]] = {n: [] for n in names}
-        geometry: list[Geometry] = []
-        for tensor, geoms in self._batches(stack, timings):
-            t0 = time.perf_counter()
-            with self._slot:
-                try:
-                    got = self.session.run({m.input.tensor.name: tensor}, names)
-                except Exception as exc:  # onnxruntime raises its own types
-                    raise ModelError(
-                        f"model.onnx of {m.name} failed on an input of shape "
-                        f"{list(tensor.shape)} ({type(exc).__name__}); check input.tensor "
-                        "(layout, shape, dtype) and cds model validate"
-                    ) from exc
-            timings["inference"] += time.perf_counter() - t0
-            self._collect(got, len(geoms), outputs, raw)
-            geometry.extend(geoms)
-        images = [ImageRef(mt.sop_uid, mt.frame) for mt in stack.meta]
-        spacing = None
-        if positions is not None and len(positions) > 1:
-            spacing = float(np.median(np.abs(np.diff(positions))))
-        t0 = time.perf_counter()
-        try:
-            findings = postprocess(
-                m.output, outputs, images, geometry, stack, volume=volume, slice_spacing=spacing
-            )
-        except (IndexError, ValueError, KeyError) as exc:
-            raise ModelError(
-                f"{m.name}: the outputs do not fit the manifest ({type(exc).__name__}); "
-                "check output.tensors (layout, encoding, box) and output.labels (index) "
-                "against what model.onnx returns"
-            ) from exc
-        timings["postprocess"] = time.perf_counter() - t0
-        seconds = time.perf_counter() - t_start
+        with self._slot:
+            try:
+                return self.session.run({m.input.tensor.name: tensor}, names)
+            except Exception as exc:  # onnxruntime raises its own types
+                raise ModelError(
+                    f"model.onnx of {m.name} failed on an input of shape "
+                    f"{list(tensor.shape)} ({type(exc).__name__}); check input.tensor "
+                    "(layout, shape, dtype) and cds model validate"
+                ) from exc
+
+    def _record(self, stack: ImageStack, images: int, seconds: float,
+                timings: dict[str, float]) -> InferenceRecord:  # fmt: skip
+        m = self.manifest
         record = InferenceRecord(
             model=m.name,
             version=m.version,
@@ -228,7 +259,7 @@ class ModelRunner:
             provider=self.session.provider_short,
             cds_version=__version__,
             series_uids=(stack.series_uid,),
-            images=len(images),
+            images=images,
             seconds=seconds,
             timings={k: round(v, 4) for k, v in timings.items()},
             manifest_sha256=self._digest,
@@ -238,10 +269,84 @@ class ModelRunner:
             model=m.name,
             version=m.version,
             provider=record.provider,
-            images=len(images),
+            images=images,
             seconds=round(seconds, 3),
             **record.timings,
         )
+        return record
+
+    def _declared_use(self, stack: ImageStack) -> np.ndarray | None:
+        """A volume's slices sorted, their positions; OutsideDeclaredUse if the series is
+        not what the model declares it takes."""
+        m = self.manifest
+        positions = None
+        if m.input.kind == "volume":
+            sort_slices(stack, descending=m.input.slice_order == "decreasing")
+            positions = slice_positions(stack)
+        reasons = stack_violations(m.input, stack, positions)
+        if reasons:
+            raise OutsideDeclaredUse(f"{m.name} {m.version}", reasons)
+        return positions
+
+    def run(self, stack: ImageStack) -> InferenceResult:
+        """``timings``: preprocess and postprocess are the time of that work, on worker
+        threads where it overlaps inference; inference is onnxruntime's."""
+        m = self.manifest
+        t_start = time.perf_counter()
+        timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
+        volume = m.input.kind == "volume"
+        positions = self._declared_use(stack)
+        names = [t.name for t in m.output.tensors]
+        outputs = Outputs()
+        raw: dict[str, list[Any]] = {n: [] for n in names}
+        geometry: list[Geometry] = []
+        images = [ImageRef(mt.sop_uid, mt.frame) for mt in stack.meta]
+        spacing = None
+        if positions is not None and len(positions) > 1:
+            spacing = float(np.median(np.abs(np.diff(positions))))
+
+        def post(out: Outputs, idx: slice, geoms: list[Geometry], sub: ImageStack) -> Any:
+            t = time.perf_counter()
+            try:
+                return postprocess(
+                    m.output, out, images[idx], geoms, sub, volume=volume, slice_spacing=spacing
+                )
+            finally:
+                timings["postprocess"] += time.perf_counter() - t
+
+        # segmentation of slices: each run's masks go back to the source grid on a worker
+        # thread while onnxruntime runs the next batch
+        background = None
+        if m.output.kind == "segmentation" and not volume:
+            background = _Background("cds-postprocess")
+        try:
+            for tensor, geoms in self._batches(stack, timings):
+                t0 = time.perf_counter()
+                got = self._infer(tensor, names)
+                timings["inference"] += time.perf_counter() - t0
+                run_outputs = outputs if background is None else Outputs()
+                self._collect(got, len(geoms), run_outputs, raw)
+                if background is not None:
+                    idx = slice(len(geometry), len(geometry) + len(geoms))
+                    sub = _subset(stack, idx)
+                    background.submit(functools.partial(post, run_outputs, idx, geoms, sub))
+                geometry.extend(geoms)
+        except BaseException:
+            if background is not None:
+                background.stop()
+            raise
+        try:
+            if background is None:
+                findings = post(outputs, slice(None), geometry, stack)
+            else:
+                findings = _join_segmentation(background.results(), stack)
+        except (IndexError, ValueError, KeyError) as exc:
+            raise ModelError(
+                f"{m.name}: the outputs do not fit the manifest ({type(exc).__name__}); "
+                "check output.tensors (layout, encoding, box) and output.labels (index) "
+                "against what model.onnx returns"
+            ) from exc
+        record = self._record(stack, len(images), time.perf_counter() - t_start, timings)
         joined = {n: _join(v) for n, v in raw.items()}
         return InferenceResult(record, m.output.kind, findings, joined, images, geometry)
 

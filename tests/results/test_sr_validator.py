@@ -49,7 +49,7 @@ from cds.inference import synthetic
 from cds.inference.images import decode
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.inference.session import DeviceSlots
-from cds.offline import Request, plan_jobs
+from cds.offline import Request, _load_models, plan_jobs
 from cds.results.encode import encode
 from tests import pixelmed
 from tests.inference.analytic import (
@@ -156,6 +156,11 @@ _LANGS = (("en", False), ("fr", False))
 _LANGS_AND_SEG = (("en", True), ("fr", False), ("en", False), ("fr", True))
 
 
+#: bundled models the example routing does not route (the performance U-Net: no
+#: clinical meaning), each run on the series routed to a model of the same input
+NOT_ROUTED = {"cds-ref-perf-unet": "cds-ref-ct-bone"}
+
+
 def _corpus(folder: Path, made: Made) -> None:
     """Every bundled model on every series the example routing routes to it."""
     slots = DeviceSlots(1, 1)
@@ -178,6 +183,18 @@ def _corpus(folder: Path, made: Made) -> None:
             made.not_made[(job.model, where)] = run
         else:
             runs.setdefault(job.model, []).append(run)
+    unrouted = _load_models(req, set(NOT_ROUTED), slots)
+    for name, like in NOT_ROUTED.items():  # on the first series routed to its like
+        model = unrouted.get(name)
+        if model is None or model.status != "ready":
+            made.models_not_loaded.add(name)
+            continue
+        job = next(j for j in jobs if j.model == like and j.status == "run")
+        files = sorted(job.series.files)[:IMAGES_PER_SERIES]
+        where = files[0].relative_to(CORPUS).as_posix() + " ..."
+        run = _run(name, where, ModelRunner(model, slots), files, makes_seg=True)
+        assert not isinstance(run, str), run
+        runs[name] = [run]
     for model_runs in runs.values():
         for k, run in enumerate(model_runs):
             cycle = _LANGS_AND_SEG if run.makes_seg else _LANGS

@@ -22,8 +22,16 @@ What it does:
    instances/s, MB/s and the ratio node / storescp.
 
 storescp does not fsync what it writes; the node fsyncs every file and its
-directory before it answers Success. Every DCMTK process runs with
-``TCP_NODELAY=1``.
+directory before it answers Success. So every round also times the node's
+durable write alone (300 x write, fsync, rename, fsync of the folder, no
+network) on the same disk: what durability costs in that round. Every DCMTK
+process runs with ``TCP_NODELAY=1``. The CPU column is each receiver process's
+user + system time per round.
+
+``--baseline TREE`` also times a node run from another cds source tree in the
+same rounds, for before/after figures from one run on a noisy machine::
+
+    git archive HEAD | tar -x -C /tmp/base && python bench/receive.py --baseline /tmp/base
 """
 
 from __future__ import annotations
@@ -248,7 +256,9 @@ def dcmtk_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             argv,
@@ -256,7 +266,7 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subp
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=REPO,
+            cwd=cwd or REPO,
             start_new_session=True,  # its own process group: killed whole at exit
         )
     _CHILDREN.append(proc)
@@ -306,6 +316,15 @@ class Receiver:
     spool: Path | None = None
     times: list[float] = field(default_factory=list)
     pid: int | None = None
+    is_node: bool = False
+    #: CPU seconds (user + system, every thread) the receiver spent per timed round
+    cpu: list[float] = field(default_factory=list)
+
+    def cpu_seconds(self) -> float:
+        if self.pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stored(self) -> int:
         root = self.out_dir if self.out_dir is not None else self.spool
@@ -329,24 +348,29 @@ def start_storescp(run: Path, name: str, extra: list[str]) -> Receiver:
     argv = [STORESCP, "-aet", "STORESCP", *extra, "-od", str(out), str(port)]
     proc = spawn(argv, log, dcmtk_env())
     wait_listening(port, proc, log, 10)
-    return Receiver(f"storescp {' '.join(extra)}".strip(), "STORESCP", port, "no", out_dir=out)
+    name = f"storescp {' '.join(extra)}".strip()
+    return Receiver(name, "STORESCP", port, "no", out_dir=out, pid=proc.pid)
 
 
-def start_node(run: Path) -> Receiver:
+def start_node(run: Path, tree: Path | None = None) -> Receiver:
+    """The node from this checkout, or (``tree``) from another source tree of cds."""
     port, http = free_port(), free_port()
-    home = run / "cds-home"
-    cfg = run / "cds.yaml"
+    tag = "" if tree is None else "-baseline"
+    home = run / f"cds-home{tag}"
+    cfg = run / f"cds{tag}.yaml"
     cfg.write_text(
         f"dicom: {{ae_title: CDS, host: 127.0.0.1, port: {port}}}\n"
         f"http: {{host: 127.0.0.1, port: {http}}}\n"
         "spool: {min_free_mb: 100}\n"
         "log: {level: warning}\n"
     )
-    log = run / "node.log"
+    log = run / f"node{tag}.log"
     argv = [sys.executable, "-m", "cds", "serve", "--config", str(cfg), "--home", str(home)]
-    proc = spawn(argv, log)
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree.resolve())}
+    proc = spawn(argv, log, env, cwd=tree)
     wait_healthy(f"http://127.0.0.1:{http}/health", proc, log, 60)
-    rx = Receiver("cds node", "CDS", port, "yes: file + dir per instance", pid=proc.pid)
+    name = "cds node" if tree is None else f"cds node {tree}"
+    rx = Receiver(name, "CDS", port, "yes: file + dir per instance", pid=proc.pid, is_node=True)
     rx.spool = home / "spool" / "studies"
     return rx
 
@@ -395,8 +419,36 @@ def send(rx: Receiver, series: Path) -> float:
     return elapsed
 
 
+def durable_writes(folder: Path, n: int, size: int) -> float:
+    """Seconds to write ``n`` files of ``size`` bytes as the node's spool does (write,
+    fsync the file, rename into place, fsync the folder), without any network: the
+    share of the node's time that durability costs on this disk in this round."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    data = b"\0" * size
+    os.sync()
+    t0 = time.perf_counter()
+    for i in range(n):
+        tmp, final = folder / f"{i}.part", folder / f"{i}.dcm"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, final)
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    elapsed = time.perf_counter() - t0
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed
+
+
 # --- main -------------------------------------------------------------------
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
@@ -411,8 +463,18 @@ def main() -> int:
         help="record the node with py-spy (on-CPU samples per thread, collapsed stacks) "
         "during the timed rounds into FILE",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also time a node run from another cds source tree (e.g. one made by "
+        "git archive REV | tar -x -C TREE), in the same rounds: before/after in one run",
+    )
+    return parser.parse_args()
 
+
+def main() -> int:
+    args = parse_args()
     for tool in (STORESCU, STORESCP):
         if not os.access(tool, os.X_OK):
             raise SystemExit(f"{tool} not found: apt-get install dcmtk")
@@ -433,8 +495,11 @@ def main() -> int:
             receivers.append(start_storescp(run, "storescp-default", []))
             receivers.append(start_storescp(run, "storescp-fast", ["+B", "-pdu", "131072"]))
         if args.only != "storescp":
+            if args.baseline is not None:
+                receivers.append(start_node(run, args.baseline))
             receivers.append(start_node(run))
 
+        floor: list[float] = []
         for r in range(args.warmup + args.rounds):
             if r == args.warmup and args.profile is not None:
                 start_profiler(receivers[-1], args.profile, run)
@@ -442,48 +507,67 @@ def main() -> int:
             order = receivers[r % len(receivers) :] + receivers[: r % len(receivers)]
             seen: dict[str, float] = {}
             for rx in order:
-                before = rx.stored()
+                before, cpu_before = rx.stored(), rx.cpu_seconds()
                 seen[rx.name] = send(rx, series)
+                cpu = rx.cpu_seconds() - cpu_before
                 got = rx.stored() - before
                 if got != len(files):
                     raise SystemExit(f"{rx.name}: stored {got} of {len(files)} files")
                 rx.after_round()
                 if r >= args.warmup:
                     rx.times.append(seen[rx.name])
+                    rx.cpu.append(cpu)
+            durable = durable_writes(run / "durable", len(files), total_bytes // len(files))
+            if r >= args.warmup:
+                floor.append(durable)
             label = "warm-up" if r < args.warmup else f"round {r - args.warmup + 1}"
             line = "  ".join(f"{rx.name} {seen[rx.name]:.3f} s" for rx in receivers)
+            line += f"  (durable writes alone {durable:.3f} s)"
             print(f"{label:>8}: {line}", flush=True)
         stop_profiler()
-        report(receivers, len(files), total_bytes, series, args)
+        report(receivers, floor, len(files), total_bytes, series, args)
     finally:
         _kill_children()
         shutil.rmtree(run, ignore_errors=True)
     return 0
 
 
-def report(
-    receivers: list[Receiver], n: int, total_bytes: int, series: Path, args: argparse.Namespace
+def report(  # noqa: PLR0917 (the figures of one run)
+    receivers: list[Receiver],
+    floor: list[float],
+    n: int,
+    total_bytes: int,
+    series: Path,
+    args: argparse.Namespace,
 ) -> None:
     print()
     print(
         f"{n} files, {total_bytes / 1e6:.1f} MB ({total_bytes // n} B each), one association, "
         f"{args.rounds} rounds after {args.warmup} warm-up, order rotated per round"
     )
-    print(f"{'receiver':<30} {'median s':>9} {'min s':>7} {'inst/s':>7} {'MB/s':>7}  fsync")
+    print(
+        f"{'receiver':<30} {'median s':>9} {'min s':>7} {'inst/s':>7} {'MB/s':>7} "
+        f"{'CPU s':>6}  fsync"
+    )
     for rx in receivers:
         med = statistics.median(rx.times)
         print(
             f"{rx.name:<30} {med:>9.3f} {min(rx.times):>7.3f} {n / med:>7.0f} "
-            f"{total_bytes / 1e6 / med:>7.1f}  {rx.fsync}"
+            f"{total_bytes / 1e6 / med:>7.1f} {statistics.median(rx.cpu):>6.2f}  {rx.fsync}"
         )
-    node = next((rx for rx in receivers if rx.ae_title == "CDS"), None)
-    if node is not None:
+    print("(CPU s: the receiver process's median user + system CPU per round, all threads)")
+    print(
+        f"durable writes alone: median {statistics.median(floor):.3f} s, min {min(floor):.3f} s "
+        f"({n} x write + fsync file + rename + fsync folder, no network, "
+        f"{1000 * statistics.median(floor) / n:.2f} ms per instance)"
+    )
+    for node in (rx for rx in receivers if rx.is_node):
         for rx in receivers:
             if rx is node:
                 continue
             ratio_med = statistics.median(node.times) / statistics.median(rx.times)
             ratio_min = min(node.times) / min(rx.times)
-            print(f"ratio node / {rx.name}: median {ratio_med:.2f}x, min {ratio_min:.2f}x")
+            print(f"ratio {node.name} / {rx.name}: median {ratio_med:.2f}x, min {ratio_min:.2f}x")
     print()
     print(f"command: python bench/receive.py {shlex.join(sys.argv[1:])}")
     for rx in receivers:

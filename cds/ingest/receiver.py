@@ -18,6 +18,7 @@ from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
 from cds.domain import InstanceRecord, RecordResult, StoreOutcome
 from cds.errors import IngestError, StoreError
+from cds.ingest.header_scan import scan_header
 from cds.ingest.instance import (
     DEFLATED,
     EXPLICIT_LE,
@@ -96,8 +97,9 @@ class Receiver:
         )
         # Overlapped, as they do not depend on each other: the SHA-256 on a worker
         # thread (hashlib releases the GIL), the write-back of the file by the
-        # kernel, and the header parse here. Errors are still raised in the same
-        # order as when each step ran after the one before.
+        # kernel, the header parse here and then the file's fsync (the digest names
+        # the file, so the rename and the folder's fsync wait for it). Errors are
+        # still raised in the same order as when each step ran after the one before.
         hashing = _hasher().submit(_sha256, dataset)
         try:
             known = self._store.find_instance(sop_uid)
@@ -114,6 +116,8 @@ class Receiver:
                 if exc.status == STATUS_TOO_DEEP:  # the parser's own recursion limit
                     self._quarantine(exc, meta, dataset, calling_ae, sop_class_uid, sop_uid)
                 raise
+            if began is not None:
+                began.sync()  # the file's fsync while the digest is computed
             digest = hashing.result()
             if known_error is not None:
                 raise known_error
@@ -340,7 +344,7 @@ def _un_identity(meta: bytes, dataset: bytes, sop_class_uid: str, sop_uid: str) 
 
 def _checked_header(meta: bytes, dataset: bytes, sop_uid: str, sop_class_uid: str) -> Header:
     """The data set's header, checked against the C-STORE request."""
-    header = read_header(meta, dataset)
+    header = scan_header(meta, dataset) or read_header(meta, dataset)
     if header.sop_uid != sop_uid:
         raise IngestError(
             STATUS_UID_MISMATCH,

@@ -284,10 +284,25 @@ class PendingFile:
         self._tmp = tmp
         self._fd = fd
         self._error = error
+        self._synced = False
+
+    def sync(self) -> None:
+        """fsync the temporary file now rather than in ``commit``, so that the caller
+        can overlap it with work on other threads (hashing). Nothing is in place yet;
+        an error is raised by ``commit``, as ``commit`` raises its own."""
+        if self._error is not None or self._synced or self._tmp is None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._error = _disk_error(exc)
+            return
+        self._synced = True
 
     def commit(self, rel_path: str) -> None:
         """fsync the file, rename it into place, fsync its directory: durable on return."""
         if self._error is not None:
+            self.discard()
             raise self._error
         tmp, fd = self._tmp, self._fd
         assert tmp is not None, "commit() after discard()"
@@ -296,7 +311,8 @@ class PendingFile:
         try:
             self._spool._ensure_dir(final.parent)
             try:
-                os.fsync(fd)
+                if not self._synced:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             try:

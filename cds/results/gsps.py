@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from cds.errors import EncodingError
+from cds.i18n import advisory
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
@@ -46,10 +47,14 @@ from cds.results.common import (
     tolerant,
 )
 from cds.results.inherited import set_series_laterality
-from cds.results.text import texts
 
 RESULT_KIND = "GSPS"
 _LAYER = "CDS_AI"
+#: the layer's recommended display colour (the SEG's first segment's too), and on a
+#: grayscale display its brightest value: a viewer that has no default colour for the
+#: layer draws it where the radiologist sees it, not in an arbitrary one
+LAYER_COLOR = "yellow"
+_WHITE = 0xFFFF
 _PIXEL = hd.pr.AnnotationUnitsValues.PIXEL
 
 
@@ -57,7 +62,7 @@ def _annotations_of(
     finding: Finding, ref: ImageRef, lang: str, rows: int, columns: int
 ) -> tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]:
     where = finding.per_image[ref]
-    t = texts(lang)
+    t = advisory(lang)
     name = finding.label.display.get(lang)
     graphics: list[hd.pr.GraphicObject] = []
     text: list[hd.pr.TextObject] = []
@@ -149,7 +154,7 @@ def build_gsps(
     Raises EncodingError when no finding lies on the source images; ValueError
     for an unknown language or a manifest that is not the result's model.
     """
-    t = texts(lang)
+    t = advisory(lang)
     rec = result.record
     check_model_of(manifest, result)
     if not source_datasets:
@@ -158,7 +163,10 @@ def build_gsps(
         raise EncodingError("GSPS: multi-frame source images are not supported yet")
     index = _index(source_datasets)
     layer = hd.pr.GraphicLayer(
-        layer_name=_LAYER, order=1, description=f"{rec.model} {rec.version}"[:LO]
+        layer_name=_LAYER,
+        order=1,
+        description=f"{rec.model} {rec.version}"[:LO],
+        display_color=hd.color.CIELabColor.from_string(LAYER_COLOR),
     )
     annotations: list[hd.pr.GraphicAnnotation] = []
     for ref in sorted(
@@ -212,6 +220,7 @@ def build_gsps(
             graphic_layers=[layer],
             voi_lut_transformations=_voi(referenced),
         )
+        gsps.GraphicLayerSequence[0].GraphicLayerRecommendedDisplayGrayscaleValue = _WHITE
     except (ValueError, TypeError) as exc:
         raise EncodingError(f"GSPS of {rec.model} {rec.version} is not valid: {exc}") from exc
     gsps.SpecificCharacterSet = "ISO_IR 192"

@@ -9,12 +9,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
+from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.images import decode
 from cds.inference.postprocess import Finding, ImageRef
@@ -23,7 +25,6 @@ from cds.inference.runner import InferenceResult, ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.gsps import build_gsps
 from cds.results.sc import build_sc
-from cds.results.text import LANGS, texts
 from tests.results.test_seg import MODELS, SERIES, dciodvfy_errors, record
 
 DCMPSCHK = "/usr/bin/dcmpschk"
@@ -89,7 +90,7 @@ def test_gsps_is_valid_and_advisory(
 ) -> None:
     gsps = build_gsps(slices, _result(slices, manifest), manifest, lang)
     back = _write_and_read(gsps, tmp_path)
-    t = texts(lang)
+    t = advisory(lang)
     assert back.Modality == "PR"
     assert back.SeriesDescription.startswith(t.series_prefix)
     assert manifest.name in back.SeriesDescription
@@ -98,6 +99,11 @@ def test_gsps_is_valid_and_advisory(
     assert back.ManufacturerModelName == manifest.name
     assert (back.SeriesNumber, back.InstanceNumber) == (903, 1)
     assert back.StudyInstanceUID == slices[0].StudyInstanceUID
+    # the layer's recommended colour: yellow, and white on a grayscale display
+    (layer,) = back.GraphicLayerSequence
+    yellow = hd.color.CIELabColor.from_string("yellow").value
+    assert tuple(layer.GraphicLayerRecommendedDisplayCIELabValue) == tuple(yellow)
+    assert layer.GraphicLayerRecommendedDisplayGrayscaleValue == 0xFFFF
     # General Series Laterality (Type 2C) is absent for the head, an unpaired body part
     assert "Laterality" not in back
     assert back.BodyPartExamined == slices[0].BodyPartExamined == "HEAD"

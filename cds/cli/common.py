@@ -31,16 +31,21 @@ def fail(message: str, code: int) -> typer.Exit:
 
 def open_state_store(settings: Settings) -> StateStore:
     """The node's state store, for a command that reads or changes it; REFUSED when the
-    node never ran with this home (a command never creates a store)."""
+    node never ran with this home (a command never creates a SQLite file), or the store
+    cannot be opened (``store.backend``/``store.url``: psycopg missing, no server)."""
+    from cds.errors import StoreError  # noqa: PLC0415
     from cds.store import open_store  # noqa: PLC0415 (``cds --help`` stays fast)
 
-    if not settings.sqlite_path.exists():
+    if settings.store.backend == "sqlite" and not settings.sqlite_path.exists():
         raise fail(
             f"no state store at {settings.sqlite_path} (store.sqlite_path): "
             "has the node run with this --home?",
             REFUSED,
         )
-    return open_store(settings)
+    try:
+        return open_store(settings)
+    except StoreError as exc:  # psycopg missing, server unreachable: said, no traceback
+        raise fail(str(exc), REFUSED) from None
 
 
 def when(ts: float | None) -> str:

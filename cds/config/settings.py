@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
     AfterValidator,
     Field,
     ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -50,6 +54,7 @@ __all__ = [
     "Settings",
     "is_loopback",
     "load_settings",
+    "redact_url",
     "weak_secret",
 ]
 
@@ -63,9 +68,49 @@ class SpoolSettings(_Section):
     )
 
 
+def redact_url(url: str) -> str:
+    """A database URL as it may be shown or logged: its password (in the authority or a
+    ``password=`` parameter) replaced by ``***``."""
+    parts = urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}:***@{host}" if at and ":" in user else parts.netloc
+    query = "&".join(
+        "password=***" if kv.partition("=")[0].lower() == "password" else kv
+        for kv in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query if parts.query else ""))
+
+
 class StoreSettings(_Section):
-    backend: Literal["sqlite"] = "sqlite"
+    backend: Literal["sqlite", "postgresql"] = Field(
+        "sqlite",
+        description="sqlite: one file, embedded (one node); postgresql: a server, shared "
+        "by several nodes (needs the extra cds[postgres] and store.url)",
+    )
     sqlite_path: Path | None = Field(None, description="default: <home>/state.db")
+    url: str | None = Field(
+        None,
+        repr=False,
+        description="postgresql://user@host:5432/cds (store.backend postgresql); a "
+        "password here is never shown or logged, PGPASSWORD or ~/.pgpass keep it out",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_serializer("url")
+    def _url_shown(self, value: str | None) -> str | None:
+        return None if value is None else redact_url(value)
+
+    @model_validator(mode="after")
+    def _url_with_postgresql(self) -> StoreSettings:
+        if self.backend == "postgresql" and self.url is None:
+            raise ValueError("store.url is required when store.backend is postgresql")
+        return self
 
 
 class AssemblySettings(_Section):

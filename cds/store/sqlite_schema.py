@@ -24,9 +24,9 @@ is told from an older one and refused (Alembic's revision ids are hashes in a gr
 an unknown one cannot be told newer), the version in a ``meta`` row (not SQLite's
 ``PRAGMA user_version``), steps in SQL that PostgreSQL runs as written (``ALTER
 TABLE ... ADD COLUMN``, ``CREATE ... IF NOT EXISTS``), and transactional DDL in both.
-A PostgreSQL store brings its own ``SCHEMA`` (its types: ``DOUBLE PRECISION``, identity
-columns) for the version it starts at and shares the steps numbered after it, so a
-version number means the same tables in both.
+The PostgreSQL store (``postgres_schema``) shares ``SCHEMA`` and ``MIGRATIONS``, with
+three type words translated (``REAL``, ``INTEGER``, ``AUTOINCREMENT``), so a version
+number means the same tables in both: a change to the schema is made here, once.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """issue 17 (item 3): a correction keeps the outline the radiologist drew instead (schema
 8: feedback.corrected_box); a store file written before keeps its feedback and gains the
-column in place."""
+column in place.
+
+issue 21: the first test on both stores (``open_store`` is parametrised, conftest.py); the
+PostgreSQL twin of the second is in test_postgres_schema.py."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from cds.errors import FeedbackError
 from cds.feedback.service import give_feedback
 from cds.store.sqlite import SCHEMA_VERSION, SqliteStore
 
+from .conftest import StoreOpener
 from .test_sqlite import rec
 
 
@@ -37,8 +41,8 @@ def finding(uid: str = "2.25.1") -> FindingRecord:
     )
 
 
-def test_a_correction_keeps_its_outline_in_source_pixels(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "state.db")
+def test_a_correction_keeps_its_outline_in_source_pixels(open_store: StoreOpener) -> None:
+    store = open_store()
     store.record_instance(rec())  # the study "k1"
     store.record_findings([finding("2.25.1"), finding("2.25.2")])
     box = ImageBox("1.2.3.4", 1, 55.533329, 90.39608, 65.988701, 99.796616)
@@ -63,7 +67,7 @@ def test_a_correction_keeps_its_outline_in_source_pixels(tmp_path: Path) -> None
         now=6.0,
     )
     store.close()
-    again = SqliteStore(tmp_path / "state.db")
+    again = open_store()
     corrected, accepted = again.list_feedback(study_key="k1")
     assert corrected == fb
     assert corrected.corrected_box == box

@@ -1,15 +1,18 @@
-"""issue 2: the state store keeps studies, series, instances, versions and jobs across restarts."""
+"""issue 2: the state store keeps studies, series, instances, versions and jobs across restarts.
+
+issue 21: on both stores, SQLite and PostgreSQL (``store`` is parametrised, conftest.py)."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from cds.domain import InstanceRecord, JobState, StoreOutcome, StudyState
-from cds.store.sqlite import SqliteStore
+from cds.store.base import StateStore
+
+from .conftest import StoreOpener
 
 
 def rec(n: int = 1, **kw: object) -> InstanceRecord:
@@ -32,12 +35,7 @@ def rec(n: int = 1, **kw: object) -> InstanceRecord:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "state.db")
-
-
-def test_new_instances_build_study_and_series(store: SqliteStore) -> None:
+def test_new_instances_build_study_and_series(store: StateStore) -> None:
     for n in range(3):
         assert store.record_instance(rec(n)).outcome is StoreOutcome.NEW
     store.record_instance(rec(9, series_uid="1.2.3.2", modality="SR", series_number=2))
@@ -50,7 +48,7 @@ def test_new_instances_build_study_and_series(store: SqliteStore) -> None:
     assert [x.instance_count for x in detail.series] == [3, 1]
 
 
-def test_same_bytes_is_a_duplicate_and_changes_nothing(store: SqliteStore) -> None:
+def test_same_bytes_is_a_duplicate_and_changes_nothing(store: StateStore) -> None:
     store.record_instance(rec(1))
     again = store.record_instance(rec(1, received_at=5000.0))
     assert again.outcome is StoreOutcome.DUPLICATE
@@ -59,7 +57,7 @@ def test_same_bytes_is_a_duplicate_and_changes_nothing(store: SqliteStore) -> No
     assert s.complete_due_at == 1011.0  # a duplicate does not move the completeness deadline
 
 
-def test_other_bytes_newest_wins_and_old_version_kept(store: SqliteStore) -> None:
+def test_other_bytes_newest_wins_and_old_version_kept(store: StateStore) -> None:
     store.record_instance(rec(1))
     r = store.record_instance(
         rec(1, sha256="f" * 64, path="studies/k1/s1/v2.dcm", received_at=2000.0)
@@ -73,7 +71,7 @@ def test_other_bytes_newest_wins_and_old_version_kept(store: SqliteStore) -> Non
     assert any(e.kind == "instance_replaced" for e in detail.events)
 
 
-def test_quiet_time_completion_and_late_instance_reopens(store: SqliteStore) -> None:
+def test_quiet_time_completion_and_late_instance_reopens(store: StateStore) -> None:
     store.record_instance(rec(1))  # due at 1011
     assert store.studies_due(1010.0) == []
     assert store.studies_due(1011.0) == ["k1"]
@@ -89,7 +87,7 @@ def test_quiet_time_completion_and_late_instance_reopens(store: SqliteStore) -> 
 
 
 def test_instance_arriving_late_in_older_association_does_not_shorten_deadline(
-    store: SqliteStore,
+    store: StateStore,
 ) -> None:
     store.record_instance(rec(1, received_at=2000.0))
     store.record_instance(rec(2, received_at=1990.0))  # clock order across threads
@@ -98,16 +96,16 @@ def test_instance_arriving_late_in_older_association_does_not_shorten_deadline(
     assert s.last_received_at == 2000.0
 
 
-def test_state_survives_reopening_the_file(tmp_path: Path) -> None:
-    a = SqliteStore(tmp_path / "s.db")
+def test_state_survives_reopening_the_store(open_store: StoreOpener) -> None:
+    a = open_store()
     a.record_instance(rec(1))
     a.close()
-    b = SqliteStore(tmp_path / "s.db")
+    b = open_store()
     assert b.studies_due(2000.0) == ["k1"]
     assert b.find_instance("1.2.3.1.1") is not None
 
 
-def test_jobs_life_cycle(store: SqliteStore) -> None:
+def test_jobs_life_cycle(store: StateStore) -> None:
     store.record_instance(rec(1))
     job = store.create_job("k1", "inference", now=5.0)
     assert job.state is JobState.QUEUED
@@ -121,7 +119,7 @@ def test_jobs_life_cycle(store: SqliteStore) -> None:
         store.set_job_state("nope", JobState.DONE)
 
 
-def test_set_study_state_and_counts(store: SqliteStore) -> None:
+def test_set_study_state_and_counts(store: StateStore) -> None:
     store.record_instance(rec(1))
     store.set_study_state("k1", StudyState.PROCESSING, "routing")
     counts = store.count_studies_by_state()
@@ -131,7 +129,7 @@ def test_set_study_state_and_counts(store: SqliteStore) -> None:
         store.set_study_state("nope", StudyState.DONE)
 
 
-def test_concurrent_writers_lose_nothing(store: SqliteStore) -> None:
+def test_concurrent_writers_lose_nothing(store: StateStore) -> None:
     def worker(t: int) -> None:
         for n in range(50):
             store.record_instance(rec(t * 1000 + n, sha256=f"{t * 1000 + n:064d}"))
@@ -145,7 +143,7 @@ def test_concurrent_writers_lose_nothing(store: SqliteStore) -> None:
     assert s.instance_count == 200
 
 
-def test_ping(store: SqliteStore) -> None:
+def test_ping(store: StateStore) -> None:
     assert store.ping()
     store.close()
     assert not store.ping()

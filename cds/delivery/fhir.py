@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from cds.results.text import texts
+from cds.i18n import Lang, advisory, check_lang, other, text
 from cds.routing.rules import ANY_FINDING, Notify
 
 if TYPE_CHECKING:  # the inference stack (onnxruntime) is not needed to send
@@ -29,19 +29,6 @@ FHIR_SYSTEMS = {
 }
 _TRANSLATION = "http://hl7.org/fhir/StructureDefinition/translation"
 _REPORT_NS = uuid.UUID("5b0f4f4e-6c1e-4a53-9d0b-6e3a2f1c9a10")  # namespace of report ids
-
-_TEXTS = {
-    "en": {
-        "title": "AI suggestion: urgent finding",
-        "found": "Suggested urgent finding(s): {items}.",
-        "score": "score {score}",
-    },
-    "fr": {
-        "title": "Suggestion de l'IA : résultat urgent",
-        "found": "Résultat(s) urgent(s) suggéré(s) : {items}.",
-        "score": "score {score}",
-    },
-}
 
 
 # --- what is urgent ----------------------------------------------------------
@@ -65,16 +52,14 @@ def urgent_findings(spec: Notify, result: InferenceResult) -> list[Finding]:
 
 
 # --- the FHIR R4 DiagnosticReport --------------------------------------------
-def _conclusion(result: InferenceResult, findings: Sequence[Finding], lang: str) -> str:
-    t, adv, rec = _TEXTS[lang], texts(lang), result.record
+def _conclusion(result: InferenceResult, findings: Sequence[Finding], lang: Lang) -> str:
+    adv, rec = advisory(lang), result.record
     items = "; ".join(
-        f"{f.label.display.get(lang)} ("
-        + t["score"].format(score=f"{f.score:.2f}".replace(".", "," if lang == "fr" else "."))
-        + ")"
+        f"{f.label.display.get(lang)} ({text(lang, 'fhir.score', score=adv.number(f.score))})"
         for f in findings
     )
     made = adv.produced_by.format(name=rec.model, version=rec.version, sha256=rec.sha256)
-    return f"{adv.banner}. {t['found'].format(items=items)} {made}."
+    return f"{adv.banner}. {text(lang, 'fhir.found', items=items)} {made}."
 
 
 def _coding(f: Finding, lang: str) -> dict[str, Any]:
@@ -112,14 +97,13 @@ def fhir_diagnostic_report(
       finding codes: a retried or repeated notification carries the same one, so a
       receiver can recognise it.
     """
-    if lang not in _TEXTS:
-        raise ValueError(f"unknown language {lang!r} (known: {', '.join(_TEXTS)})")
-    other = "fr" if lang == "en" else "en"
+    known = check_lang(lang)
+    second = other(known)  # the conclusion's translation
     rec = result.record
     codes = ",".join(sorted(f"{f.label.code.scheme}:{f.label.code.value}" for f in findings))
     report_id = uuid.uuid5(_REPORT_NS, f"{study_uid}|{rec.sha256}|{codes}")
     when = datetime.fromtimestamp(time.time() if issued is None else issued, UTC)
-    conclusion = _conclusion(result, findings, lang)
+    conclusion = _conclusion(result, findings, known)
     return {
         "resourceType": "DiagnosticReport",
         "meta": {
@@ -131,7 +115,7 @@ def fhir_diagnostic_report(
                 }
             ]
         },
-        "language": lang,
+        "language": known,
         "text": {
             "status": "generated",
             "div": f'<div xmlns="http://www.w3.org/1999/xhtml"><p>{html.escape(conclusion)}</p>'
@@ -159,7 +143,7 @@ def fhir_diagnostic_report(
                     "display": "Diagnostic imaging study",
                 }
             ],
-            "text": _TEXTS[lang]["title"],
+            "text": text(known, "fhir.title"),
         },
         "issued": when.isoformat(timespec="seconds"),
         "imagingStudy": [
@@ -174,13 +158,13 @@ def fhir_diagnostic_report(
                 {
                     "url": _TRANSLATION,
                     "extension": [
-                        {"url": "lang", "valueCode": other},
-                        {"url": "content", "valueString": _conclusion(result, findings, other)},
+                        {"url": "lang", "valueCode": second},
+                        {"url": "content", "valueString": _conclusion(result, findings, second)},
                     ],
                 }
             ]
         },
-        "conclusionCode": [_coding(f, lang) for f in findings],
+        "conclusionCode": [_coding(f, known) for f in findings],
     }
 
 

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 from cds.delivery.fhir import fhir_diagnostic_report, urgent_findings
 from cds.delivery.worker import backoff
 from cds.errors import safe_message
+from cds.i18n import check_lang
 from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
-from cds.results.text import texts
 from cds.routing.rules import NotificationTarget, RoutingFile
 from cds.store.base import StudyHistory
 
@@ -151,7 +151,7 @@ class Notifier:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        texts(language)  # ValueError names the languages
+        check_lang(language)  # ValueError names the languages
         self._store = store
         self._targets = targets
         self._clock = clock

@@ -31,6 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from cds.errors import EncodingError
+from cds.i18n import advisory
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
@@ -46,7 +47,6 @@ from cds.results.common import (
     tolerant,
 )
 from cds.results.inherited import set_series_laterality
-from cds.results.text import texts
 
 RESULT_KIND = "GSPS"
 _LAYER = "CDS_AI"
@@ -62,7 +62,7 @@ def _annotations_of(
     finding: Finding, ref: ImageRef, lang: str, rows: int, columns: int
 ) -> tuple[list[hd.pr.GraphicObject], list[hd.pr.TextObject]]:
     where = finding.per_image[ref]
-    t = texts(lang)
+    t = advisory(lang)
     name = finding.label.display.get(lang)
     graphics: list[hd.pr.GraphicObject] = []
     text: list[hd.pr.TextObject] = []
@@ -154,7 +154,7 @@ def build_gsps(
     Raises EncodingError when no finding lies on the source images; ValueError
     for an unknown language or a manifest that is not the result's model.
     """
-    t = texts(lang)
+    t = advisory(lang)
     rec = result.record
     check_model_of(manifest, result)
     if not source_datasets:

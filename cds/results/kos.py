@@ -34,10 +34,10 @@ from pydicom.uid import UID
 
 from cds.domain import ResultRef
 from cds.errors import EncodingError
+from cds.i18n import advisory
 from cds.logging import get_logger
 from cds.results.common import LO, MANUFACTURER, complete, result_uids, tolerant
 from cds.results.copied import copy_for_encoding
-from cds.results.text import texts
 
 log = get_logger("cds.results")
 
@@ -95,7 +95,7 @@ def build_rejection_kos(
     ValueError for an unknown language, nothing to reject, a reference to another
     study or a duplicated reference; EncodingError when the object would not be valid.
     """
-    t = texts(lang)
+    t = advisory(lang)
     if not rejected:
         raise ValueError("rejected is empty: a rejection note references at least one object")
     if not sha256:

@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from cds.errors import EncodingError
+from cds.i18n import advisory
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
@@ -45,7 +46,6 @@ from cds.results.inherited import (
     set_lossy_compression,
     set_series_laterality,
 )
-from cds.results.text import texts
 
 RESULT_KIND = "SC"
 #: colours of successive findings (RGB)
@@ -132,7 +132,7 @@ def render(
     source_dataset: Dataset, image_ref: ImageRef, result: InferenceResult, lang: str
 ) -> np.ndarray:
     """The RGB pixels of the SC: the windowed image, the findings and the banner."""
-    t = texts(lang)
+    t = advisory(lang)
     rec = result.record
     grey = windowed(source_dataset, image_ref.frame)
     rows, columns = grey.shape
@@ -181,7 +181,7 @@ def build_sc(
     object cannot be made valid.
     """
     notes = [] if notes is None else notes
-    t = texts(lang)
+    t = advisory(lang)
     rec = result.record
     check_model_of(manifest, result)
     if image_ref.sop_uid != str(source_dataset.SOPInstanceUID):
@@ -271,7 +271,7 @@ def _overlay(
     labels: list[tuple[tuple[int, int], str, tuple[int, int, int]]],
 ) -> None:
     where = finding.per_image[ref]
-    t = texts(lang)
+    t = advisory(lang)
     name = finding.label.display.get(lang)
     rows, columns = rgb.shape[:2]
     if isinstance(where, np.ndarray):

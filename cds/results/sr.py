@@ -19,6 +19,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from cds import i18n
 from cds.domain import ResultRef
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
@@ -41,7 +42,6 @@ from cds.results.sr_groups import (
     coded,
     segment_numbers,
 )
-from cds.results.text import texts
 
 __all__ = ["OHIF_RECTANGLE", "RESULT_KIND", "build_sr"]
 
@@ -96,7 +96,7 @@ def build_sr(
     run this SR replaces (Predecessor Documents Sequence); one with this SR's own UID (the
     same content) is left out.
     """
-    t = texts(lang)
+    t = i18n.advisory(lang)
     rec = result.record
     check_model_of(manifest, result)
     if not rec.sha256:

@@ -16,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
+from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.images import decode
 from cds.inference.postprocess import Finding, ImageRef
@@ -24,7 +25,6 @@ from cds.inference.runner import InferenceResult, ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.gsps import build_gsps
 from cds.results.sc import build_sc
-from cds.results.text import LANGS, texts
 from tests.results.test_seg import MODELS, SERIES, dciodvfy_errors, record
 
 DCMPSCHK = "/usr/bin/dcmpschk"
@@ -90,7 +90,7 @@ def test_gsps_is_valid_and_advisory(
 ) -> None:
     gsps = build_gsps(slices, _result(slices, manifest), manifest, lang)
     back = _write_and_read(gsps, tmp_path)
-    t = texts(lang)
+    t = advisory(lang)
     assert back.Modality == "PR"
     assert back.SeriesDescription.startswith(t.series_prefix)
     assert manifest.name in back.SeriesDescription

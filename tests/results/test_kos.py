@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from cds.domain import ResultRef
 from cds.errors import EncodingError
+from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.logging import get_logger
 from cds.results import kos
@@ -29,7 +30,6 @@ from cds.results.gsps import build_gsps
 from cds.results.kos import build_rejection_kos
 from cds.results.seg import build_seg
 from cds.results.sr import build_sr
-from cds.results.text import LANGS, texts
 from tests.results.test_mutation_corpus import CANARY, EVERY_SERIES, SAMPLED, Mutation
 from tests.results.test_sr import dciodvfy, manifest, slices, synthetic_result
 
@@ -84,7 +84,7 @@ def test_rejection_note_withdraws_every_object_in_the_source_study(
 ) -> None:
     rejected = [ref(ds) for ds in earlier]
     back = write_valid(kos_of(slices[2], rejected, lang), tmp_path / "kos.dcm")
-    t = texts(lang)
+    t = advisory(lang)
     assert (back.SOPClassUID, back.Modality) == (KOS, "KO")
     assert code(back) == ("DCM", "113001")  # Rejected for Quality Reasons (IOCM)
     assert back.ConceptNameCodeSequence[0].CodeMeaning == "Rejected for Quality Reasons"
@@ -102,7 +102,7 @@ def test_rejection_note_withdraws_every_object_in_the_source_study(
     assert text.startswith(t.banner)
     for part in (NEW_MODEL, NEW_VERSION, NEW_SHA):
         assert part in text
-    other = texts("fr" if lang == "en" else "en")
+    other = advisory("fr" if lang == "en" else "en")
     assert other.banner not in text
 
     # content tree: the SEG as an IMAGE, the SR and the GSPS as COMPOSITE items

@@ -14,12 +14,12 @@ import pytest
 from PIL import ImageDraw
 from pydicom.dataset import Dataset
 
+from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
 from cds.results.inherited import ORIENTATION_UNKNOWN
 from cds.results.sc import build_sc, drawable, render, windowed
-from cds.results.text import LANGS, texts
 from tests.results.test_seg import MODELS, SERIES, dciodvfy_errors, record
 
 BOX = (300, 100, 350, 180)  # row0, col0, row1, col1, inclusive
@@ -63,7 +63,7 @@ def test_sc_is_valid_advisory_and_references_its_source(
     errors, _ = dciodvfy_errors(path)
     assert errors == []
     back = pydicom.dcmread(path)
-    t = texts(lang)
+    t = advisory(lang)
     assert back.BurnedInAnnotation == "YES"
     assert back.PhotometricInterpretation == "RGB"
     assert back.SeriesDescription.startswith(t.series_prefix)
@@ -136,12 +136,12 @@ def test_sc_labels_say_ai_the_finding_and_the_score(
         "fr": ["IA - Structure osseuse - 0,80", "IA - Structure osseuse - 0,90"],
     }[lang]
     assert drawn[:2] == expected  # the labels, then the banner's two lines
-    assert drawn[2] == drawable(texts(lang).banner)
+    assert drawn[2] == drawable(advisory(lang).banner)
 
 
 def test_drawable_text_keeps_the_advisory_words() -> None:
-    assert drawable(texts("fr").banner) == "IA - indicatif, a faire valider par un radiologue"
-    assert drawable(texts("en").banner).startswith("AI - advisory")
+    assert drawable(advisory("fr").banner) == "IA - indicatif, a faire valider par un radiologue"
+    assert drawable(advisory("en").banner).startswith("AI - advisory")
 
 
 def test_sc_refuses_another_models_manifest_and_a_foreign_image(

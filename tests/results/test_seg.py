@@ -16,6 +16,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
+from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.images import decode
 from cds.inference.postprocess import Finding, ImageRef
@@ -23,7 +24,6 @@ from cds.inference.registry import ModelRegistry
 from cds.inference.runner import InferenceRecord, InferenceResult, ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.seg import build_seg, result_uids, segment_category
-from cds.results.text import LANGS, texts
 
 REPO = Path(__file__).resolve().parents[2]
 SERIES = REPO.parent / "shared" / "dicom" / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series"
@@ -111,7 +111,7 @@ def test_seg_is_valid_advisory_and_names_the_model(
 ) -> None:
     seg = build_seg(slices, synthetic_result(slices, manifest), manifest, lang)
     back = write_and_read(seg, tmp_path)
-    t = texts(lang)
+    t = advisory(lang)
     assert back.Modality == "SEG"
     assert back.SegmentationType == "BINARY"
     assert back.SeriesDescription.startswith(t.series_prefix)
@@ -252,7 +252,7 @@ def test_seg_of_the_bundled_bone_model_on_a_real_series(
     assert result.record.sha256
     seg = build_seg(slices, result, model.manifest, "fr")
     back = write_and_read(seg, tmp_path)
-    assert back.SeriesDescription.startswith(texts("fr").series_prefix)
+    assert back.SeriesDescription.startswith(advisory("fr").series_prefix)
     algo = back.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
     assert result.record.sha256 in algo.AlgorithmParameters
     by_uid = {str(ds.SOPInstanceUID): ds for ds in slices}

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from cds.domain import ResultRef
 from cds.errors import EncodingError
+from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.images import decode
 from cds.inference.postprocess import Finding, ImageRef
@@ -28,7 +29,6 @@ from cds.inference.runner import InferenceRecord, InferenceResult, ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.seg import build_seg, result_uids
 from cds.results.sr import build_sr
-from cds.results.text import LANGS, texts
 
 REPO = Path(__file__).resolve().parents[2]
 SERIES = REPO.parent / "shared" / "dicom" / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series"
@@ -152,7 +152,7 @@ def test_sr_is_a_valid_unverified_advisory_measurement_report(
 ) -> None:
     result = synthetic_result(slices, manifest)
     back = write_and_read(build_sr(slices, result, manifest, lang), tmp_path)
-    t = texts(lang)
+    t = advisory(lang)
     assert back.Modality == "SR"
     assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
     assert name(back) == ("DCM", "126000")  # Imaging Measurement Report
@@ -179,7 +179,7 @@ def test_sr_is_a_valid_unverified_advisory_measurement_report(
     comment = child(child(back, "UMLS", "C0034375"), "DCM", "121106").TextValue
     assert comment.startswith(t.banner)
     assert SHA in comment
-    other = texts("fr" if lang == "en" else "en")
+    other = advisory("fr" if lang == "en" else "en")
     assert other.banner not in comment
 
 

@@ -28,6 +28,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.feedback.findings import groups as feedback_groups
+from cds.i18n import LANGS
 from cds.inference import manifest as mf
 from cds.inference import readback as rb
 from cds.inference.images import decode
@@ -39,7 +40,6 @@ from cds.results.common import result_uids
 from cds.results.seg import build_seg
 from cds.results.sr import build_sr
 from cds.results.sr_groups import DEFAULT_THRESHOLD
-from cds.results.text import LANGS
 from tests.results.test_sr import (
     LESION,
     MODELS,

@@ -17,13 +17,13 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.domain import ResultRef
+from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.results.gsps import build_gsps
 from cds.results.kos import build_rejection_kos
 from cds.results.sc import build_sc
 from cds.results.seg import build_seg
 from cds.results.sr import build_sr
-from cds.results.text import LANGS, texts
 from tests.results.test_sr import dciodvfy, manifest, slices, synthetic_result
 
 __all__ = ["manifest", "slices"]  # fixtures shared with test_sr
@@ -38,7 +38,7 @@ def c1_bytes(text: str) -> set[str]:
 
 @pytest.mark.parametrize("lang", LANGS)
 def test_advisory_texts_hold_no_byte_dcmtk_takes_for_a_control_character(lang: str) -> None:
-    for value in astuple(texts(lang)):
+    for value in astuple(advisory(lang)):
         assert c1_bytes(str(value)) == set(), value
     assert c1_bytes("IA — indicatif") == {"—"}  # what the check is for
 
@@ -87,7 +87,7 @@ def test_french_keeps_its_accents(
     made["SEG"].save_as(path)
     seg = pydicom.dcmread(path)
     assert seg.SpecificCharacterSet == "ISO_IR 192"
-    assert seg.ContentDescription == texts("fr").banner[:64]
+    assert seg.ContentDescription == advisory("fr").banner[:64]
     assert "à faire valider" in seg.ContentDescription
     path = tmp_path / "kos.dcm"
     made["KOS"].save_as(path)

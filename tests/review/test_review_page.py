@@ -30,8 +30,8 @@ from pydicom import dcmread
 
 from cds.api.app import create_app
 from cds.api.review.basis import read_basis
-from cds.api.review.texts import page_language
 from cds.domain import Feedback, FindingRecord, StudyState
+from cds.i18n import page_language
 from cds.orchestrator import Node
 from cds.requestor import PauseSafeAE
 

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 from cds.api.review.basis import Basis
 from cds.api.review.texts import VERDICT_KEY, t
 from cds.domain import Feedback, FindingRecord
-from cds.results.text import Lang
+from cds.i18n import Lang
 
 # no inline style or script (the Content-Security-Policy allows neither: cds.api.hardening)
 _HEAD = '<link rel="stylesheet" href="/static/review.css"><script src="/static/review.js"></script>'

@@ -27,10 +27,10 @@ from cds.api.auth import (
 )
 from cds.api.oidc import TokenRefused
 from cds.api.review import pages
-from cds.api.review.texts import page_language, t
+from cds.api.review.texts import t
 from cds.audit import AuditEvent
+from cds.i18n import Lang, page_language
 from cds.orchestrator import Node
-from cds.results.text import Lang
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(public)])
 MAX_FORM_BYTES = 16 * 1024

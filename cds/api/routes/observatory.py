@@ -9,7 +9,7 @@ cds/api/static/observatory.css, colours of the legend included). French or Engli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 from cds.api.auth import OBSERVER, observer_page
 from cds.api.deps import get_node
 from cds.api.schemas import Problem
+from cds.i18n import LANGS, Lang, section
 from cds.observatory.stats import (
     Bucket,
     ModelStats,
@@ -30,7 +31,6 @@ from cds.observatory.stats import (
     stats_dict,
 )
 from cds.orchestrator import Node
-from cds.results.text import LANGS, Lang
 
 router = APIRouter(tags=["observatory"])
 NodeDep = Annotated[Node, Depends(get_node)]
@@ -68,86 +68,6 @@ def models(
 
 # --- the dashboard ------------------------------------------------------------------
 
-_TEXTS: dict[Lang, dict[str, str]] = {
-    "en": {
-        "title": "Observatory - AI models on this node",
-        "intro": (
-            "How each model version is followed by the radiologists. Every AI result is "
-            "advisory; these figures count what was recorded on this node."
-        ),
-        "since": "Since",
-        "until": "Until",
-        "bucket": "Period",
-        "day": "day",
-        "week": "week",
-        "month": "month",
-        "all": "whole range",
-        "show": "Show",
-        "summary": "Summary per model version",
-        "model": "Model",
-        "version": "Version",
-        "period": "Period",
-        "studies": "Studies",
-        "findings": "Findings",
-        "positive": "Positive",
-        "reviewed": "Reviewed",
-        "accept": "Accepted",
-        "correct": "Corrected",
-        "reject": "Rejected",
-        "to_feedback": "Median time to feedback",
-        "ttr": "Time to result p50 / p90 / p99",
-        "run": "Job run time p50 / p90 / p99",
-        "verdicts": "Verdicts per {bucket}",
-        "scores": "Score distribution",
-        "periods": "Per {bucket}",
-        "none": "No results or findings in this period.",
-        "other": "Français",
-        "notes": (
-            "Positive: share of findings present. Reviewed: share of findings with feedback. "
-            "Accepted / corrected / rejected: latest verdict, over reviewed findings. Time to "
-            "result: from the study's completion to its first result."
-        ),
-    },
-    "fr": {
-        "title": "Observatoire - modèles d'IA de ce nœud",
-        "intro": (
-            "Comment chaque version de modèle est suivie par les radiologues. Tout résultat "
-            "d'IA est une suggestion ; ces chiffres comptent ce que ce nœud a enregistré."
-        ),
-        "since": "Depuis",
-        "until": "Jusqu'au",
-        "bucket": "Période",
-        "day": "jour",
-        "week": "semaine",
-        "month": "mois",
-        "all": "toute la période",
-        "show": "Afficher",
-        "summary": "Synthèse par version de modèle",
-        "model": "Modèle",
-        "version": "Version",
-        "period": "Période",
-        "studies": "Examens",
-        "findings": "Constats",
-        "positive": "Positifs",
-        "reviewed": "Relus",
-        "accept": "Acceptés",
-        "correct": "Corrigés",
-        "reject": "Rejetés",
-        "to_feedback": "Délai médian de relecture",
-        "ttr": "Délai de résultat p50 / p90 / p99",
-        "run": "Durée de calcul p50 / p90 / p99",
-        "verdicts": "Avis par {bucket}",
-        "scores": "Distribution des scores",
-        "periods": "Par {bucket}",
-        "none": "Aucun résultat ni constat sur cette période.",
-        "other": "English",
-        "notes": (
-            "Positifs : part des constats présents. Relus : part des constats ayant un avis. "
-            "Acceptés / corrigés / rejetés : dernier avis, sur les constats relus. Délai de "
-            "résultat : de la complétude de l'examen à son premier résultat."
-        ),
-    },
-}
 _COLOURS = {"accept": "#2e7d32", "correct": "#ef6c00", "reject": "#c62828"}
 
 
@@ -199,7 +119,9 @@ def _row(s: ModelStats, first: Sequence[str], lang: Lang) -> str:
     return "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>"
 
 
-def _table(t: dict[str, str], rows: Sequence[ModelStats], first: Sequence[str], lang: Lang) -> str:
+def _table(
+    t: Mapping[str, str], rows: Sequence[ModelStats], first: Sequence[str], lang: Lang
+) -> str:
     keys = ["studies", "findings", "positive", "reviewed", "accept", "correct", "reject"]
     head = [*first, *(t[k] for k in keys), t["to_feedback"], t["ttr"], t["run"]]
     body = "".join(
@@ -213,7 +135,7 @@ def _table(t: dict[str, str], rows: Sequence[ModelStats], first: Sequence[str], 
     )
 
 
-def verdict_bars(t: dict[str, str], rows: Sequence[ModelStats]) -> str:
+def verdict_bars(t: Mapping[str, str], rows: Sequence[ModelStats]) -> str:
     """Stacked bars of accepted / corrected / rejected findings, one bar per period."""
     h, bar, gap, left, bottom = 160, 26, 10, 36, 64
     top = max((s.accepted + s.corrected + s.rejected for s in rows), default=0) or 1
@@ -245,7 +167,7 @@ def verdict_bars(t: dict[str, str], rows: Sequence[ModelStats]) -> str:
     return "".join(parts) + f"<div>{legend}</div>"
 
 
-def score_histogram(t: dict[str, str], s: ModelStats) -> str:
+def score_histogram(t: Mapping[str, str], s: ModelStats) -> str:
     """Findings per tenth of the score."""
     h, bar, left = 140, 24, 36
     bins = s.score_histogram
@@ -272,7 +194,7 @@ def score_histogram(t: dict[str, str], s: ModelStats) -> str:
 
 
 def _form(
-    t: dict[str, str], since: str | None, until: str | None, bucket: Bucket, lang: Lang
+    t: Mapping[str, str], since: str | None, until: str | None, bucket: Bucket, lang: Lang
 ) -> str:
     options = "".join(
         f'<option value="{b.value}"{" selected" if b is bucket else ""}>'
@@ -303,7 +225,7 @@ def render_dashboard(
 ) -> str:
     """The dashboard page (both lists come from ``model_stats``: per period, and over
     the whole range)."""
-    t = _TEXTS[lang]
+    t = section(lang, "observatory")
     other: Lang = "fr" if lang == "en" else "en"
     query = {k: v for k, v in (("since", since), ("until", until)) if v}
     link = urlencode({**query, "bucket": bucket.value, "lang": other})

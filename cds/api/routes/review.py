@@ -40,7 +40,7 @@ from cds.api.refusals import http_status
 from cds.api.review import pages
 from cds.api.review.basis import Basis, ImageRef, Region, bases_of, read_basis
 from cds.api.review.render import Mask, NotRenderable, render_png, segment_frame
-from cds.api.review.texts import page_language, t
+from cds.api.review.texts import t
 from cds.api.session import Session
 from cds.domain import (
     Feedback,
@@ -53,9 +53,9 @@ from cds.domain import (
 )
 from cds.errors import FeedbackError
 from cds.feedback.service import CorrectedLabel, give_feedback
+from cds.i18n import Lang, advisory, page_language
 from cds.logging import get_logger
 from cds.orchestrator import Node
-from cds.results.text import Lang, texts
 
 log = get_logger("cds.review")
 
@@ -345,7 +345,7 @@ def finding_image(
             media_type="text/plain",
         )
     try:
-        png = _preview(node, f, texts(page_lang).banner)
+        png = _preview(node, f, advisory(page_lang).banner)
     except _NoPreview as exc:
         return Response(f"{t(page_lang, 'no_preview')}: {exc}", 404, media_type="text/plain")
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})

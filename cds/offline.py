@@ -17,7 +17,9 @@ model (name, version, SHA-256, provider), the kinds asked, the objects written, 
 kinds not produced and why, the findings and the timings. No patient attribute
 (name, ID, birth date, accession number) and no input file path goes into it, and
 no error quotes a data value (``cds.errors.safe_message``). A series some of whose
-objects could not be made is ``partial``: the others are written.
+objects could not be made is ``partial``: the others are written. Each object's notes
+are kept, as in the node's job record. A series the node refuses (0xC221: a UID not
+valid) is skipped, naming its file (under the input given) and attribute (issue 16).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +45,10 @@ from cds.inference.constraints import status_of
 from cds.inference.registry import LoadedModel, ModelRegistry, declared_use_of, find_packages
 from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, ProviderChoice
-from cds.pipeline import _summary, process_series
+from cds.ingest.instance import is_valid_uid
+from cds.pipeline import SeriesOutcome, process_series
 from cds.results.encode import write_results
+from cds.results.text import job_summary
 from cds.routing.router import PipelinePlan, SeriesHeader, read_headers, route
 from cds.routing.rules import RoutingFile, load_routing
 
@@ -53,7 +56,7 @@ from cds.routing.rules import RoutingFile, load_routing
 KINDS = ("SEG", "SR", "GSPS", "SC")
 RECORD_NAME = "process.json"
 _SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture (and its multi-frame variants)
-_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")  # as the node checks
 
 
 class InputError(CdsError):
@@ -110,7 +113,7 @@ class Outcome:
 
 def study_folder(study_uid: str) -> str:
     """The folder name of a study under the output folder (see the module docstring)."""
-    if _UID_RE.match(study_uid) and len(study_uid) <= 64:
+    if is_valid_uid(study_uid):
         return study_uid
     return "study-" + hashlib.sha256(study_uid.encode("utf-8", "replace")).hexdigest()[:16]
 
@@ -322,6 +325,38 @@ def _sop_uids(files: Sequence[Path]) -> list[str]:
     ]
 
 
+def _refused(job: Job, uids: Sequence[str], paths: Sequence[Path]) -> tuple[Path, str] | None:
+    """The first input file of ``job`` with a UID the node refuses (0xC221), and why."""
+    for uid, f in zip(uids, job.series.files, strict=True):
+        values = (job.study_uid, job.series.series_uid, uid)
+        bad = [n for n, v in zip(_UIDS, values, strict=True) if not is_valid_uid(v.strip())]
+        if bad:
+            under = (f.relative_to(p).as_posix() for p in paths if f.is_relative_to(p) and f != p)
+            return f, f"skipped: {', '.join(bad)} of input file {next(under, f.name)} not valid"
+    return None
+
+
+def _written(
+    done: SeriesOutcome, paths: Sequence[Path], req: Request, out: Outcome, say: Callable[..., None]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each object written, with its notes (the made outcomes are in the objects' order);
+    and its own notes, less those of the source attributes (``done.copied``)."""
+    notes = [o.reason for o in done.outcomes if o.made] + [""] * len(done.objects)
+    copied, records, said = "; ".join(done.copied), [], []
+    for ds, path, note in zip(done.objects, paths, notes, strict=False):
+        rel, kind = path.relative_to(req.out).as_posix(), kind_of(ds)
+        out.written.append((rel, ds))
+        records.append({"path": rel, "kind": kind, "modality": str(ds.Modality),
+                        "sop_class_uid": str(ds.SOPClassUID),
+                        "sop_instance_uid": str(ds.SOPInstanceUID),
+                        "series_instance_uid": str(ds.SeriesInstanceUID),
+                        "notes": note})  # fmt: skip
+        say(f"wrote {rel}  {kind}  {ds.get('SeriesDescription', '')}")
+        own = note.removesuffix(copied).rstrip("; ") if copied else note
+        said += [f"{kind}: {own}"] if own else []
+    return records, said
+
+
 def _run_job(
     job: Job,
     *,
@@ -333,13 +368,13 @@ def _run_job(
 ) -> dict[str, Any]:
     s = job.series
     entry: dict[str, Any] = {
-        "series_instance_uid": s.series_uid,
+        "series_instance_uid": s.series_uid if is_valid_uid(s.series_uid.strip()) else None,
         "modality": s.attrs.get("Modality"),
         **job.origin,
         "kinds": job.kinds,
         "model": _model_record(model) if model is not None else {"name": job.model},
     }
-    where = f"series {s.series_uid}"  # no description: errors quote no data set text
+    where = f"series {entry['series_instance_uid']}"  # no description, no invalid UID
     if job.status != "run" or model is None or model.status != "ready":
         reason = job.status if job.status != "run" else "skipped: model not loaded"
         if reason.endswith("not loaded"):
@@ -352,6 +387,12 @@ def _run_job(
     # the node hands a series over in the order of its spool files, named by SOP UID
     # routing read each file's SOP Instance UID (files without a preamble too)
     uids = s.sop_uids if len(s.sop_uids) == len(s.files) else _sop_uids(s.files)
+    refused = _refused(job, uids, req.paths)
+    if refused is not None:  # as the node refuses it at receive: never its values
+        entry["status"] = refused[1]
+        out.problems.append(f"{job.model}: {refused[1]}")
+        say(f"{refused[0]}: {refused[1]} (the node refuses it at receive: 0xC221)")
+        return entry
     files = [f for _, f in sorted(zip(uids, s.files, strict=True), key=lambda uf: uf[0])]
     entry["inputs"] = {"count": len(files), "sop_instance_uids": sorted(uids)}
     t0 = time.perf_counter()
@@ -371,29 +412,16 @@ def _run_job(
     failed = [o for o in done.outcomes if o.failed]
     entry["status"] = ("partial" if done.objects else "failed") if failed else "done"
     entry["model"]["provider"] = rec.provider
-    entry["summary"] = _summary(done.result)
+    entry["summary"] = job_summary(done.result, req.lang)  # as the node: the results language
     entry["findings"] = [
         {"label": f.label.display.en, "present": f.present, "score": round(f.score, 6)}
         for f in done.result.findings
     ]
-    entry["objects"] = []
-    for ds, path in zip(done.objects, paths, strict=True):
-        rel = path.relative_to(req.out).as_posix()
-        out.written.append((rel, ds))
-        entry["objects"].append(
-            {
-                "path": rel,
-                "kind": kind_of(ds),
-                "modality": str(ds.Modality),
-                "sop_class_uid": str(ds.SOPClassUID),
-                "sop_instance_uid": str(ds.SOPInstanceUID),
-                "series_instance_uid": str(ds.SeriesInstanceUID),
-            }
-        )
-        say(f"wrote {rel}  {kind_of(ds)}  {ds.get('SeriesDescription', '')}")
-    # the encoder's own notes (a kind skipped, SC capped), then kinds asked but not made
+    entry["objects"], said = _written(done, paths, req, out, say)
+    # the source attributes, each object's own notes (a SEG without Frame of Reference),
+    # the encoder's (a kind skipped, SC capped); then kinds asked but not made
     made = {kind_of(ds) for ds in done.objects}
-    entry["encoder_notes"] = [*done.copied, *done.skipped]
+    entry["encoder_notes"] = list(dict.fromkeys([*done.copied, *said, *done.skipped]))
     entry["not_produced"] = {
         k: next(
             (n.split(": ", 1)[1] for n in done.skipped if n.startswith(f"{k}: ")),
@@ -434,9 +462,9 @@ def run(req: Request, say: Callable[[str], None] = lambda _: None) -> Outcome:
     out = Outcome()
     studies: dict[str, dict[str, Any]] = {}
     for job in jobs:
+        uid = job.study_uid if is_valid_uid(job.study_uid.strip()) else None  # not quoted
         study = studies.setdefault(
-            job.study_uid,
-            {"study_instance_uid": job.study_uid, "folder": study_folder(job.study_uid)},
+            job.study_uid, {"study_instance_uid": uid, "folder": study_folder(job.study_uid)}
         )
         study.setdefault("series", []).append(
             _run_job(job, model=models.get(job.model), req=req, slots=slots, out=out, say=say)
@@ -469,18 +497,3 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-__all__ = [
-    "KINDS",
-    "RECORD_NAME",
-    "InputError",
-    "Job",
-    "Outcome",
-    "Request",
-    "kind_of",
-    "parse_kinds",
-    "plan_jobs",
-    "run",
-    "study_folder",
-]

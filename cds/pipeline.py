@@ -28,11 +28,11 @@ from cds.errors import CdsError, error_text
 from cds.faults import failpoint
 from cds.feedback.findings import findings_of
 from cds.inference.registry import LoadedModel
-from cds.inference.runner import InferenceResult
 from cds.logging import get_logger
 from cds.observatory.drift import record_run
 from cds.results.encode import write_results
 from cds.results.kos import build_rejection_kos
+from cds.results.text import job_summary
 from cds.routing.router import (
     PipelinePlan,
     RuleVerdict,
@@ -107,18 +107,6 @@ def study_series(node: Node, study_key: str) -> list[SeriesHeader]:
         s.calling_ae = calling
         s.files.sort()
     return series
-
-
-def _summary(result: InferenceResult) -> str:
-    rec = result.record
-    found = ", ".join(
-        f"{f.label.display.en} {'present' if f.present else 'absent'} ({f.score:.2f})"
-        for f in result.findings
-    )
-    return (
-        f"{rec.model} {rec.version} sha256 {rec.sha256[:12]} on {rec.provider}: "
-        f"{rec.images} images in {rec.seconds:.2f} s; {found}"
-    )
 
 
 def _quiet_time_left(node: Node, study_key: str, rules: list[RuleVerdict]) -> float:
@@ -301,7 +289,9 @@ def _run_series(
     )
     out = node.compute.run(work)  # in this thread or a worker process (executor.kind)
     first = dcmread(series.files[0], stop_before_pixels=True)  # for the KOS and the drift record
-    node.store.record_event(study_key, "inferred", _summary(out.result))
+    node.store.record_event(
+        study_key, "inferred", job_summary(out.result, node.settings.results.language)
+    )
     root = node.settings.results_path
     paths = write_results(root, study_key, out.objects)
     failpoint("pipeline.encoded")

@@ -27,6 +27,11 @@ Plane Orientation or Pixel Measures; each frame keeps its Derivation Image refer
 and is indexed by segment and source image; PatientOrientation (General Image, Type
 2C) is the source's. The object's notes say it.
 
+Located single-frame images that state no valid SliceThickness (Type 2: absent, or
+emptied by the copy as not a valid DS) still give a SEG with its Pixel Measures whole
+(SliceThickness is Type 1C there): the spacing between the series' slices stands in,
+or for a single slice its pixel spacing (``_with_slice_thickness``); a note says which.
+
 Its Series and SOP Instance UIDs are derived from the study, the source
 series, the model name and version and the result kind, so a re-run or a
 resend replaces the object at the destination instead of adding a copy.
@@ -38,6 +43,7 @@ that overwrites the other.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -48,6 +54,7 @@ from highdicom.spatial import (
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import format_number_as_ds
 
 from cds.errors import EncodingError
 from cds.inference import manifest as mf
@@ -86,6 +93,15 @@ _STAND_IN_FOR = "2.25.1"
 _IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 _IMAGE_POSITION = tag_for_keyword("ImagePositionPatient")
 _ORIENTATIONS_DIFFER = "PatientOrientation left empty: the source images differ in orientation"
+THICKNESS_FROM_SPACING = (
+    "SliceThickness of the segmentation (Pixel Measures, Type 1C) is the spacing between "
+    "the source slices: the source images state no valid slice thickness"
+)
+THICKNESS_FROM_PIXEL_SPACING = (
+    "SliceThickness of the segmentation (Pixel Measures, Type 1C) is the source's pixel "
+    "spacing, a voxel as deep as it is wide: the source image states no valid slice "
+    "thickness and is a single slice"
+)
 
 
 def _coded(code: mf.Code) -> hd.sr.CodedConcept:
@@ -162,6 +178,66 @@ def _planes(
 def _located(sources: Sequence[Dataset]) -> bool:
     """Whether every source image lies in a Frame of Reference, with positions in it."""
     return all(get_image_coordinate_system(ds) is not None for ds in sources)
+
+
+def _number(value: object) -> float | None:
+    """A DS value as a number, None when empty or not one (a copy empties an invalid one)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _slice_spacing(sources: Sequence[Dataset]) -> float | None:
+    """The spacing between the slices of single-frame ``sources``: the one they state
+    (SpacingBetweenSlices), else the smallest distance between their planes along the
+    normal of the first one's orientation; None for a single plane."""
+    stated = [_number(ds.get("SpacingBetweenSlices")) for ds in sources]
+    if stated and all(v is not None and v > 0 for v in stated):
+        return min(v for v in stated if v is not None)
+    try:
+        row, column = np.reshape([float(v) for v in sources[0].ImageOrientationPatient], (2, 3))
+        positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in sources])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    gaps = np.diff(np.unique(np.round(positions @ np.cross(row, column), 4)))
+    return float(gaps.min()) if gaps.size else None
+
+
+def _with_slice_thickness(
+    referenced: Sequence[Dataset], sources: Sequence[Dataset], notes: list[str]
+) -> list[Dataset]:
+    """``referenced`` (single-frame images in a Frame of Reference), those without a valid
+    SliceThickness as copies with one: the Pixel Measures of the SEG need it (Type 1C,
+    PS3.3 C.7.6.16.2.1), and highdicom takes it from the first source image. It is the
+    spacing between the slices of the series (``sources``), or for a single slice its
+    pixel spacing; ``notes`` say which. The images that state one are kept as they are."""
+    if all(_number(ds.get("SliceThickness")) is not None for ds in referenced):
+        return list(referenced)
+    series = [ds for ds in sources if frames(ds) == 1]
+    thickness, note = _slice_spacing(series), THICKNESS_FROM_SPACING
+    if thickness is None:
+        spacing = [_number(v) for v in referenced[0].get("PixelSpacing") or ()]
+        if len(spacing) != 2 or any(v is None or v <= 0 for v in spacing):
+            return list(referenced)  # highdicom says what is missing
+        thickness, note = min(v for v in spacing if v is not None), THICKNESS_FROM_PIXEL_SPACING
+    notes.append(note)
+    value = format_number_as_ds(thickness)
+
+    def stated(ds: Dataset) -> Dataset:
+        if _number(ds.get("SliceThickness")) is not None:
+            return ds
+        copy = Dataset()
+        copy.update(ds)
+        if hasattr(ds, "file_meta"):
+            copy.file_meta = ds.file_meta
+        if "SliceThickness" in copy:
+            del copy.SliceThickness  # from the copy only: the elements are shared
+        copy.SliceThickness = value
+        return copy
+
+    return [stated(ds) for ds in referenced]
 
 
 def _with_stand_in_geometry(sources: Sequence[Dataset]) -> list[Dataset]:
@@ -357,6 +433,8 @@ def build_seg(
         specific_character_set="ISO_IR 192",  # the French texts hold accents
     )
     located = _located(referenced)
+    if located and all(frames(ds) == 1 for ds in referenced):
+        referenced = _with_slice_thickness(referenced, source_datasets, notes)
     try:
         if located and in_patient_space(referenced):
             seg = in_one_pass(make, referenced, planes)

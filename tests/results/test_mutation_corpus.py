@@ -283,14 +283,7 @@ def _invalid(kw: str, noted: bool = True) -> Mutation:
 
 
 #: what fails today, and where it is to be fixed (strict: a fix makes the test say so)
-KNOWN: dict[str, str] = {
-    "SliceThickness invalid": (
-        "cds/results/seg.py: a source whose SliceThickness is empty (Type 2: the copy "
-        "empties an invalid one) or absent is taken as located (_located), and the SEG's "
-        "Pixel Measures then lack SliceThickness (dciodvfy: missing Type 1C) or highdicom "
-        "fails (AttributeError)"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 
 def _params(mutations: list[Mutation]) -> list[Any]:

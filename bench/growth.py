@@ -1,10 +1,11 @@
 """Growth: how time and memory scale with study size and with concurrent studies.
 
-    python bench/growth.py [--sizes 100,300,1000] [--concurrent 1,2,5,10]
+    python bench/growth.py [--model models/cds-ref-ct-bone] [--sizes 100,300,1000]
+                           [--concurrent 1,2,5,10]
                            [--concurrent-slices 100] [--size 512] [--png docs/growth.png]
 
-One node (``python -m cds serve``, ``cds-ref-ct-bone`` routed, SEG + SR to a throw-away
-Orthanc), one run per point:
+One node (``python -m cds serve``, ``--model`` routed, by default ``cds-ref-ct-bone``; its
+results, secondary capture excepted, to a throw-away Orthanc), one run per point:
 
 - **study size**: one synthetic CT of N slices (``cds.demo.synthetic_ct``) sent with
   DCMTK ``storescu``; the receive time (storescu's wall time), the end-to-end time
@@ -17,7 +18,8 @@ Orthanc), one run per point:
   measured until the last storescu returns) and overall (processing included).
 
 The node's peak is Linux's VmHWM, reset before each point (``/proc/PID/clear_refs``).
-Writes a PNG plot and prints a table with the command line.
+Writes the figures as JSON, a PNG plot where matplotlib is installed, and prints them
+with the command line.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 import receive  # noqa: E402
-from e2e import prepare, start_node, start_pacs, ts, wait_done  # noqa: E402
+from e2e import MODEL, prepare, start_node, start_pacs, ts, wait_done  # noqa: E402
 from receive import STORESCU, dcmtk_env  # noqa: E402
 
 from cds.demo import synthetic_ct  # noqa: E402
@@ -129,6 +131,7 @@ def plot(points: dict[str, list[dict[str, Any]]], png: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=MODEL, help="model package folder")
     ap.add_argument("--sizes", default="100,300,1000")
     ap.add_argument("--concurrent", default="1,2,5,10")
     ap.add_argument("--concurrent-slices", type=int, default=100)
@@ -146,7 +149,7 @@ def main() -> int:
     points: dict[str, list[dict[str, Any]]] = {"size": [], "concurrent": []}
     with tempfile.TemporaryDirectory(prefix="cds-bench-growth-") as tmp:
         run = Path(tmp)
-        start_pacs(orthanc_bin, run)
+        start_pacs(orthanc_bin, run, args.model)
         port, url, _ = start_node(run, run / "routing.yaml", 1.0, args.providers)
         pid = receive._CHILDREN[-1].pid
         for n in sizes:
@@ -179,12 +182,15 @@ def main() -> int:
             print(f"concurrent {k:2d} x {args.concurrent_slices} slices: {r}", flush=True)
             for f in folders:
                 _purge(f)
-    plot(points, args.png)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(points, indent=1))
-    print(f"plot: {args.png}; figures: {args.json}")
+    try:
+        plot(points, args.png)
+        print(f"plot: {args.png}; figures: {args.json}")
+    except ImportError:  # matplotlib is not a dependency of cds
+        print(f"no plot (matplotlib not installed); figures: {args.json}")
     print(
-        "command: python bench/growth.py "
+        f"command: python bench/growth.py --model {args.model} "
         f"--sizes {args.sizes} --concurrent {args.concurrent} "
         f"--concurrent-slices {args.concurrent_slices} --size {args.size}"
     )

@@ -209,7 +209,7 @@ def process_series(
     """
     # each file is read once: decoded for the model, then encoded from
     sources = [_read(f) for f in files]
-    result = runner.run(decode(sources))
+    result = runner.run(decode(sources, transient=True))  # its pixels go once used
     if not kinds:
         return SeriesOutcome(result, [], [])
     base = seed_of(str(ds.SOPInstanceUID) for ds in sources) if seed is None else seed

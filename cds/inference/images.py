@@ -1,7 +1,9 @@
 """Decode a series into a stack of 2D images with the geometry the models need.
 
-Pixel data are kept as stored (float32); preprocessing inverts MONOCHROME1
-images unless the manifest says ``input.invert: never``. Multi-frame instances
+Pixel data are kept as stored, in the decoder's own dtype (uint8, int16, uint16... as
+the instances store them): 2 bytes a pixel for a CT, not a float32 copy at twice that;
+preprocessing converts each batch to float32 as it goes (issue 19, memory) and inverts
+MONOCHROME1 images unless the manifest says ``input.invert: never``. Multi-frame instances
 contribute one image per frame. Decoding uses pydicom with the
 pylibjpeg/openjpeg plugins, so every common transfer syntax decodes.
 """
@@ -38,7 +40,8 @@ class ImageMeta:
 
 @dataclass(slots=True)
 class ImageStack:
-    """Images of one series, stored (not yet modality-LUT'd) as float32 [S, rows, cols]."""
+    """Images of one series as stored (not yet modality-LUT'd): [S, rows, cols] in the
+    decoded dtype (integer for integer Pixel Data; float32 where floats are stored)."""
 
     series_uid: str
     modality: str
@@ -51,6 +54,9 @@ class ImageStack:
     order: list[int] = field(default_factory=list)
     #: BodyPartExamined of the first instance ("" when absent); compared, never shown
     body_part: str = ""
+    #: decoded for one model run: the runner frees ``pixels`` once it has made the
+    #: model's input from them (``pixels`` is then [S, 0, 0]; ``meta`` stays)
+    transient: bool = False
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -113,14 +119,15 @@ def _name(item: Dataset | Path | str, ds: Dataset | None) -> str:
         return "instance (unreadable SOP Instance UID)"
 
 
-def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
-    """Decode instances of one series (in the given order) into an ImageStack.
+def decode(datasets: Sequence[Dataset | Path | str], *, transient: bool = False) -> ImageStack:
+    """Decode instances of one series (in the given order) into an ImageStack;
+    ``transient``: for one model run, which frees its pixels once used (``ImageStack``).
 
     Raises ModelError naming the instance (file or SOP Instance UID) and the
     attribute for anything it cannot use; a data set that does not even read
     (malformed elements) is a ModelError too, never another exception.
     """
-    arrays: list[np.ndarray] = []
+    frames = _Frames(len(datasets))
     metas: list[ImageMeta] = []
     series_uid = modality = body_part = ""
     for item in datasets:
@@ -139,21 +146,50 @@ def decode(datasets: Sequence[Dataset | Path | str]) -> ImageStack:
         if ds is not None and not body_part:
             body_part = str(ds.get("BodyPartExamined", "") or "")
         metas.extend(frame_metas)
-        arrays.append(px)
-    if not arrays:
-        raise ModelError("no images to decode")
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) != 1:
-        raise ModelError(f"images of different sizes in one series: {sorted(shapes)}")
-    stack = ImageStack(series_uid, modality, np.concatenate(arrays, axis=0), metas)
+        frames.add(px)
+    stack = ImageStack(series_uid, modality, frames.array(), metas)
     stack.order = list(range(len(metas)))
     stack.flips = [(False, False)] * len(metas)
     stack.body_part = body_part
+    stack.transient = transient
     return stack
 
 
+class _Frames:
+    """The decoded frames of a series, copied into one array as they come: no list of
+    per-instance arrays joined at the end (which held the series twice)."""
+
+    def __init__(self, instances: int) -> None:
+        self._instances = max(1, instances)
+        self._buf: np.ndarray | None = None
+        self._n = 0
+
+    def add(self, px: np.ndarray) -> None:
+        buf = self._buf
+        if buf is None:  # room for one frame per instance, as the first instance has
+            shape = (self._instances * px.shape[0], *px.shape[1:])
+            buf = self._buf = np.empty(shape, dtype=px.dtype.newbyteorder("="))
+        if px.shape[1:] != buf.shape[1:]:
+            sizes = sorted({tuple(buf.shape[1:]), tuple(px.shape[1:])})
+            raise ModelError(f"images of different sizes in one series: {sizes}")
+        dtype = np.result_type(buf.dtype, px.dtype)
+        if dtype != buf.dtype or self._n + len(px) > len(buf):  # rare: grow or promote
+            grown = np.empty((max(len(buf), self._n + len(px)) * 2, *buf.shape[1:]), dtype)
+            grown[: self._n] = buf[: self._n]
+            buf = self._buf = grown
+        buf[self._n : self._n + len(px)] = px
+        self._n += len(px)
+
+    def array(self) -> np.ndarray:
+        if self._buf is None:
+            raise ModelError("no images to decode")
+        if self._n == len(self._buf):
+            return self._buf
+        return self._buf[: self._n].copy()  # multi-frame instances of unequal counts
+
+
 def _decode_one(ds: Dataset, name: str) -> tuple[np.ndarray, list[ImageMeta], str, str]:
-    """One instance: its frames (float32, [frames, rows, columns]) and their geometry."""
+    """One instance: its frames ([frames, rows, columns], as decoded) and their geometry."""
     if "PixelData" not in ds:
         raise ModelError(f"{name}: (7FE0,0010) Pixel Data missing")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
@@ -165,7 +201,9 @@ def _decode_one(ds: Dataset, name: str) -> tuple[np.ndarray, list[ImageMeta], st
     try:
         # the functional decoder keeps no copy in the data set (ds.pixel_array would):
         # the same data sets are encoded from after inference (cds.compute)
-        px = np.asarray(pixel_array(ds), dtype=np.float32)
+        px = np.asarray(pixel_array(ds))
+        if px.dtype.kind not in "iu":  # float Pixel Data (or anything else): as float32
+            px = px.astype(np.float32)
     except Exception as exc:  # decoder errors come in many types
         raise ModelError(f"{name}: cannot decode Pixel Data ({type(exc).__name__})") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)

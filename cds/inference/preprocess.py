@@ -1,7 +1,10 @@
 """Preprocessing: the closed set of steps a manifest may name, vectorised with numpy.
 
 Each step works on the whole run at once: [S, rows, cols] float32 (S images or the
-slices of a volume), [S, C, rows, cols] once the channels step has run. Steps that
+slices of a volume), [S, C, rows, cols] once the channels step has run. The run is
+converted from the stored dtype (``ImageStack``: integers as decoded) to float32 once,
+into an array of its own, which the value steps (modality_lut, window, scale) then
+change in place: a batch costs one float32 copy, and no step adds another. Steps that
 move pixels record their map on each image's ``Geometry`` (``cds.inference.geometry``),
 so findings land back on the source pixels they came from.
 
@@ -65,7 +68,8 @@ def sort_slices(stack: ImageStack, descending: bool = False) -> None:
     order = np.argsort(p @ normal, kind="stable")
     if descending:
         order = order[::-1]
-    stack.pixels = stack.pixels[order]
+    if np.any(order != np.arange(len(order))):  # already in order: no copy of the series
+        stack.pixels = stack.pixels[order]
     stack.meta = [metas[i] for i in order]
     stack.order = [stack.order[i] for i in order]
 
@@ -83,8 +87,7 @@ def _invert_monochrome1(stack: ImageStack, px: np.ndarray) -> np.ndarray:
         sel = px[mono1]
         lo = sel.min(axis=(1, 2), keepdims=True)
         hi = sel.max(axis=(1, 2), keepdims=True)
-        px = px.copy()
-        px[mono1] = hi + lo - sel
+        px[mono1] = hi + lo - sel  # px is the run's own copy (preprocess)
     return px
 
 
@@ -94,9 +97,12 @@ def _modality_lut(stack: ImageStack, px: np.ndarray) -> np.ndarray:
     slopes = np.array([m.slope for m in stack.meta], dtype=np.float32)
     intercepts = np.array([m.intercept for m in stack.meta], dtype=np.float32)
     if np.all(slopes == slopes[0]) and np.all(intercepts == intercepts[0]):
-        out: np.ndarray = px * slopes[0] + intercepts[0]
-        return out
-    return px * slopes[:, None, None] + intercepts[:, None, None]
+        px *= slopes[0]
+        px += intercepts[0]
+    else:
+        px *= slopes[:, None, None]
+        px += intercepts[:, None, None]
+    return px
 
 
 def _axes(px: np.ndarray, per: str) -> tuple[int, ...]:
@@ -231,19 +237,21 @@ def _geometric(run: _Run, stack: ImageStack, step: mf.PreprocessStep) -> bool:
 def _intensity(
     px: np.ndarray, stack: ImageStack, step: mf.PreprocessStep, channels: bool
 ) -> np.ndarray:
-    """Carry out a step that changes values only."""
+    """Carry out a step that changes values only; ``px`` is the run's own float32 array,
+    which the affine steps change in place (same operations, same float32 results)."""
     if isinstance(step, mf.ModalityLut):
         return _modality_lut(stack, px)
     if isinstance(step, mf.Window):
-        lo = step.center - step.width / 2
-        out: np.ndarray = np.clip((px - np.float32(lo)) / np.float32(step.width), 0, 1)
-        return out
+        px -= np.float32(step.center - step.width / 2)
+        px /= np.float32(step.width)
+        return np.clip(px, 0, 1, out=px)
     if isinstance(step, mf.PercentileClip):
         return _percentile_clip(px, step)
     if isinstance(step, mf.Normalize):
         return _normalize(px, step, channels)
     if isinstance(step, mf.Scale):
-        return px * np.float32(step.factor)
+        px *= np.float32(step.factor)
+        return px
     raise ValueError(f"unknown preprocessing step {step!r}")
 
 
@@ -251,7 +259,7 @@ def preprocess(
     stack: ImageStack, steps: Sequence[mf.PreprocessStep], spec: mf.InputSpec
 ) -> tuple[np.ndarray, list[Geometry]]:
     """Apply the steps to the stack; return the model tensor and each image's geometry."""
-    px = stack.pixels.astype(np.float32, copy=False)
+    px = np.array(stack.pixels, dtype=np.float32)  # the run's own: steps work in place
     if spec.invert == "auto":
         px = _invert_monochrome1(stack, px)
     run = _Run(stack, px)

@@ -76,14 +76,20 @@ class InferenceResult:
     geometry: list[Geometry] = field(default_factory=list)
 
 
-def _subset(stack: ImageStack, idx: slice) -> ImageStack:
-    sub = ImageStack(
-        stack.series_uid, stack.modality, stack.pixels[idx], stack.meta[idx], stack.lut_applied
-    )
+def _subset(stack: ImageStack, idx: slice, *, pixels: bool = True) -> ImageStack:
+    """The images ``idx`` of ``stack``; without ``pixels`` (postprocessing needs only
+    their attributes) it holds no view of the series' pixels, which can then be freed."""
+    px = stack.pixels[idx] if pixels else _no_pixels(len(stack.meta[idx]), stack.pixels.dtype)
+    sub = ImageStack(stack.series_uid, stack.modality, px, stack.meta[idx], stack.lut_applied)
     sub.flips = stack.flips[idx]
     sub.order = stack.order[idx]
     sub.body_part = stack.body_part
     return sub
+
+
+def _no_pixels(images: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """[images, 0, 0]: a stack's length without its pixels."""
+    return np.empty((images, 0, 0), dtype=dtype)
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
@@ -167,12 +173,21 @@ class ModelRunner:
     def _batches(
         self, stack: ImageStack, timings: dict[str, float]
     ) -> Iterator[tuple[np.ndarray, list[Geometry]]]:
+        """The model's input tensors, batch by batch; a ``transient`` stack's decoded
+        pixels are dropped once the last batch is made (only the tensors in flight and
+        the outputs remain)."""
         spec = self.manifest.input
         steps = list(spec.preprocessing)
+
+        def done() -> None:
+            if stack.transient:
+                stack.pixels = _no_pixels(len(stack.meta), stack.pixels.dtype)
+
         if spec.kind == "volume":
             t0 = time.perf_counter()
             batch = preprocess(stack, steps, spec)
             timings["preprocess"] += time.perf_counter() - t0
+            done()
             yield batch
             return
         size = spec.batch_size
@@ -186,6 +201,7 @@ class ModelRunner:
                     item = preprocess(_subset(stack, c), steps, spec)
                     timings["preprocess"] += time.perf_counter() - t
                     q.put(item)
+                done()
                 q.put(None)
             except BaseException as exc:  # handed to the consumer
                 q.put(exc)
@@ -290,7 +306,9 @@ class ModelRunner:
 
     def run(self, stack: ImageStack) -> InferenceResult:
         """``timings``: preprocess and postprocess are the time of that work, on worker
-        threads where it overlaps inference; inference is onnxruntime's."""
+        threads where it overlaps inference; inference is onnxruntime's.
+        A ``transient`` stack (``decode(..., transient=True)``) loses its pixels as soon
+        as the last batch is preprocessed (``stack.pixels`` is then [S, 0, 0])."""
         m = self.manifest
         t_start = time.perf_counter()
         timings = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
@@ -328,7 +346,7 @@ class ModelRunner:
                 self._collect(got, len(geoms), run_outputs, raw)
                 if background is not None:
                     idx = slice(len(geometry), len(geometry) + len(geoms))
-                    sub = _subset(stack, idx)
+                    sub = _subset(stack, idx, pixels=False)
                     background.submit(functools.partial(post, run_outputs, idx, geoms, sub))
                 geometry.extend(geoms)
         except BaseException:
@@ -337,7 +355,9 @@ class ModelRunner:
             raise
         try:
             if background is None:
-                findings = post(outputs, slice(None), geometry, stack)
+                findings = post(
+                    outputs, slice(None), geometry, _subset(stack, slice(None), pixels=False)
+                )
             else:
                 findings = _join_segmentation(background.results(), stack)
         except (IndexError, ValueError, KeyError) as exc:
@@ -362,7 +382,7 @@ def run_series_list(
     def decoder() -> None:
         for s in series:
             try:
-                pending.put(decode(s))
+                pending.put(decode(s, transient=True))  # the runner frees its pixels
             except BaseException as exc:  # handed to the consumer
                 pending.put(exc)
 

@@ -1,7 +1,11 @@
-"""Shared fixtures of the unit tests: settings on free loopback ports, a running node."""
+"""Shared fixtures of the unit tests: settings on free loopback ports, a running node,
+a PostgreSQL server for the session (``postgres_server``, issue 21) and a database of
+one's own on it (``postgres_url``)."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 from collections.abc import Iterator
 from io import StringIO
@@ -12,6 +16,8 @@ import pytest
 from cds.config import Settings, load_settings
 from cds.logging import configure_logging
 from cds.orchestrator import Node
+
+from .store.pgcluster import PgCluster, with_database
 
 REPO = Path(__file__).resolve().parent.parent
 DICOM = REPO.parent / "shared" / "dicom"
@@ -64,6 +70,40 @@ def json_logs() -> Iterator[StringIO]:
         yield buf
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A URL of a PostgreSQL server whose user may create databases: a throwaway
+    cluster this test session starts (tests/store/pgcluster.py), stopped when it ends,
+    or the server ``CDS_TEST_POSTGRES_URL`` names."""
+    if url := os.environ.get("CDS_TEST_POSTGRES_URL"):
+        yield url
+        return
+    cluster = PgCluster(free_port())
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.remove()
+
+
+_DB_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A new empty database for one test, dropped after it."""
+    import psycopg
+
+    name = f"cds_test_{os.getpid()}_{next(_DB_NUMBERS)}"
+    with psycopg.connect(postgres_server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(postgres_server, name)
+    finally:
+        with psycopg.connect(postgres_server, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from contextlib import nullcontext
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
 from cds.domain import InstanceRecord, RecordResult, StoreOutcome
-from cds.errors import IngestError, StoreError
+from cds.errors import IngestError, StoreError, safe_message
 from cds.ingest.header_scan import scan_header
 from cds.ingest.instance import (
     DEFLATED,
@@ -119,7 +119,7 @@ class Receiver:
             if began is not None:
                 began.sync()  # the file's fsync while the digest is computed
             digest = hashing.result()
-            if known_error is not None:
+            if known_error is not None:  # nothing written; the handler answers 0xA700
                 raise known_error
             skey = self.key(header.study_uid)
             rel = self._spool.relative_path(skey, self.key(header.series_uid), sop_uid, digest)
@@ -147,9 +147,11 @@ class Receiver:
         try:
             result = self._store.record_instance(rec)
         except StoreError as exc:
-            # The file is durable and will be re-indexed at start; the sender retries.
-            log.error("ingest.store_failed", study_key=skey, error=str(exc))
-            raise IngestError(STATUS_OUT_OF_RESOURCES, "state store unavailable") from exc
+            # Not a Success: the sender sends it again. The file stays: complete and
+            # durable, and perhaps recorded after all (a commit whose answer was lost);
+            # the same bytes sent again land on the same name and are recorded then,
+            # and start-up re-indexes it (``Node.reconcile``) if they never come.
+            raise store_unavailable(exc, skey) from exc
 
         if result.outcome is StoreOutcome.DUPLICATE:
             log.info("ingest.duplicate_ignored", study_key=skey, sop_uid=sop_uid)
@@ -318,6 +320,15 @@ class Receiver:
                 "file": str(name),
             },
         )
+
+
+def store_unavailable(exc: StoreError, skey: str | None = None) -> IngestError:
+    """0xA700 for a state store that cannot record (down, unreachable, unwritable):
+    logged with the store's own words, answered with none (they may quote values)."""
+    log.error("ingest.store_failed", study_key=skey, error=safe_message(exc))
+    err = IngestError(STATUS_OUT_OF_RESOURCES, "state store unavailable")
+    err.__cause__ = exc
+    return err
 
 
 def _check_request(sop_uid: str, sop_class_uid: str) -> None:

@@ -42,12 +42,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
-from cds.errors import ConfigError, IngestError, safe_message
+from cds.errors import ConfigError, IngestError, StoreError, safe_message
 from cds.ingest import fastpath
 from cds.ingest.admission import AddressCap
 from cds.ingest.assoc import AssocStats, StudyCounts, called_ae_title, peer_of, status_dataset
 from cds.ingest.instance import STATUS_PROCESSING_FAILURE
-from cds.ingest.receiver import Receiver
+from cds.ingest.receiver import Receiver, store_unavailable
 from cds.ingest.server import (
     STANDARD_LOG_HANDLERS,
     HardenedServer,
@@ -446,16 +446,18 @@ class DicomListener:
                 dataset=data,
                 calling_ae=calling_ae,
             )
-        except IngestError as exc:
+        except (IngestError, StoreError) as exc:
+            # the store down (met before anything was recorded): 0xA700, never a crash
+            refused = exc if isinstance(exc, IngestError) else store_unavailable(exc)
             if stats:
                 stats.failed += 1
             log.warning(
                 "ingest.instance_refused",
-                status=f"0x{exc.status:04X}",
-                reason=str(exc),
+                status=f"0x{refused.status:04X}",
+                reason=str(refused),
                 calling_ae=calling_ae.strip(),
             )
-            return status_dataset(exc.status, str(exc))
+            return status_dataset(refused.status, str(refused))
         except Exception as exc:
             if stats:
                 stats.failed += 1

@@ -18,7 +18,8 @@ them together at READ COMMITTED, so each read-then-write takes the lock it needs
 
 A connection lost (the server restarted) is opened again on the next call; the call
 that met the loss fails with StoreError and its transaction is rolled back. The URL is
-never logged or shown with its password (``redact_url``).
+never logged or shown with its password (``redact_url``). ``ping`` (``/health``) waits
+at most ``PING_TIMEOUT_S`` for the connection and for a new one.
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ from cds.store.postgres_outbox import OutboxMixin
 from cds.store.postgres_schema import SCHEMA_VERSION, migrate, recorded_version
 from cds.store.postgres_studies import StudiesMixin, opt_float
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+__all__ = ["PING_TIMEOUT_S", "SCHEMA_VERSION", "PostgresStore"]
+
+#: how long ``ping`` waits for the shared connection (another thread's call) or for a new one
+PING_TIMEOUT_S = 2
 
 
 class PostgresStore(StudiesMixin, JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
@@ -63,10 +67,13 @@ class PostgresStore(StudiesMixin, JobsMixin, OutboxMixin, FeedbackMixin, Observa
             self._db.close()
             raise
 
-    def _connect(self) -> Db:
+    def _connect(self, timeout_s: int | None = None) -> Db:
         try:
             return psycopg.connect(
-                self._url, autocommit=True, row_factory=dict_row, connect_timeout=self._timeout
+                self._url,
+                autocommit=True,
+                row_factory=dict_row,
+                connect_timeout=timeout_s or self._timeout,
             )
         except psycopg.Error as exc:
             raise StoreError(
@@ -109,10 +116,28 @@ class PostgresStore(StudiesMixin, JobsMixin, OutboxMixin, FeedbackMixin, Observa
                 raise StoreError(f"state store error: {self._scrub(exc)}") from exc
 
     def ping(self) -> bool:
-        try:
-            return self._query("SELECT 1 AS one") == [{"one": 1}]
-        except StoreError:
+        """True when the server answers ``SELECT 1``; False, without waiting longer than
+        ``PING_TIMEOUT_S``, when another thread holds the connection that long or a
+        lost connection cannot be opened again in that time. A session the server
+        ended (a restart, a failover) is opened again and asked once more."""
+        if not self._lock.acquire(timeout=PING_TIMEOUT_S):
             return False
+        try:
+            for _ in range(2):
+                if self._closed:
+                    return False
+                if self._db.closed or self._db.broken:
+                    self._db = self._connect(PING_TIMEOUT_S)
+                try:
+                    return self._db.execute("SELECT 1 AS one").fetchall() == [{"one": 1}]
+                except psycopg.OperationalError:
+                    if not (self._db.closed or self._db.broken):
+                        return False  # the server answered with an error
+            return False
+        except (StoreError, psycopg.Error):
+            return False
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:

@@ -6,6 +6,7 @@ is said in one line naming ``store.url``, never with its password."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from .test_sqlite import rec
 
 psycopg = pytest.importorskip("psycopg")
 
-from cds.store.postgres import PostgresStore  # noqa: E402 (after the skip)
+from cds.store.postgres import PING_TIMEOUT_S, PostgresStore  # noqa: E402 (after the skip)
 from cds.store.postgres_schema import SCHEMA_VERSION, postgres_sql  # noqa: E402
 
 from .test_migrations import SCHEMA_1  # noqa: E402
@@ -262,22 +263,57 @@ def test_a_lost_connection_fails_one_call_and_is_opened_again(
     """The server ended the session (a restart, an administrator): the call that meets
     it fails with StoreError, its transaction rolled back; the next one reconnects."""
     pg_store.record_instance(rec(1))
-    _sql(
-        postgres_url,
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    for _ in range(100):  # the backend ends on its own time: wait until it has
-        others = _sql(
-            postgres_url,
-            "SELECT COUNT(*) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
-        )
-        if others == [(0,)]:
-            break
-        time.sleep(0.05)
+    end_other_sessions(postgres_url)
     with pytest.raises(StoreError, match="state store error"):
         pg_store.record_instance(rec(2))
     assert pg_store.record_instance(rec(2)).outcome is StoreOutcome.NEW
     (s,) = pg_store.list_studies()
     assert s.instance_count == 2
+
+
+def end_other_sessions(url: str) -> None:
+    """End every session on ``url``'s database but this one, as a restart would; return
+    once they have ended (a backend ends on its own time)."""
+    _sql(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    for _ in range(100):
+        others = _sql(
+            url,
+            "SELECT COUNT(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        if others == [(0,)]:
+            return
+        time.sleep(0.05)
+
+
+# --- ping (/health) ----------------------------------------------------------
+def test_ping_opens_a_session_the_server_ended_again(
+    pg_store: PostgresStore, postgres_url: str
+) -> None:
+    """issue 21 (item 3): /health after a server restart says the store answers (it
+    does), rather than reporting the stale session."""
+    assert pg_store.ping()
+    end_other_sessions(postgres_url)
+    assert pg_store.ping()
+    assert pg_store.record_instance(rec(1)).outcome is StoreOutcome.NEW
+
+
+def test_ping_gives_up_within_its_timeout_on_a_server_that_does_not_answer(
+    pg_store: PostgresStore,
+) -> None:
+    """A server whose host takes the connection but never answers (hung, or a stale
+    address after a failover): /health says unreachable in about PING_TIMEOUT_S, not
+    after the store's own connect timeout."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)  # the kernel completes the handshake; nothing ever answers
+        port = hole.getsockname()[1]
+        pg_store._url = f"postgresql://cds@127.0.0.1:{port}/cds"  # where it reconnects
+        pg_store._db.close()  # the session lost
+        started = time.monotonic()
+        assert not pg_store.ping()
+        assert time.monotonic() - started < PING_TIMEOUT_S + 1.5

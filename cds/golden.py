@@ -49,6 +49,7 @@ from cds.inference.registry import LoadedModel
 from cds.inference.runner import InferenceResult, ModelRunner
 from cds.inference.session import DeviceSlots, Session
 from cds.results.encode import encode
+from cds.results.text import said
 
 EXPECTED = "expected.yaml"
 
@@ -125,6 +126,13 @@ def _match(
     return ious, left
 
 
+def _stated(groups: list[rb.Group]) -> bool | None:
+    """What the SR's groups of one label state: Present in any, else Absent in any, else
+    nothing (an informational score)."""
+    states = {g.present for g in groups}
+    return True if True in states else False if False in states else None
+
+
 class _Compare:
     """One golden case's comparisons, collecting what matched and what did not."""
 
@@ -151,7 +159,7 @@ class _Compare:
             return
         notes = [name]
         if sr is not None:
-            self._presence(name, exp, groups, notes)
+            self._presence(name, normal=lb.normal, exp=exp, groups=groups, notes=notes)
         if exp.boxes is not None:
             self._boxes(name, exp=exp, groups=groups, gsps=_by_modality(objects, "PR"), notes=notes)
         if exp.mask is not None:
@@ -160,14 +168,22 @@ class _Compare:
         self.notes.append(", ".join(notes))
 
     def _presence(
-        self, name: str, exp: ExpectedFinding, groups: list[rb.Group], notes: list[str]
+        self,
+        name: str,
+        *,
+        normal: bool,
+        exp: ExpectedFinding,
+        groups: list[rb.Group],
+        notes: list[str],
     ) -> None:
-        present = any(g.present for g in groups)
-        if exp.present is not None and present != exp.present:
-            said = "present" if present else "absent"
-            self.fail(f"{name}: expected {'present' if exp.present else 'absent'}, the SR says "
-                      f"{said}")  # fmt: skip
-        notes.append("present" if present else "absent")
+        """The SR's word on the label against the expected one: its qualitative evaluation,
+        as ``cds.results.text.statement`` gives it (a ``normal`` class that reaches its
+        threshold is present, the normal state; an informational score states nothing)."""
+        stated = _stated(groups)
+        word = said(stated, normal=normal)
+        if exp.present is not None and stated is not exp.present:
+            self.fail(f"{name}: expected {said(exp.present, normal=normal)}, the SR says {word}")
+        notes.append(word)
         probs = [g.probability for g in groups if g.probability is not None]
         if exp.score is not None:
             best = max(probs, default=float("nan"))

@@ -11,33 +11,30 @@ vendor's or a tester's machine does not have, and the result objects carry the
 Study Instance UID anyway. A UID that is not a valid folder name (not digits and
 dots) gets ``study-<SHA-256 of the UID, 16 hex digits>`` instead.
 
-``<out>/process.json`` records what a later run needs to reproduce the result and
-check it is the same: cds version, and per series the input SOP Instance UIDs, the
-model (name, version, SHA-256, provider), the kinds asked, the objects written, the
-kinds not produced and why, the findings and the timings. No patient attribute
-(name, ID, birth date, accession number) and no input file path goes into it, and
-no error quotes a data value (``cds.errors.safe_message``). A series some of whose
-objects could not be made is ``partial``: the others are written. Each object's notes
-are kept, as in the node's job record. A series the node refuses (0xC221: a UID not
-valid) is skipped, naming its file (under the input given) and attribute (issue 16).
+``<out>/process.json`` (``cds.offline_record``) records what a later run needs to
+reproduce the result and check it is the same: cds version, and per series the input
+SOP Instance UIDs, the model (name, version, SHA-256, provider), the kinds asked, the
+objects written, the kinds not produced and why, the findings and the timings. No
+patient attribute (name, ID, birth date, accession number) and no input file path
+goes into it, and no error quotes a data value (``cds.errors.safe_message``). A series
+some of whose objects could not be made is ``partial``: the others are written. Each
+object's notes are kept, as in the node's job record. A series the node refuses
+(0xC221: a UID not valid) is skipped, naming its file (under the input given) and
+attribute (issue 16).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from cds import __version__
 from cds.config import IngestLimits
 from cds.errors import CdsError, ModelError, RoutingError, error_text
 from cds.inference import manifest as mf
@@ -46,16 +43,16 @@ from cds.inference.registry import LoadedModel, ModelRegistry, declared_use_of, 
 from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, ProviderChoice
 from cds.ingest.instance import is_valid_uid
-from cds.pipeline import SeriesOutcome, process_series
+from cds.offline_record import kind_of, record_done, run_record, series_entry, write_record
+from cds.pipeline import process_series
 from cds.results.encode import write_results
-from cds.results.text import job_summary
 from cds.routing.router import PipelinePlan, SeriesHeader, read_headers, route
 from cds.routing.rules import RoutingFile, load_routing
 
 #: result object kinds, in the order the encoder makes them
 KINDS = ("SEG", "SR", "GSPS", "SC")
+#: the run's record (``cds.offline_record``), in the output folder
 RECORD_NAME = "process.json"
-_SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture (and its multi-frame variants)
 _UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")  # as the node checks
 
 
@@ -116,13 +113,6 @@ def study_folder(study_uid: str) -> str:
     if is_valid_uid(study_uid):
         return study_uid
     return "study-" + hashlib.sha256(study_uid.encode("utf-8", "replace")).hexdigest()[:16]
-
-
-def kind_of(ds: Dataset) -> str:
-    """The result kind (SEG, SR, GSPS, SC) of an encoded object."""
-    if str(ds.SOPClassUID).startswith(_SC_CLASS):
-        return "SC"
-    return {"PR": "GSPS"}.get(str(ds.Modality), str(ds.Modality))
 
 
 def parse_kinds(text: str) -> list[str]:
@@ -314,10 +304,6 @@ def plan_jobs(
 
 
 # --- running ----------------------------------------------------------------------
-def _model_record(m: LoadedModel) -> dict[str, Any]:
-    return {"name": m.name, "version": m.version, "sha256": m.sha256, "provider": m.provider}
-
-
 def _sop_uids(files: Sequence[Path]) -> list[str]:
     return [
         str(dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
@@ -336,27 +322,6 @@ def _refused(job: Job, uids: Sequence[str], paths: Sequence[Path]) -> tuple[Path
     return None
 
 
-def _written(
-    done: SeriesOutcome, paths: Sequence[Path], req: Request, out: Outcome, say: Callable[..., None]
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Each object written, with its notes (the made outcomes are in the objects' order);
-    and its own notes, less those of the source attributes (``done.copied``)."""
-    notes = [o.reason for o in done.outcomes if o.made] + [""] * len(done.objects)
-    copied, records, said = "; ".join(done.copied), [], []
-    for ds, path, note in zip(done.objects, paths, notes, strict=False):
-        rel, kind = path.relative_to(req.out).as_posix(), kind_of(ds)
-        out.written.append((rel, ds))
-        records.append({"path": rel, "kind": kind, "modality": str(ds.Modality),
-                        "sop_class_uid": str(ds.SOPClassUID),
-                        "sop_instance_uid": str(ds.SOPInstanceUID),
-                        "series_instance_uid": str(ds.SeriesInstanceUID),
-                        "notes": note})  # fmt: skip
-        say(f"wrote {rel}  {kind}  {ds.get('SeriesDescription', '')}")
-        own = note.removesuffix(copied).rstrip("; ") if copied else note
-        said += [f"{kind}: {own}"] if own else []
-    return records, said
-
-
 def _run_job(
     job: Job,
     *,
@@ -367,13 +332,7 @@ def _run_job(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     s = job.series
-    entry: dict[str, Any] = {
-        "series_instance_uid": s.series_uid if is_valid_uid(s.series_uid.strip()) else None,
-        "modality": s.attrs.get("Modality"),
-        **job.origin,
-        "kinds": job.kinds,
-        "model": _model_record(model) if model is not None else {"name": job.model},
-    }
+    entry = series_entry(s, origin=job.origin, kinds=job.kinds, model=model, name=job.model)
     where = f"series {entry['series_instance_uid']}"  # no description, no invalid UID
     if job.status != "run" or model is None or model.status != "ready":
         reason = job.status if job.status != "run" else "skipped: model not loaded"
@@ -408,40 +367,16 @@ def _run_job(
     t1 = time.perf_counter()
     paths = write_results(req.out, study_folder(job.study_uid), done.objects)
     t2 = time.perf_counter()
-    rec = done.result.record
-    failed = [o for o in done.outcomes if o.failed]
-    entry["status"] = ("partial" if done.objects else "failed") if failed else "done"
-    entry["model"]["provider"] = rec.provider
-    entry["summary"] = job_summary(done.result, req.lang)  # as the node: the results language
-    entry["findings"] = [
-        {"label": f.label.display.en, "present": f.present, "score": round(f.score, 6)}
-        for f in done.result.findings
+    written = [
+        (p.relative_to(req.out).as_posix(), ds) for ds, p in zip(done.objects, paths, strict=False)
     ]
-    entry["objects"], said = _written(done, paths, req, out, say)
-    # the source attributes, each object's own notes (a SEG without Frame of Reference),
-    # the encoder's (a kind skipped, SC capped); then kinds asked but not made
-    made = {kind_of(ds) for ds in done.objects}
-    entry["encoder_notes"] = list(dict.fromkeys([*done.copied, *said, *done.skipped]))
-    entry["not_produced"] = {
-        k: next(
-            (n.split(": ", 1)[1] for n in done.skipped if n.startswith(f"{k}: ")),
-            "nothing to encode (no finding present)",
-        )
-        for k in job.kinds
-        if k not in made
-    }
-    out.problems.extend(
-        f"{where}: {job.model}: {k} not produced: {why}" for k, why in entry["not_produced"].items()
+    for rel, ds in written:
+        out.written.append((rel, ds))
+        say(f"wrote {rel}  {kind_of(ds)}  {ds.get('SeriesDescription', '')}")
+    problems = record_done(
+        entry, done, written, kinds=job.kinds, lang=req.lang, run_s=t1 - t0, write_s=t2 - t1
     )
-    # one object of a kind not made while others of it were (SC: one per image)
-    entry["not_made"] = [o.text for o in failed]
-    out.problems.extend(f"{where}: {job.model}: {o.text}" for o in failed if o.kind in made)
-    entry["timings"] = {
-        "inference_s": round(rec.seconds, 4),
-        **{f"{k}_s": v for k, v in rec.timings.items()},
-        "decode_encode_s": round(t1 - t0 - rec.seconds, 4),
-        "write_s": round(t2 - t1, 4),
-    }
+    out.problems.extend(f"{where}: {job.model}: {p}" for p in problems)
     return entry
 
 
@@ -469,31 +404,15 @@ def run(req: Request, say: Callable[[str], None] = lambda _: None) -> Outcome:
         study.setdefault("series", []).append(
             _run_job(job, model=models.get(job.model), req=req, slots=slots, out=out, say=say)
         )
-    out.record = {
-        "cds_version": __version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mode": "model" if req.model else "routing",
-        "routing_file": (
-            {"path": str(req.routing), "sha256": _sha256(req.routing)} if req.routing else None
-        ),
-        "language": req.lang,
-        "providers": req.providers,
-        "inputs_not_read": len(skipped),
-        "studies": list(studies.values()),
-        "not_produced": out.problems,
-        "seconds": round(time.perf_counter() - t_start, 3),
-    }
-    _write_json(req.out / RECORD_NAME, out.record)
+    out.record = run_record(
+        model=req.model,
+        routing=req.routing,
+        lang=req.lang,
+        providers=req.providers,
+        inputs_not_read=len(skipped),
+        studies=list(studies.values()),
+        problems=out.problems,
+        seconds=time.perf_counter() - t_start,
+    )
+    write_record(req.out / RECORD_NAME, out.record)
     return out
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".part")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

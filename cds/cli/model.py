@@ -136,12 +136,15 @@ def _image(ref: Any) -> str:
 
 def finding_lines(result: Any, lang: str = "en") -> list[str]:
     """Every finding of ``result`` and where it is, in source pixels (edges: the top left
-    corner of the top left pixel is 0, 0), as the result objects carry it."""
+    corner of the top left pixel is 0, 0), as the result objects carry it; each label as
+    the SR states it: a ``normal`` class whose score reaches its threshold is present
+    (the normal state, not a finding), an informational score is no decision."""
     from cds.inference.boxes import edges_of  # noqa: PLC0415 - lazy: `cds --help` stays fast
+    from cds.results.text import said, statement  # noqa: PLC0415 - lazy: `cds --help` stays fast
 
     lines = []
     for f in result.findings:
-        state = "present" if f.present else "absent"
+        state = said(statement(f, result.kind), normal=f.label.normal)
         head = f"  {f.label.display.get(lang)} [{f.label.code.scheme} {f.label.code.value}]: "
         extra = (
             f", area {f.measurement:.1f} mm2"

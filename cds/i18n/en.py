@@ -60,6 +60,8 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "label": "Finding",
         "present": "present",
         "absent": "absent",
+        "present_normal": "present: the normal state, not a finding",
+        "no_decision": "a score, no decision",
         "score": "Score",
         "basis": "Basis: what the model looked at",
         "source_series": "Source series",

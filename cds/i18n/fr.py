@@ -58,6 +58,8 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "label": "Constatation",
         "present": "présent",
         "absent": "absent",
+        "present_normal": "présent : l'état normal, pas un constat",
+        "no_decision": "un score, sans décision",
         "score": "Score",
         "basis": "Base : ce que le modèle a analysé",
         "source_series": "Série source",

@@ -57,6 +57,7 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import format_number_as_ds
 
 from cds.errors import EncodingError
+from cds.i18n import advisory
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
@@ -71,7 +72,6 @@ from cds.results.common import (
 )
 from cds.results.inherited import ORIENTATION_UNKNOWN, patient_orientation, set_lossy_compression
 from cds.results.seg_frames import frames, in_one_pass, in_patient_space, new_item, pixel_array
-from cds.results.text import texts
 
 RESULT_KIND = "SEG"
 #: the shared UID derivation, with this builder's kind by default
@@ -365,7 +365,7 @@ def build_seg(
     masks do not fit the source images; ValueError for an unknown language or a
     manifest that is not the result's model.
     """
-    t = texts(lang)
+    t = advisory(lang)
     rec = result.record
     notes = [] if notes is None else notes
     check_model_of(manifest, result)

@@ -80,11 +80,11 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
+from cds.i18n import AdvisoryTexts
 from cds.inference import manifest as mf
 from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.runner import InferenceResult
 from cds.results.common import rectangle, result_uids
-from cds.results.text import AdvisoryTexts
 
 RESULT_KIND = "SR"
 

@@ -45,6 +45,10 @@ class FindingView:
     feedback: Sequence[Feedback]
     basis: Basis | None
     choices: Sequence[LabelChoice]  # the model's other labels (categorical findings)
+    #: what the SR states of it (``cds.results.text.label_statement``): True present,
+    #: False absent, None no decision (an informational score)
+    stated: bool | None
+    normal: bool = False  # the model's normal state: present is no finding
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +240,19 @@ def _form(lang: Lang, study_key: str, view: FindingView, who: str, viewer: Viewe
     )
 
 
+def _presence_key(view: FindingView) -> str:
+    if view.stated is None:
+        return "no_decision"
+    if view.normal and view.stated:
+        return "present_normal"
+    return "present" if view.stated else "absent"
+
+
 def _finding(
     lang: Lang, study_key: str, result: ResultView, view: FindingView, *, who: str, viewer: Viewer
 ) -> str:
     f = view.finding
-    state = t(lang, "present" if f.present else "absent")
+    state = t(lang, _presence_key(view))
     latest = view.feedback[-1] if view.feedback else None
     verdict = t(lang, VERDICT_KEY[latest.action.value]) if latest else t(lang, "not_reviewed")
     history = (

@@ -17,6 +17,7 @@ shown: studies are named by their pseudonymous key and UIDs only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs, quote
@@ -56,6 +57,7 @@ from cds.feedback.service import CorrectedLabel, give_feedback
 from cds.i18n import Lang, advisory, page_language
 from cds.logging import get_logger
 from cds.orchestrator import Node
+from cds.results.text import label_statement
 
 log = get_logger("cds.review")
 
@@ -114,6 +116,36 @@ def _labels_of(node: Node, f: FindingRecord, lang: Lang) -> list[pages.LabelChoi
         for label in loaded.manifest.output.labels
         if (label.code.scheme, label.code.value) != (f.label_scheme, f.label_value)
     ]
+
+
+def _statement(node: Node, f: FindingRecord) -> tuple[bool | None, bool]:
+    """What the SR states of ``f`` (True present, False absent, None no decision) and
+    whether its label is the model's normal state: a normal class that reaches its
+    threshold is present, not a finding (``label_statement``). The record's word when
+    its model or label is no longer loaded."""
+    loaded = node.models.get(f.model)
+    if loaded is None or loaded.manifest is None:
+        return f.present, False
+    output = loaded.manifest.output
+    code = (f.label_scheme, f.label_value)
+    label = next((lb for lb in output.labels if (lb.code.scheme, lb.code.value) == code), None)
+    if label is None:
+        return f.present, False
+    return label_statement(label, f.score, present=f.present, kind=output.kind), label.normal
+
+
+def _finding_view(
+    node: Node, f: FindingRecord, feedback: Sequence[Feedback], basis: Basis | None, lang: Lang
+) -> pages.FindingView:
+    stated, normal = _statement(node, f)
+    return pages.FindingView(
+        finding=f,
+        feedback=[fb for fb in feedback if fb.tracking_uid == f.tracking_uid],
+        basis=basis,
+        choices=_labels_of(node, f, lang),
+        stated=stated,
+        normal=normal,
+    )
 
 
 def _corrected(node: Node, f: FindingRecord, value: str) -> CorrectedLabel | None:
@@ -203,12 +235,7 @@ def review_study(
                 superseded=obj is not None and obj.state is ResultState.SUPERSEDED,
                 source_series_uid=obj.source_series_uid if obj else "",
                 findings=[
-                    pages.FindingView(
-                        finding=f,
-                        feedback=[fb for fb in feedback if fb.tracking_uid == f.tracking_uid],
-                        basis=bases.get(f.tracking_uid),
-                        choices=_labels_of(node, f, page_lang),
-                    )
+                    _finding_view(node, f, feedback, bases.get(f.tracking_uid), page_lang)
                     for f in found
                 ],
             )

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cds.i18n import advisory, section
+from cds.results.sr_groups import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
     from cds.inference.manifest import Label
@@ -21,8 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = ["NORMAL_THRESHOLD", "job_summary", "label_statement", "said", "statement"]
 
-#: the threshold of a ``normal`` class that names none (``sr_groups.DEFAULT_THRESHOLD``)
-NORMAL_THRESHOLD = 0.5
+#: the threshold of a ``normal`` class that names none: the SR's own
+NORMAL_THRESHOLD = DEFAULT_THRESHOLD
 
 
 def statement(finding: Finding, kind: str) -> bool | None:

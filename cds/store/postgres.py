@@ -33,7 +33,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 
 from cds.config.settings import redact_url
-from cds.domain import JobState, QueueStats, StudyState
+from cds.domain import QueueStats
 from cds.errors import StoreError
 from cds.store.postgres_feedback import FeedbackMixin
 from cds.store.postgres_host import Db, Row
@@ -41,7 +41,8 @@ from cds.store.postgres_jobs import JobsMixin
 from cds.store.postgres_observatory import ObservatoryMixin
 from cds.store.postgres_outbox import OutboxMixin
 from cds.store.postgres_schema import SCHEMA_VERSION, migrate, recorded_version
-from cds.store.postgres_studies import StudiesMixin, opt_float
+from cds.store.postgres_studies import StudiesMixin
+from cds.store.sqlite import queue_stats_of
 
 __all__ = ["PING_TIMEOUT_S", "SCHEMA_VERSION", "PostgresStore"]
 
@@ -145,24 +146,4 @@ class PostgresStore(StudiesMixin, JobsMixin, OutboxMixin, FeedbackMixin, Observa
             self._db.close()
 
     def queue_stats(self) -> QueueStats:
-        jobs = {
-            JobState(str(r["state"])): (int(r["n"]), opt_float(r["oldest"]))
-            for r in self._query(
-                "SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs "
-                "WHERE state IN (%s, %s) GROUP BY state",
-                (JobState.QUEUED.value, JobState.RUNNING.value),
-            )
-        }
-        queued, oldest = jobs.get(JobState.QUEUED, (0, None))
-        studies = self.count_studies_by_state()
-        pending, dead, oldest_delivery = self.delivery_counts()
-        return QueueStats(
-            jobs_queued=queued,
-            jobs_running=jobs.get(JobState.RUNNING, (0, None))[0],
-            oldest_queued_at=oldest,
-            studies_receiving=studies[StudyState.RECEIVING],
-            studies_complete_waiting=studies[StudyState.COMPLETE],
-            deliveries_pending=pending,
-            deliveries_dead=dead,
-            oldest_pending_delivery_at=oldest_delivery,
-        )
+        return queue_stats_of(self, "%s")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cds.domain import (
     InstanceRecord,
@@ -450,27 +451,34 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
 
     # --- jobs: see sqlite_jobs.JobsMixin --------------------------------
     def queue_stats(self) -> QueueStats:
-        jobs = {
-            JobState(str(r["state"])): (int(r["n"]), _opt_float(r["oldest"]))
-            for r in self._query(
-                "SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs "
-                "WHERE state IN (?, ?) GROUP BY state",
-                (JobState.QUEUED.value, JobState.RUNNING.value),
-            )
-        }
-        queued, oldest = jobs.get(JobState.QUEUED, (0, None))
-        studies = self.count_studies_by_state()
-        pending, dead, oldest_delivery = self.delivery_counts()
-        return QueueStats(
-            jobs_queued=queued,
-            jobs_running=jobs.get(JobState.RUNNING, (0, None))[0],
-            oldest_queued_at=oldest,
-            studies_receiving=studies[StudyState.RECEIVING],
-            studies_complete_waiting=studies[StudyState.COMPLETE],
-            deliveries_pending=pending,
-            deliveries_dead=dead,
-            oldest_pending_delivery_at=oldest_delivery,
+        return queue_stats_of(self, "?")
+
+
+def queue_stats_of(store: Any, param: str) -> QueueStats:
+    """The queue's figures from ``store``'s ``_query``, ``count_studies_by_state`` and
+    ``delivery_counts``; ``param`` is its driver's placeholder (SQLite ``?``, psycopg
+    ``%s``): the one query both stores run."""
+    jobs = {
+        JobState(str(r["state"])): (int(r["n"]), _opt_float(r["oldest"]))
+        for r in store._query(
+            "SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM jobs "
+            f"WHERE state IN ({param}, {param}) GROUP BY state",
+            (JobState.QUEUED.value, JobState.RUNNING.value),
         )
+    }
+    queued, oldest = jobs.get(JobState.QUEUED, (0, None))
+    studies = store.count_studies_by_state()
+    pending, dead, oldest_delivery = store.delivery_counts()
+    return QueueStats(
+        jobs_queued=queued,
+        jobs_running=jobs.get(JobState.RUNNING, (0, None))[0],
+        oldest_queued_at=oldest,
+        studies_receiving=studies[StudyState.RECEIVING],
+        studies_complete_waiting=studies[StudyState.COMPLETE],
+        deliveries_pending=pending,
+        deliveries_dead=dead,
+        oldest_pending_delivery_at=oldest_delivery,
+    )
 
 
 def _opt_float(value: float | None) -> float | None:

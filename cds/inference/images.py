@@ -198,6 +198,12 @@ def _decode_one(ds: Dataset, name: str) -> tuple[np.ndarray, list[ImageMeta], st
             f"{name}: (0028,0004) PhotometricInterpretation {photometric[:16]} "
             "not supported (grayscale only)"
         )
+    samples = ds.get("SamplesPerPixel", 1)
+    if samples not in (None, "", 1):  # not a grayscale image, whatever it calls itself
+        raise ModelError(
+            f"{name}: (0028,0002) SamplesPerPixel is not 1 with PhotometricInterpretation "
+            f"{photometric}: not a grayscale image"
+        )
     try:
         # the functional decoder keeps no copy in the data set (ds.pixel_array would):
         # the same data sets are encoded from after inference (cds.compute)
@@ -209,7 +215,7 @@ def _decode_one(ds: Dataset, name: str) -> tuple[np.ndarray, list[ImageMeta], st
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames == 1 and px.ndim == 2:
         px = px[None]
-    if px.ndim != 3:
+    if px.ndim != 3 or px.shape[0] != frames:
         raise ModelError(f"{name}: (7FE0,0010) Pixel Data is not grayscale frames")
     slope, intercept = _rescale(ds)
     metas = []

@@ -34,6 +34,9 @@ with atheris.instrument_imports():
 PACKAGE = Path(__file__).resolve().parents[2] / "models" / "cds-ref-ct-bone"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 MAX_PIXELS = 4096 * 4096  # what one fuzz input may ask decode to allocate
+# preprocess runs here on the whole stack (the runner: batch by batch); each image
+# becomes a 256 x 256 float32 tensor however small it was, so frames are bounded too
+MAX_FRAMES = 64
 
 
 def _steps() -> tuple[list[PreprocessStep], InputSpec]:
@@ -59,7 +62,7 @@ def one_input(data: bytes) -> None:
         # decode wraps that same read in a ModelError (tests/inference); nothing more
         # to fuzz with this input
         return
-    if rows * cols * frames > MAX_PIXELS:
+    if rows * cols * frames > MAX_PIXELS or frames > MAX_FRAMES:
         return
     try:
         stack = decode([ds])

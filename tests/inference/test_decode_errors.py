@@ -6,9 +6,10 @@ from __future__ import annotations
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cds.errors import ModelError
@@ -56,3 +57,39 @@ def test_a_data_set_with_an_unreadable_element_decodes_or_fails_cleanly(corpus: 
         decode([broken])
     assert "(7FE0,0010) Pixel Data missing" in str(err.value)
     assert "CANARY" not in str(err.value)
+
+
+def _monochrome(samples: int, rows: int = 64, cols: int = 4, frames: int | None = None) -> Dataset:
+    ds = _no_pixels()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = rows, cols, samples
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    if frames is not None:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    n = (frames or 1) * rows * cols * samples
+    ds.PixelData = np.arange(n, dtype=np.uint16).tobytes()
+    return ds
+
+
+def test_several_samples_a_pixel_under_a_monochrome_name_is_refused() -> None:
+    """The fuzzer's find at bc18012: SamplesPerPixel 3 with MONOCHROME2 decoded as
+    [rows, columns, 3], which decode took for ``rows`` frames of columns x 3 pixels; the
+    CT model's resize to 256 x 256 then made 4,096 images of one (3 GB). It is refused,
+    naming the attribute."""
+    with pytest.raises(ModelError) as err:
+        decode([_monochrome(3, rows=4096, cols=8)])
+    assert "(0028,0002) SamplesPerPixel is not 1" in str(err.value)
+    assert "CANARY" not in str(err.value)
+    stack = decode([_monochrome(1, rows=64, cols=4)])  # the grayscale twin decodes
+    assert stack.pixels.shape == (1, 64, 4)
+    assert len(stack.meta) == 1
+
+
+def test_frames_decoded_are_the_frames_declared() -> None:
+    stack = decode([_monochrome(1, rows=8, cols=4, frames=5)])
+    assert stack.pixels.shape == (5, 8, 4)
+    assert [m.frame for m in stack.meta] == [1, 2, 3, 4, 5]

@@ -66,6 +66,14 @@ def test_fuzz_parse_decode_preprocess(corpus: Path, tmp_path: Path) -> None:
     runs = int(os.environ.get("CDS_FUZZ_RUNS", "4000"))  # the same inputs every run
     p = subprocess.run(
         [
+            # through a shell that forks it: a process exec'd straight from pytest keeps
+            # pytest's peak RSS as its own (Linux carries ru_maxrss across execve), and
+            # libFuzzer's -rss_limit_mb reads that peak; the suite's pytest passes 3 GB
+            # late in a run, which failed this test at 6826a47 and bc18012 with an
+            # "out-of-memory" on its very first (empty) input
+            "sh",
+            "-c",
+            '"$0" "$@" & wait $!',
             sys.executable,
             str(HERE / "fuzz_ingest.py"),
             f"-seed={seed}",

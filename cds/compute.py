@@ -45,9 +45,10 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from cds.domain import ObjectOutcome, ResultRef
 from cds.errors import CdsError, ModelError
 from cds.faults import failpoint
+from cds.findings import InferenceResult
 from cds.inference.images import decode
 from cds.inference.registry import LoadedModel, ModelRegistry
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, ProviderChoice
 from cds.inference.validate import validate_package
 from cds.logging import configure_logging, get_logger
@@ -356,8 +357,13 @@ class Compute:
         return {"kind": self.kind, "workers": self.workers}
 
     def workers_info(self) -> list[dict[str, object]]:
-        """For ``cds workers``: the node's threads, or the process pool, as one worker."""
-        return [self._stats.as_dict()]
+        """For ``cds workers``: the node's threads, or the process pool, as one worker;
+        the threads with the devices their sessions are on (each GPU id the node may use)."""
+        row = self._stats.as_dict()
+        if self.kind == "thread":
+            held = [(m.name, m.session.device) for m in self._models.all() if m.session]
+            row["devices"] = self._models.slots.describe(held)
+        return [row]
 
     def run(self, work: SeriesWork) -> SeriesOutcome:
         """Run ``work``; raises CdsError (or the step's own error) when it fails."""

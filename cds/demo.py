@@ -48,7 +48,7 @@ from cds.demo_study import DEMO_PATIENT_NAME, DemoStudy, synthetic_ct
 from cds.domain import DeliveryState, StudyState
 from cds.logging import configure_logging
 from cds.orchestrator import Node
-from cds.routing.rules import Destination
+from cds.routing.destinations import Destination
 
 #: models the demo's routing file runs (bundled in the repository's models/)
 DEMO_MODELS = ("cds-ref-ct-bone", "cds-ref-blob-detect")

@@ -111,6 +111,7 @@ class StudySummary:
     completed_at: float | None
     reopened_count: int
     updated_at: float
+    received_by: tuple[str, ...] = ()  # the nodes (node.name) that received its instances
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +167,7 @@ class Job:
     started_at: float | None = None  # latest move to running
     finished_at: float | None = None  # move to done, partial, failed, skipped or cancelled
     objects: tuple[ObjectOutcome, ...] = ()  # as the job ended (schema 7)
+    claimed_by: str | None = None  # the node (node.name) that ran it (schema 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +257,7 @@ class Delivery:
     updated_at: float
     delivered_at: float | None
     priority: int = 0  # the routing rule's: higher goes out first
+    claimed_by: str | None = None  # the node (node.name) that last took it to send (schema 9)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,11 +42,12 @@ from pydicom.dataset import Dataset
 
 from cds import __version__
 from cds.errors import CdsError
+from cds.findings import InferenceResult
 from cds.inference import manifest as mf
 from cds.inference import readback as rb
 from cds.inference.images import decode
 from cds.inference.registry import LoadedModel
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, Session
 from cds.results.encode import encode
 from cds.results.text import said

@@ -33,7 +33,7 @@ from cds.executor import Executor, InProcessExecutor
 from cds.feedback.dicom import FEEDBACK_MODALITIES, read_feedback
 from cds.golden import run_golden_once
 from cds.inference.registry import ModelRegistry
-from cds.inference.session import DeviceSlots
+from cds.inference.session import DeviceSlots, gpu_ids
 from cds.ingest.assembler import Assembler
 from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
@@ -45,6 +45,7 @@ from cds.pipeline import RERUN_EVENTS, run_study, study_series
 from cds.retention import Retention
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
+from cds.store.claims import LEASE_S
 
 log = get_logger("cds.node")
 
@@ -86,7 +87,7 @@ class Node:
         self.models = ModelRegistry(
             inf.model_dirs,
             inf.providers,
-            DeviceSlots(inf.max_sessions_per_gpu, inf.max_sessions_cpu),
+            DeviceSlots(inf.max_sessions_per_gpu, inf.max_sessions_cpu, gpu_ids(inf.gpus)),
             warm=inf.warm_up,
             golden=run_golden_once if inf.golden_at_load else None,
         )
@@ -97,6 +98,7 @@ class Node:
             ex.workers,
             address=ex.address,
             gpus_per_worker=ex.gpus_per_worker,
+            gpu_workers=ex.gpu_workers,
             log_format=settings.log.format,
             log_level=settings.log.level,
         )
@@ -132,6 +134,7 @@ class Node:
         self.listener.on_association_end = self._association_ended
         self.started_at: float | None = None
         self._stopped = False
+        self._claims_renewed_at = 0.0
 
     # --- wiring ----------------------------------------------------------
     def on_study_complete(self, consumer: StudyConsumer) -> None:
@@ -180,6 +183,10 @@ class Node:
             self._rechecks[study_key] = at
 
     def _rechecks_due(self, now: float) -> None:
+        if now >= self._claims_renewed_at + LEASE_S / 4:  # several nodes on one store
+            self._claims_renewed_at = now
+            self.store.renew_claims(now)
+            self._take_over(now)
         with self._rechecks_lock:
             due = [k for k, at in self._rechecks.items() if at <= now]
             for key in due:
@@ -229,15 +236,42 @@ class Node:
         routed, or processing when the node went down. Returns how many."""
         if self.settings.routing.file is None:
             return 0
-        for state in (JobState.QUEUED, JobState.RUNNING):
-            for job in self.store.list_jobs(state=state, limit=100_000):
-                self.store.set_job_state(
-                    job.job_id, JobState.FAILED, error="interrupted: node stopped"
-                )
-        keys = [s.study_key for s in self.store.list_studies(StudyState.COMPLETE, limit=100_000)]
-        for s in self.store.list_studies(StudyState.PROCESSING, limit=100_000):
-            if self._interrupted(s.study_key):
-                keys.append(s.study_key)
+        complete = self.store.list_studies(StudyState.COMPLETE, limit=100_000)
+        processing = self.store.list_studies(StudyState.PROCESSING, limit=100_000)
+        return self._hand_back(
+            [s.study_key for s in complete], [s.study_key for s in processing], time.time()
+        )
+
+    def _take_over(self, now: float) -> int:
+        """What a node that died held (its claims' leases lapsed) goes on here."""
+        if self.settings.routing.file is None:
+            return 0
+        lapsed = set(self.store.lapsed_studies(now))
+        if not lapsed:
+            return 0
+        processing = self.store.list_studies(StudyState.PROCESSING, limit=100_000)
+        busy = {s.study_key for s in processing} & lapsed
+        return self._hand_back(sorted(lapsed - busy), sorted(busy), now)
+
+    def _hand_back(self, complete: list[str], processing: list[str], now: float) -> int:
+        """Jobs no live node holds fail (``interrupted``); the studies of ``complete``
+        and ``processing`` this node can claim (free, its own, or lapsed: never another
+        live node's) go to the stages again. Returns how many studies."""
+        for job in self.store.open_claims(now):
+            self.store.set_job_state(
+                job.job_id,
+                JobState.FAILED,
+                error="interrupted: node stopped"
+                + (f" (node {job.claimed_by})" if job.claimed_by else ""),
+            )
+        keys = [k for k in complete if self.store.claim_study(k, now)]
+        for key in processing:
+            if not self.store.claim_study(key, now):
+                continue  # another live node runs it
+            if self._interrupted(key):
+                keys.append(key)
+            else:
+                self.store.release_study(key)
         for key in keys:
             self.submit_study(key)
         if keys:

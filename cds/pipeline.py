@@ -161,6 +161,18 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
     """
     if node.routing.path is None:
         return
+    # one node at a time routes a study and decides its jobs (several nodes, one store)
+    if not node.store.claim_study(study_key):
+        if not early:  # the node that holds it (an early start) may be done by then
+            node.recheck_at(study_key, time.time() + node.settings.assembly.check_interval_s)
+        return
+    try:
+        _route_and_run(node, study_key, early)
+    finally:
+        node.store.release_study(study_key)
+
+
+def _route_and_run(node: Node, study_key: str, early: bool) -> None:
     series = study_series(node, study_key)
     loaded = {m.name for m in node.models.all() if m.status == "ready"}
     rules = node.routing.rules
@@ -400,7 +412,7 @@ def _run_jobs(
             node.store.set_job_state(job.job_id, JobState.SKIPPED, error=p.status)
             log.warning("pipeline.skipped", study_key=study_key, model=p.model, reason=p.status)
             continue
-        if node.store.set_job_state(job.job_id, JobState.RUNNING).state is JobState.CANCELLED:
+        if not node.store.claim_jobs(job_ids=[job.job_id]):
             continue  # an admin cancelled it while it waited
         state = _run_job(node, study_key, job.job_id, job.kind, series, rule, p)
         failed += state is JobState.FAILED

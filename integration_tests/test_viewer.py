@@ -28,9 +28,9 @@ from typing import Any
 import pydicom
 import pytest
 
-from cds.inference.postprocess import Finding
+from cds.findings import Finding, InferenceResult
 from cds.inference.registry import ModelRegistry
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.pipeline import process_series
 from cds.results.encode import write_results

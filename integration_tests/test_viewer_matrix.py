@@ -43,8 +43,9 @@ import pytest
 from PIL import Image
 
 from cds.demo_study import synthetic_ct
+from cds.findings import InferenceResult
 from cds.inference.registry import ModelRegistry
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.pipeline import process_series
 from cds.results.encode import write_results

@@ -20,11 +20,10 @@ from cds.api.review import pages
 from cds.api.routes.review import _finding_view
 from cds.cli.model import finding_lines
 from cds.domain import FindingRecord
+from cds.findings import Code, Finding, InferenceResult, Label, Text
 from cds.golden import run_golden
 from cds.i18n import Lang
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding
-from cds.inference.runner import InferenceResult
 from cds.inference.validate import validate_package
 from cds.results.text import label_statement, said, statement
 from tests.results.test_seg import record
@@ -42,12 +41,12 @@ def manifest() -> mf.Manifest:
     return mf.load_manifest(MODELS / TRIAGE)
 
 
-def _score_only(index: int) -> mf.Label:
+def _score_only(index: int) -> Label:
     """An informational classification score: threshold null, not normal."""
-    return mf.Label(
+    return Label(
         index=index,
-        code=mf.Code(scheme="99CDS", value=f"T{index}", meaning="Pneumothorax"),
-        display=mf.Text(en="Pneumothorax", fr="Pneumothorax"),
+        code=Code(scheme="99CDS", value=f"T{index}", meaning="Pneumothorax"),
+        display=Text(en="Pneumothorax", fr="Pneumothorax"),
         threshold=None,
     )
 
@@ -92,7 +91,7 @@ def test_model_run_lines_say_a_normal_class_with_a_high_score_is_present(
 
 
 # --- the review page -------------------------------------------------------------------
-def _record(label: mf.Label, score: float, present: bool = False) -> FindingRecord:
+def _record(label: Label, score: float, present: bool = False) -> FindingRecord:
     return FindingRecord(
         tracking_uid=f"2.25.{label.index + 1}",
         result_sop_uid="2.25.100",

@@ -22,6 +22,7 @@ from cds.errors import ConfigError
 from cds.orchestrator import Node
 from cds.requestor import PauseSafeAE
 from cds.store import open_store
+from cds.store.claims import default_node
 
 from .conftest import make_settings
 
@@ -206,7 +207,9 @@ def test_restart_resumes_interrupted_studies(tmp_path: Path, ct_files: list[Path
         wait_state(again, {StudyState.DONE, StudyState.FAILED})
         jobs = {j.job_id: j for j in again.store.list_jobs()}
         assert jobs[stale.job_id].state is JobState.FAILED
-        assert jobs[stale.job_id].error == "interrupted: node stopped"
+        name = default_node()  # node.name not set: the host name
+        assert jobs[stale.job_id].error == f"interrupted: node stopped (node {name})"
+        assert {j.claimed_by for j in jobs.values()} == {name}
         assert sum(j.state is JobState.DONE for j in jobs.values()) == 2
     finally:
         again.stop()

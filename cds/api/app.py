@@ -13,6 +13,7 @@ from cds.api import hardening, pages
 from cds.api.auth import Authenticator, check_routes
 from cds.api.routes import (
     admin,
+    dicomweb,
     docs,
     feedback,
     health,
@@ -52,6 +53,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
         running = node if node is not None else Node(settings)
         if node is None:
             running.start()
+        health.warn_if_no_usable_model(running)
         app.state.node = running
         try:
             yield
@@ -84,6 +86,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(login.router)
     app.include_router(docs.router)
+    app.include_router(dicomweb.router)
     check_routes(app)
     pages.install(app)
     hardening.install(app)

@@ -4,7 +4,8 @@
   it is answered 413 at once, unread; a chunked body is cut off with 413 as soon as it
   passes it (the server reads at most one flow-control window, 64 KiB, ahead). HTML
   form posts (``application/x-www-form-urlencoded``) may carry ``http.max_form_bytes``,
-  anything else ``http.max_body_bytes``;
+  STOW-RS requests (``/dicomweb/``) ``http.max_stow_bytes``, anything else
+  ``http.max_body_bytes``;
 - **security headers**: a Content-Security-Policy that lets a page load only from the
   node (no inline script or style: the pages' CSS and JS are files under ``/static``),
   no framing, no MIME sniffing, no ``Referer``;
@@ -40,6 +41,8 @@ from cds.logging import get_logger
 log = get_logger("cds.http")
 
 FORM = "application/x-www-form-urlencoded"
+#: STOW-RS (cds/api/routes/dicomweb.py): DICOM instances, bounded by http.max_stow_bytes
+STOW_PREFIX = "/dicomweb/"
 STATIC = Path(str(files("cds.api") / "static"))
 
 _SELF = (
@@ -108,15 +111,20 @@ class BodyTooLarge(HTTPException):
 class BodyLimit:
     """Refuses a request body over its limit (413), before or while it arrives."""
 
-    def __init__(self, app: ASGIApp, *, max_body: int, max_form: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body: int, max_form: int, max_stow: int | None = None
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.max_form = max_form
+        self.max_stow = max_body if max_stow is None else max_stow
 
-    def limit(self, headers: Headers) -> tuple[int, str]:
+    def limit(self, headers: Headers, path: str = "") -> tuple[int, str]:
         kind = headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == FORM:
             return self.max_form, "max_form_bytes"
+        if path.startswith(STOW_PREFIX):
+            return self.max_stow, "max_stow_bytes"
         return self.max_body, "max_body_bytes"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -124,7 +132,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        limit, setting = self.limit(headers)
+        limit, setting = self.limit(headers, scope["path"])
         refusal = BodyTooLarge(limit, setting)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -271,6 +279,9 @@ def install(app: FastAPI) -> None:
 def outermost(app: ASGIApp, settings: Settings) -> ASGIApp:
     """The layers that wrap the whole app (see ``create_app``)."""
     limited = BodyLimit(
-        app, max_body=settings.http.max_body_bytes, max_form=settings.http.max_form_bytes
+        app,
+        max_body=settings.http.max_body_bytes,
+        max_form=settings.http.max_form_bytes,
+        max_stow=settings.http.max_stow_bytes,
     )
     return SecurityHeaders(limited)

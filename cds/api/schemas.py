@@ -67,6 +67,9 @@ class StudyOut(BaseModel):
     )
     completed_at: datetime | None
     reopened_count: int = Field(description="times late instances re-opened the study")
+    received_by: list[str] = Field(
+        default_factory=list, description="the nodes (node.name) that received its instances"
+    )
 
     @classmethod
     def of(cls, s: StudySummary) -> StudyOut:
@@ -83,6 +86,7 @@ class StudyOut(BaseModel):
             complete_due_at=_ts(s.complete_due_at),
             completed_at=_ts(s.completed_at),
             reopened_count=s.reopened_count,
+            received_by=list(s.received_by),
         )
 
 
@@ -150,6 +154,7 @@ class JobOut(BaseModel):
     updated_at: datetime
     waited_s: float | None = Field(description="seconds queued before starting (so far)")
     ran_s: float | None = Field(description="seconds running (so far)")
+    node: str | None = Field(None, description="the node (node.name) that ran it")
 
     @classmethod
     def of(cls, j: Job, now: float) -> JobOut:
@@ -168,6 +173,7 @@ class JobOut(BaseModel):
             updated_at=_ts(j.updated_at),
             waited_s=None if waited is None else round(waited, 3),
             ran_s=None if ran is None else round(ran, 3),
+            node=j.claimed_by,
         )
 
 

@@ -32,20 +32,12 @@ import typer
 from cds import admin
 from cds.api.schemas import JobOut, QueueOut
 from cds.audit import AuditTrail, cli_actor
-from cds.cli.common import REFUSED, USAGE, fail, open_state_store, when
+from cds.cli.common import REFUSED, USAGE, ConfigOpt, HomeOpt, fail, open_state_store, when
 from cds.config import Settings, load_settings
 from cds.domain import JobState
 from cds.errors import AdminError, ConfigError
 from cds.ingest.spool import Spool
 
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML configuration file (see deploy/cds.example.yaml)"),
-]
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="state, spool and keys folder (default ./cds-home, or CDS_HOME)"),
-]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 StateOpt = Annotated[JobState | None, typer.Option("--state", help="only jobs in this state")]
 StudyOpt = Annotated[str | None, typer.Option("--study", help="only the jobs of this study key")]
@@ -103,7 +95,7 @@ def _print_jobs(
         return
     typer.echo(
         f"{'JOB ID':<32} {'STUDY KEY':<16} {'STATE':<9} {'CREATED (UTC)':<19} "
-        f"{'WAITED':>7} {'RAN':>7} {'TRIES':>5}  KIND / ERROR"
+        f"{'WAITED':>7} {'RAN':>7} {'TRIES':>5} {'NODE':<12}  KIND / ERROR"
     )
     for j in rows:
         waited, ran = admin.job_timings(j, now)
@@ -111,7 +103,8 @@ def _print_jobs(
         error = f"  {j.error[:80]}" if j.error and not not_made else ""
         typer.echo(
             f"{j.job_id:<32} {j.study_key:<16} {j.state.value:<9} {when(j.created_at):<19} "
-            f"{_duration(waited):>7} {_duration(ran):>7} {j.attempts:>5}  {j.kind}{error}"
+            f"{_duration(waited):>7} {_duration(ran):>7} {j.attempts:>5} "
+            f"{(j.claimed_by or '-')[:12]:<12}  {j.kind}{error}"
         )
         for line in not_made:  # a partial job: each object not made, with its reason
             typer.echo(f"    {line}")
@@ -222,8 +215,15 @@ def workers_cmd(config: ConfigOpt = None, home: HomeOpt = None, as_json: JsonOpt
             f"{w['failed']:>6} {_duration(w['busy_seconds'])}"
         )
         where = " ".join(f"{k} {w[k]}" for k in ("host", "pid") if k in w)
+        if "device" in w:  # a Ray actor: what it runs on
+            memory = w.get("gpu_memory_mib")
+            where += f"{' ' if where else ''}on {w['device']}"
+            where += f" ({memory} MiB)" if memory is not None else ""
         held = ", ".join(w.get("loaded", [])) or ", ".join(w["models"]) or "-"
         typer.echo(f"    {where + '; ' if where else ''}models: {held}")
+        for d in w.get("devices", []):  # the node's threads: each GPU id (and the CPU)
+            on = ", ".join(d["models"]) or "-"
+            typer.echo(f"    {d['device']}: {d['max_sessions']} at once; models: {on}")
 
 
 # --- cds studies rerun | purge --------------------------------------------------

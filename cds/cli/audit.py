@@ -21,8 +21,8 @@ from cds.audit import AuditEvent, AuditRecord, AuditTrail, cli_actor
 from cds.audit.atna import to_atna
 from cds.audit.query import AuditQuery, as_json, query
 from cds.audit.verify import verify
-from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _settings
-from cds.cli.common import REFUSED, USAGE, fail
+from cds.cli.admin import JsonOpt, _settings
+from cds.cli.common import REFUSED, USAGE, ConfigOpt, HomeOpt, fail
 from cds.config import Settings
 from cds.observatory.stats import parse_when
 

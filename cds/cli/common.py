@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +22,16 @@ if TYPE_CHECKING:
 REFUSED = 1
 USAGE = 2
 PARTIAL = 3
+
+#: the options every command that reads the node's configuration takes
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML configuration file (see deploy/cds.example.yaml)"),
+]
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="state, spool and keys folder (default ./cds-home, or CDS_HOME)"),
+]
 
 
 def fail(message: str, code: int) -> typer.Exit:

@@ -16,14 +16,12 @@ import typer
 from cds import admin
 from cds.api.schemas import DeliveryOut
 from cds.cli.admin import (
-    ConfigOpt,
-    HomeOpt,
     JsonOpt,
     LimitOpt,
     _duration,
     _settings,
 )
-from cds.cli.common import REFUSED, USAGE, fail, open_state_store, when
+from cds.cli.common import REFUSED, USAGE, ConfigOpt, HomeOpt, fail, open_state_store, when
 from cds.domain import Delivery, DeliveryState
 from cds.errors import AdminError
 

@@ -21,7 +21,7 @@ from cds.cli import observatory as cli_observatory
 from cds.cli import process as cli_process
 from cds.cli import security as cli_security
 from cds.cli.admin import jobs_app, queue_cmd, studies_app, workers_cmd
-from cds.cli.common import REFUSED, USAGE, fail, open_state_store, when
+from cds.cli.common import REFUSED, USAGE, ConfigOpt, HomeOpt, fail, open_state_store, when
 from cds.cli.deliveries import deliveries_app
 from cds.cli.model import model_app
 from cds.config import Settings, load_settings
@@ -37,15 +37,6 @@ app = typer.Typer(
 config_app = typer.Typer(help="Check configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(studies_app, name="studies")
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="YAML configuration file (see deploy/cds.example.yaml)"),
-]
-HomeOpt = Annotated[
-    Path | None,
-    typer.Option("--home", help="state, spool and keys folder (default ./cds-home, or CDS_HOME)"),
-]
 
 
 def _settings(config: Path | None, home: Path | None) -> Settings:
@@ -199,7 +190,7 @@ def studies(
         return
     head = (
         f"{'STUDY KEY':<17} {'STATE':<11} {'SERIES':>6} {'INST':>6} {'MOD':<8} "
-        f"{'FROM AE':<16} {'LAST RECEIVED (UTC)':<19}"
+        f"{'FROM AE':<16} {'LAST RECEIVED (UTC)':<19} RECEIVED BY"
     )
     typer.echo(head)
     for s in rows:
@@ -207,7 +198,7 @@ def studies(
         typer.echo(
             f"{s.study_key:<17} {s.state.value:<11} {s.series_count:>6} {s.instance_count:>6} "
             f"{','.join(s.modalities)[:8]:<8} {s.calling_ae:<16} "
-            f"{when(s.last_received_at):<19}{reopened}"
+            f"{when(s.last_received_at):<19} {','.join(s.received_by) or '-'}{reopened}"
         )
 
 

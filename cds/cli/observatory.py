@@ -13,8 +13,8 @@ from typing import Annotated
 import typer
 
 from cds.audit import AuditEvent, AuditTrail, cli_actor
-from cds.cli.admin import ConfigOpt, HomeOpt, JsonOpt, _duration, _settings
-from cds.cli.common import REFUSED, USAGE, fail, open_state_store
+from cds.cli.admin import JsonOpt, _duration, _settings
+from cds.cli.common import REFUSED, USAGE, ConfigOpt, HomeOpt, fail, open_state_store
 from cds.observatory.export import DEFAULT_MIN_COUNT, build_export, to_csv
 from cds.observatory.stats import (
     Bucket,

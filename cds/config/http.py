@@ -186,6 +186,13 @@ class HttpSettings(_Section):
         description="largest request body the API reads (JSON); a bigger one is answered "
         "413 before it is read (by its Content-Length, or as soon as a chunked body passes it)",
     )
+    max_stow_bytes: int = Field(
+        512 * 1024**2,
+        ge=1024,
+        le=16 * 1024**3,
+        description="largest STOW-RS request (POST /dicomweb/studies, multipart/related) the "
+        "API reads; it is held in memory while its instances are stored; bigger: 413",
+    )
     max_form_bytes: int = Field(
         64 * 1024,
         ge=1024,

@@ -16,8 +16,7 @@ from cds.i18n import Lang, advisory, check_lang, other, text
 from cds.routing.rules import ANY_FINDING, Notify
 
 if TYPE_CHECKING:  # the inference stack (onnxruntime) is not needed to send
-    from cds.inference.postprocess import Finding
-    from cds.inference.runner import InferenceResult
+    from cds.findings import Finding, InferenceResult
 
 #: FHIR systems of the manifest's coding schemes (PS3.16 designator -> FHIR URI)
 FHIR_SYSTEMS = {

@@ -43,7 +43,7 @@ from cds.routing.rules import NotificationTarget, RoutingFile
 from cds.store.base import StudyHistory
 
 if TYPE_CHECKING:  # the inference stack (onnxruntime) is not needed to send
-    from cds.inference.runner import InferenceResult
+    from cds.findings import InferenceResult
 
 __all__ = ["Notifier", "fhir_diagnostic_report", "urgent_findings"]
 

@@ -20,7 +20,7 @@ from pynetdicom.presentation import PresentationContext, build_context
 
 from cds.errors import error_text
 from cds.requestor import PauseSafeAE
-from cds.routing.rules import Destination
+from cds.routing.destinations import Destination
 
 #: C-STORE warning statuses: the object was stored (coerced, or elements discarded)
 _WARNINGS = {0xB000, 0xB006, 0xB007}
@@ -36,7 +36,7 @@ class Outcome:
 
 
 def describe(dest: Destination) -> str:
-    return f"{dest.ae_title}@{dest.host}:{dest.port}{' (TLS)' if dest.tls.enabled else ''}"
+    return dest.describe()
 
 
 def _tls_args(dest: Destination) -> tuple[ssl.SSLContext, str] | None:

@@ -28,23 +28,33 @@ from typing import Protocol
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import DeliverySettings
-from cds.delivery.scu import Outcome, describe, store_batch
+from cds.delivery.dicomweb import stow_batch
+from cds.delivery.scu import Outcome, store_batch
 from cds.domain import Delivery, DeliveryState
 from cds.faults import failpoint
 from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
-from cds.routing.rules import Destination
+from cds.routing.destinations import DicomWebDestination, SomeDestination
 from cds.store.base import Outbox, StudyHistory
 
 log = get_logger("cds.delivery")
 
-Destinations = Callable[[], Mapping[str, Destination]]
-Sender = Callable[[list[Path], Destination, str, float], list[Outcome]]
+Destinations = Callable[[], Mapping[str, SomeDestination]]
+Sender = Callable[[list[Path], SomeDestination, str, float], list[Outcome]]
 
 
 class DeliveryStore(Outbox, StudyHistory, Protocol):
     """What the worker uses of the state store: the outbox, and the history of the
     studies it sends (delivered, failed and retried, dead)."""
+
+
+def send_batch(
+    files: list[Path], dest: SomeDestination, calling_ae: str, timeout_s: float
+) -> list[Outcome]:
+    """One batch to one destination, by its kind: STOW-RS or C-STORE."""
+    if isinstance(dest, DicomWebDestination):
+        return stow_batch(files, dest, timeout_s)
+    return store_batch(files, dest, calling_ae, timeout_s)
 
 
 def backoff(attempt: int, initial_s: float, max_s: float) -> float:
@@ -61,7 +71,7 @@ class DeliveryWorker:
         destinations: Destinations,
         calling_ae: str,
         *,
-        sender: Sender = store_batch,
+        sender: Sender = send_batch,
         clock: Callable[[], float] = time.time,
         audit: AuditTrail | None = None,
     ) -> None:
@@ -84,7 +94,8 @@ class DeliveryWorker:
 
     def tick(self) -> int:
         """Try every due delivery once; returns how many were tried."""
-        due = self._store.due_deliveries(self._clock(), limit=self._cfg.batch_size * 10)
+        # claimed: another node on the same store takes none of these meanwhile
+        due = self._store.claim_deliveries(self._clock(), limit=self._cfg.batch_size * 10)
         by_dest: dict[str, list[Delivery]] = defaultdict(list)
         for d in due:
             by_dest[d.destination].append(d)
@@ -100,7 +111,7 @@ class DeliveryWorker:
                     self._deliver(name, dest, batch)
         return len(due)
 
-    def _deliver(self, name: str, dest: Destination, batch: list[Delivery]) -> None:
+    def _deliver(self, name: str, dest: SomeDestination, batch: list[Delivery]) -> None:
         files = [self._root / d.path for d in batch]
         missing = [not f.is_file() for f in files]
         to_send = [f for f, m in zip(files, missing, strict=True) if not m]
@@ -127,14 +138,14 @@ class DeliveryWorker:
     def _record(
         self,
         name: str,
-        dest: Destination | None,
+        dest: SomeDestination | None,
         batch: list[Delivery],
         outcomes: list[Outcome],
         *,
         final: bool,
     ) -> None:
         now = self._clock()
-        where = f"{name} ({describe(dest)})" if dest is not None else name
+        where = f"{name} ({dest.describe()})" if dest is not None else name
         per_study: dict[str, list[tuple[Delivery, Delivery, Outcome]]] = defaultdict(list)
         for d, o in zip(batch, outcomes, strict=True):
             tries = d.attempts + 1
@@ -184,13 +195,13 @@ class DeliveryWorker:
     def _audit_sent(
         self,
         name: str,
-        dest: Destination | None,
+        dest: SomeDestination | None,
         study_key: str,
         items: list[tuple[Delivery, Delivery, Outcome]],
     ) -> None:
         """One ``instances_sent`` record per destination, study and batch: what went,
         and apart, what failed (waiting for a retry, or dead: the dead letter)."""
-        where = f"{dest.host}:{dest.port}" if dest is not None else None
+        where = dest.address if dest is not None else None
         ok = [a for _, a, o in items if o.ok]
         waiting = [(a, o) for _, a, o in items if not o.ok and a.state is DeliveryState.PENDING]
         dead = [(a, o) for _, a, o in items if not o.ok and a.state is DeliveryState.DEAD]
@@ -206,12 +217,14 @@ class DeliveryWorker:
                 continue
             detail: dict[str, object] = {
                 "destination": name,
-                "ae_title": dest.ae_title if dest is not None else None,
+                "ae_title": getattr(dest, "ae_title", None),
                 "objects": len(rows),
                 "kinds": sorted({a.modality for a in rows}),
                 "state": state,
                 "attempts": max(a.attempts for a in rows),
             }
+            if isinstance(dest, DicomWebDestination):
+                detail["url"] = dest.url
             if error:
                 detail["error"] = error[:200]
             self._audit.record(

@@ -76,7 +76,9 @@ def _walk(seq: Sequence[Dataset]) -> Iterator[Dataset]:
         yield from _walk(item.get("ContentSequence", []))
 
 
-def _frame(ref: Dataset) -> int:
+def referenced_frame(ref: Dataset) -> int:
+    """The frame a reference item (ReferencedSOPSequence, ...) points at: the first of its
+    Referenced Frame Numbers, 1 when it names none (a single-frame image)."""
     frames = ref.get("ReferencedFrameNumber")
     if frames is None or frames == "":
         return 1
@@ -97,7 +99,7 @@ def _box(group: Dataset) -> ImageBox | None:
                 xs, ys = data[0::2], data[1::2]
                 return ImageBox(
                     str(ref.ReferencedSOPInstanceUID),
-                    _frame(ref),
+                    referenced_frame(ref),
                     min(xs),
                     min(ys),
                     max(xs),

@@ -16,8 +16,7 @@ from pydicom.dataset import Dataset
 
 from cds.domain import FindingRecord
 from cds.feedback.edited import read_groups
-from cds.inference.postprocess import Finding
-from cds.inference.runner import InferenceResult
+from cds.findings import Finding, InferenceResult
 
 _COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 _NAMESPACE = uuid.UUID("6f1c2f38-5a3e-4d52-9a55-0c8a4f1d2b90")

@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cds.errors import ModelError
+from cds.findings import Code, Text
 from cds.inference.manifest_checks import check_manifest
 from cds.inference.manifest_input import (
     AFTER_CHANNELS,
@@ -54,12 +55,9 @@ from cds.inference.manifest_input import (
 )
 from cds.inference.manifest_output import (
     BoxSpec,
-    Code,
-    Label,
     Nms,
     OutputSpec,
     OutputTensor,
-    Text,
 )
 
 __all__ = [
@@ -68,12 +66,10 @@ __all__ = [
     "Bounds",
     "BoxSpec",
     "Channels",
-    "Code",
     "CodingScheme",
     "CropOrPad",
     "InputSpec",
     "InputTensor",
-    "Label",
     "Manifest",
     "ManifestError",
     "ModalityLut",
@@ -86,8 +82,8 @@ __all__ = [
     "PreprocessStep",
     "ResampleSpacing",
     "Resize",
+    "Resources",
     "Scale",
-    "Text",
     "Window",
     "load_manifest",
     "parse_manifest",
@@ -137,6 +133,28 @@ class FetchSpec(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 model.onnx must have")
 
 
+class Resources(_Strict):
+    """What the model needs of the machine that runs it: where an executor may place it
+    (``executor.kind: ray`` sends its work only to actors that fit)."""
+
+    requires_gpu: bool = Field(
+        False, description="true: runs only on a GPU (an actor on the CPU is never sent it)"
+    )
+    gpu_memory_mib: int | None = Field(
+        None,
+        ge=1,
+        le=1_048_576,
+        description="GPU memory its session needs (MiB); on a GPU with less it is not run",
+    )
+
+    def describe(self) -> str:
+        """What it needs, in words: 'a GPU with at least 8192 MiB of memory'."""
+        gpu = "a GPU"
+        if self.gpu_memory_mib is not None:
+            gpu += f" with at least {self.gpu_memory_mib} MiB of memory"
+        return gpu if self.requires_gpu else f"the CPU or {gpu}"
+
+
 class Manifest(_Strict):
     schema_version: Literal[1] = 1
     name: str = Field(description="lower-case identifier, e.g. cds-ref-ct-bone")
@@ -164,6 +182,9 @@ class Manifest(_Strict):
     fetch: FetchSpec | None = Field(
         None, description="set when model.onnx is fetched (e.g. from a vendor's wheel)"
     )
+    resources: Resources | None = Field(
+        None, description="what it needs of the machine (e.g. a GPU and its memory)"
+    )
     golden: list[str] = Field(
         default_factory=list,
         description="folders (in the package) of golden cases: DICOM input and the findings "
@@ -187,8 +208,10 @@ class Manifest(_Strict):
 
     def digest(self) -> str:
         """SHA-256 of the manifest's content (canonical JSON: comments and layout of the
-        YAML file do not count, every value does)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        YAML file do not count, every value does, but ``resources``: where a model runs
+        does not change what it makes)."""
+        content = self.model_dump(mode="json", exclude={"resources"})
+        text = json.dumps(content, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cds.findings import Code
 from cds.inference import layouts
 from cds.inference.manifest_input import (
     AFTER_CHANNELS,
@@ -25,7 +26,6 @@ from cds.inference.manifest_input import (
 
 if TYPE_CHECKING:
     from cds.inference.manifest import Manifest
-    from cds.inference.manifest_output import Code
 
 #: coding schemes every result object may use without declaring them
 STANDARD_SCHEMES = ("SCT", "RADLEX", "DCM", "LN", "UCUM")

@@ -2,7 +2,8 @@
 
 Tensor layouts are explained in ``cds.inference.layouts``. Labels name what a class
 is; ``Label.index`` is the class in the tensor: the channel of a score or probability
-map, the value of a label map, the value of a box's label.
+map, the value of a label map, the value of a box's label. ``Label``, ``Code`` and ``Text``
+live in ``cds.findings``, with the findings that carry them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cds.findings import Code, Label
 
 OutputLayout = Literal[
     "NC", "NCHW", "NHWC", "NHW", "NCDHW", "NDHWC", "DCHW", "NDHW", "DHW",
@@ -19,29 +22,6 @@ OutputLayout = Literal[
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Text(_Strict):
-    """A text for people, in both first-class languages."""
-
-    en: str = Field(min_length=1)
-    fr: str = Field(min_length=1)
-
-    def get(self, lang: str) -> str:
-        return self.fr if lang == "fr" else self.en
-
-
-class Code(_Strict):
-    """A coded concept (DICOM Code Sequence item)."""
-
-    scheme: str = Field(
-        pattern=r"^[A-Z0-9][A-Z0-9._-]{0,15}$",
-        description="coding scheme designator: SNOMED CT (SCT), RadLex (RADLEX), DICOM "
-        "(DCM), LOINC (LN), UCUM, or a private scheme declared in coding_schemes (99...). "
-        "99CDS is the cds project's own scheme, for its reference packages",
-    )
-    value: str = Field(min_length=1, max_length=64)
-    meaning: str = Field(min_length=1, max_length=64)
 
 
 class BoxSpec(_Strict):
@@ -76,28 +56,6 @@ class Nms(_Strict):
     first, a box is dropped when its IoU with a kept box exceeds iou."""
 
     iou: float = Field(gt=0, le=1)
-
-
-class Label(_Strict):
-    index: int = Field(
-        ge=0,
-        description="the class in the output: the channel of scores or of a probability map, "
-        "the value of a label map, the value a box_labels tensor gives",
-    )
-    code: Code = Field(description="finding (SNOMED CT or RadLex preferred)")
-    display: Text
-    threshold: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="score at or above which the finding is reported present. For "
-        "classification, null means informational: the score is shown, no finding is ever "
-        "reported present. For masks and boxes, null means 0.5 (a label map has no score: "
-        "its pixels of value index are the finding)",
-    )
-    normal: bool = Field(
-        False, description="this class means 'no finding' (e.g. 'no tumour'): never a finding"
-    )
 
 
 class OutputTensor(_Strict):

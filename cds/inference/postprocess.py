@@ -14,31 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from cds.findings import Finding, ImageRef, Label
 from cds.inference import manifest as mf
 from cds.inference.boxes import finding_box, nms, to_edges
 from cds.inference.geometry import Geometry
 from cds.inference.images import ImageStack
-
-
-@dataclass(frozen=True, slots=True)
-class ImageRef:
-    sop_uid: str
-    frame: int
-
-
-@dataclass
-class Finding:
-    """One label's result on a series: score, presence, and where (per image)."""
-
-    label: mf.Label
-    score: float  # highest score over the series
-    present: bool
-    #: per image: score (classification), boolean mask on the source grid (segmentation),
-    #: [((row0, col0, row1, col1), score), ...] in source pixels (detection; row1 and col1
-    #: are the bottom and right edges - 1: see ``cds.inference.boxes``), value (measurement)
-    per_image: dict[ImageRef, Any] = field(default_factory=dict)
-    measurement: float | None = None  # segmentation: area in mm2 summed over images
-    volume_mm3: float | None = None  # segmentation of a volume: area x slice spacing
 
 
 @dataclass
@@ -49,7 +29,7 @@ class Outputs:
     per_image: dict[str, list[np.ndarray]] = field(default_factory=dict)  # boxes, box_*
 
 
-def _threshold(lb: mf.Label) -> float:
+def _threshold(lb: Label) -> float:
     return lb.threshold if lb.threshold is not None else 0.5
 
 

@@ -123,8 +123,16 @@ class ModelRegistry:
     def load(self) -> list[LoadedModel]:
         loaded: dict[str, LoadedModel] = {}
         for path in find_packages(self._dirs):
-            # files, graph, test vector, and the golden cases when a runner is handed in
-            report = validate_package(path, self._providers, keep_session=True, golden=self._golden)
+            # files, graph, test vector, and the golden cases when a runner is handed in; its
+            # session on the least loaded GPU id (inference.gpus), none: as onnxruntime says
+            placed = (m.session.device for m in loaded.values() if m.session is not None)
+            report = validate_package(
+                path,
+                self._providers,
+                keep_session=True,
+                golden=self._golden,
+                device_id=self.slots.place(placed),
+            )
             model = LoadedModel(
                 path=path,
                 status="ready" if report.ok else "broken",

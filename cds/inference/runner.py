@@ -23,7 +23,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,13 @@ from pydicom.dataset import Dataset
 
 from cds import __version__
 from cds.errors import ModelError
+from cds.findings import Finding, ImageRef, InferenceRecord, InferenceResult
 from cds.inference import layouts
 from cds.inference import manifest as mf
 from cds.inference.constraints import OutsideDeclaredUse, stack_violations
 from cds.inference.geometry import Geometry
 from cds.inference.images import ImageStack, decode
-from cds.inference.postprocess import Finding, ImageRef, Outputs, postprocess
+from cds.inference.postprocess import Outputs, postprocess
 from cds.inference.preprocess import preprocess, slice_positions, sort_slices
 from cds.inference.registry import LoadedModel
 from cds.inference.session import DeviceSlots
@@ -49,31 +49,6 @@ log = get_logger("cds.inference")
 _PER_IMAGE = ("boxes", "box_scores", "box_labels")
 #: roles with one class per position of their C dimension
 _PER_CLASS = ("scores", "value", "box_scores")
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceRecord:
-    model: str
-    version: str
-    sha256: str
-    provider: str
-    cds_version: str
-    series_uids: tuple[str, ...]
-    images: int
-    seconds: float
-    timings: dict[str, float]
-    manifest_sha256: str = ""  # Manifest.digest(): thresholds, labels, preprocessing
-
-
-@dataclass
-class InferenceResult:
-    record: InferenceRecord
-    kind: str
-    findings: list[Finding]
-    raw: dict[str, np.ndarray]  # model outputs over the whole series (runs joined on axis 0)
-    images: list[ImageRef]
-    #: per image, how model-input pixels lie on the source image (same order as images)
-    geometry: list[Geometry] = field(default_factory=list)
 
 
 def _subset(stack: ImageStack, idx: slice, *, pixels: bool = True) -> ImageStack:

@@ -5,6 +5,11 @@ machines without a GPU, then silently falls back to the CPU when a session is
 created. So the provider we report is ``session.get_providers()[0]`` after
 creation, never the one we asked for.
 
+GPUs (``inference.gpus``): a session is made on one GPU id (the CUDA and TensorRT providers
+are given its ``device_id``), the least loaded of the ids the node may use (``least_loaded``),
+and ``DeviceSlots`` bounds the sessions running at once on each GPU id (``GPU0``, ``GPU1``,
+...). Without a usable GPU nothing changes: the CPU provider, one ``CPU`` slot.
+
 Threads (``cpu_threads``): the model's operators get every core this process may use
 (``os.sched_getaffinity``: a container's or ``taskset``'s limit, not the host's count),
 nodes run one after the other (one inter-op thread), and onnxruntime's threads sleep
@@ -19,7 +24,7 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -28,8 +33,15 @@ import numpy as np
 import onnxruntime as ort
 
 from cds.errors import ModelError
+from cds.logging import get_logger
 
 ProviderChoice = Literal["auto", "tensorrt", "cuda", "cpu"]
+#: the GPU ids the node may use (``inference.gpus``): a list, or every visible device
+GpuChoice = list[int] | Literal["auto"]
+#: what onnxruntime is given: a provider's name, or its name and options
+ProviderArg = str | tuple[str, dict[str, Any]]
+
+log = get_logger("cds.inference")
 
 _PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -87,6 +99,78 @@ def requested_providers(choice: ProviderChoice) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def provider_options(asked: Sequence[str], device_id: int | None) -> list[ProviderArg]:
+    """``asked`` as onnxruntime takes them: the GPU providers with ``device_id`` when the
+    session is placed on a GPU id (``None``: onnxruntime's default device, GPU 0)."""
+    if device_id is None:
+        return list(asked)
+    return [(p, {"device_id": device_id}) if p in _GPU_PROVIDERS else p for p in asked]
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    """A GPU this process sees (CUDA's numbering, after ``CUDA_VISIBLE_DEVICES``)."""
+
+    id: int
+    memory_mib: int
+
+
+@functools.cache
+def visible_gpus() -> tuple[Gpu, ...]:
+    """The GPUs the NVIDIA driver shows this process; none without a driver or device."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return ()
+    count = ctypes.c_int(0)
+    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return ()
+    out = []
+    for i in range(count.value):
+        dev, total = ctypes.c_int(0), ctypes.c_size_t(0)
+        if cuda.cuDeviceGet(ctypes.byref(dev), i) != 0:
+            continue
+        if cuda.cuDeviceTotalMem_v2(ctypes.byref(total), dev) != 0:
+            continue
+        out.append(Gpu(i, total.value // 2**20))
+    return tuple(out)
+
+
+def resolve_gpus(choice: GpuChoice, visible: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(the GPU ids to use, the configured ids not visible here): ``auto`` is every
+    visible id; a list keeps its order, without repeats."""
+    if choice == "auto":
+        return sorted(set(visible)), []
+    wanted = list(dict.fromkeys(choice))
+    return [g for g in wanted if g in visible], [g for g in wanted if g not in visible]
+
+
+def gpu_ids(choice: GpuChoice) -> list[int]:
+    """``resolve_gpus`` against this machine's GPUs; a configured id that is not here is
+    left out, and said (``inference.gpu_not_visible``)."""
+    visible = [g.id for g in visible_gpus()]
+    use, missing = resolve_gpus(choice, visible)
+    if missing:
+        log.warning("inference.gpu_not_visible", gpus=missing, visible=visible)
+    return use
+
+
+def device_name(device_id: int) -> str:
+    return f"GPU{device_id}"
+
+
+def least_loaded(gpus: Sequence[int], placed: Iterable[str]) -> int | None:
+    """The GPU id of ``gpus`` holding the fewest of the sessions ``placed`` (their
+    devices: ``GPU1``, ``CPU``), the first listed on a tie; ``None`` when there is none."""
+    if not gpus:
+        return None
+    held = list(placed)
+    return min(gpus, key=lambda g: held.count(device_name(g)))
+
+
 @dataclass(frozen=True, slots=True)
 class Threads:
     """The threads one onnxruntime session runs with (``cpu_threads``)."""
@@ -131,9 +215,12 @@ def session_options(threads: Threads) -> ort.SessionOptions:
 
 
 class DeviceSlots:
-    """Bounds how many sessions run at once on each device (GPU memory, fairness)."""
+    """Bounds how many sessions run at once on each device (GPU memory, fairness): at most
+    ``per_gpu`` on each GPU id, ``per_cpu`` on the CPU; and places new sessions on the
+    least loaded of ``gpus`` (none: onnxruntime's default device, as without this)."""
 
-    def __init__(self, per_gpu: int, per_cpu: int) -> None:
+    def __init__(self, per_gpu: int, per_cpu: int, gpus: Sequence[int] = ()) -> None:
+        self.gpus = list(gpus)
         self._per = {"gpu": per_gpu, "cpu": per_cpu}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
@@ -144,6 +231,25 @@ class DeviceSlots:
                 kind = "cpu" if device == "CPU" else "gpu"
                 self._slots[device] = threading.BoundedSemaphore(self._per[kind])
             return self._slots[device]
+
+    def place(self, placed: Iterable[str]) -> int | None:
+        """The GPU id for a new session, given the devices of the sessions already made."""
+        return least_loaded(self.gpus, placed)
+
+    def describe(self, sessions: Iterable[tuple[str, str]]) -> list[dict[str, object]]:
+        """For ``cds workers``: each GPU id the node may use (and the CPU when a session
+        runs there), its sessions at once at most, and the models (name, device) on it."""
+        held = list(sessions)
+        devices = [device_name(g) for g in self.gpus]
+        devices += sorted({d for _, d in held} - set(devices))
+        return [
+            {
+                "device": d,
+                "max_sessions": self._per["cpu" if d == "CPU" else "gpu"],
+                "models": sorted(m for m, on in held if on == d),
+            }
+            for d in devices
+        ]
 
 
 class Session:
@@ -156,14 +262,19 @@ class Session:
         intra_op_threads: int = 0,
         *,
         threads: Threads | None = None,
+        device_id: int | None = None,
     ) -> None:
         """``intra_op_threads`` (> 0) caps the threads of one operator; ``threads`` sets
-        them all; by default ``cpu_threads()``: every usable core, no spinning."""
+        them all; by default ``cpu_threads()``: every usable core, no spinning.
+        ``device_id``: the GPU id the GPU providers run on (default: onnxruntime's, 0)."""
         self.threads = threads if threads is not None else cpu_threads(intra_op_threads)
         opts = session_options(self.threads)
         asked = requested_providers(choice)
+        self.device_id = device_id
         try:
-            self._session = ort.InferenceSession(str(model_path), opts, providers=asked)
+            self._session = ort.InferenceSession(
+                str(model_path), opts, providers=provider_options(asked, device_id)
+            )
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ModelError(f"{model_path}: onnxruntime cannot load the model: {exc}") from exc
         self.providers_asked = asked
@@ -176,7 +287,10 @@ class Session:
 
     @property
     def device(self) -> str:
-        return "CPU" if self.provider == "CPUExecutionProvider" else "GPU0"
+        """Where it runs: ``CPU``, or ``GPU<n>`` of the GPU id it was made on."""
+        if self.provider == "CPUExecutionProvider":
+            return "CPU"
+        return device_name(self.device_id or 0)
 
     def inputs(self) -> list[Any]:
         return list(self._session.get_inputs())

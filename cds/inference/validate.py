@@ -202,12 +202,14 @@ def validate_package(
     keep_session: bool = False,
     *,
     golden: GoldenRunner | None = None,
+    device_id: int | None = None,
 ) -> Report:
     """Everything ``cds model validate`` checks; the report lists every problem.
 
     ``golden``: the runner of the package's golden cases end to end
     (``cds.golden.run_golden``); without it they are not run (the node's loading skips
-    them: they were run by ``cds model validate``)."""
+    them: they were run by ``cds model validate``). ``device_id``: the GPU id its session
+    is made on (``DeviceSlots.place``; default: onnxruntime's)."""
     t0 = time.perf_counter()
     report = Report(package=package)
     src = str(package / mf.MANIFEST_NAME)
@@ -226,7 +228,7 @@ def validate_package(
         report.seconds = time.perf_counter() - t0
         return report
     try:
-        session = Session(onnx_path, providers)
+        session = Session(onnx_path, providers, device_id=device_id)
     except ModelError as exc:
         report.errors.append(str(exc))
         report.seconds = time.perf_counter() - t0

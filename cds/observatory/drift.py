@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from cds.config import Settings
-    from cds.inference.runner import InferenceResult
+    from cds.findings import InferenceResult
     from cds.store.base import ObservatoryStore
 
 log = get_logger("cds.observatory")

@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from cds import __version__
+from cds.findings import InferenceResult, Label
 from cds.inference import manifest as mf
-from cds.inference.runner import InferenceResult
 
 MANUFACTURER = "cds"
 PRIVATE_SCHEME = "99CDS"
@@ -127,7 +127,7 @@ def rectangle(r0: float, c0: float, r1: float, c1: float) -> np.ndarray:
     )
 
 
-def below_threshold(label: mf.Label, score: float) -> bool:
+def below_threshold(label: Label, score: float) -> bool:
     """Whether a classification ``score`` is under ``label``'s threshold, so that the model
     does not report the finding (never for a 'normal' class or an informational score)."""
     return not label.normal and label.threshold is not None and score < label.threshold

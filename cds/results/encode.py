@@ -28,8 +28,8 @@ from pydicom.valuerep import validate_value
 
 from cds.domain import ObjectOutcome, ResultRef
 from cds.errors import CdsError, EncodingError, error_text, safe_message
+from cds.findings import InferenceResult
 from cds.inference import manifest as mf
-from cds.inference.runner import InferenceResult
 from cds.logging import get_logger
 from cds.results.common import content_seed, series_number
 from cds.results.copied import copy_for_encoding

@@ -31,10 +31,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from cds.errors import EncodingError
+from cds.findings import Finding, ImageRef, InferenceResult
 from cds.i18n import advisory
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding, ImageRef
-from cds.inference.runner import InferenceResult
 from cds.results.common import (
     LO,
     MANUFACTURER,

@@ -28,13 +28,13 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from cds.errors import EncodingError
+from cds.findings import Finding, ImageRef, InferenceResult
 from cds.i18n import advisory
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding, ImageRef
-from cds.inference.runner import InferenceResult
 from cds.results.common import (
     LO,
     MANUFACTURER,
+    TYPE2_COPIED,
     below_threshold,
     check_model_of,
     identify_vendor,
@@ -53,17 +53,6 @@ _COLOURS = ((255, 64, 64), (64, 255, 64), (64, 160, 255), (255, 200, 0), (255, 0
 _BANNER_BG = (0, 0, 0)
 _BANNER_FG = (255, 255, 0)
 _FILL_ALPHA = 0.3
-TYPE2_COPIED = (
-    "PatientID",
-    "PatientName",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 
 
 def _frame(ds: Dataset, frame: int) -> np.ndarray:

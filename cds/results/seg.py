@@ -57,10 +57,9 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import format_number_as_ds
 
 from cds.errors import EncodingError
+from cds.findings import Code, Finding, ImageRef, InferenceResult
 from cds.i18n import advisory
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding, ImageRef
-from cds.inference.runner import InferenceResult
 from cds.results import common
 from cds.results.common import (
     LO,
@@ -104,11 +103,11 @@ THICKNESS_FROM_PIXEL_SPACING = (
 )
 
 
-def _coded(code: mf.Code) -> hd.sr.CodedConcept:
+def _coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
-def segment_category(code: mf.Code) -> hd.sr.CodedConcept:
+def segment_category(code: Code) -> hd.sr.CodedConcept:
     """SegmentedPropertyCategory of a label's code.
 
     The manifest does not (yet) say whether a label is anatomy, so SNOMED CT body

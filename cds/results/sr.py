@@ -22,8 +22,8 @@ from pydicom.sr.codedict import codes
 from cds import i18n
 from cds.domain import ResultRef
 from cds.errors import EncodingError
+from cds.findings import InferenceResult
 from cds.inference import manifest as mf
-from cds.inference.runner import InferenceResult
 from cds.results.common import (
     LO,
     MANUFACTURER,

@@ -80,10 +80,9 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
+from cds.findings import Code, Finding, ImageRef, InferenceResult, Label
 from cds.i18n import AdvisoryTexts
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding, ImageRef
-from cds.inference.runner import InferenceResult
 from cds.results.common import rectangle, result_uids
 
 RESULT_KIND = "SR"
@@ -107,7 +106,7 @@ _Group = hd.sr.MeasurementsAndQualitativeEvaluations
 _Source = TypeVar("_Source", hd.sr.SourceImageForMeasurement, hd.sr.SourceImageForMeasurementGroup)
 
 
-def coded(code: mf.Code) -> hd.sr.CodedConcept:
+def coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
@@ -365,7 +364,7 @@ class Groups:
             )
         return nums
 
-    def _value_of(self, label: mf.Label) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
+    def _value_of(self, label: Label) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
         """(name, unit) of a measured value: the label's code, the manifest's unit."""
         unit = self.manifest.output.unit
         return coded(label.code), coded(unit) if unit is not None else _NO_UNITS
@@ -425,7 +424,7 @@ class Groups:
             return None
         return box or finding.present
 
-    def reported(self, label: mf.Label) -> bool:
+    def reported(self, label: Label) -> bool:
         """Whether the model reports ``label`` as a finding when its score reaches the
         threshold (not a 'normal' class, nor an informational classification score)."""
         if label.normal:

@@ -16,9 +16,7 @@ from cds.i18n import advisory, section
 from cds.results.sr_groups import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
-    from cds.inference.manifest import Label
-    from cds.inference.postprocess import Finding
-    from cds.inference.runner import InferenceResult
+    from cds.findings import Finding, InferenceResult, Label
 
 __all__ = ["NORMAL_THRESHOLD", "job_summary", "label_statement", "said", "statement"]
 

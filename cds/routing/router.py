@@ -292,10 +292,7 @@ def route(
 
 def _plan(rf: RoutingFile, name: str, disabled: set[str], loaded: set[str] | None) -> PipelinePlan:
     p = rf.pipelines[name]
-    dests = [
-        f"{d} ({rf.destinations[d].ae_title}@{rf.destinations[d].host}:{rf.destinations[d].port})"
-        for d in p.destinations
-    ]
+    dests = [f"{d} ({rf.destinations[d].target})" for d in p.destinations]
     status = "run"
     if p.model in disabled:
         status = "skipped: model disabled"

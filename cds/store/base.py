@@ -84,7 +84,25 @@ class StudyStore(StudyHistory, Protocol):
         ...
 
     def complete_study(self, study_key: str, now: float) -> bool:
-        """receiving -> complete, if still due at ``now``; False if it moved on."""
+        """receiving -> complete, if still due at ``now`` and no other node holds the
+        study; this node then holds it (``claim_study``). False if it moved on."""
+        ...
+
+    def claim_study(self, study_key: str, now: float | None = None) -> bool:
+        """Hold a study to route it and run its pipelines: True when it was free, this
+        node's, or its claim had lapsed; False while another live node holds it."""
+        ...
+
+    def release_study(self, study_key: str) -> None:
+        """Give up this node's hold on a study."""
+        ...
+
+    def lapsed_studies(self, now: float | None = None) -> list[str]:
+        """Complete or processing studies held by another node whose lease lapsed."""
+        ...
+
+    def renew_claims(self, now: float | None = None) -> int:
+        """Extend the lease of every study and open job this node holds."""
         ...
 
     def set_study_state(
@@ -134,6 +152,22 @@ class JobStore(Protocol):
 
     def get_job(self, job_id: str) -> Job | None: ...
 
+    def claim_jobs(
+        self,
+        limit: int = 1,
+        now: float | None = None,
+        *,
+        job_ids: Collection[str] | None = None,
+    ) -> list[Job]:
+        """Queued jobs (of ``job_ids`` only, when given), oldest first, moved to running
+        for this node alone: on several nodes each job runs exactly once."""
+        ...
+
+    def open_claims(self, now: float | None = None) -> list[Job]:
+        """Queued and running jobs no live node holds (this node's own from its last
+        run, or another's whose lease lapsed)."""
+        ...
+
     def cancel_job(
         self, job_id: str, detail: str = "", now: float | None = None
     ) -> tuple[Job, bool]:
@@ -182,6 +216,11 @@ class Outbox(Protocol):
     def due_deliveries(self, now: float, limit: int = 500) -> list[Delivery]:
         """Pending deliveries whose next attempt is due: highest priority first, then
         the longest due, then the oldest."""
+        ...
+
+    def claim_deliveries(self, now: float, limit: int = 500) -> list[Delivery]:
+        """``due_deliveries``, leased to this node alone (still pending until the try
+        is recorded; due again if the node dies before)."""
         ...
 
     def deliveries_due_now(self, destination: str, now: float) -> int:

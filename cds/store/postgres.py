@@ -35,6 +35,7 @@ from psycopg.rows import dict_row
 from cds.config.settings import redact_url
 from cds.domain import QueueStats
 from cds.errors import StoreError
+from cds.store.claims import ClaimsMixin, default_node
 from cds.store.postgres_feedback import FeedbackMixin
 from cds.store.postgres_host import Db, Row
 from cds.store.postgres_jobs import JobsMixin
@@ -50,10 +51,16 @@ __all__ = ["PING_TIMEOUT_S", "SCHEMA_VERSION", "PostgresStore"]
 PING_TIMEOUT_S = 2
 
 
-class PostgresStore(StudiesMixin, JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
-    """StateStore on one PostgreSQL database."""
+class PostgresStore(
+    ClaimsMixin, StudiesMixin, JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin
+):
+    """StateStore on one PostgreSQL database, of the node named ``node`` (``claims``)."""
 
-    def __init__(self, url: str, *, connect_timeout_s: int = 10) -> None:
+    _PARAM = "%s"
+    _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"  # nodes claiming at once skip each other's rows
+
+    def __init__(self, url: str, *, node: str | None = None, connect_timeout_s: int = 10) -> None:
+        self.node = node or default_node()
         self.where = redact_url(url)
         self._url = url
         self._timeout = connect_timeout_s

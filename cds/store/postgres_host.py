@@ -30,6 +30,8 @@ def one(db: Db, sql: str, args: tuple[object, ...] = ()) -> Row | None:
 
 
 class PostgresHost(Protocol):
+    node: str
+
     def _tx(self) -> AbstractContextManager[Db]: ...
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[Row]: ...

@@ -3,7 +3,8 @@
 
 A job changed after being read is locked first (``SELECT ... FOR UPDATE``), so a
 cancellation and a worker's state change on two nodes are one after the other as in
-SQLite. ``claim_jobs`` hands queued jobs to one node each (``FOR UPDATE SKIP LOCKED``).
+SQLite. ``claim_jobs`` (``claims``, shared with SQLite) hands queued jobs to one node
+each (``FOR UPDATE SKIP LOCKED``).
 """
 
 # SQL text is built only from constant fragments; every value is a bound parameter
@@ -19,7 +20,13 @@ from collections.abc import Sequence
 from cds.domain import Job, JobState, ObjectOutcome
 from cds.store.postgres_host import Db, as_row, one
 from cds.store.postgres_host import PostgresHost as _Host
-from cds.store.sqlite_jobs import _JOB_COLS, FINAL_JOB_STATES, OPEN_JOB_STATES, _objects_json
+from cds.store.sqlite_jobs import (
+    _JOB_COLS,
+    FINAL_JOB_STATES,
+    LEASE_S,
+    OPEN_JOB_STATES,
+    _objects_json,
+)
 from cds.store.sqlite_jobs import _job as _read_job
 
 
@@ -40,12 +47,12 @@ class JobsMixin:
         job_id = uuid.uuid4().hex
         with self._tx() as db:
             db.execute(
-                "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
-                (job_id, study_key, kind, JobState.QUEUED.value, at, at),
+                "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at, "
+                "claimed_by, lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                (job_id, study_key, kind, JobState.QUEUED.value, at, at, self.node, at + LEASE_S),
             )
             self._event(db, study_key, at, "job_queued", f"{kind} job {job_id}")
-        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, None, None)
+        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, claimed_by=self.node)
 
     def set_job_state(
         self: _Host,
@@ -81,24 +88,6 @@ class JobsMixin:
             job = _job_in(db, job_id)
             self._event(db, job.study_key, at, f"job_{state.value}", f"{job.kind} job {job_id}")
         return job
-
-    def claim_jobs(self: _Host, limit: int = 1, now: float | None = None) -> list[Job]:
-        """Up to ``limit`` queued jobs, oldest first, moved to running for this caller
-        alone: nodes claiming at once skip the rows another has locked, so each job is
-        claimed exactly once (a cancelled job is not queued, so never claimed)."""
-        at = time.time() if now is None else now
-        with self._tx() as db:
-            rows = db.execute(
-                f"UPDATE jobs SET state = %s, updated_at = %s, attempts = attempts + 1, "
-                f"started_at = %s, finished_at = NULL WHERE job_id IN ("
-                f"SELECT job_id FROM jobs WHERE state = %s ORDER BY created_at, job_id "
-                f"LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {_JOB_COLS}",
-                (JobState.RUNNING.value, at, at, JobState.QUEUED.value, limit),
-            ).fetchall()
-            jobs = sorted((_read_job(as_row(r)) for r in rows), key=_created)
-            for job in jobs:
-                self._event(db, job.study_key, at, "job_running", f"{job.kind} job {job.job_id}")
-        return jobs
 
     def get_job(self: _Host, job_id: str) -> Job | None:
         rows = self._query(f"SELECT {_JOB_COLS} FROM jobs WHERE job_id = %s", (job_id,))
@@ -143,7 +132,3 @@ class JobsMixin:
             (*args, limit),
         )
         return [_read_job(as_row(r)) for r in rows]
-
-
-def _created(job: Job) -> tuple[float, str]:
-    return job.created_at, job.job_id

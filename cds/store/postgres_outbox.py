@@ -2,9 +2,8 @@
 the SQLite twin is ``sqlite_outbox``, whose row readers this module shares).
 
 Results and their deliveries are recorded in one transaction, as in SQLite.
-``claim_deliveries`` hands due deliveries to one node each (``FOR UPDATE SKIP
-LOCKED``) by leasing them: they stay pending, due again when the lease ends, so a node
-that dies holding some loses none.
+``claim_deliveries`` (``claims``, shared with SQLite) hands due deliveries to one node
+each (``FOR UPDATE SKIP LOCKED``).
 """
 
 # SQL text is built only from constant fragments; every value is a bound parameter
@@ -26,7 +25,6 @@ from cds.store.sqlite_outbox import _result as _read_result
 
 _PENDING = DeliveryState.PENDING.value
 _BY_ID = f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE delivery_id = %s"
-_D_COLS = ", ".join(f"d.{c.strip()}" for c in _DELIVERY_COLS.split(","))
 
 
 def _opt(v: object) -> float | None:
@@ -87,7 +85,7 @@ class OutboxMixin:
                     row = one(
                         db,
                         f"INSERT INTO deliveries AS d ({_DELIVERY_COLS}) VALUES "
-                        "(%s, %s, %s, %s, %s, %s, %s, %s, 0, NULL, %s, %s, %s, NULL, %s) "
+                        "(%s, %s, %s, %s, %s, %s, %s, %s, 0, NULL, %s, %s, %s, NULL, %s, NULL) "
                         "ON CONFLICT (sop_uid, destination) DO UPDATE SET "
                         "path = excluded.path, updated_at = excluded.updated_at, "
                         "priority = excluded.priority, "
@@ -142,33 +140,13 @@ class OutboxMixin:
         )
         return [_read_delivery(as_row(r)) for r in rows]
 
-    def claim_deliveries(
-        self: _Host, now: float, limit: int = 500, lease_s: float = 300.0
-    ) -> list[Delivery]:
-        """Due deliveries (in ``due_deliveries``' order) for this caller alone: each is
-        leased until ``now + lease_s`` (its ``next_attempt_at``; still pending) and
-        skipped by other nodes claiming at once or during the lease.
-        ``delivery_attempted`` ends the lease."""
-        with self._tx() as db:
-            rows = db.execute(
-                f"WITH due AS (SELECT delivery_id, next_attempt_at AS due FROM deliveries "
-                f"WHERE state = %s AND next_attempt_at <= %s "
-                f"ORDER BY priority DESC, next_attempt_at, created_at LIMIT %s "
-                f"FOR UPDATE SKIP LOCKED) "
-                f"UPDATE deliveries AS d SET next_attempt_at = %s FROM due "
-                f"WHERE d.delivery_id = due.delivery_id "
-                f"RETURNING due.due, {_D_COLS}",
-                (_PENDING, now, limit, now + lease_s),
-            ).fetchall()
-        rows.sort(key=lambda r: (-int(r["priority"]), float(r["due"]), float(r["created_at"])))
-        return [_read_delivery(as_row(r)) for r in rows]
-
     def deliveries_due_now(self: _Host, destination: str, now: float) -> int:
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE deliveries SET next_attempt_at = %s WHERE destination = %s "
-                "AND state = %s AND next_attempt_at > %s",
-                (now, destination, _PENDING, now),
+                "AND state = %s AND next_attempt_at > %s "
+                "AND (lease_until IS NULL OR lease_until <= %s)",  # another node sends it
+                (now, destination, _PENDING, now, now),
             )
             return int(cur.rowcount)
 
@@ -199,7 +177,7 @@ class OutboxMixin:
         with self._tx() as db:
             db.execute(
                 "UPDATE deliveries SET state = %s, attempts = attempts + 1, last_error = %s, "
-                "next_attempt_at = %s, updated_at = %s, delivered_at = %s "
+                "next_attempt_at = %s, updated_at = %s, delivered_at = %s, lease_until = NULL "
                 "WHERE delivery_id = %s AND state = %s",
                 (
                     state.value,

@@ -25,8 +25,9 @@ from cds.domain import (
     StudyState,
     StudySummary,
 )
-from cds.store.postgres_host import Db, Row, one
+from cds.store.postgres_host import Db, Row, as_row, one
 from cds.store.postgres_host import PostgresHost as _Host
+from cds.store.sqlite import SqliteStore
 
 _STUDY_SUMMARY_SQL = """
 SELECT s.study_key, s.study_uid, s.state, s.calling_ae, s.first_received_at,
@@ -35,7 +36,9 @@ SELECT s.study_key, s.study_uid, s.state, s.calling_ae, s.first_received_at,
        (SELECT COUNT(*) FROM series r WHERE r.study_key = s.study_key) AS series_count,
        (SELECT COUNT(*) FROM instances i WHERE i.study_key = s.study_key) AS instance_count,
        (SELECT string_agg(DISTINCT r.modality, ',') FROM series r
-        WHERE r.study_key = s.study_key) AS modalities
+        WHERE r.study_key = s.study_key) AS modalities,
+       (SELECT string_agg(DISTINCT i.received_by, ',') FROM instances i
+        WHERE i.study_key = s.study_key) AS received_by
 FROM studies s
 """
 
@@ -53,22 +56,7 @@ def _lock(db: Db, *names: str) -> None:
 
 
 def _summary(row: Row) -> StudySummary:
-    mods = str(row["modalities"]) if row["modalities"] else ""
-    return StudySummary(
-        study_key=str(row["study_key"]),
-        study_uid=str(row["study_uid"]),
-        state=StudyState(str(row["state"])),
-        calling_ae=str(row["calling_ae"]),
-        first_received_at=float(row["first_received_at"]),
-        last_received_at=float(row["last_received_at"]),
-        complete_due_at=opt_float(row["complete_due_at"]),
-        completed_at=opt_float(row["completed_at"]),
-        reopened_count=int(row["reopened_count"]),
-        updated_at=float(row["updated_at"]),
-        series_count=int(row["series_count"]),
-        instance_count=int(row["instance_count"]),
-        modalities=tuple(sorted(m for m in mods.split(",") if m)),
-    )
+    return SqliteStore._summary(as_row(row))  # the one row reader of both stores
 
 
 class StudiesMixin:
@@ -122,8 +110,8 @@ class StudiesMixin:
                 outcome, version = StoreOutcome.NEW, 1
                 db.execute(
                     "INSERT INTO instances (sop_uid, study_key, series_uid, sop_class_uid, "
-                    "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at, "
+                    "received_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                     (
                         rec.sop_uid,
                         rec.study_key,
@@ -136,6 +124,7 @@ class StudiesMixin:
                         1,
                         rec.calling_ae,
                         rec.received_at,
+                        self.node,
                     ),
                 )
             else:
@@ -156,7 +145,7 @@ class StudiesMixin:
                 db.execute(
                     "UPDATE instances SET study_key = %s, series_uid = %s, sop_class_uid = %s, "
                     "transfer_syntax_uid = %s, path = %s, size = %s, sha256 = %s, version = %s, "
-                    "calling_ae = %s, received_at = %s WHERE sop_uid = %s",
+                    "calling_ae = %s, received_at = %s, received_by = %s WHERE sop_uid = %s",
                     (
                         rec.study_key,
                         rec.series_uid,
@@ -168,6 +157,7 @@ class StudiesMixin:
                         version,
                         rec.calling_ae,
                         rec.received_at,
+                        self.node,
                         rec.sop_uid,
                     ),
                 )
@@ -234,18 +224,6 @@ class StudiesMixin:
             (_ACTIVE, now),
         )
         return [str(r["study_key"]) for r in rows]
-
-    def complete_study(self: _Host, study_key: str, now: float) -> bool:
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE studies SET state = %s, completed_at = %s, complete_due_at = NULL, "
-                "updated_at = %s WHERE study_key = %s AND state = %s AND complete_due_at <= %s",
-                (StudyState.COMPLETE.value, now, now, study_key, _ACTIVE, now),
-            )
-            if cur.rowcount != 1:
-                return False
-            self._event(db, study_key, now, "complete", "quiet time elapsed")
-            return True
 
     def set_study_state(
         self: _Host, study_key: str, state: StudyState, detail: str = "", now: float | None = None

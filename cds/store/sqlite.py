@@ -32,6 +32,7 @@ from cds.domain import (
     StudySummary,
 )
 from cds.errors import StoreError
+from cds.store.claims import ClaimsMixin, default_node
 from cds.store.sqlite_feedback import FeedbackMixin
 from cds.store.sqlite_jobs import JobsMixin
 from cds.store.sqlite_observatory import ObservatoryMixin
@@ -47,18 +48,24 @@ SELECT s.study_key, s.study_uid, s.state, s.calling_ae, s.first_received_at,
        (SELECT COUNT(*) FROM series r WHERE r.study_key = s.study_key) AS series_count,
        (SELECT COUNT(*) FROM instances i WHERE i.study_key = s.study_key) AS instance_count,
        (SELECT group_concat(DISTINCT r.modality) FROM series r WHERE r.study_key = s.study_key)
-           AS modalities
+           AS modalities,
+       (SELECT group_concat(DISTINCT i.received_by) FROM instances i
+        WHERE i.study_key = s.study_key) AS received_by
 FROM studies s
 """
 
 _ACTIVE = StudyState.RECEIVING.value
 
 
-class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
-    """StateStore on one SQLite file."""
+class SqliteStore(ClaimsMixin, JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
+    """StateStore on one SQLite file, of the node named ``node`` (``claims``)."""
 
-    def __init__(self, path: Path) -> None:
+    _PARAM = "?"
+    _SKIP_LOCKED = ""  # BEGIN IMMEDIATE: one writer at a time
+
+    def __init__(self, path: Path, *, node: str | None = None) -> None:
         self.path = path
+        self.node = node or default_node()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:
@@ -156,8 +163,8 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                 outcome, version = StoreOutcome.NEW, 1
                 db.execute(
                     "INSERT INTO instances (sop_uid, study_key, series_uid, sop_class_uid, "
-                    "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at, "
+                    "received_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         rec.sop_uid,
                         rec.study_key,
@@ -170,6 +177,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                         1,
                         rec.calling_ae,
                         rec.received_at,
+                        self.node,
                     ),
                 )
             else:
@@ -190,7 +198,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                 db.execute(
                     "UPDATE instances SET study_key = ?, series_uid = ?, sop_class_uid = ?, "
                     "transfer_syntax_uid = ?, path = ?, size = ?, sha256 = ?, version = ?, "
-                    "calling_ae = ?, received_at = ? WHERE sop_uid = ?",
+                    "calling_ae = ?, received_at = ?, received_by = ? WHERE sop_uid = ?",
                     (
                         rec.study_key,
                         rec.series_uid,
@@ -202,6 +210,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
                         version,
                         rec.calling_ae,
                         rec.received_at,
+                        self.node,
                         rec.sop_uid,
                     ),
                 )
@@ -306,6 +315,7 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             series_count=int(row["series_count"]),
             instance_count=int(row["instance_count"]),
             modalities=tuple(sorted(m for m in mods.split(",") if m)),
+            received_by=tuple(sorted(n for n in str(row["received_by"] or "").split(",") if n)),
         )
 
     def list_studies(
@@ -360,18 +370,6 @@ class SqliteStore(JobsMixin, OutboxMixin, FeedbackMixin, ObservatoryMixin):
             (_ACTIVE, now),
         )
         return [str(r["study_key"]) for r in rows]
-
-    def complete_study(self, study_key: str, now: float) -> bool:
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE studies SET state = ?, completed_at = ?, complete_due_at = NULL, "
-                "updated_at = ? WHERE study_key = ? AND state = ? AND complete_due_at <= ?",
-                (StudyState.COMPLETE.value, now, now, study_key, _ACTIVE, now),
-            )
-            if cur.rowcount != 1:
-                return False
-            self._event(db, study_key, now, "complete", "quiet time elapsed")
-            return True
 
     def set_study_state(
         self, study_key: str, state: StudyState, detail: str = "", now: float | None = None

@@ -9,6 +9,8 @@ from typing import Protocol
 
 
 class SqliteHost(Protocol):
+    node: str
+
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
 
     def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[sqlite3.Row]: ...

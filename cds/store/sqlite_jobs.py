@@ -25,9 +25,11 @@ FINAL_JOB_STATES = (
     JobState.SKIPPED,
     JobState.CANCELLED,
 )
+#: seconds a node's claim on a study or a job lasts unless it renews it (``claims``)
+LEASE_S = 60.0
 _JOB_COLS = (
     "job_id, study_key, kind, state, created_at, updated_at, attempts, error, "
-    "started_at, finished_at, objects"
+    "started_at, finished_at, objects, claimed_by"
 )
 
 
@@ -74,6 +76,7 @@ def _job(row: sqlite3.Row) -> Job:
         started_at=_opt(row["started_at"]),
         finished_at=_opt(row["finished_at"]),
         objects=_objects(row["objects"]),
+        claimed_by=None if row["claimed_by"] is None else str(row["claimed_by"]),
     )
 
 
@@ -90,12 +93,12 @@ class JobsMixin:
         job_id = uuid.uuid4().hex
         with self._tx() as db:
             db.execute(
-                "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, study_key, kind, JobState.QUEUED.value, at, at),
+                "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at, "
+                "claimed_by, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, study_key, kind, JobState.QUEUED.value, at, at, self.node, at + LEASE_S),
             )
             self._event(db, study_key, at, "job_queued", f"{kind} job {job_id}")
-        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, None, None)
+        return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, claimed_by=self.node)
 
     def set_job_state(
         self: _Host,

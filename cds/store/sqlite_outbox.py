@@ -22,7 +22,8 @@ _RESULT_COLS = (
 )
 _DELIVERY_COLS = (
     "delivery_id, study_key, sop_uid, sop_class_uid, modality, path, destination, state, "
-    "attempts, last_error, next_attempt_at, created_at, updated_at, delivered_at, priority"
+    "attempts, last_error, next_attempt_at, created_at, updated_at, delivered_at, priority, "
+    "claimed_by"
 )
 
 
@@ -66,6 +67,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         updated_at=float(row["updated_at"]),
         delivered_at=_opt(row["delivered_at"]),
         priority=int(row["priority"]),
+        claimed_by=None if row["claimed_by"] is None else str(row["claimed_by"]),
     )
 
 
@@ -128,7 +130,7 @@ class OutboxMixin:
                     # delivered is not sent again; one pending or dead starts afresh
                     db.execute(
                         f"INSERT INTO deliveries ({_DELIVERY_COLS}) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, NULL, ?) "
+                        "(?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, NULL, ?, NULL) "
                         "ON CONFLICT (sop_uid, destination) DO UPDATE SET "
                         "path = excluded.path, updated_at = excluded.updated_at, "
                         "priority = excluded.priority, "
@@ -189,8 +191,9 @@ class OutboxMixin:
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE deliveries SET next_attempt_at = ? WHERE destination = ? "
-                "AND state = ? AND next_attempt_at > ?",
-                (now, destination, DeliveryState.PENDING.value, now),
+                "AND state = ? AND next_attempt_at > ? "
+                "AND (lease_until IS NULL OR lease_until <= ?)",  # another node sends it
+                (now, destination, DeliveryState.PENDING.value, now, now),
             )
             return int(cur.rowcount)
 
@@ -222,7 +225,7 @@ class OutboxMixin:
         with self._tx() as db:
             db.execute(
                 "UPDATE deliveries SET state = ?, attempts = attempts + 1, last_error = ?, "
-                "next_attempt_at = ?, updated_at = ?, delivered_at = ? "
+                "next_attempt_at = ?, updated_at = ?, delivered_at = ?, lease_until = NULL "
                 "WHERE delivery_id = ? AND state = ?",
                 (
                     state.value,

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from cds.errors import StoreError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS studies (
     complete_due_at REAL,
     completed_at REAL,
     reopened_count INTEGER NOT NULL DEFAULT 0,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    claimed_by TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS studies_state_due ON studies (state, complete_due_at);
 CREATE INDEX IF NOT EXISTS studies_last ON studies (last_received_at);
@@ -76,7 +78,8 @@ CREATE TABLE IF NOT EXISTS instances (
     version INTEGER NOT NULL,
     calling_ae TEXT NOT NULL,
     received_at REAL NOT NULL,
-    duplicates_received INTEGER NOT NULL DEFAULT 0
+    duplicates_received INTEGER NOT NULL DEFAULT 0,
+    received_by TEXT
 );
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances (study_key);
@@ -109,7 +112,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     started_at REAL,
     finished_at REAL,
-    objects TEXT
+    objects TEXT,
+    claimed_by TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created_at);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_key);
@@ -146,6 +151,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at REAL NOT NULL,
     delivered_at REAL,
     priority INTEGER NOT NULL DEFAULT 0,
+    claimed_by TEXT,
+    lease_until REAL,
     UNIQUE (sop_uid, destination)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_at);
@@ -261,6 +268,21 @@ MIGRATIONS = (
         "the outline a correction puts instead",
         # JSON: {"sop_uid", "frame", "box": [x0, y0, x1, y1]}
         (AddColumn("feedback", "corrected_box", "TEXT"),),
+    ),
+    Migration(
+        9,
+        "which node received, claimed and ran what (several nodes on one store)",
+        # claimed_by: a node's name (node.name); lease_until: when a claim a live node
+        # no longer renews lapses (cds.store.claims)
+        (
+            AddColumn("instances", "received_by", "TEXT"),
+            AddColumn("studies", "claimed_by", "TEXT"),
+            AddColumn("studies", "lease_until", "REAL"),
+            AddColumn("jobs", "claimed_by", "TEXT"),
+            AddColumn("jobs", "lease_until", "REAL"),
+            AddColumn("deliveries", "claimed_by", "TEXT"),
+            AddColumn("deliveries", "lease_until", "REAL"),
+        ),
     ),
 )
 

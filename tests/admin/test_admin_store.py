@@ -49,7 +49,7 @@ def test_schema_1_store_gains_job_timings_in_place(tmp_path: Path) -> None:
     assert running.started_at == 12.0
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
-    assert version == str(SCHEMA_VERSION) == "8"
+    assert version == str(SCHEMA_VERSION) == "9"
     again = SqliteStore(path)  # opening again changes nothing; schema 3 tables are there
     assert again.list_deliveries() == []
     assert again.list_results("k1") == []
@@ -62,7 +62,8 @@ def test_schema_6_store_keeps_its_jobs_and_records_what_each_made(tmp_path: Path
     path = tmp_path / "old.db"
     SqliteStore(path).close()
     db = sqlite3.connect(path)
-    db.execute("ALTER TABLE jobs DROP COLUMN objects")
+    for newer in ("objects", "claimed_by", "lease_until"):  # schema 7 and 9
+        db.execute(f"ALTER TABLE jobs DROP COLUMN {newer}")
     db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
     db.execute("INSERT INTO jobs VALUES ('j1', 'k1', 'p:m', 'failed', 1.0, 5.0, 1, 'x', 2, 5)")
     db.commit()

@@ -62,6 +62,9 @@ ROLE_OF: dict[tuple[str, str], str] = {
     ("GET", "/api/routing"): "admin",
     ("POST", "/api/models/{name}/disable"): "admin",
     ("POST", "/api/models/{name}/enable"): "admin",
+    # STOW-RS in (issue 22): sending studies starts pipelines and deliveries
+    ("POST", "/dicomweb/studies"): "admin",
+    ("POST", "/dicomweb/studies/{study}"): "admin",
 }
 RANK = {"observer": 1, "radiologist": 2, "admin": 3}
 

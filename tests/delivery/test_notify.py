@@ -23,9 +23,7 @@ from structlog.testing import capture_logs
 
 from cds.delivery.notify import Notifier, fhir_diagnostic_report, urgent_findings
 from cds.domain import InstanceRecord
-from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding
-from cds.inference.runner import InferenceRecord, InferenceResult
+from cds.findings import Code, Finding, InferenceRecord, InferenceResult, Label, Text
 from cds.routing.rules import RoutingFile, parse_routing
 from cds.store.sqlite import SqliteStore
 
@@ -113,11 +111,11 @@ def store(tmp_path: Path) -> SqliteStore:
     return s
 
 
-def label(value: str, en: str, fr: str, *, normal: bool = False) -> mf.Label:
-    return mf.Label(
+def label(value: str, en: str, fr: str, *, normal: bool = False) -> Label:
+    return Label(
         index=0,
-        code=mf.Code(scheme="SCT", value=value, meaning=en),
-        display=mf.Text(en=en, fr=fr),
+        code=Code(scheme="SCT", value=value, meaning=en),
+        display=Text(en=en, fr=fr),
         threshold=0.5,
         normal=normal,
     )

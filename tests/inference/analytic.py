@@ -24,10 +24,11 @@ from onnx import TensorProto, helper, numpy_helper
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cds.findings import InferenceResult
 from cds.inference import manifest as mf
 from cds.inference.images import decode
 from cds.inference.registry import LoadedModel
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, Session
 from cds.inference.validate import sha256_file
 from cds.results.encode import encode, write_results

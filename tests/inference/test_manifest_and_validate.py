@@ -136,8 +136,9 @@ def test_fetched_model_is_checked_against_the_pinned_sha256(tmp_path: Path) -> N
 
 
 def test_informational_and_normal_classes_are_never_findings(tmp_path: Path) -> None:
+    from cds.findings import ImageRef
     from cds.inference.manifest import parse_manifest
-    from cds.inference.postprocess import ImageRef, Outputs, postprocess
+    from cds.inference.postprocess import Outputs, postprocess
 
     m = manifest()
     m["output"]["labels"][0]["threshold"] = None

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from pydicom.pixels.utils import pixel_array
 
+from cds.findings import ImageRef, InferenceResult
 from cds.inference import manifest as mf
 from cds.inference.geometry import Axis, Geometry
 from cds.inference.images import ImageStack, decode
 from cds.inference.manifest import load_manifest
-from cds.inference.postprocess import ImageRef, Outputs, _above, activate, postprocess
+from cds.inference.postprocess import Outputs, _above, activate, postprocess
 from cds.inference.preprocess import preprocess
 from cds.inference.registry import LoadedModel
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, Session
 from cds.inference.synthetic import ct_series
 

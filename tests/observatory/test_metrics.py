@@ -26,9 +26,7 @@ from cds.domain import (
     ResultState,
     StudyState,
 )
-from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding
-from cds.inference.runner import InferenceRecord, InferenceResult
+from cds.findings import Code, Finding, InferenceRecord, InferenceResult, Label, Text
 from cds.observatory.drift import record_run
 from cds.observatory.metrics import StoreCollector, build_registry
 from cds.orchestrator import Node
@@ -96,10 +94,10 @@ def _result(study: int, n: int, modality: str = "SR") -> ResultObject:
 def inference_result(
     model: str = "alpha", version: str = "1.0", seconds: float = 0.3, score: float = 0.8
 ) -> InferenceResult:
-    label = mf.Label(
+    label = Label(
         index=1,
-        code=mf.Code(scheme="SCT", value="39607008", meaning="Lung structure"),
-        display=mf.Text(en="Nodule", fr="Nodule"),
+        code=Code(scheme="SCT", value="39607008", meaning="Lung structure"),
+        display=Text(en="Nodule", fr="Nodule"),
         threshold=0.5,
     )
     record = InferenceRecord(

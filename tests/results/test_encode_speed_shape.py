@@ -27,10 +27,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
 from cds.demo_study import synthetic_ct
+from cds.findings import Code, Finding, ImageRef, InferenceRecord, InferenceResult, Label, Text
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.readback import sr_groups
-from cds.inference.runner import InferenceRecord, InferenceResult
 from cds.results import seg as seg_module
 from cds.results.encode import encode
 from cds.results.seg import build_seg
@@ -48,10 +47,10 @@ _MOMENT = {
     "ContributionDateTime",
     "DimensionOrganizationUID",
 }
-LESION = mf.Label(
+LESION = Label(
     index=1,
-    code=mf.Code(scheme="SCT", value="52988006", meaning="Lesion"),
-    display=mf.Text(en="Lesion", fr="Lésion"),
+    code=Code(scheme="SCT", value="52988006", meaning="Lesion"),
+    display=Text(en="Lesion", fr="Lésion"),
 )
 
 

@@ -35,9 +35,9 @@ from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
 from cds.domain import ObjectOutcome
-from cds.inference.postprocess import Finding, ImageRef
+from cds.findings import Finding, ImageRef, InferenceResult
 from cds.inference.registry import LoadedModel, ModelRegistry
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.offline import Request
 from cds.offline import run as process_offline

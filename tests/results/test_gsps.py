@@ -16,12 +16,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
+from cds.findings import Finding, ImageRef, InferenceResult
 from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.images import decode
-from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.registry import ModelRegistry
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.gsps import build_gsps
 from cds.results.sc import build_sc

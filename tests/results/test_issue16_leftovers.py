@@ -20,9 +20,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from cds.findings import Code, Finding, ImageRef, InferenceResult, Label, Text
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding, ImageRef
-from cds.inference.runner import InferenceResult
 from cds.results import sr_groups
 from cds.results.seg import THICKNESS_FROM_PIXEL_SPACING, THICKNESS_FROM_SPACING, build_seg
 from cds.results.text import NORMAL_THRESHOLD, job_summary, statement
@@ -122,11 +121,11 @@ def test_a_slice_thickness_stated_is_kept_and_nothing_is_said(
 
 
 # --- the job summary -------------------------------------------------------------------
-def _label(index: int, name: str, *, threshold: float | None, normal: bool = False) -> mf.Label:
-    return mf.Label(
+def _label(index: int, name: str, *, threshold: float | None, normal: bool = False) -> Label:
+    return Label(
         index=index,
-        code=mf.Code(scheme="99CDS", value=f"T{index}", meaning=name),
-        display=mf.Text(en=name, fr=f"{name} (fr)"),
+        code=Code(scheme="99CDS", value=f"T{index}", meaning=name),
+        display=Text(en=name, fr=f"{name} (fr)"),
         threshold=threshold,
         normal=normal,
     )

@@ -66,9 +66,10 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from cds import compute, offline
+from cds.findings import InferenceResult
 from cds.inference.images import decode
 from cds.inference.registry import LoadedModel
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.ingest.instance import is_valid_uid
 from cds.results.copied import COPIED, ENUMERATED, IMAGE, UNKNOWN_CHARACTER_SET

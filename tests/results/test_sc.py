@@ -14,10 +14,9 @@ import pytest
 from PIL import ImageDraw
 from pydicom.dataset import Dataset
 
+from cds.findings import Finding, ImageRef, InferenceResult
 from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
-from cds.inference.postprocess import Finding, ImageRef
-from cds.inference.runner import InferenceResult
 from cds.results.inherited import ORIENTATION_UNKNOWN
 from cds.results.sc import build_sc, drawable, render, windowed
 from tests.results.test_seg import MODELS, SERIES, dciodvfy_errors, record

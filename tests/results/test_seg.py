@@ -16,12 +16,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
+from cds.findings import Code, Finding, ImageRef, InferenceRecord, InferenceResult, Label, Text
 from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.images import decode
-from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.registry import ModelRegistry
-from cds.inference.runner import InferenceRecord, InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.seg import build_seg, result_uids, segment_category
 
@@ -32,10 +32,10 @@ SHA = "0123456789abcdef" * 4
 DCIODVFY = "/usr/bin/dciodvfy"
 EMPTY_SLICE = 2  # the synthetic bone mask leaves this slice empty
 
-LESION = mf.Label(
+LESION = Label(
     index=1,
-    code=mf.Code(scheme="SCT", value="52988006", meaning="Lesion"),
-    display=mf.Text(en="Lesion", fr="Lésion"),
+    code=Code(scheme="SCT", value="52988006", meaning="Lesion"),
+    display=Text(en="Lesion", fr="Lésion"),
 )
 
 
@@ -230,7 +230,7 @@ def test_refusals_name_the_problem(slices: list[Dataset], manifest: mf.Manifest)
 
 def test_segment_category_tells_anatomy_from_abnormality() -> None:
     def cat(meaning: str, scheme: str = "SCT") -> str:
-        code = mf.Code(scheme=scheme, value="1", meaning=meaning)  # type: ignore[arg-type]
+        code = Code(scheme=scheme, value="1", meaning=meaning)  # type: ignore[arg-type]
         return str(segment_category(code).value)
 
     assert cat("Bone structure") == "91723000"

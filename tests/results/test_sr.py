@@ -20,12 +20,12 @@ from pydicom.dataset import Dataset
 
 from cds.domain import ResultRef
 from cds.errors import EncodingError
+from cds.findings import Code, Finding, ImageRef, InferenceRecord, InferenceResult, Label, Text
 from cds.i18n import LANGS, advisory
 from cds.inference import manifest as mf
 from cds.inference.images import decode
-from cds.inference.postprocess import Finding, ImageRef
 from cds.inference.registry import ModelRegistry
-from cds.inference.runner import InferenceRecord, InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.seg import build_seg, result_uids
 from cds.results.sr import build_sr
@@ -37,10 +37,10 @@ SHA = "0123456789abcdef" * 4
 DCIODVFY = "/usr/bin/dciodvfy"
 AREA_MM2 = 1234.5
 
-LESION = mf.Label(
+LESION = Label(
     index=1,
-    code=mf.Code(scheme="SCT", value="52988006", meaning="Lesion"),
-    display=mf.Text(en="Lesion", fr="Lésion"),
+    code=Code(scheme="SCT", value="52988006", meaning="Lesion"),
+    display=Text(en="Lesion", fr="Lésion"),
 )
 
 

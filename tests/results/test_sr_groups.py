@@ -28,13 +28,14 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.feedback.findings import groups as feedback_groups
+from cds.findings import Code, Finding, ImageRef, InferenceResult, Label, Text
 from cds.i18n import LANGS
 from cds.inference import manifest as mf
 from cds.inference import readback as rb
 from cds.inference.images import decode
-from cds.inference.postprocess import Finding, ImageRef, Outputs, postprocess
+from cds.inference.postprocess import Outputs, postprocess
 from cds.inference.registry import ModelRegistry
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.results.common import result_uids
 from cds.results.seg import build_seg
@@ -81,7 +82,7 @@ def measurement_result(
     slices: Sequence[Dataset], base: mf.Manifest
 ) -> tuple[mf.Manifest, InferenceResult]:
     """A measurement model (none is bundled): one value per image, the finding their mean."""
-    unit = mf.Code.model_construct(scheme="UCUM", value="mm", meaning="millimeter")
+    unit = Code.model_construct(scheme="UCUM", value="mm", meaning="millimeter")
     output = base.output.model_copy(update={"kind": "measurement", "unit": unit})
     model = base.model_copy(update={"output": output})
     refs = [ImageRef(str(ds.SOPInstanceUID), 1) for ds in slices[:2]]
@@ -325,7 +326,7 @@ def test_sr_of_the_bundled_blob_detector_on_a_real_series(
 # --- what each group states agrees with its score (issue 16 item 6) -----------------
 
 
-def statements(sr: Dataset, labels: Sequence[mf.Label], kind: str) -> list[bool | None]:
+def statements(sr: Dataset, labels: Sequence[Label], kind: str) -> list[bool | None]:
     """Each group's qualitative evaluation read back (True Present, False Absent, None
     none), after checking that it agrees with the group's Probability and the label's
     threshold: a finding and a normal class are Present exactly when the probability
@@ -350,13 +351,11 @@ def statements(sr: Dataset, labels: Sequence[mf.Label], kind: str) -> list[bool 
     return said
 
 
-def _label(
-    index: int, en: str, fr: str, threshold: float | None, *, normal: bool = False
-) -> mf.Label:
-    return mf.Label(
+def _label(index: int, en: str, fr: str, threshold: float | None, *, normal: bool = False) -> Label:
+    return Label(
         index=index,
-        code=mf.Code(scheme="99CDS", value=f"CDS-90{index:02d}", meaning=en),
-        display=mf.Text(en=en, fr=fr),
+        code=Code(scheme="99CDS", value=f"CDS-90{index:02d}", meaning=en),
+        display=Text(en=en, fr=fr),
         threshold=threshold,
         normal=normal,
     )

@@ -44,10 +44,11 @@ import pytest
 from pydicom.dataset import Dataset
 
 from cds.errors import CdsError
+from cds.findings import InferenceResult
 from cds.inference import manifest as mf
 from cds.inference import synthetic
 from cds.inference.images import decode
-from cds.inference.runner import InferenceResult, ModelRunner
+from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.offline import Request, _load_models, plan_jobs
 from cds.results.encode import encode

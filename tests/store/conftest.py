@@ -23,7 +23,7 @@ from .pgcluster import with_database
 
 BACKENDS = ["sqlite", "postgresql"]
 
-StoreOpener = Callable[[], StateStore]
+StoreOpener = Callable[..., StateStore]  # (node=None): the node's name (node.name)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,17 +40,17 @@ def open_store(
     opened: list[StateStore] = []
     if backend == "sqlite":
 
-        def opener() -> StateStore:
-            return SqliteStore(tmp_path / "state.db")
+        def opener(node: str | None = None) -> StateStore:
+            return SqliteStore(tmp_path / "state.db", node=node)
     else:
         url = request.getfixturevalue("postgres_url")
         from cds.store.postgres import PostgresStore
 
-        def opener() -> StateStore:
-            return PostgresStore(url)
+        def opener(node: str | None = None) -> StateStore:
+            return PostgresStore(url, node=node)
 
-    def tracked() -> StateStore:
-        opened.append(opener())
+    def tracked(node: str | None = None) -> StateStore:
+        opened.append(opener(node))
         return opened[-1]
 
     yield tracked

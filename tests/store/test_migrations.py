@@ -137,7 +137,7 @@ def test_a_schema_1_store_opens_with_every_column_and_its_data_kept(
 
     store = SqliteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 8
+        assert store.schema_version == SCHEMA_VERSION == 9
         detail = store.get_study("k1")
         assert detail is not None
         s = detail.summary
@@ -223,7 +223,9 @@ def test_a_failed_step_leaves_the_old_file_as_it_was(
     before = _shape(path)
     bad = Migration(SCHEMA_VERSION + 1, "refused", (AddColumn("jobs", "x", "TEXT NOT NULL"),))
     monkeypatch.setattr(sqlite_schema, "MIGRATIONS", (*MIGRATIONS, bad))
-    with pytest.raises(StoreError, match=r"schema step 9 \(refused\) failed, .*NOT NULL"):
+    with pytest.raises(
+        StoreError, match=rf"schema step {SCHEMA_VERSION + 1} \(refused\) failed, .*NOT NULL"
+    ):
         SqliteStore(path)
     assert _shape(path) == before
     assert _recorded(path) == "1"

@@ -16,6 +16,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cds.feedback.edited import referenced_frame
+
 _TRACKING_UID = ("DCM", "112040")
 _SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 _LABELMAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
@@ -88,14 +90,6 @@ def find_group(sr: Dataset, tracking_uid: str) -> Dataset | None:
     return None
 
 
-def _frame(ref: Dataset) -> int:
-    frames = ref.get("ReferencedFrameNumber")
-    if frames is None or frames == "":
-        return 1
-    first = frames[0] if isinstance(frames, Sequence) and not isinstance(frames, str) else frames
-    return max(1, int(first))
-
-
 def _image_refs(item: Dataset) -> Iterator[tuple[Dataset, str]]:
     for ref in item.get("ReferencedSOPSequence", []):
         yield ref, str(ref.get("ReferencedSOPClassUID", ""))
@@ -114,7 +108,7 @@ def basis_of(group: Dataset) -> Basis:
             points = tuple(zip(data[0::2], data[1::2], strict=False))
             for child in item.get("ContentSequence", []):
                 for ref, _ in _image_refs(child):
-                    image = ImageRef(str(ref.ReferencedSOPInstanceUID), _frame(ref))
+                    image = ImageRef(str(ref.ReferencedSOPInstanceUID), referenced_frame(ref))
                     regions.append(Region(image, str(item.get("GraphicType", "")), points))
         elif kind == "IMAGE":
             for ref, sop_class in _image_refs(item):
@@ -124,7 +118,7 @@ def basis_of(group: Dataset) -> Basis:
                     first = numbers[0] if isinstance(numbers, Sequence) else numbers
                     segments.append(SegmentRef(uid, int(first)))
                 else:
-                    images.append(ImageRef(uid, _frame(ref)))
+                    images.append(ImageRef(uid, referenced_frame(ref)))
         elif kind == "NUM":
             for value in item.get("MeasuredValueSequence", []):
                 measurements.append(

@@ -1,0 +1,147 @@
+"""Where results go: the ``destinations`` of the routing file, one kind per protocol.
+
+    destinations:
+      pacs: {ae_title: ORTHANC, host: 10.0.0.5, port: 4242}      # C-STORE (kind: dimse)
+      archive:                                                    # STOW-RS (PS3.18 10.5)
+        kind: dicomweb
+        url: https://archive.example/dicom-web                    # results POSTed to <url>/studies
+        auth: {bearer_token_file: /etc/cds/archive.token}         # or {username, password_file}
+        tls: {ca_file: /etc/cds/hospital-ca.pem}                  # verify: true unless said
+
+``kind`` may be left out for C-STORE (every routing file written before DICOMweb).
+Secrets never sit in the routing file: a bearer token or a password is read from
+its file at each delivery (so it can be rotated), and is never logged, audited or
+shown by ``GET /api/routing``. A URL carrying credentials is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+#: the values of ``kind``; the first is the default
+KINDS = ("dimse", "dicomweb")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Tls(_Strict):
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class Destination(_Strict):
+    """A PACS reached by C-STORE (``cds.delivery.scu``)."""
+
+    kind: Literal["dimse"] = "dimse"
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: Tls = Tls()
+
+    @property
+    def target(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.target}{' (TLS)' if self.tls.enabled else ''}"
+
+
+class WebAuth(_Strict):
+    """HTTP authentication of a DICOMweb destination: a bearer token, or basic auth."""
+
+    bearer_token_file: Path | None = Field(None, description="file holding the bearer token")
+    username: str | None = Field(None, min_length=1, description="basic auth user")
+    password_file: Path | None = Field(None, description="file holding the basic auth password")
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> WebAuth:
+        basic = self.username is not None or self.password_file is not None
+        if (self.bearer_token_file is not None) == basic:
+            raise ValueError("give either bearer_token_file, or username and password_file")
+        if basic and (self.username is None or self.password_file is None):
+            raise ValueError("basic auth needs both username and password_file")
+        if self.username is not None and ":" in self.username:
+            raise ValueError("a basic auth username cannot hold ':'")
+        return self
+
+
+class WebTls(_Strict):
+    """How the server's certificate is checked (https URLs), and our client certificate."""
+
+    verify: bool = Field(True, description="false: accept any server certificate (testing)")
+    ca_file: Path | None = Field(None, description="CA bundle that signs the server certificate")
+    cert_file: Path | None = Field(None, description="client certificate (PEM), if required")
+    key_file: Path | None = None
+
+
+class DicomWebDestination(_Strict):
+    """A DICOMweb origin server reached by STOW-RS (``cds.delivery.dicomweb``)."""
+
+    kind: Literal["dicomweb"]
+    url: str = Field(min_length=1, description="the service root; results go to <url>/studies")
+    auth: WebAuth | None = None
+    tls: WebTls = WebTls()
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        try:
+            parts = urlsplit(v)
+            _ = parts.port  # a port that is not a number raises here
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL: use auth")
+        if parts.query or parts.fragment:
+            raise ValueError("the service root takes no query or fragment")
+        return v.rstrip("/")
+
+    @property
+    def target(self) -> str:
+        return self.url
+
+    @property
+    def address(self) -> str:
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.hostname}:{port}"
+
+    def describe(self) -> str:
+        return f"STOW-RS {self.url}"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("kind", KINDS[0]))
+    return str(getattr(value, "kind", KINDS[0]))
+
+
+#: a destination of either kind, as the routing file gives it (``kind`` picks the model)
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("dimse")] | Annotated[DicomWebDestination, Tag("dicomweb")],
+    Discriminator(_kind),
+]
+#: the same, for annotations outside pydantic
+SomeDestination = Destination | DicomWebDestination

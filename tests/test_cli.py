@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -105,3 +108,20 @@ def test_routing_check_counts_in_the_right_number(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["config", "check", str(routing)])
     assert res.exit_code == 0, res.output
     assert "OK (2 rules, 1 pipeline, 1 destination)" in res.output
+
+
+def test_json_output_is_stdout_alone(tmp_path: Path) -> None:
+    """``cds model list --json`` loads the models (their golden cases log each run): those
+    events go to stderr, so stdout parses as JSON whole (it began with log lines)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "cds", "model", "list", "--json", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads(p.stdout)
+    assert {r["name"] for r in rows} >= {"cds-ref-ct-bone", "cds-ref-blob-detect"}
+    assert "inference.run" not in p.stdout

@@ -313,6 +313,11 @@ cli_export.register(app)
 
 
 def main() -> None:
+    from cds.logging import configure_logging
+
+    # a command's output is stdout's alone (``--json`` is parsed by machines): events of
+    # the code it runs go to stderr, problems only; ``serve`` and ``process`` set their own
+    configure_logging("console", "warning")
     try:
         app()
     except KeyboardInterrupt:

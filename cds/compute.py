@@ -262,7 +262,7 @@ def _read(path: Path) -> Dataset:
     return ds
 
 
-def _run(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:
+def run_work(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:
     return process_series(
         runner,
         work.files,
@@ -321,7 +321,7 @@ def run_in_worker(work: SeriesWork) -> SeriesOutcome:
     """The process kind's entry point, in a worker process."""
     try:
         failpoint("compute.worker")
-        return _run(work, ModelRunner(_worker_model(work), _WORKER_SLOTS))
+        return run_work(work, ModelRunner(_worker_model(work), _WORKER_SLOTS))
     finally:
         trim_heap()
 
@@ -381,7 +381,7 @@ class Compute:
             model = self._models.get(work.model)
             if model is None or model.status != "ready":
                 raise CdsError(f"model {work.model} is not loaded")
-            return _run(work, ModelRunner(model, self._models.slots))
+            return run_work(work, ModelRunner(model, self._models.slots))
         assert self._slots is not None
         self._slots.acquire(work.priority)  # STAT before routine when the workers are busy
         try:

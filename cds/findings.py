@@ -104,7 +104,9 @@ class InferenceResult:
     record: InferenceRecord
     kind: str
     findings: list[Finding]
-    raw: dict[str, np.ndarray]  # model outputs over the whole series (runs joined on axis 0)
+    #: model outputs over the whole series (runs joined on axis 0); only when asked
+    #: (``ModelRunner.run(keep_raw=True)``), else empty
+    raw: dict[str, np.ndarray]
     images: list[ImageRef]
     #: per image, how model-input pixels lie on the source image (same order as images):
     #: a ``cds.inference.geometry.Geometry`` each, which only inference reads (typed

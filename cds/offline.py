@@ -1,9 +1,14 @@
 """The offline mode (``cds process``): route, infer and encode DICOM files on disk.
 
-No network, no state store, no spool: the files are read where they are, routed by a
-routing file (or handed to one model with ``model=``), each selected series goes
-through ``process_series`` — the very step the node runs — and the result objects are
-written with ``write_results`` under ``<out>/<StudyInstanceUID>/<Modality>/``.
+No network and no spool: the files are read where they are and routed as the node
+routes a study (``route``, with the node's disabled models, loaded models and declared
+use), or handed to one model with ``model=``; each selected series then goes through
+the node's own series run (``cds.offline_node``: a ``SeriesWork`` to the compute seam,
+the objects written with ``write_results`` under
+``<out>/<StudyInstanceUID>/<Modality>/``, the results recorded in a temporary state
+store removed at the end), so a node given the same files makes the same objects: the
+same bytes but for the creation times and a SEG's Dimension Organization UID, which
+highdicom makes at random (issue 18, ``tests/test_offline_node.py``).
 
 The study folder is the Study Instance UID itself, not the node's pseudonymous
 study key: that key is an HMAC under a per-node secret, which an offline run on a
@@ -28,13 +33,15 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from cds.compute import SeriesOutcome, SeriesWork, run_work
 from cds.config import IngestLimits
 from cds.errors import CdsError, ModelError, RoutingError, error_text
 from cds.inference import manifest as mf
@@ -43,9 +50,8 @@ from cds.inference.registry import LoadedModel, ModelRegistry, declared_use_of, 
 from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, ProviderChoice
 from cds.ingest.instance import is_valid_uid
+from cds.offline_node import OfflineNode
 from cds.offline_record import kind_of, record_done, run_record, series_entry, write_record
-from cds.pipeline import process_series
-from cds.results.encode import write_results
 from cds.routing.router import PipelinePlan, SeriesHeader, read_headers, route
 from cds.routing.rules import RoutingFile, load_routing
 
@@ -82,16 +88,23 @@ class Request:
 
 @dataclass
 class Job:
-    """One model to run on one series (from a routing rule, or from ``--model``)."""
+    """The node's routing plan of one pipeline (``PipelinePlan``: model, results,
+    fallbacks) for one series; ``--model`` makes a plan of its own. Not the node's job
+    row: the series run makes that (``OfflineNode.run_series``)."""
 
     study_uid: str
     series: SeriesHeader
-    model: str
-    kinds: list[str]
+    plan: PipelinePlan
     origin: dict[str, str]  # {"rule", "pipeline"} or {"model": "--model"}
-    status: str = "run"  # or "skipped: ..."
-    #: (kind, the kind made in its place if it cannot be made): the pipeline's fallback
-    fallback: tuple[tuple[str, str], ...] = ()
+    status: str = "run"  # or "skipped: ...", for this series
+
+    @property
+    def model(self) -> str:
+        return self.plan.model
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.plan.results)
 
 
 @dataclass
@@ -194,12 +207,12 @@ def _jobs_for_model(req: Request, studies: dict[str, list[SeriesHeader]]) -> lis
             f"(manifest output.results of {by_name[req.model]})"
         )
     accepted = set(manifest.input.modality)
+    plan = PipelinePlan("--model", req.model, list(kinds), [], "run")
     jobs = [
         Job(
             uid,
             s,
-            req.model,
-            list(kinds),
+            plan,
             {"model": "--model"},
             status_of(req.model, manifest.input, s.attrs, s.instance_count),  # issue 15
         )
@@ -244,15 +257,7 @@ def _jobs_for_routing(
         for verdict, p in plan.runs:
             origin = {"rule": verdict.rule, "pipeline": p.pipeline}
             jobs.extend(
-                Job(
-                    uid,
-                    s,
-                    p.model,
-                    list(p.results),
-                    origin,
-                    _status(p, s.series_uid),
-                    tuple(p.fallback.items()),
-                )
+                Job(uid, s, p, origin, _status(p, s.series_uid))
                 for s in series
                 if s.series_uid in verdict.selected
             )
@@ -322,6 +327,45 @@ def _refused(job: Job, uids: Sequence[str], paths: Sequence[Path]) -> tuple[Path
     return None
 
 
+class _Compute:
+    """The node's thread executor (``cds.compute.Compute``, kind thread) on the run's
+    loaded models: ``SeriesWork`` in, ``SeriesOutcome`` out; keeps the last outcome and
+    the time it took (decode, inference, encoding) for process.json."""
+
+    workers = 0
+
+    def __init__(self, models: dict[str, LoadedModel], slots: DeviceSlots) -> None:
+        self._models = models
+        self._slots = slots
+        self.last: tuple[SeriesOutcome, float] | None = None
+
+    def run(self, work: SeriesWork) -> SeriesOutcome:
+        self.last = None
+        t0 = time.perf_counter()
+        done = run_work(work, ModelRunner(self._models[work.model], self._slots))
+        self.last = (done, time.perf_counter() - t0)
+        return done
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "thread", "workers": 0}
+
+    def workers_info(self) -> list[dict[str, object]]:
+        return []
+
+    def shutdown(self) -> None:
+        return None
+
+
+def _node(req: Request, models: dict[str, LoadedModel], slots: DeviceSlots) -> OfflineNode:
+    return OfflineNode(
+        out=req.out,
+        providers=req.providers,
+        lang=req.lang,
+        compute=_Compute(models, slots),
+        routing=req.routing,
+    )
+
+
 def _run_job(
     job: Job,
     *,
@@ -330,7 +374,10 @@ def _run_job(
     slots: DeviceSlots,
     out: Outcome,
     say: Callable[[str], None],
+    node: OfflineNode | None = None,
 ) -> dict[str, Any]:
+    """One planned job through the node's series run (``node``, or one of its own):
+    its process.json entry; what was written and not made goes into ``out``."""
     s = job.series
     entry = series_entry(s, origin=job.origin, kinds=job.kinds, model=model, name=job.model)
     where = f"series {entry['series_instance_uid']}"  # no description, no invalid UID
@@ -343,7 +390,6 @@ def _run_job(
         entry["status"] = reason
         out.problems.append(f"{where}: {job.model}: {reason}")
         return entry
-    # the node hands a series over in the order of its spool files, named by SOP UID
     # routing read each file's SOP Instance UID (files without a preamble too)
     uids = s.sop_uids if len(s.sop_uids) == len(s.files) else _sop_uids(s.files)
     refused = _refused(job, uids, req.paths)
@@ -352,29 +398,32 @@ def _run_job(
         out.problems.append(f"{job.model}: {refused[1]}")
         say(f"{refused[0]}: {refused[1]} (the node refuses it at receive: 0xC221)")
         return entry
-    files = [f for _, f in sorted(zip(uids, s.files, strict=True), key=lambda uf: uf[0])]
-    entry["inputs"] = {"count": len(files), "sop_instance_uids": sorted(uids)}
-    t0 = time.perf_counter()
-    try:
-        done = process_series(
-            ModelRunner(model, slots), files, job.kinds, req.lang, fallback=job.fallback
-        )
-    except Exception as exc:  # onnxruntime and decoders raise their own types
-        why = error_text(exc)  # never a data value: process.json may travel
-        entry["status"] = f"failed: {why}"[:500]
+    entry["inputs"] = {"count": len(uids), "sop_instance_uids": sorted(uids)}
+    folder = study_folder(job.study_uid)
+    with ExitStack() as stack:
+        if node is None:
+            node = stack.enter_context(_node(req, {model.name: model}, slots))
+        runner = node.compute
+        assert isinstance(runner, _Compute)
+        ran = node.run_series(folder, job.plan, model, replace(s, sop_uids=list(uids)))
+    if ran.error is not None or runner.last is None:
+        why = error_text(ran.error) if ran.error is not None else "no outcome"
+        entry["status"] = f"failed: {why}"[:500]  # never a data value: process.json may travel
         out.problems.append(f"{where}: {job.model} failed: {why}")
         return entry
-    t1 = time.perf_counter()
-    paths = write_results(req.out, study_folder(job.study_uid), done.objects)
-    t2 = time.perf_counter()
-    written = [
-        (p.relative_to(req.out).as_posix(), ds) for ds, p in zip(done.objects, paths, strict=False)
-    ]
+    done, run_s = runner.last
+    written = [(f"{folder}/{ds.Modality}/{ds.SOPInstanceUID}.dcm", ds) for ds in done.objects]
     for rel, ds in written:
         out.written.append((rel, ds))
         say(f"wrote {rel}  {kind_of(ds)}  {ds.get('SeriesDescription', '')}")
     problems = record_done(
-        entry, done, written, kinds=job.kinds, lang=req.lang, run_s=t1 - t0, write_s=t2 - t1
+        entry,
+        done,
+        written,
+        kinds=job.kinds,
+        lang=req.lang,
+        run_s=run_s,
+        write_s=ran.seconds - run_s,  # writing and recording, as the node does
     )
     out.problems.extend(f"{where}: {job.model}: {p}" for p in problems)
     return entry
@@ -396,14 +445,23 @@ def run(req: Request, say: Callable[[str], None] = lambda _: None) -> Outcome:
         raise InputError(f"--out: cannot create the folder {req.out} ({exc.strerror})") from exc
     out = Outcome()
     studies: dict[str, dict[str, Any]] = {}
-    for job in jobs:
-        uid = job.study_uid if is_valid_uid(job.study_uid.strip()) else None  # not quoted
-        study = studies.setdefault(
-            job.study_uid, {"study_instance_uid": uid, "folder": study_folder(job.study_uid)}
-        )
-        study.setdefault("series", []).append(
-            _run_job(job, model=models.get(job.model), req=req, slots=slots, out=out, say=say)
-        )
+    with _node(req, models, slots) as node:
+        for job in jobs:
+            uid = job.study_uid if is_valid_uid(job.study_uid.strip()) else None  # not quoted
+            study = studies.setdefault(
+                job.study_uid, {"study_instance_uid": uid, "folder": study_folder(job.study_uid)}
+            )
+            study.setdefault("series", []).append(
+                _run_job(
+                    job,
+                    model=models.get(job.model),
+                    req=req,
+                    slots=slots,
+                    out=out,
+                    say=say,
+                    node=node,
+                )
+            )
     out.record = run_record(
         model=req.model,
         routing=req.routing,

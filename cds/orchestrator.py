@@ -45,7 +45,6 @@ from cds.pipeline import RERUN_EVENTS, run_study, study_series
 from cds.retention import Retention
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
-from cds.store.claims import LEASE_S
 
 log = get_logger("cds.node")
 
@@ -183,7 +182,7 @@ class Node:
             self._rechecks[study_key] = at
 
     def _rechecks_due(self, now: float) -> None:
-        if now >= self._claims_renewed_at + LEASE_S / 4:  # several nodes on one store
+        if now >= self._claims_renewed_at + self.store.lease_s / 4:  # several nodes, one store
             self._claims_renewed_at = now
             self.store.renew_claims(now)
             self._take_over(now)
@@ -234,6 +233,7 @@ class Node:
     def resume(self) -> int:
         """Hand back to the stages every study a stop interrupted: completed but not yet
         routed, or processing when the node went down. Returns how many."""
+        self.store.release_deliveries(time.time())  # sent but unrecorded: due again now
         if self.settings.routing.file is None:
             return 0
         complete = self.store.list_studies(StudyState.COMPLETE, limit=100_000)

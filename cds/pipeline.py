@@ -42,6 +42,7 @@ from cds.routing.router import (
     route,
 )
 from cds.routing.rules import Rule
+from cds.store.backfill import BACKFILL_PRIORITY_DROP, BACKFILL_RECHECK_S, backfill_mark
 
 if TYPE_CHECKING:
     from cds.audit import AuditTrail
@@ -173,6 +174,9 @@ def run_study(node: Node, study_key: str, early: bool = False) -> None:
 
 
 def _route_and_run(node: Node, study_key: str, early: bool) -> None:
+    if (bf := backfill_mark(node.store, study_key)) is not None and not bf.retrieved:
+        node.recheck_at(study_key, time.time() + BACKFILL_RECHECK_S)  # still being fetched
+        return
     series = study_series(node, study_key)
     loaded = {m.name for m in node.models.all() if m.status == "ready"}
     rules = node.routing.rules
@@ -259,7 +263,7 @@ def _encoded_event(node: Node, study_key: str, out: SeriesOutcome, paths: list[P
     )
 
 
-def _run_series(
+def run_series(
     node: Node,
     study_key: str,
     job_kind: str,
@@ -286,6 +290,8 @@ def _run_series(
     # every current SR: the new SR names those it replaces; an SR with the same content
     # has the same UID and names none (build_sr drops its own UID), so a re-run is identical
     predecessors = [r.ref for r in prev if r.modality == "SR"]
+    bf = backfill_mark(node.store, study_key)  # a backfill job: after live ones (cds backfill)
+    priority -= BACKFILL_PRIORITY_DROP if bf is not None else 0
     work = SeriesWork(
         model=model.name,
         package=model.path,
@@ -300,7 +306,7 @@ def _run_series(
         fallback=tuple(plan.fallback.items()),
     )
     out = node.compute.run(work)  # in this thread or a worker process (executor.kind)
-    first = dcmread(series.files[0], stop_before_pixels=True)  # for the KOS and the drift record
+    first = dcmread(series.files[0], stop_before_pixels=True, force=True)  # KOS, drift record
     node.store.record_event(
         study_key, "inferred", job_summary(out.result, node.settings.results.language)
     )
@@ -347,6 +353,7 @@ def _run_series(
         rows.append(row(kos, kos_path, ResultState.REJECTION))
     pipeline = node.routing.rules.pipelines.get(plan.pipeline)
     destinations = list(pipeline.destinations) if pipeline is not None else []
+    destinations = [d for d in destinations if bf is None or bf.deliver]  # else observatory only
     node.store.record_results(
         rows, destinations, superseded=[r.sop_uid for r in rejected], priority=priority
     )
@@ -364,7 +371,8 @@ def _run_series(
         findings_of(out.result, out.objects, study_key=study_key, job_kind=job_kind)
     )
     record_run(node.store, first, out.result)
-    node.notifier.after_result(study_key, series.study_uid, plan.pipeline, out.result)
+    if bf is None or bf.deliver:
+        node.notifier.after_result(study_key, series.study_uid, plan.pipeline, out.result)
     if rejected:
         node.store.record_event(
             study_key,
@@ -450,7 +458,7 @@ def _run_job(  # noqa: PLR0917 (one job: where it runs and what it runs)
     last: Exception | None = None
     for s in selected:
         try:
-            outcomes += _run_series(
+            outcomes += run_series(
                 node, study_key, kind, p, model=model, series=s, priority=priority
             )
         except Exception as exc:  # one series' failure does not stop the others

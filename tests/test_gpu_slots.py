@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cds.cli import admin as cli_admin
 from cds.compute import Compute
-from cds.config.settings import ExecutorSettings, InferenceSettings
+from cds.config import ExecutorSettings, InferenceSettings
 from cds.inference import session as sess
 from cds.inference.session import (
     DeviceSlots,

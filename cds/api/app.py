@@ -13,6 +13,7 @@ from cds.api import hardening, pages
 from cds.api.auth import Authenticator, check_routes
 from cds.api.routes import (
     admin,
+    backfill,
     dicomweb,
     docs,
     feedback,
@@ -87,6 +88,7 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(login.router)
     app.include_router(docs.router)
     app.include_router(dicomweb.router)
+    app.include_router(backfill.router)
     check_routes(app)
     pages.install(app)
     hardening.install(app)

@@ -15,7 +15,11 @@ import typer
 
 from cds import __version__
 from cds.cli import audit as cli_audit
+from cds.cli import backfill as cli_backfill
+from cds.cli import certify as cli_certify
+from cds.cli import conformance as cli_conformance
 from cds.cli import demo as cli_demo
+from cds.cli import doctor as cli_doctor
 from cds.cli import export as cli_export
 from cds.cli import observatory as cli_observatory
 from cds.cli import process as cli_process
@@ -136,7 +140,8 @@ def _is_routing_file(file: Path) -> bool:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return False
-    return isinstance(data, dict) and bool({"rules", "pipelines", "destinations"} & set(data))
+    keys = {"rules", "pipelines", "destinations", "archives"}
+    return isinstance(data, dict) and bool(keys & set(data))
 
 
 @config_app.command("check")
@@ -310,6 +315,10 @@ cli_demo.register(app)
 cli_audit.register(app)
 cli_security.register(app)
 cli_export.register(app)
+cli_backfill.register(app)
+cli_doctor.register(app)
+cli_conformance.register(app)
+cli_certify.register(app)
 
 
 def main() -> None:

@@ -22,8 +22,9 @@ _HELP = "\n\n".join(
     [
         "Route, infer and encode DICOM files offline; write the result objects to --out.",
         "The same steps as the node (routing rules, model runs, SR/SEG/GSPS/SC encoding, "
-        "result UIDs seeded by the input SOP Instance UIDs), without any network, state "
-        "store or spool: the same inputs and model give the same objects, with the same UIDs.",
+        "result UIDs seeded by the input SOP Instance UIDs), without any network or spool, "
+        "with a temporary state store removed at the end: the same inputs and model give "
+        "the same objects, with the same UIDs.",
         "Objects go to OUT/<StudyInstanceUID>/<Modality>/<SOPInstanceUID>.dcm; "
         "OUT/process.json records the inputs (SOP Instance UIDs), the model (name, version, "
         "SHA-256, provider), the objects and the timings, without patient data.",

@@ -4,6 +4,7 @@
 ``from cds.config import Settings, load_settings`` is all most code needs.
 """
 
+from cds.config.compute import ExecutorSettings, InferenceSettings
 from cds.config.dicom import DicomSettings, DicomTlsSettings, IngestLimits, SourceRule
 from cds.config.settings import (
     MIN_SESSION_SECRET_CHARS,
@@ -14,10 +15,8 @@ from cds.config.settings import (
     AuditSettings,
     AuthSettings,
     DeliverySettings,
-    ExecutorSettings,
     ExplainLimits,
     HttpSettings,
-    InferenceSettings,
     LogSettings,
     ObservatorySettings,
     OidcSettings,

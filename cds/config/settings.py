@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cds.config.bundled import bundled_model_dirs
+from cds.config.compute import ExecutorSettings, InferenceSettings
 from cds.config.dicom import (
     DicomSettings,
 )
@@ -124,6 +124,14 @@ class NodeSettings(_Section):
         "with what it receives, claims and runs (cds studies, cds jobs); unique per "
         "node (default: the host name)",
     )
+    lease_s: Seconds = Field(
+        60.0,
+        ge=1.0,
+        description="how long this node's claim on a study, a job or a quiet-time check "
+        "lasts unless it renews it (every quarter of it, on the assembly tick): a node "
+        "killed holding one is taken over by another node this long after its last "
+        "renewal; the same on every node of one store",
+    )
 
 
 class AssemblySettings(_Section):
@@ -134,95 +142,6 @@ class AssemblySettings(_Section):
         default_factory=dict, description="per sender overrides of quiet_time_s"
     )
     check_interval_s: Seconds = 0.5
-
-
-class ExecutorSettings(_Section):
-    """Where a model's work on a series runs (``cds.compute``)."""
-
-    kind: Literal["thread", "process", "ray"] = Field(
-        "thread",
-        description="thread: in the node's own worker threads; process: in worker "
-        "processes (a crash in a model's native code costs its job, not the node); ray: "
-        "on Ray actors (pip install 'cds[ray]')",
-    )
-    workers: int = Field(
-        2, ge=1, le=256, description="worker processes (process) or inference actors (ray)"
-    )
-    address: str = Field(
-        "local",
-        min_length=1,
-        description="ray: local (a Ray instance inside the node), auto (the cluster of "
-        "'ray start --head' on this machine) or ray://host:port",
-    )
-    gpus_per_worker: float = Field(0.0, ge=0, le=16, description="ray: GPUs each actor holds")
-    gpu_workers: int | None = Field(
-        None,
-        ge=0,
-        le=256,
-        description="ray: how many of the actors hold gpus_per_worker GPUs (default: all); "
-        "the others run on the CPU. A model whose manifest says resources.requires_gpu runs "
-        "only on an actor with a GPU",
-    )
-
-    @model_validator(mode="after")
-    def _gpu_workers_of_workers(self) -> ExecutorSettings:
-        if self.gpu_workers is not None and self.gpu_workers > self.workers:
-            raise ValueError(
-                f"executor.gpu_workers ({self.gpu_workers}) must not exceed executor.workers "
-                f"({self.workers})"
-            )
-        return self
-
-
-class InferenceSettings(_Section):
-    model_dirs: list[Path] = Field(
-        default_factory=bundled_model_dirs,  # the reference models shipped in the package
-        description="folders holding model packages (each sub-folder with a manifest.yaml); "
-        "null (the default): the reference models shipped in the package; [] none",
-    )
-    providers: Literal["auto", "tensorrt", "cuda", "cpu"] = Field(
-        "auto", description="auto = TensorRT/CUDA when really available, else CPU"
-    )
-    gpus: list[int] | Literal["auto"] = Field(
-        "auto",
-        description="GPU ids the node's sessions may use, e.g. [0, 1]; auto = every GPU "
-        "the driver shows (none: the CPU, as with providers: cpu). Each model's session "
-        "goes on the least loaded of them",
-    )
-    max_sessions_per_gpu: int = Field(
-        1, ge=1, le=64, description="sessions running at once on each GPU id"
-    )
-    max_sessions_cpu: int = Field(1, ge=1, le=64)
-    warm_up: bool = True
-
-    @field_validator("model_dirs", mode="before")
-    @classmethod
-    def _bundled_when_null(cls, value: object) -> object:
-        return bundled_model_dirs() if value is None else value
-
-    @field_validator("gpus", mode="before")
-    @classmethod
-    def _gpu_ids(cls, value: object) -> object:
-        ids = value if isinstance(value, list) else None
-        if value == "auto" or (
-            ids and all(type(g) is int and 0 <= g < 64 for g in ids) and len(set(ids)) == len(ids)
-        ):
-            return value
-        raise ValueError("must be auto or a list of distinct GPU ids 0..63, e.g. [0, 1]")
-
-    golden_at_load: bool = Field(
-        True,
-        description="run each package's golden cases (end to end, read back from the "
-        "encoded objects) when the node loads it: a package whose findings no longer land "
-        "where its golden cases say is broken and never runs",
-    )
-    max_job_attempts: int = Field(
-        3,
-        ge=1,
-        le=100,
-        description="a study whose processing crashes this many times goes to the dead "
-        "letter (state failed, an alert), instead of crashing the node again",
-    )
 
 
 class ExplainLimits(_Section):
@@ -436,6 +355,18 @@ class Settings(BaseSettings):
         return self.assembly.quiet_time_by_calling_ae.get(
             calling_ae.strip(), self.assembly.quiet_time_s
         )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_the_tick(self) -> Settings:
+        """Claims are renewed on the assembly tick: a lease no longer than a few ticks
+        lapses while its node lives, and another node runs the same work again."""
+        tick, lease = self.assembly.check_interval_s, self.node.lease_s
+        if lease < 4 * tick:
+            raise ValueError(
+                f"node.lease_s ({lease:g} s) must be at least 4 x assembly.check_interval_s "
+                f"({tick:g} s): claims are renewed on that tick"
+            )
+        return self
 
 
 def _format_errors(exc: ValidationError) -> list[str]:

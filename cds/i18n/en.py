@@ -169,4 +169,177 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "found": "Suggested urgent finding(s): {items}.",
         "score": "score {score}",
     },
+    "doctor": {
+        "head_check": "CHECK",
+        "head_result": "RESULT",
+        "head_detail": "DETAIL",
+        "ok": "ok",
+        "warn": "warning",
+        "fail": "FAILED",
+        "skip": "not checked",
+        "fix": "fix: {fix}",
+        "summary_ok": "{total} checks, none failed",
+        "summary_fail": "{failed} of {total} checks failed: see each fix above",
+        "config_invalid": "{file}: the configuration is not valid (cds config check lists it)",
+        "python_old": "{found}: cds needs Python 3.11 or newer",
+        "fix_python": "install Python 3.11 or newer and make the venv with it",
+        "fix_onnxruntime": "pip install onnxruntime (or 'cds[gpu]' for a GPU) in cds' venv",
+        "providers": "execution providers",
+        "cuda_no_provider": "this onnxruntime has no CUDA provider (the CPU package)",
+        "cuda_no_driver": "no NVIDIA driver (libcuda.so.1 cannot be loaded)",
+        "cuda_no_gpu": "the NVIDIA driver shows no GPU to this process",
+        "cuda_untried": "no model to try CUDA on",
+        "cuda_falls_back": (
+            "a session asked for CUDA runs on the CPU: CUDA or cuDNN libraries missing or "
+            "of another version"
+        ),
+        "cuda_works": "CUDA works ({gpus})",
+        "no_tensorrt": "TensorRT libraries (libnvinfer) missing",
+        "cpu_only": "CPU ({why}); inference.providers: {wanted}",
+        "fix_gpu_package": (
+            "for a GPU: pip uninstall onnxruntime, then pip install 'cds[gpu]' (README: GPU "
+            "install); else set inference.providers: auto or cpu"
+        ),
+        "fix_gpu_driver": "install the NVIDIA driver, or set inference.providers: auto or cpu",
+        "fix_gpu_visible": (
+            "check CUDA_VISIBLE_DEVICES and that this user may open /dev/nvidia*, or set "
+            "inference.providers: auto or cpu"
+        ),
+        "fix_gpu_libraries": (
+            "install the CUDA and cuDNN versions this onnxruntime-gpu needs (README: GPU "
+            "install), or set inference.providers: auto or cpu"
+        ),
+        "models": "models",
+        "no_model_dirs": "inference.model_dirs is empty: the node receives, runs no model",
+        "no_models": "no model package in {dirs}",
+        "fix_model_dirs": (
+            "set inference.model_dirs to folders holding model packages (null: the bundled "
+            "reference models)"
+        ),
+        "model": "model {name}",
+        "model_ok": (
+            "{version}, {provider}, test vector max |diff| {diff}, {golden} golden case(s) passed"
+        ),
+        "fix_model": (
+            "cds model validate {path} lists every problem: replace the package with a good "
+            "copy, or remove it from inference.model_dirs"
+        ),
+        "port": "port {field}",
+        "port_free": "{where} can be bound",
+        "port_node": "{where} held by the running cds node",
+        "port_taken": "{where} is taken by another process",
+        "fix_port_taken": (
+            "stop that process (ss -ltnp 'sport = :{port}' names it) or choose another {field}"
+        ),
+        "port_denied": "{where}: permission denied (a port below 1024)",
+        "fix_port_denied": (
+            "run under the systemd unit (it grants CAP_NET_BIND_SERVICE) or choose a {field} "
+            "of 1024 or above"
+        ),
+        "fix_port_host": "the host must be an address of this machine (or 0.0.0.0): see {field}",
+        "node": "running node",
+        "node_health": "/health answers {status} (HTTP {code})",
+        "fix_node": "read the problems in GET /health and journalctl -u cds",
+        "home": "home folder",
+        "home_not_writable": "{path} cannot be written",
+        "fix_home": "give {user} the folder: chown -R {user} {path} (or set home / --home)",
+        "spool": "spool disk",
+        "spool_free": "{free} MiB free for {path}, watermark {watermark} MiB (spool.min_free_mb)",
+        "fix_spool": (
+            "free disk space, or move spool.path to a larger disk: below the watermark "
+            "C-STORE is refused (0xA700)"
+        ),
+        "no_tls": "no TLS file configured",
+        "tls_unreadable": "{path}: cannot be read ({why})",
+        "fix_tls_read": "check the path, and that {user} (the user cds runs as) may read {path}",
+        "tls_bad_key": "{path}: not an unencrypted PEM private key",
+        "tls_mismatch": "{path} is not the private key of {cert}",
+        "fix_tls_key": "give {field} the PEM private key of its certificate (no passphrase)",
+        "tls_bad_cert": "{path}: not a PEM certificate",
+        "tls_expired": "{path}: the certificate expired on {day}",
+        "tls_not_yet": "{path}: a certificate is not valid yet (check the clock)",
+        "tls_expires": "{path}: the certificate expires on {day}",
+        "tls_valid": "{path}, valid until {day}",
+        "fix_tls_cert": "renew the certificate named by {field} (PEM), then restart cds",
+        "routing": "routing file",
+        "no_routing": "no routing.file: the node receives, runs no model",
+        "routing_ok": "{file}: {rules} rule(s), {destinations} destination(s)",
+        "fix_routing": "correct {file} (cds config check {file} lists every error)",
+        "destination": "destination {name}",
+        "echo_ok": "answers C-ECHO",
+        "echo_rejected": "association rejected",
+        "fix_echo_rejected": (
+            "declare AE title {calling} (this node, from this address) in the PACS, and check "
+            "its AE title {called}"
+        ),
+        "echo_no_answer": "no answer to C-ECHO (connection refused, timed out or aborted)",
+        "echo_status": "C-ECHO answered status {status}",
+        "fix_echo_no_answer": (
+            "check that the PACS runs, its host and port in the routing file, and the firewall"
+        ),
+        "fix_dest_tls": "check the destination's tls files (ca_file, cert_file, key_file)",
+        "dest_tls": "its TLS files cannot be used ({why})",
+        "web_auth_file": "its auth file cannot be read ({why})",
+        "fix_web_auth": "check the destination's auth (token or password file, and its value)",
+        "web_no_answer": "no answer ({why})",
+        "fix_web_no_answer": "check that the server runs, its URL and the firewall",
+        "web_refused": "credentials refused (HTTP {code})",
+        "web_status": "answers HTTP {code}",
+        "clock": "clock",
+        "clock_synced": "{now}, synchronised (NTP)",
+        "clock_not_synced": "{now}, not synchronised",
+        "clock_unchecked": "{now}, NTP not checked ({why})",
+        "fix_clock": (
+            "enable NTP (timedatectl set-ntp true, or chrony): certificates and the audit "
+            "trail need the right time"
+        ),
+    },
+    "certify": {
+        "title": "cds certification report",
+        "model_title": "Model package {name} {version}",
+        "verdict_pass": "PASSED: no check failed",
+        "verdict_fail": "FAILED: {count} check(s) failed",
+        "check": "check",
+        "status": "result",
+        "requirement": "requirement",
+        "evidence": "evidence",
+        "made": "made by cds {version} on {machine}, {when}",
+        "status_pass": "pass",
+        "status_fail": "fail",
+        "status_not_applicable": "not applicable",
+        "status_not_run": "not run",
+        "validate": "Package valid, golden cases reproduced",
+        "validate_req": (
+            "cds model validate: manifest, files, ONNX graph against the declared tensors, "
+            "test vector, and every golden case end to end (findings read back from the "
+            "encoded SR, SEG and GSPS) - docs/vendor-guide.md"
+        ),
+        "determinism": "Deterministic results",
+        "determinism_req": (
+            "the same input and model give byte-identical result objects with the same "
+            "UIDs (a resend is the same object; IHE AIR: a result is identified by its UIDs)"
+        ),
+        "cpu_gpu": "GPU results match the CPU",
+        "cpu_gpu_req": (
+            "on a GPU, every model output stays within the manifest's test_vector "
+            "tolerance (atol, rtol) of the CPU's"
+        ),
+        "throughput": "Throughput on this machine",
+        "throughput_req": (
+            "informative: images per second through decode, preprocessing, inference, "
+            "postprocessing and encoding, measured here"
+        ),
+        "dciodvfy": "Every object valid against its IOD",
+        "dciodvfy_req": "DICOM PS3.3 IODs: dicom3tools dciodvfy reports no error",
+        "dcmpschk": "Presentation states valid",
+        "dcmpschk_req": (
+            "DICOM PS3.3 GSPS IOD and PS3.4 presentation state semantics: DCMTK dcmpschk "
+            "reports no error"
+        ),
+        "pixelmed_sr": "Structured reports valid against their templates",
+        "pixelmed_sr_req": (
+            "DICOM PS3.16 TID 1500 Measurement Report (IHE AIR): pixelmed's SR validator "
+            "reports no error"
+        ),
+    },
 }

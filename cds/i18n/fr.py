@@ -168,4 +168,199 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "found": "Résultat(s) urgent(s) suggéré(s) : {items}.",
         "score": "score {score}",
     },
+    "doctor": {
+        "head_check": "VÉRIFICATION",
+        "head_result": "RÉSULTAT",
+        "head_detail": "DÉTAIL",
+        "ok": "ok",
+        "warn": "attention",
+        "fail": "ÉCHEC",
+        "skip": "non vérifié",
+        "fix": "correction : {fix}",
+        "summary_ok": "{total} vérifications, aucun échec",
+        "summary_fail": "échec de {failed} vérification(s) sur {total} : voir chaque correction",
+        "config_invalid": (
+            "{file} : la configuration n'est pas valide (cds config check la détaille)"
+        ),
+        "python_old": "{found} : cds demande Python 3.11 ou plus récent",
+        "fix_python": "installer Python 3.11 ou plus récent et en refaire le venv",
+        "fix_onnxruntime": (
+            "pip install onnxruntime (ou 'cds[gpu]' pour un GPU) dans le venv de cds"
+        ),
+        "providers": "fournisseurs d'exécution",
+        "cuda_no_provider": "cet onnxruntime n'a pas de fournisseur CUDA (le paquet CPU)",
+        "cuda_no_driver": "pas de pilote NVIDIA (libcuda.so.1 introuvable)",
+        "cuda_no_gpu": "le pilote NVIDIA ne montre aucun GPU à ce processus",
+        "cuda_untried": "aucun modèle sur lequel essayer CUDA",
+        "cuda_falls_back": (
+            "une session demandée sur CUDA tourne sur le CPU : bibliothèques CUDA ou cuDNN "
+            "absentes ou d'une autre version"
+        ),
+        "cuda_works": "CUDA fonctionne ({gpus})",
+        "no_tensorrt": "bibliothèques TensorRT (libnvinfer) absentes",
+        "cpu_only": "CPU ({why}) ; inference.providers : {wanted}",
+        "fix_gpu_package": (
+            "pour un GPU : pip uninstall onnxruntime, puis pip install 'cds[gpu]' (README : "
+            "GPU install) ; sinon inference.providers : auto ou cpu"
+        ),
+        "fix_gpu_driver": (
+            "installer le pilote NVIDIA, ou mettre inference.providers : auto ou cpu"
+        ),
+        "fix_gpu_visible": (
+            "vérifier CUDA_VISIBLE_DEVICES et que cet utilisateur peut ouvrir /dev/nvidia*, "
+            "ou mettre inference.providers : auto ou cpu"
+        ),
+        "fix_gpu_libraries": (
+            "installer les versions de CUDA et cuDNN que demande cet onnxruntime-gpu "
+            "(README : GPU install), ou mettre inference.providers : auto ou cpu"
+        ),
+        "models": "modèles",
+        "no_model_dirs": ("inference.model_dirs est vide : le nœud reçoit, n'exécute aucun modèle"),
+        "no_models": "aucun paquet de modèle dans {dirs}",
+        "fix_model_dirs": (
+            "mettre dans inference.model_dirs des dossiers de paquets de modèles (null : les "
+            "modèles de référence livrés)"
+        ),
+        "model": "modèle {name}",
+        "model_ok": (
+            "{version}, {provider}, vecteur de test |écart| max {diff}, {golden} cas de "
+            "référence réussi(s)"
+        ),
+        "fix_model": (
+            "cds model validate {path} détaille chaque problème : remplacer le paquet par "
+            "une copie saine, ou le retirer d'inference.model_dirs"
+        ),
+        "port": "port {field}",
+        "port_free": "{where} est libre",
+        "port_node": "{where} tenu par le nœud cds en marche",
+        "port_taken": "{where} est pris par un autre processus",
+        "fix_port_taken": (
+            "arrêter ce processus (ss -ltnp 'sport = :{port}' le nomme) ou choisir un autre {field}"
+        ),
+        "port_denied": "{where} : permission refusée (un port sous 1024)",
+        "fix_port_denied": (
+            "lancer par l'unité systemd (elle donne CAP_NET_BIND_SERVICE) ou choisir un "
+            "{field} de 1024 ou plus"
+        ),
+        "fix_port_host": (
+            "l'hôte doit être une adresse de cette machine (ou 0.0.0.0) : voir {field}"
+        ),
+        "node": "nœud en marche",
+        "node_health": "/health répond {status} (HTTP {code})",
+        "fix_node": "lire les problèmes de GET /health et journalctl -u cds",
+        "home": "dossier home",
+        "home_not_writable": "{path} n'est pas accessible en écriture",
+        "fix_home": (
+            "donner le dossier à {user} : chown -R {user} {path} (ou régler home / --home)"
+        ),
+        "spool": "disque du spool",
+        "spool_free": ("{free} Mio libres pour {path}, seuil {watermark} Mio (spool.min_free_mb)"),
+        "fix_spool": (
+            "libérer de la place, ou mettre spool.path sur un disque plus grand : sous le "
+            "seuil, le C-STORE est refusé (0xA700)"
+        ),
+        "no_tls": "aucun fichier TLS configuré",
+        "tls_unreadable": "{path} : illisible ({why})",
+        "fix_tls_read": (
+            "vérifier le chemin, et que {user} (l'utilisateur de cds) peut lire {path}"
+        ),
+        "tls_bad_key": "{path} : pas une clé privée PEM non chiffrée",
+        "tls_mismatch": "{path} n'est pas la clé privée de {cert}",
+        "fix_tls_key": "donner à {field} la clé privée PEM de son certificat (sans phrase secrète)",
+        "tls_bad_cert": "{path} : pas un certificat PEM",
+        "tls_expired": "{path} : le certificat a expiré le {day}",
+        "tls_not_yet": "{path} : un certificat n'est pas encore valide (vérifier l'horloge)",
+        "tls_expires": "{path} : le certificat expire le {day}",
+        "tls_valid": "{path}, valide jusqu'au {day}",
+        "fix_tls_cert": "renouveler le certificat nommé par {field} (PEM), puis redémarrer cds",
+        "routing": "fichier de routage",
+        "no_routing": "pas de routing.file : le nœud reçoit, n'exécute aucun modèle",
+        "routing_ok": "{file} : {rules} règle(s), {destinations} destination(s)",
+        "fix_routing": "corriger {file} (cds config check {file} détaille chaque erreur)",
+        "destination": "destination {name}",
+        "echo_ok": "répond au C-ECHO",
+        "echo_rejected": "association refusée",
+        "fix_echo_rejected": (
+            "déclarer le titre AE {calling} (ce nœud, depuis cette adresse) dans le PACS, et "
+            "vérifier son titre AE {called}"
+        ),
+        "echo_no_answer": (
+            "pas de réponse au C-ECHO (connexion refusée, délai dépassé ou interrompue)"
+        ),
+        "echo_status": "le C-ECHO a répondu le statut {status}",
+        "fix_echo_no_answer": (
+            "vérifier que le PACS tourne, son hôte et son port dans le fichier de routage, "
+            "et le pare-feu"
+        ),
+        "fix_dest_tls": (
+            "vérifier les fichiers tls de la destination (ca_file, cert_file, key_file)"
+        ),
+        "dest_tls": "ses fichiers TLS sont inutilisables ({why})",
+        "web_auth_file": "son fichier d'authentification est illisible ({why})",
+        "fix_web_auth": (
+            "vérifier l'authentification de la destination (fichier du jeton ou du mot de "
+            "passe, et sa valeur)"
+        ),
+        "web_no_answer": "pas de réponse ({why})",
+        "fix_web_no_answer": "vérifier que le serveur tourne, son URL et le pare-feu",
+        "web_refused": "identifiants refusés (HTTP {code})",
+        "web_status": "répond HTTP {code}",
+        "clock": "horloge",
+        "clock_synced": "{now}, synchronisée (NTP)",
+        "clock_not_synced": "{now}, non synchronisée",
+        "clock_unchecked": "{now}, NTP non vérifié ({why})",
+        "fix_clock": (
+            "activer NTP (timedatectl set-ntp true, ou chrony) : les certificats et la piste "
+            "d'audit ont besoin de l'heure juste"
+        ),
+    },
+    "certify": {
+        "title": "Rapport de certification cds",
+        "model_title": "Paquet de modèle {name} {version}",
+        "verdict_pass": "RÉUSSI : aucune vérification en échec",
+        "verdict_fail": "ÉCHEC : {count} vérification(s) en échec",
+        "check": "vérification",
+        "status": "résultat",
+        "requirement": "exigence",
+        "evidence": "preuves",
+        "made": "produit par cds {version} sur {machine}, {when}",
+        "status_pass": "réussi",
+        "status_fail": "échec",
+        "status_not_applicable": "sans objet",
+        "status_not_run": "non exécuté",
+        "validate": "Paquet valide, cas de référence reproduits",
+        "validate_req": (
+            "cds model validate : manifeste, fichiers, graphe ONNX comparé aux tenseurs "
+            "déclarés, vecteur de test, et chaque cas de référence de bout en bout (résultats "
+            "relus dans les SR, SEG et GSPS encodés) - docs/vendor-guide.md"
+        ),
+        "determinism": "Résultats déterministes",
+        "determinism_req": (
+            "la même entrée et le même modèle donnent des objets identiques octet pour octet, "
+            "avec les mêmes UID (un renvoi est le même objet ; IHE AIR : un résultat est "
+            "identifié par ses UID)"
+        ),
+        "cpu_gpu": "Résultats GPU conformes au CPU",
+        "cpu_gpu_req": (
+            "sur GPU, chaque sortie du modèle reste dans la tolérance test_vector du "
+            "manifeste (atol, rtol) par rapport au CPU"
+        ),
+        "throughput": "Débit sur cette machine",
+        "throughput_req": (
+            "informatif : images par seconde à travers décodage, prétraitement, inférence, "
+            "post-traitement et encodage, mesurées ici"
+        ),
+        "dciodvfy": "Chaque objet conforme à son IOD",
+        "dciodvfy_req": "IOD DICOM PS3.3 : dciodvfy (dicom3tools) ne signale aucune erreur",
+        "dcmpschk": "États de présentation valides",
+        "dcmpschk_req": (
+            "IOD GSPS DICOM PS3.3 et sémantique des états de présentation PS3.4 : dcmpschk "
+            "(DCMTK) ne signale aucune erreur"
+        ),
+        "pixelmed_sr": "Rapports structurés conformes à leurs gabarits",
+        "pixelmed_sr_req": (
+            "DICOM PS3.16 TID 1500 Measurement Report (IHE AIR) : le validateur SR de "
+            "pixelmed ne signale aucune erreur"
+        ),
+    },
 }

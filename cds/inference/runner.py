@@ -195,7 +195,7 @@ class ModelRunner:
         worker.join()
 
     def _collect(
-        self, got: list[Any], images: int, outputs: Outputs, raw: dict[str, list[Any]]
+        self, got: list[Any], images: int, outputs: Outputs, raw: dict[str, list[Any]] | None
     ) -> None:
         m = self.manifest
         volume = m.input.kind == "volume"
@@ -203,7 +203,8 @@ class ModelRunner:
         for i, (t, arr) in enumerate(zip(m.output.tensors, got, strict=True)):
             where = f"output.tensors[{i}] ({t.name!r})"
             a = np.asarray(arr)
-            raw[t.name].append(a)
+            if raw is not None:
+                raw[t.name].append(a)
             canon = layouts.canonical(
                 t.role, t.layout, a, images=images, volume=volume, where=where
             )
@@ -279,9 +280,12 @@ class ModelRunner:
             raise OutsideDeclaredUse(f"{m.name} {m.version}", reasons)
         return positions
 
-    def run(self, stack: ImageStack) -> InferenceResult:
+    def run(self, stack: ImageStack, *, keep_raw: bool = False) -> InferenceResult:
         """``timings``: preprocess and postprocess are the time of that work, on worker
         threads where it overlaps inference; inference is onnxruntime's.
+        ``keep_raw``: the result keeps the model's outputs over the whole series
+        (``InferenceResult.raw``, for tests and tools); the node does not: a
+        segmentation's float masks would double its memory until encoding.
         A ``transient`` stack (``decode(..., transient=True)``) loses its pixels as soon
         as the last batch is preprocessed (``stack.pixels`` is then [S, 0, 0])."""
         m = self.manifest
@@ -291,7 +295,7 @@ class ModelRunner:
         positions = self._declared_use(stack)
         names = [t.name for t in m.output.tensors]
         outputs = Outputs()
-        raw: dict[str, list[Any]] = {n: [] for n in names}
+        raw: dict[str, list[Any]] | None = {n: [] for n in names} if keep_raw else None
         geometry: list[Geometry] = []
         images = [ImageRef(mt.sop_uid, mt.frame) for mt in stack.meta]
         spacing = None
@@ -342,7 +346,7 @@ class ModelRunner:
                 "against what model.onnx returns"
             ) from exc
         record = self._record(stack, len(images), time.perf_counter() - t_start, timings)
-        joined = {n: _join(v) for n, v in raw.items()}
+        joined = {n: _join(v) for n, v in raw.items()} if raw is not None else {}
         return InferenceResult(record, m.output.kind, findings, joined, images, geometry)
 
 

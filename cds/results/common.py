@@ -61,7 +61,7 @@ def result_uids(
     same UIDs for their own objects; it defaults to none.
     """
     base = [seed, study_uid, *sorted(series_uids), model, version, kind]
-    return _derived_uid([*base, "series"]), _derived_uid([*base, "instance"])
+    return derived_uid([*base, "series"]), derived_uid([*base, "instance"])
 
 
 def content_seed(
@@ -103,7 +103,7 @@ def series_number(model: str, kind: str) -> int:
     return 9000 + 10 * slot + _KIND_DIGIT[kind]
 
 
-def _derived_uid(parts: Sequence[str]) -> str:
+def derived_uid(parts: Sequence[str]) -> str:
     """A '2.25.' UID from a name-based (SHA-1, version 5) UUID of ``parts``.
 
     Not ``generate_uid(prefix=None, entropy_srcs=...)``: pydicom ignores the

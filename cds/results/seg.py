@@ -283,6 +283,13 @@ def _with_stand_in_geometry(sources: Sequence[Dataset]) -> list[Dataset]:
     return copies
 
 
+def _set_dimension_organization(seg: Dataset, uid: str) -> None:
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        item.DimensionOrganizationUID = uid
+
+
 def _drop_stand_in_geometry(seg: Dataset, sources: Sequence[Dataset], notes: list[str]) -> None:
     """Take the stand-in geometry out of ``seg`` (see the module): the sources' own Frame
     of Reference where they share one, else none (said in ``notes``); no plane position,
@@ -449,6 +456,9 @@ def build_seg(
     if not located:
         _drop_stand_in_geometry(seg, referenced, notes)
         seg = hd.seg.Segmentation.from_dataset(seg, copy=False)  # highdicom's view of it
+    # highdicom draws the Dimension Organization UID at random: derived as the SOP
+    # Instance UID is, so that the same inputs make the same bytes (a rerun, cds process)
+    _set_dimension_organization(seg, common.derived_uid([sop_uid, "dimension-organization"]))
     set_lossy_compression(seg, source_datasets, notes)
     complete(seg, manifest.manufacturer)
     identify_vendor(seg, manifest)

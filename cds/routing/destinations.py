@@ -12,6 +12,13 @@
 Secrets never sit in the routing file: a bearer token or a password is read from
 its file at each delivery (so it can be rotated), and is never logged, audited or
 shown by ``GET /api/routing``. A URL carrying credentials is refused.
+
+Archives (``archives``, read by ``cds backfill``) are where studies are fetched from,
+with the same fields: a DIMSE archive (``ae_title``, ``host``, ``port``, ``tls``,
+``retrieve: move|get``) or a DICOMweb one (``dicomweb_url``, ``auth``, ``tls``)::
+
+    archives:
+      pacs-archive: {ae_title: ARCHIVE, host: 10.0.0.7, port: 104}
 """
 
 from __future__ import annotations
@@ -105,18 +112,7 @@ class DicomWebDestination(_Strict):
     @field_validator("url")
     @classmethod
     def _http(cls, v: str) -> str:
-        try:
-            parts = urlsplit(v)
-            _ = parts.port  # a port that is not a number raises here
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL: {exc}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("credentials do not belong in the URL: use auth")
-        if parts.query or parts.fragment:
-            raise ValueError("the service root takes no query or fragment")
-        return v.rstrip("/")
+        return check_service_url(v)
 
     @property
     def target(self) -> str:
@@ -130,6 +126,74 @@ class DicomWebDestination(_Strict):
 
     def describe(self) -> str:
         return f"STOW-RS {self.url}"
+
+
+def check_service_url(v: str) -> str:
+    """A DICOMweb service root: http(s), a host, no credentials, query or fragment."""
+    try:
+        parts = urlsplit(v)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials do not belong in the URL: use auth")
+    if parts.query or parts.fragment:
+        raise ValueError("the service root takes no query or fragment")
+    return v.rstrip("/")
+
+
+class DimseArchive(_Strict):
+    """An archive queried by C-FIND and retrieved from by C-MOVE to the node's own AE
+    title (the archive must know that AE title, its host and port) or, with
+    ``retrieve: get``, by C-GET on the query's association (``cds.ingest.archive``)."""
+
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: Tls = Tls()
+    retrieve: Literal["move", "get"] = Field(
+        "move", description="move: C-MOVE to our AE title (the default); get: C-GET"
+    )
+
+    @property
+    def target(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        return f"{self.target}{' (TLS)' if self.tls.enabled else ''}"
+
+
+class DicomWebArchive(_Strict):
+    """An archive reached by QIDO-RS/WADO-RS at ``dicomweb_url`` (not built yet: the
+    routing file accepts it, ``cds backfill`` says it cannot use it)."""
+
+    dicomweb_url: str = Field(min_length=1, description="the service root (QIDO-RS, WADO-RS)")
+    auth: WebAuth | None = None
+    tls: WebTls = WebTls()
+
+    @field_validator("dicomweb_url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        return check_service_url(v)
+
+    def describe(self) -> str:
+        return f"DICOMweb {self.dicomweb_url}"
+
+
+def _archive_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "dicomweb" if "dicomweb_url" in value else "dimse"
+    return "dicomweb" if isinstance(value, DicomWebArchive) else "dimse"
+
+
+#: an ``archives`` entry: DIMSE (ae_title, host, port) or DICOMweb (dicomweb_url)
+AnyArchive = Annotated[
+    Annotated[DimseArchive, Tag("dimse")] | Annotated[DicomWebArchive, Tag("dicomweb")],
+    Discriminator(_archive_kind),
+]
+SomeArchive = DimseArchive | DicomWebArchive
 
 
 def _kind(value: Any) -> str:

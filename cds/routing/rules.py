@@ -58,6 +58,7 @@ from pydantic import (
 from cds.errors import RoutingError
 from cds.routing.destinations import (
     KINDS,
+    AnyArchive,
     AnyDestination,
     Destination,  # noqa: F401 (its old home: imported from here before issue 22)
     Tls,  # noqa: F401 (likewise)
@@ -291,6 +292,9 @@ class RoutingFile(_Strict):
     )
     pipelines: dict[str, Pipeline] = Field(default_factory=dict)
     rules: list[Rule] = Field(default_factory=list)
+    archives: dict[str, AnyArchive] = Field(
+        default_factory=dict, description="archives cds backfill fetches studies from"
+    )
     disabled_models: list[str] = Field(
         default_factory=list, description="kill switch: routed studies are recorded as skipped"
     )
@@ -300,7 +304,7 @@ def _format(exc: ValidationError, source: str) -> list[str]:
     out = []
     for err in exc.errors():
         parts = list(err["loc"])
-        if len(parts) > 2 and parts[0] == "destinations" and parts[2] in KINDS:
+        if len(parts) > 2 and parts[0] in ("destinations", "archives") and parts[2] in KINDS:
             del parts[2]  # the kind pydantic chose the model by: not a key of the file
         loc = ".".join(_FIELD_NAMES.get(str(p), str(p)) for p in parts)
         msg = err["msg"].removeprefix("Value error, ")

@@ -23,7 +23,9 @@ def open_store(settings: Settings) -> StateStore:
     in it) when psycopg is not installed or the server cannot be reached."""
     cfg = settings.store
     if cfg.backend == "sqlite":
-        return SqliteStore(settings.sqlite_path, node=settings.node.name)
+        return SqliteStore(
+            settings.sqlite_path, node=settings.node.name, lease_s=settings.node.lease_s
+        )
     if cfg.backend == "postgresql":
         if cfg.url is None:  # the settings refuse this; a direct caller may not
             raise StoreError("store.url: required when store.backend is postgresql")
@@ -34,5 +36,5 @@ def open_store(settings: Settings) -> StateStore:
                 f"store.backend is postgresql but psycopg cannot be imported ({exc.name}): "
                 "install the extra, pip install 'cds[postgres]'"
             ) from None
-        return PostgresStore(cfg.url, node=settings.node.name)
+        return PostgresStore(cfg.url, node=settings.node.name, lease_s=settings.node.lease_s)
     raise ValueError(f"store.backend: unknown backend {cfg.backend!r}")

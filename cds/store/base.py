@@ -8,7 +8,7 @@ once, for the orchestrator, the admin operations and the API.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Protocol
 
 from cds.domain import (
@@ -29,6 +29,7 @@ from cds.domain import (
     StudyState,
     StudySummary,
 )
+from cds.store.backfill import BackfillMark, BackfillSpec, BackfillStatus
 
 
 class InstanceStore(Protocol):
@@ -72,6 +73,9 @@ class StudyHistory(Protocol):
 
 class StudyStore(StudyHistory, Protocol):
     """Studies: their state, their completeness deadline, their history, their purge."""
+
+    #: seconds a claim of this node lasts unless renewed (``node.lease_s``)
+    lease_s: float
 
     def list_studies(
         self, state: StudyState | None = None, limit: int = 100, offset: int = 0
@@ -223,6 +227,10 @@ class Outbox(Protocol):
         is recorded; due again if the node dies before)."""
         ...
 
+    def release_deliveries(self, now: float) -> int:
+        """This node's delivery leases left by its last run end: due again at ``now``."""
+        ...
+
     def deliveries_due_now(self, destination: str, now: float) -> int:
         """Make every pending delivery to ``destination`` due at ``now`` (it answered
         again after an outage: what waits for it goes out now, by priority, instead of
@@ -323,3 +331,40 @@ class StateStore(
         ...
 
     def close(self) -> None: ...
+
+
+class BackfillStore(Protocol):
+    """The backfill ledger (``cds.store.backfill.BackfillLedger``): each run fetching
+    studies from an archive, and each study it fetches (``cds backfill``)."""
+
+    def open_run(self, spec: BackfillSpec, now: float | None = None) -> str:
+        """Start the run ``spec`` names, or find it again (resume); its state."""
+        ...
+
+    def set_run_state(self, name: str, state: str, error: str | None = None) -> None: ...
+
+    def add_studies(
+        self, name: str, found: Iterable[tuple[str, str]], deliver: bool, now: float | None = None
+    ) -> int:
+        """Queue each (Study Instance UID, study key) once; returns how many were queued."""
+        ...
+
+    def open_studies(self, name: str) -> list[str]:
+        """Study Instance UIDs still to fetch."""
+        ...
+
+    def set_study_state(
+        self,
+        name: str,
+        study_uid: str,
+        state: str,
+        *,
+        instances: int | None = None,
+        error: str | None = None,
+    ) -> None: ...
+
+    def mark(self, study_key: str) -> BackfillMark | None:
+        """The run fetching this study, or None: a live study."""
+        ...
+
+    def status(self, names: Sequence[str] = ()) -> list[BackfillStatus]: ...

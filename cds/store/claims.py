@@ -2,8 +2,8 @@
 
 Every store belongs to one node, named by ``node.name`` (``store.node``). A node takes
 work by claiming it in one transaction, and the claim records its name
-(``claimed_by``) and a lease (``lease_until``) that the live node renews
-(``renew_claims``, on the assembler's tick):
+(``claimed_by``) and a lease (``lease_until``: ``node.lease_s``, ``store.lease_s``, from
+now) that the live node renews (``renew_claims``, on the assembler's tick):
 
 - a study's quiet-time check (``complete_study``: receiving -> complete) is claimed by
   whichever node is due first; the study stays claimed while that node routes it and
@@ -47,6 +47,7 @@ _FREE = "(claimed_by IS NULL OR claimed_by = ? OR lease_until < ?)"
 
 class _Host(Protocol):
     node: str
+    lease_s: float
     _PARAM: ClassVar[str]
     _SKIP_LOCKED: ClassVar[str]
 
@@ -87,7 +88,7 @@ class ClaimsMixin:
                     "updated_at = ?, claimed_by = ?, lease_until = ? WHERE study_key = ? "
                     f"AND state = ? AND complete_due_at <= ? AND {_FREE}",
                 ),
-                (StudyState.COMPLETE.value, now, now, self.node, now + LEASE_S, study_key,
+                (StudyState.COMPLETE.value, now, now, self.node, now + self.lease_s, study_key,
                  _RECEIVING, now, self.node, now),
             )  # fmt: skip
             if cur.rowcount != 1:
@@ -96,11 +97,13 @@ class ClaimsMixin:
             return True
 
     def claim_study(
-        self: _Host, study_key: str, now: float | None = None, lease_s: float = LEASE_S
+        self: _Host, study_key: str, now: float | None = None, lease_s: float | None = None
     ) -> bool:
         """Claim a study to route it and run its pipelines: True when it was free, this
-        node's already, or its claim had lapsed; False while another node holds it."""
+        node's already, or its claim had lapsed; False while another node holds it.
+        The claim lasts ``lease_s`` (default: the store's ``lease_s``, ``node.lease_s``)."""
         at = time.time() if now is None else now
+        lease_s = self.lease_s if lease_s is None else lease_s
         with self._tx() as db:
             cur = db.execute(
                 _sql(
@@ -138,9 +141,10 @@ class ClaimsMixin:
         )
         return [str(r["study_key"]) for r in rows]
 
-    def renew_claims(self: _Host, now: float | None = None, lease_s: float = LEASE_S) -> int:
+    def renew_claims(self: _Host, now: float | None = None, lease_s: float | None = None) -> int:
         """Extend the lease of every study and open job this node holds; how many."""
         at = time.time() if now is None else now
+        lease_s = self.lease_s if lease_s is None else lease_s
         with self._tx() as db:
             studies = db.execute(
                 _sql(self, "UPDATE studies SET lease_until = ? WHERE claimed_by = ?"),
@@ -160,13 +164,14 @@ class ClaimsMixin:
         limit: int = 1,
         now: float | None = None,
         *,
-        lease_s: float = LEASE_S,
+        lease_s: float | None = None,
         job_ids: Collection[str] | None = None,
     ) -> list[Job]:
         """Up to ``limit`` queued jobs (of ``job_ids`` only, when given), oldest first,
         moved to running for this node alone: each job is claimed exactly once, and a
         cancelled job (not queued) never."""
         at = time.time() if now is None else now
+        lease_s = self.lease_s if lease_s is None else lease_s
         where, args = "state = ?", [JobState.QUEUED.value]
         if job_ids is not None and not job_ids:
             return []
@@ -219,6 +224,22 @@ class ClaimsMixin:
             (*(s.value for s in OPEN_JOB_STATES), self.node, at),
         )
         return [_read_job(r) for r in rows]
+
+    def release_deliveries(self: _Host, now: float) -> int:
+        """This node's delivery leases, left by its last run (killed between sending a
+        batch and recording it), end: those deliveries are due again at ``now``, not
+        when the lease would have lapsed. A start calls it; returns how many."""
+        with self._tx() as db:
+            rows = db.execute(
+                _sql(
+                    self,
+                    "UPDATE deliveries SET next_attempt_at = ?, lease_until = NULL, "
+                    "claimed_by = NULL WHERE state = ? AND claimed_by = ? AND lease_until > ? "
+                    "RETURNING delivery_id",
+                ),
+                (now, DeliveryState.PENDING.value, self.node, now),
+            ).fetchall()
+        return len(rows)
 
     def claim_deliveries(
         self: _Host, now: float, limit: int = 500, lease_s: float = DELIVERY_LEASE_S

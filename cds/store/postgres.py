@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 from cds.config.settings import redact_url
 from cds.domain import QueueStats
 from cds.errors import StoreError
-from cds.store.claims import ClaimsMixin, default_node
+from cds.store.claims import LEASE_S, ClaimsMixin, default_node
 from cds.store.postgres_feedback import FeedbackMixin
 from cds.store.postgres_host import Db, Row
 from cds.store.postgres_jobs import JobsMixin
@@ -59,8 +59,16 @@ class PostgresStore(
     _PARAM = "%s"
     _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"  # nodes claiming at once skip each other's rows
 
-    def __init__(self, url: str, *, node: str | None = None, connect_timeout_s: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        node: str | None = None,
+        lease_s: float = LEASE_S,
+        connect_timeout_s: int = 10,
+    ) -> None:
         self.node = node or default_node()
+        self.lease_s = lease_s
         self.where = redact_url(url)
         self._url = url
         self._timeout = connect_timeout_s

@@ -31,6 +31,7 @@ def one(db: Db, sql: str, args: tuple[object, ...] = ()) -> Row | None:
 
 class PostgresHost(Protocol):
     node: str
+    lease_s: float
 
     def _tx(self) -> AbstractContextManager[Db]: ...
 

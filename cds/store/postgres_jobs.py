@@ -23,7 +23,6 @@ from cds.store.postgres_host import PostgresHost as _Host
 from cds.store.sqlite_jobs import (
     _JOB_COLS,
     FINAL_JOB_STATES,
-    LEASE_S,
     OPEN_JOB_STATES,
     _objects_json,
 )
@@ -49,8 +48,9 @@ class JobsMixin:
             db.execute(
                 "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at, "
                 "claimed_by, lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                (job_id, study_key, kind, JobState.QUEUED.value, at, at, self.node, at + LEASE_S),
-            )
+                (job_id, study_key, kind, JobState.QUEUED.value, at, at, self.node,
+                 at + self.lease_s),
+            )  # fmt: skip
             self._event(db, study_key, at, "job_queued", f"{kind} job {job_id}")
         return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, claimed_by=self.node)
 

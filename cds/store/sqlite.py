@@ -32,7 +32,7 @@ from cds.domain import (
     StudySummary,
 )
 from cds.errors import StoreError
-from cds.store.claims import ClaimsMixin, default_node
+from cds.store.claims import LEASE_S, ClaimsMixin, default_node
 from cds.store.sqlite_feedback import FeedbackMixin
 from cds.store.sqlite_jobs import JobsMixin
 from cds.store.sqlite_observatory import ObservatoryMixin
@@ -63,9 +63,10 @@ class SqliteStore(ClaimsMixin, JobsMixin, OutboxMixin, FeedbackMixin, Observator
     _PARAM = "?"
     _SKIP_LOCKED = ""  # BEGIN IMMEDIATE: one writer at a time
 
-    def __init__(self, path: Path, *, node: str | None = None) -> None:
+    def __init__(self, path: Path, *, node: str | None = None, lease_s: float = LEASE_S) -> None:
         self.path = path
         self.node = node or default_node()
+        self.lease_s = lease_s
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         try:

@@ -10,6 +10,7 @@ from typing import Protocol
 
 class SqliteHost(Protocol):
     node: str
+    lease_s: float
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]: ...
 

@@ -25,7 +25,8 @@ FINAL_JOB_STATES = (
     JobState.SKIPPED,
     JobState.CANCELLED,
 )
-#: seconds a node's claim on a study or a job lasts unless it renews it (``claims``)
+#: seconds a node's claim on a study or a job lasts unless it renews it (``claims``):
+#: the default of ``node.lease_s``, a store's ``lease_s``
 LEASE_S = 60.0
 _JOB_COLS = (
     "job_id, study_key, kind, state, created_at, updated_at, attempts, error, "
@@ -95,8 +96,9 @@ class JobsMixin:
             db.execute(
                 "INSERT INTO jobs (job_id, study_key, kind, state, created_at, updated_at, "
                 "claimed_by, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, study_key, kind, JobState.QUEUED.value, at, at, self.node, at + LEASE_S),
-            )
+                (job_id, study_key, kind, JobState.QUEUED.value, at, at, self.node,
+                 at + self.lease_s),
+            )  # fmt: skip
             self._event(db, study_key, at, "job_queued", f"{kind} job {job_id}")
         return Job(job_id, study_key, kind, JobState.QUEUED, at, at, 0, None, claimed_by=self.node)
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from cds.errors import StoreError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -216,6 +216,36 @@ CREATE TABLE IF NOT EXISTS observatory_runs (
     scores TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS observatory_runs_model ON observatory_runs (model, version, at);
+CREATE TABLE IF NOT EXISTS backfills (
+    name TEXT PRIMARY KEY,
+    archive TEXT NOT NULL,
+    since TEXT NOT NULL,
+    until TEXT NOT NULL,
+    modality TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    rate_per_min REAL NOT NULL,
+    max_associations INTEGER NOT NULL,
+    deliver INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS backfill_studies (
+    backfill TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    study_key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    deliver INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    instances INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    queued_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    retrieved_at REAL,
+    PRIMARY KEY (backfill, study_uid)
+);
+CREATE INDEX IF NOT EXISTS backfill_studies_key ON backfill_studies (study_key);
 """
 
 
@@ -284,6 +314,9 @@ MIGRATIONS = (
             AddColumn("deliveries", "lease_until", "REAL"),
         ),
     ),
+    # backfill: each run (its archive, dates, rate) and each study it fetches, with its
+    # state, so that a run killed mid-way resumes without fetching a study twice
+    Migration(10, "backfill from an archive (tables backfills, backfill_studies)"),
 )
 
 _SCHEMA_STATEMENTS = tuple(s.strip() for s in SCHEMA.split(";") if s.strip())

@@ -63,6 +63,7 @@ ROLE_OF: dict[tuple[str, str], str] = {
     ("POST", "/api/models/{name}/disable"): "admin",
     ("POST", "/api/models/{name}/enable"): "admin",
     # STOW-RS in (issue 22): sending studies starts pipelines and deliveries
+    ("GET", "/api/backfill"): "admin",
     ("POST", "/dicomweb/studies"): "admin",
     ("POST", "/dicomweb/studies/{study}"): "admin",
 }

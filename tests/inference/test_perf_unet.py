@@ -93,7 +93,7 @@ def test_segmentation_postprocessed_run_by_run_equals_the_whole_series() -> None
     m = m.model_copy(update={"input": m.input.model_copy(update={"batch_size": 2})})
     session = Session(PKG / "model.onnx", "cpu")
     model = LoadedModel(PKG, "ready", m, "0" * 64, "CPU", session=session)
-    result = ModelRunner(model, DeviceSlots(1, 1)).run(stack)
+    result = ModelRunner(model, DeviceSlots(1, 1)).run(stack, keep_raw=True)
     whole = Outputs(by_role={"mask": result.raw["mask"]})
     want = postprocess(m.output, whole, result.images, result.geometry, stack)
     assert len(result.findings) == len(want) == 1

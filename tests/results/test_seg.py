@@ -200,6 +200,21 @@ def test_uids_are_deterministic_per_study_series_model_and_version(
     assert result_uids(study, series, manifest.name, manifest.version, seed="node-b") != base
 
 
+def test_the_dimension_organization_uid_is_derived_not_drawn(
+    slices: list[Dataset], manifest: mf.Manifest
+) -> None:
+    """highdicom draws a random Dimension Organization UID: two encodings of one result
+    differed in it (found by ``cds certify model``'s determinism check)."""
+    a, b = (build_seg(slices, synthetic_result(slices, manifest), manifest, "en") for _ in range(2))
+    uids = {
+        str(item.DimensionOrganizationUID)
+        for seg in (a, b)
+        for item in (*seg.DimensionOrganizationSequence, *seg.DimensionIndexSequence)
+    }
+    assert len(uids) == 1
+    assert uids.pop() not in (a.SOPInstanceUID, a.SeriesInstanceUID)
+
+
 def test_the_source_datasets_are_left_as_they_came(
     slices: list[Dataset], manifest: mf.Manifest
 ) -> None:

@@ -23,7 +23,7 @@ from .pgcluster import with_database
 
 BACKENDS = ["sqlite", "postgresql"]
 
-StoreOpener = Callable[..., StateStore]  # (node=None): the node's name (node.name)
+StoreOpener = Callable[..., StateStore]  # (node=None, **kw): node.name; lease_s=...
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,17 +40,17 @@ def open_store(
     opened: list[StateStore] = []
     if backend == "sqlite":
 
-        def opener(node: str | None = None) -> StateStore:
-            return SqliteStore(tmp_path / "state.db", node=node)
+        def opener(node: str | None = None, **kw: float) -> StateStore:
+            return SqliteStore(tmp_path / "state.db", node=node, **kw)
     else:
         url = request.getfixturevalue("postgres_url")
         from cds.store.postgres import PostgresStore
 
-        def opener(node: str | None = None) -> StateStore:
-            return PostgresStore(url, node=node)
+        def opener(node: str | None = None, **kw: float) -> StateStore:
+            return PostgresStore(url, node=node, **kw)
 
-    def tracked(node: str | None = None) -> StateStore:
-        opened.append(opener(node))
+    def tracked(node: str | None = None, **kw: float) -> StateStore:
+        opened.append(opener(node, **kw))
         return opened[-1]
 
     yield tracked

@@ -106,3 +106,45 @@ def test_deliveries_are_leased_to_one_node(open_store: StoreOpener) -> None:
     assert (sent.state, sent.claimed_by) == (DeliveryState.DELIVERED, "node-a")
     (again,) = b.claim_deliveries(now=20.0 + DELIVERY_LEASE_S)  # a died holding it
     assert (again.delivery_id, again.claimed_by) == (got[1].delivery_id, "node-b")
+
+
+def test_a_restarted_node_sends_again_at_once_what_it_had_leased(
+    open_store: StoreOpener,
+) -> None:
+    """Killed between sending a batch and recording it (failpoint delivery.sent), the
+    node's restart makes its own leased deliveries due at once, not after the lease
+    (integration_tests/test_kill_phases.py waited 300 s); another node's lease stays."""
+    a, b = open_store("node-a"), open_store("node-b")
+    a.record_instance(rec(1))
+    a.record_results([result(1), result(2)], ["pacs"], now=10.0)
+    (mine,) = a.claim_deliveries(now=20.0, limit=1)
+    (theirs,) = b.claim_deliveries(now=20.0, limit=1)
+    again = open_store("node-a")  # node-a started again
+    assert again.release_deliveries(now=30.0) == 1
+    (due,) = again.claim_deliveries(now=30.0)
+    assert (due.delivery_id, due.claimed_by) == (mine.delivery_id, "node-a")
+    assert theirs.delivery_id != mine.delivery_id
+    assert again.release_deliveries(now=31.0) == 1  # its own new lease, not b's
+    (free,) = b.claim_deliveries(now=31.0)  # b's own is still leased to b: not due
+    assert free.delivery_id == mine.delivery_id
+
+
+def test_a_claim_lasts_the_nodes_lease(open_store: StoreOpener) -> None:
+    """``node.lease_s`` (the store's ``lease_s``): a node killed holding a study or a job
+    is taken over that long after its last renewal, not after the 60 s default."""
+    a, b = open_store("node-a", lease_s=3.0), open_store("node-b", lease_s=3.0)
+    assert (a.lease_s, b.lease_s) == (3.0, 3.0)
+    a.record_instance(rec(1))
+    assert a.complete_study("k1", 1011.0)  # held until 1014
+    assert not b.claim_study("k1", now=1013.9)
+    assert b.lapsed_studies(now=1014.1) == ["k1"]
+    job = a.create_job("k1", "bone:m", now=1012.0)
+    assert [j.job_id for j in a.claim_jobs(job_ids=[job.job_id], now=1012.0)] == [job.job_id]
+    assert b.open_claims(now=1014.9) == []  # held until 1015
+    assert a.renew_claims(now=1014.0) == 2  # the study and the job, until 1017
+    assert not b.claim_study("k1", now=1016.9)
+    assert b.open_claims(now=1016.9) == []
+    assert [j.job_id for j in b.open_claims(now=1017.1)] == [job.job_id]
+    assert b.claim_study("k1", now=1017.1)
+    assert a.claim_study("k1", now=1017.2) is False  # b holds it now, for b's lease
+    assert open_store("node-c").lease_s == LEASE_S == 60.0  # the default

@@ -75,3 +75,37 @@ def test_a_command_says_an_unreachable_store_in_one_line(
     assert "(store.url)" in err
     assert "s3cret-pw" not in err
     assert "Traceback" not in err
+
+
+def test_the_lease_is_a_node_setting_given_to_the_store(tmp_path: Path) -> None:
+    """issue 21: ``node.lease_s`` (default 60 s, at least 1 s) is the store's lease."""
+    from cds.store import open_store
+
+    file = tmp_path / "cds.yaml"
+    file.write_text(yaml.safe_dump({"home": str(tmp_path / "home"), "node": {"lease_s": 3}}))
+    settings = load_settings(file)
+    assert settings.node.lease_s == 3.0
+    store = open_store(settings)
+    try:
+        assert store.lease_s == 3.0
+    finally:
+        store.close()
+    assert Settings().node.lease_s == 60.0
+    file.write_text(yaml.safe_dump({"node": {"lease_s": 0.5}}))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(file)
+    assert [e.split(":")[0] for e in caught.value.errors] == ["node.lease_s"]
+
+
+def test_a_lease_of_a_few_assembly_ticks_is_refused(tmp_path: Path) -> None:
+    """Claims are renewed on the assembly tick: a lease shorter than 4 ticks would lapse
+    while its node lives, and another node would run the same job again."""
+    file = tmp_path / "cds.yaml"
+    file.write_text(yaml.safe_dump({"node": {"lease_s": 3}, "assembly": {"check_interval_s": 1}}))
+    with pytest.raises(ConfigError) as err:
+        load_settings(file, tmp_path / "home")
+    assert "node.lease_s (3 s) must be at least 4 x assembly.check_interval_s (1 s)" in str(
+        err.value
+    )
+    file.write_text(yaml.safe_dump({"node": {"lease_s": 4}, "assembly": {"check_interval_s": 1}}))
+    assert load_settings(file, tmp_path / "home").node.lease_s == 4.0

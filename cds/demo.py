@@ -45,10 +45,10 @@ from cds.config import (
 )
 from cds.delivery.scu import store_batch
 from cds.demo_study import DEMO_PATIENT_NAME, DemoStudy, synthetic_ct
+from cds.destinations import Destination
 from cds.domain import DeliveryState, StudyState
 from cds.logging import configure_logging
 from cds.orchestrator import Node
-from cds.routing.destinations import Destination
 
 #: models the demo's routing file runs (bundled in the repository's models/)
 DEMO_MODELS = ("cds-ref-ct-bone", "cds-ref-blob-detect")

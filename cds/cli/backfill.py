@@ -27,8 +27,8 @@ from cds.config import Settings, load_settings
 from cds.errors import ConfigError
 
 if TYPE_CHECKING:
+    from cds.destinations import DimseArchive
     from cds.ingest.archive import Retrieved
-    from cds.routing.destinations import DimseArchive
     from cds.store.backfill import BackfillStatus
 
 STATUS = "status"
@@ -196,7 +196,7 @@ def _run(  # noqa: PLR0917 (the command's options, checked here)
 
 def _archive(settings: Settings, name: str) -> DimseArchive:
     """The routing file's archive ``name``; USAGE/REFUSED naming the field otherwise."""
-    from cds.routing.destinations import DimseArchive  # noqa: PLC0415
+    from cds.destinations import DimseArchive  # noqa: PLC0415
     from cds.routing.rules import RoutingFileError, load_routing  # noqa: PLC0415
 
     if settings.routing.file is None:

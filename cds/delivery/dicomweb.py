@@ -32,8 +32,8 @@ from pydicom import dcmread
 
 from cds import __version__
 from cds.delivery.scu import Outcome
+from cds.destinations import DicomWebDestination
 from cds.errors import describe as describe_error
-from cds.routing.destinations import DicomWebDestination
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"

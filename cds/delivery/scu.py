@@ -18,9 +18,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom.presentation import PresentationContext, build_context
 
+from cds.destinations import Destination
 from cds.errors import error_text
 from cds.requestor import PauseSafeAE
-from cds.routing.destinations import Destination
 
 #: C-STORE warning statuses: the object was stored (coerced, or elements discarded)
 _WARNINGS = {0xB000, 0xB006, 0xB007}

@@ -30,11 +30,11 @@ from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import DeliverySettings
 from cds.delivery.dicomweb import stow_batch
 from cds.delivery.scu import Outcome, store_batch
+from cds.destinations import DicomWebDestination, SomeDestination
 from cds.domain import Delivery, DeliveryState
 from cds.faults import failpoint
 from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
-from cds.routing.destinations import DicomWebDestination, SomeDestination
 from cds.store.base import Outbox, StudyHistory
 
 log = get_logger("cds.delivery")

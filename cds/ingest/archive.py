@@ -59,7 +59,7 @@ class _Tls(Protocol):
 
 
 class DimseArchive(Protocol):
-    """An archive's address (``cds.routing.destinations.DimseArchive``, the routing
+    """An archive's address (``cds.destinations.DimseArchive``, the routing
     file's ``archives`` entry; not imported: routing reads ingest's instance checks)."""
 
     @property

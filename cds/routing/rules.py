@@ -55,14 +55,14 @@ from pydantic import (
     model_validator,
 )
 
-from cds.errors import RoutingError
-from cds.routing.destinations import (
+from cds.destinations import (
     KINDS,
     AnyArchive,
     AnyDestination,
     Destination,  # noqa: F401 (its old home: imported from here before issue 22)
     Tls,  # noqa: F401 (likewise)
 )
+from cds.errors import RoutingError
 from cds.routing.viewers import ResultKind, ViewerName, fallback_errors
 
 #: attributes a condition may test, and their type

@@ -22,7 +22,7 @@ from cds.api.dicomweb import InstanceOutcome, boundary_of, response_body, split_
 from cds.delivery import worker
 from cds.delivery.dicomweb import stow_batch
 from cds.delivery.scu import Outcome
-from cds.routing.destinations import DicomWebDestination
+from cds.destinations import DicomWebDestination
 from cds.routing.rules import RoutingFileError, parse_routing
 from tests.conftest import free_port
 

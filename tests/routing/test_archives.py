@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cds.cli import app
-from cds.routing.destinations import DicomWebArchive, DimseArchive
+from cds.destinations import DicomWebArchive, DimseArchive
 from cds.routing.rules import RoutingFileError, parse_routing
 
 SRC = "routing.yaml"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from cds.cli.doctor.report import Report, Status
 
 if TYPE_CHECKING:
-    from cds.routing.destinations import SomeDestination
+    from cds.destinations import SomeDestination
     from cds.routing.rules import RoutingFile
 
 

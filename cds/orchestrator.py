@@ -27,6 +27,7 @@ from cds.compute_ray import make_compute
 from cds.config import Settings
 from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker
+from cds.destinations import Notify
 from cds.domain import JobState, StudyState
 from cds.errors import CdsError, ConfigError, IngestError
 from cds.executor import Executor, InProcessExecutor
@@ -119,7 +120,7 @@ class Node:
         self.notifier = Notifier(  # urgent findings to a RIS/worklist: only if configured
             self.store,
             lambda: self.routing.rules.notifications,
-            routing=lambda: self.routing.rules,
+            notify_of=self._notify_of,
             language=settings.results.language,
         )
         self.retention = Retention(self.store, self.spool, settings.retention, self.audit)
@@ -277,6 +278,11 @@ class Node:
         if keys:
             log.warning("node.resumed_studies", studies=len(keys))
         return len(keys)
+
+    def _notify_of(self, pipeline: str) -> Notify | None:
+        """The urgent-finding notification of ``pipeline`` in the routing file now."""
+        spec = self.routing.rules.pipelines.get(pipeline)
+        return spec.notify if spec is not None else None
 
     def _interrupted(self, study_key: str) -> bool:
         """A study was processing when the node went down. A graceful stop finishes

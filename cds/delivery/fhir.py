@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from cds.destinations import ANY_FINDING, Notify
 from cds.i18n import Lang, advisory, check_lang, other, text
-from cds.routing.rules import ANY_FINDING, Notify
 
 if TYPE_CHECKING:  # the inference stack (onnxruntime) is not needed to send
     from cds.findings import Finding, InferenceResult

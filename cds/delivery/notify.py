@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from cds.delivery.fhir import fhir_diagnostic_report, urgent_findings
 from cds.delivery.worker import backoff
+from cds.destinations import NotificationTarget, Notify
 from cds.errors import safe_message
 from cds.i18n import check_lang
 from cds.logging import get_logger
 from cds.periodic import PeriodicWorker
-from cds.routing.rules import NotificationTarget, RoutingFile
 from cds.store.base import StudyHistory
 
 if TYPE_CHECKING:  # the inference stack (onnxruntime) is not needed to send
@@ -141,7 +141,7 @@ class Notifier:
         targets: Targets,
         clock: Callable[[], float] = time.time,
         *,
-        routing: Callable[[], RoutingFile],
+        notify_of: Callable[[str], Notify | None],
         language: str = "en",
         max_attempts: int = 4,
         backoff_initial_s: float = 5.0,
@@ -155,7 +155,7 @@ class Notifier:
         self._store = store
         self._targets = targets
         self._clock = clock
-        self._routing = routing
+        self._notify_of = notify_of
         self._lang = language
         self._max_attempts = max_attempts
         self._backoff = (backoff_initial_s, backoff_max_s)
@@ -177,14 +177,14 @@ class Notifier:
         holds an urgent finding. True when one was queued. Never raises: a
         notification problem must not fail the study's results."""
         try:
-            spec = self._routing().pipelines.get(pipeline)
-            if spec is None or spec.notify is None:
+            notify = self._notify_of(pipeline)
+            if notify is None:
                 return False
-            found = urgent_findings(spec.notify, result)
+            found = urgent_findings(notify, result)
             if not found:
                 return False
             report = fhir_diagnostic_report(study_uid, result, found, self._lang, self._clock())
-            self.notify(study_key, spec.notify.target, report, findings=len(found))
+            self.notify(study_key, notify.target, report, findings=len(found))
             return True
         except Exception as exc:
             log.error(

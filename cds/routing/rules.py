@@ -42,14 +42,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -59,8 +57,8 @@ from cds.destinations import (
     KINDS,
     AnyArchive,
     AnyDestination,
-    Destination,  # noqa: F401 (its old home: imported from here before issue 22)
-    Tls,  # noqa: F401 (likewise)
+    NotificationTarget,
+    Notify,
 )
 from cds.errors import RoutingError
 from cds.routing.viewers import ResultKind, ViewerName, fallback_errors
@@ -89,10 +87,6 @@ ATTRIBUTES: dict[str, str] = {
 _OPERATORS = ("equals", "in_", "regex", "range", "exists")
 _FIELD_NAMES = {"in_": "in", "continue_": "continue"}  # python names of YAML keys
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
-#: headers cds sets itself on a notification
-_OWN_HEADERS = frozenset({"content-type", "content-length", "host"})
-ANY_FINDING = "any"
 
 
 class _Strict(BaseModel):
@@ -178,66 +172,6 @@ class Condition(_Strict):
             if getattr(self, k) is not None:
                 return k.rstrip("_")
         return "?"
-
-
-class NotificationTarget(_Strict):
-    """Where an urgent finding is announced: an HTTP(S) endpoint receiving a FHIR R4
-    DiagnosticReport by POST. Header values (tokens) are kept as secrets: they never
-    show in a repr, a log line or a dump of the routing file."""
-
-    url: str = Field(min_length=1)
-    format: Literal["fhir-r4"] = "fhir-r4"
-    timeout_s: float = Field(10.0, gt=0, le=300)
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
-    verify_tls: bool = Field(True, description="false: accept any server certificate (testing)")
-    ca_file: Path | None = Field(None, description="CA bundle that signs the server certificate")
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, v: str) -> str:
-        try:
-            parts = urlsplit(v)
-            _ = parts.port  # a port that is not a number raises here
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL: {exc}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"must be an http:// or https:// URL with a host, not {v!r}")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("credentials do not belong in the URL: put them in headers")
-        return v
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, v: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name, value in v.items():
-            if not _HEADER_NAME_RE.match(name):
-                raise ValueError(f"{name!r} is not a valid HTTP header name")
-            if name.lower() in _OWN_HEADERS:
-                raise ValueError(f"{name} is set by cds, not by the routing file")
-            if any(c in value.get_secret_value() for c in "\r\n\0"):
-                raise ValueError(f"the value of {name} holds a line break or NUL")
-        return v
-
-
-class Notify(_Strict):
-    """A pipeline's urgent findings, and the target they are announced to."""
-
-    target: str = Field(min_length=1, description="a name under notifications")
-    findings: list[str] = Field(
-        min_length=1,
-        description='code values of the findings that are urgent, or ["any"]: any finding '
-        "the model reports present",
-    )
-    min_score: float | None = Field(None, ge=0, le=1, description="and scored at least this")
-
-    @field_validator("findings")
-    @classmethod
-    def _any_alone(cls, v: list[str]) -> list[str]:
-        if ANY_FINDING in v and len(v) > 1:
-            raise ValueError(f'"{ANY_FINDING}" already matches every finding: list it alone')
-        if any(not c.strip() for c in v):
-            raise ValueError("a code value is empty")
-        return v
 
 
 class Pipeline(_Strict):

@@ -164,7 +164,7 @@ def notifier(
         store,
         lambda: box["rf"].notifications,
         clock or Clock(),
-        routing=lambda: box["rf"],
+        notify_of=lambda p: s.notify if (s := box["rf"].pipelines.get(p)) else None,
         backoff_initial_s=2.0,
         backoff_max_s=30.0,
         **kw,
@@ -406,7 +406,7 @@ def test_background_thread_sends_and_stops(ris: Ris, store: SqliteStore) -> None
     n = Notifier(
         store,
         lambda: rf.notifications,
-        routing=lambda: rf,
+        notify_of=lambda p: s.notify if (s := rf.pipelines.get(p)) else None,
         backoff_initial_s=0.05,
         backoff_max_s=0.1,
     )

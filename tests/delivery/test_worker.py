@@ -15,9 +15,9 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from cds.config import DeliverySettings
 from cds.delivery.worker import DeliveryWorker, backoff
+from cds.destinations import Destination
 from cds.domain import DeliveryState, InstanceRecord, ResultObject, ResultState
 from cds.requestor import PauseSafeAE
-from cds.routing.rules import Destination
 from cds.store.sqlite import SqliteStore
 
 from ..conftest import free_port
@@ -267,7 +267,7 @@ def test_tls_destination_verified_against_its_ca(
     import ssl
     import subprocess
 
-    from cds.routing.rules import Tls
+    from cds.destinations import Tls
 
     key, cert = tmp_path / "pacs.key", tmp_path / "pacs.crt"
     made = subprocess.run(

@@ -14,7 +14,8 @@
 #
 # The wheelhouse (default dist/wheelhouse, kept between builds) is filled from the
 # package registry the first time, at the versions this repository's .venv holds (as
-# constraints), then reused offline. Settings, by environment:
+# constraints), then reused offline (deploy/lib-wheelhouse.sh, shared with
+# deploy/make-offline-bundle.sh). Settings, by environment:
 #   CDS_DEB_VERSION   the package version (default: the version in pyproject.toml)
 #   CDS_DEB_OUT       where the .deb goes (default: dist/)
 #   CDS_WHEELHOUSE    the wheelhouse folder (default: dist/wheelhouse)
@@ -30,6 +31,8 @@ WHEELHOUSE=${CDS_WHEELHOUSE:-$REPO/dist/wheelhouse}
 VERSION=${CDS_DEB_VERSION:-$("$BUILD_PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' "$REPO/pyproject.toml")}
 ARCH=$(dpkg --print-architecture)
 PREFIX=/opt/cds
+# shellcheck source=deploy/lib-wheelhouse.sh
+. "$REPO/deploy/lib-wheelhouse.sh"
 
 for tool in dpkg-deb "$PY" "$BUILD_PY"; do
     command -v "$tool" >/dev/null || { echo "build-deb: $tool not found" >&2; exit 1; }
@@ -50,16 +53,8 @@ mkdir -p "$OUT" "$WHEELHOUSE"
 "$PY" -m venv --without-pip "$venv"
 
 # 2. the wheel of cds, and a wheelhouse of its dependencies for that Python
-"$BUILD_PY" -m pip --disable-pip-version-check wheel --no-deps -q -w "$work/cds" "$REPO"
-wheel=$(ls "$work"/cds/cds-*.whl)
-if ! "${pip[@]}" wheel -q --no-index --find-links "$WHEELHOUSE" -w "$WHEELHOUSE" "$wheel" \
-        >/dev/null 2>&1; then
-    # the versions the tests ran with; not the GPU runtime (the package is CPU, README)
-    "$BUILD_PY" -m pip --disable-pip-version-check freeze --exclude-editable \
-        | grep -v -i -E '^(cds|onnxruntime-gpu)[ =@]| @ ' >"$work/constraints.txt" || true
-    "${pip[@]}" wheel -q --find-links "$WHEELHOUSE" -c "$work/constraints.txt" \
-        -w "$WHEELHOUSE" "$wheel"
-fi
+wheel=$(cds_build_wheel "$BUILD_PY" "$REPO" "$work/cds")
+cds_fill_wheelhouse "$BUILD_PY" "$venv/bin/python" "$WHEELHOUSE" "$wheel"
 
 # 3. cds into the environment, from the wheelhouse only
 "${pip[@]}" install -q --no-index --no-compile --find-links "$WHEELHOUSE" "$wheel"

@@ -16,17 +16,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from email.message import Message
 
+# the media types and the Store Instances Response's tags (PS3.18 10.5.3): the client's
+from cds.delivery.dicomweb import (
+    DICOM,
+    FAILED_SOP_SEQUENCE,
+    FAILURE_REASON,
+    REFERENCED_SOP_CLASS_UID,
+    REFERENCED_SOP_INSTANCE_UID,
+    REFERENCED_SOP_SEQUENCE,
+)
 from cds.errors import IngestError
 from cds.ingest.instance import STATUS_CANNOT_UNDERSTAND, STATUS_MISSING_ATTRIBUTE
 
-DICOM = "application/dicom"
-DICOM_JSON = "application/dicom+json"
-# Store Instances Response Module (PS3.18 10.5.3)
-FAILED_SOP_SEQUENCE = "00081198"
-REFERENCED_SOP_SEQUENCE = "00081199"
-REFERENCED_SOP_CLASS_UID = "00081150"
-REFERENCED_SOP_INSTANCE_UID = "00081155"
-FAILURE_REASON = "00081197"
 #: Failure Reason of an instance of another study than the one the URL names (PS3.18
 #: 10.5.1: "shall not be stored"): "Data Set does not match SOP Class" is the nearest
 #: C-STORE failure, used for it by other origin servers

@@ -31,7 +31,6 @@ from starlette.concurrency import run_in_threadpool
 from cds.api.auth import AdminUser, client_address
 from cds.api.deps import get_node
 from cds.api.dicomweb import (
-    DICOM_JSON,
     STATUS_STUDY_MISMATCH,
     BadRequest,
     InstanceOutcome,
@@ -45,6 +44,7 @@ from cds.api.dicomweb import (
     warnings,
 )
 from cds.audit import AuditEvent, AuditOutcome
+from cds.delivery.dicomweb import DICOM_JSON
 from cds.errors import IngestError, StoreError, safe_message
 from cds.ingest.header_scan import scan_header
 from cds.ingest.instance import STATUS_PROCESSING_FAILURE, check_file, is_valid_uid

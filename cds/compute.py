@@ -13,12 +13,14 @@ which the orchestrator's side records, writes and queues.
 - ``thread``: in the calling thread (a worker thread of the node), with the model the
   node loaded;
 - ``process``: in a pool of worker processes (``executor.workers``), started with
-  ``spawn`` (never a fork of the node's threads). Each worker loads a package the first
-  time it is asked for it and keeps it; it refuses a package whose model.onnx no longer
-  has the SHA-256 the node loaded (changed on disk: reload the node). A worker that dies
-  (a crash in a native library, the OOM killer) costs that job, which fails with a
-  clear reason; the pool is started again for the next one. The node never shares its
-  store, sockets or spool with a worker: only paths and values cross.
+  ``spawn`` (never a fork of the node's threads). Each worker takes the next of the
+  node's GPU ids (``inference.gpus``) in turn, and makes its sessions there; it loads a
+  package the first time it is asked for it and keeps it; it refuses a package whose
+  model.onnx no longer has the SHA-256 the node loaded (changed on disk: reload the
+  node). A worker that dies (a crash in a native library, the OOM killer) costs that
+  job, which fails with a clear reason; the pool is started again for the next one.
+  The node never shares its store, sockets or spool with a worker: only paths and
+  values cross.
 
 A Ray executor (issue 20) is another ``Compute`` kind behind the same ``run``.
 """
@@ -36,7 +38,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -49,7 +51,7 @@ from cds.findings import InferenceResult
 from cds.inference.images import decode
 from cds.inference.registry import LoadedModel, ModelRegistry
 from cds.inference.runner import ModelRunner
-from cds.inference.session import DeviceSlots, ProviderChoice
+from cds.inference.session import DeviceSlots, ProviderChoice, device_name
 from cds.inference.validate import validate_package
 from cds.logging import configure_logging, get_logger
 from cds.memory import trim_heap
@@ -279,11 +281,32 @@ def run_work(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:
 #: the packages a worker process loaded: (folder, SHA-256) -> model
 _WORKER_MODELS: dict[tuple[str, str], LoadedModel] = {}
 _WORKER_SLOTS = DeviceSlots(per_gpu=1, per_cpu=1)
+#: the GPU id this worker process makes its sessions on (None: onnxruntime's default)
+_WORKER_GPU: int | None = None
 
 
-def _worker_init(log_format: str, log_level: str) -> None:
-    """Each worker logs as the node does (JSON, patient-data scrubber)."""
+def worker_gpu(workers_before: int, gpus: Sequence[int]) -> int | None:
+    """The GPU id of the worker started after ``workers_before`` others: the node's GPU
+    ids in turn, so that N workers on N GPUs hold one GPU each."""
+    return gpus[workers_before % len(gpus)] if gpus else None
+
+
+def _worker_init(
+    log_format: str, log_level: str, gpus: tuple[int, ...] = (), started: Any = None
+) -> None:
+    """Each worker logs as the node does (JSON, patient-data scrubber) and takes its GPU
+    id (``started``: the pool's shared count of workers started so far)."""
+    global _WORKER_GPU  # noqa: PLW0603 - one value per worker process, set once at its start
     configure_logging(log_format, log_level)
+    if gpus and started is not None:
+        with started.get_lock():
+            _WORKER_GPU = worker_gpu(started.value, gpus)
+            started.value += 1
+
+
+def _worker_device() -> int | None:
+    """This worker's GPU id (``cds workers`` and the tests ask it through the pool)."""
+    return _WORKER_GPU
 
 
 def _worker_model(work: SeriesWork) -> LoadedModel:
@@ -291,7 +314,9 @@ def _worker_model(work: SeriesWork) -> LoadedModel:
     model = _WORKER_MODELS.get(key)
     if model is not None:
         return model
-    report = validate_package(work.package, work.providers, keep_session=True)
+    report = validate_package(
+        work.package, work.providers, keep_session=True, device_id=_WORKER_GPU
+    )
     if not report.ok or report.session is None:
         raise CdsError(f"model {work.model}: the worker could not load its package")
     if report.sha256 != work.sha256:
@@ -340,9 +365,11 @@ class Compute:
         *,
         log_format: str = "json",
         log_level: str = "info",
+        gpus: Sequence[int] = (),
     ) -> None:
         self.kind: ExecutorKind = kind
         self.workers = workers if kind == "process" else 0
+        self.gpus = tuple(gpus)  # the process kind's workers take these GPU ids in turn
         self._models = models
         self._log = (log_format, log_level)
         self._pool: ProcessPoolExecutor | None = None
@@ -363,7 +390,16 @@ class Compute:
         if self.kind == "thread":
             held = [(m.name, m.session.device) for m in self._models.all() if m.session]
             row["devices"] = self._models.slots.describe(held)
+        elif self.gpus:
+            row["devices"] = [
+                {"device": device_name(g), "workers": self.workers_on(g)}
+                for g in dict.fromkeys(self.gpus)
+            ]
         return [row]
+
+    def workers_on(self, gpu: int) -> int:
+        """How many of the worker processes make their sessions on GPU id ``gpu``."""
+        return sum(worker_gpu(i, self.gpus) == gpu for i in range(self.workers))
 
     def run(self, work: SeriesWork) -> SeriesOutcome:
         """Run ``work``; raises CdsError (or the step's own error) when it fails."""
@@ -399,14 +435,20 @@ class Compute:
         with self._lock:
             if self._closed:
                 raise CdsError("the node is stopping: no new work")
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self.workers,
-                    mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_worker_init,
-                    initargs=self._log,
-                )
-            return self._pool.submit(run_in_worker, work)
+            return self._started_pool().submit(run_in_worker, work)
+
+    def _started_pool(self) -> ProcessPoolExecutor:
+        """The worker pool, started on first use (and again after a worker died); with
+        the lock held. Each worker counts itself in at its start and takes its GPU id."""
+        if self._pool is None:
+            spawn = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=spawn,
+                initializer=_worker_init,
+                initargs=(*self._log, self.gpus, spawn.Value("i", 0)),
+            )
+        return self._pool
 
     def _restart(self) -> None:
         with self._lock:

@@ -392,8 +392,10 @@ def make_compute(
     gpu_workers: int | None = None,
     log_format: str = "json",
     log_level: str = "info",
+    gpus: Sequence[int] = (),
 ) -> Runner:
-    """The executor of ``kind``; Ray is imported only for ``ray``."""
+    """The executor of ``kind``; Ray is imported only for ``ray`` (whose actors get their
+    GPUs from Ray). ``gpus``: the GPU ids the process kind's workers take in turn."""
     if kind == "ray":
         return RayCompute(
             address,
@@ -403,4 +405,4 @@ def make_compute(
             log_format=log_format,
             log_level=log_level,
         )
-    return Compute(models, kind, workers, log_format=log_format, log_level=log_level)
+    return Compute(models, kind, workers, log_format=log_format, log_level=log_level, gpus=gpus)

@@ -83,6 +83,7 @@ class Request:
     calling_ae: str = ""
     sessions_per_gpu: int = 1
     sessions_cpu: int = 1
+    gpus: list[int] = field(default_factory=list)  # the GPU ids sessions are placed on
     warm: bool = True
 
 
@@ -437,7 +438,7 @@ def run(req: Request, say: Callable[[str], None] = lambda _: None) -> Outcome:
     written when the inputs, the routing file or the model are at fault.
     """
     t_start = time.perf_counter()
-    slots = DeviceSlots(req.sessions_per_gpu, req.sessions_cpu)
+    slots = DeviceSlots(req.sessions_per_gpu, req.sessions_cpu, req.gpus)
     jobs, models, skipped = plan_jobs(req, slots)
     try:
         req.out.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,7 @@ class Node:
             gpu_workers=ex.gpu_workers,
             log_format=settings.log.format,
             log_level=settings.log.level,
+            gpus=self.models.slots.gpus,
         )
         self.routing = RoutingManager(
             settings.routing.file,

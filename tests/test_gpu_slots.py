@@ -6,6 +6,7 @@ session is replaced where a GPU provider must be seen in use."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,12 @@ from pydantic import ValidationError
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
+from cds import compute
 from cds.cli import admin as cli_admin
-from cds.compute import Compute
+from cds.compute import Compute, worker_gpu
 from cds.config import ExecutorSettings, InferenceSettings
 from cds.inference import session as sess
+from cds.inference.registry import ModelRegistry
 from cds.inference.session import (
     DeviceSlots,
     Gpu,
@@ -208,3 +211,50 @@ def test_the_node_threads_show_each_gpu_and_the_models_on_it() -> None:
         {"device": "GPU0", "max_sessions": 2, "models": ["b"]},
         {"device": "GPU1", "max_sessions": 2, "models": ["a", "c"]},
     ]
+
+
+def test_worker_processes_take_the_gpu_ids_in_turn() -> None:
+    assert [worker_gpu(i, [0, 1]) for i in range(4)] == [0, 1, 0, 1]
+    assert [worker_gpu(i, [2, 0, 1]) for i in range(4)] == [2, 0, 1, 2]
+    assert worker_gpu(3, []) is None  # no GPU ids: onnxruntime's default device
+
+
+def _gpu_after_all_started(barrier: Any) -> int | None:
+    """In a worker: wait until both workers run (so each takes one task), then say the
+    GPU id the worker took at its start."""
+    barrier.wait()
+    return compute._worker_device()
+
+
+def test_two_worker_processes_on_two_gpus_make_their_sessions_one_on_each() -> None:
+    """The process kind: each worker takes the next GPU id when it starts, and its
+    sessions are made there (``validate_package(device_id=...)``); ``cds workers`` says
+    how many workers each GPU id has."""
+    registry = ModelRegistry([], "cpu", warm=False)
+    runner = Compute(registry, "process", workers=2, gpus=[0, 1])
+    manager = multiprocessing.get_context("spawn").Manager()
+    try:
+        barrier = manager.Barrier(2, timeout=120)
+        with runner._lock:
+            pool = runner._started_pool()
+        futures = [pool.submit(_gpu_after_all_started, barrier) for _ in range(2)]
+        assert sorted(f.result(timeout=180) for f in futures) == [0, 1]
+        (row,) = runner.workers_info()
+        assert row["devices"] == [
+            {"device": "GPU0", "workers": 1},
+            {"device": "GPU1", "workers": 1},
+        ]
+    finally:
+        runner.shutdown()
+        manager.shutdown()
+
+
+def test_without_gpu_ids_worker_processes_use_onnxruntime_default_device() -> None:
+    runner = Compute(ModelRegistry([], "cpu", warm=False), "process", workers=1)
+    try:
+        with runner._lock:
+            pool = runner._started_pool()
+        assert pool.submit(compute._worker_device).result(timeout=180) is None
+        assert "devices" not in runner.workers_info()[0]
+    finally:
+        runner.shutdown()

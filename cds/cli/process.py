@@ -120,6 +120,7 @@ def process(
 ) -> None:
     """Route, infer and encode DICOM files offline (see ``_HELP``)."""
     from cds import offline  # noqa: PLC0415 - the inference stack loads only for this command
+    from cds.inference.session import gpu_ids  # noqa: PLC0415 - as offline
 
     try:
         settings = load_settings(config)
@@ -157,6 +158,7 @@ def process(
         calling_ae=calling_ae,
         sessions_per_gpu=inf.max_sessions_per_gpu,
         sessions_cpu=inf.max_sessions_cpu,
+        gpus=gpu_ids(inf.gpus) if choice != "cpu" else [],
         warm=inf.warm_up,
     )
     try:

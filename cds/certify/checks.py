@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Status = Literal["pass", "fail", "not_applicable", "not_run"]
+#: ``warn``: a requirement the subject does not meet that the run was not asked to
+#: require (``cds certify pacs`` without ``--require-iocm``); it never fails the run
+Status = Literal["pass", "fail", "warn", "not_applicable", "not_run"]
 
 PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
 #: Java 17's XSLT stops pixelmed's templates at its default XPath limits

@@ -308,6 +308,58 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "status_fail": "fail",
         "status_not_applicable": "not applicable",
         "status_not_run": "not run",
+        "status_warn": "not met (warning)",
+        "pacs_title": "PACS {ae} at {host}:{port}, with the cds node {node}",
+        "pacs_echo_out": "C-ECHO from cds to the PACS",
+        "pacs_echo_out_req": "DICOM PS3.4 Annex A: Verification SOP Class, cds as SCU",
+        "pacs_tls": "DICOM over TLS",
+        "pacs_tls_req": (
+            "DICOM PS3.15 Annex B.9 (BCP 195 TLS Secure Transport Connection Profile): "
+            "the association with the PACS is encrypted"
+        ),
+        "pacs_echo_in": "C-ECHO from the PACS to cds",
+        "pacs_echo_in_req": (
+            "DICOM PS3.4 Annex A: Verification SOP Class, the PACS as SCU and cds as SCP "
+            "(the PACS knows cds' AE title, host and port)"
+        ),
+        "pacs_store": "Test study stored in the PACS",
+        "pacs_store_req": "DICOM PS3.4 Annex B: Storage SOP Class (CT Image Storage), PACS as SCP",
+        "pacs_to_cds": "PACS sends the study to cds",
+        "pacs_to_cds_req": (
+            "IHE AIR: the evaluator receives the study from the Image Manager (DICOM PS3.4 "
+            "Annex B C-STORE, or Annex C C-MOVE to cds' AE title)"
+        ),
+        "pacs_results": "Results made and delivered to the PACS",
+        "pacs_results_req": (
+            "IHE AIR: the evaluator stores its results (SR, SEG, GSPS, SC) to the Image "
+            "Manager, which accepts their SOP classes (DICOM PS3.4 Annex B)"
+        ),
+        "pacs_query": "Results found in the same study",
+        "pacs_query_req": (
+            "IHE AIR: results are stored into the same study as their source; DICOM PS3.4 "
+            "Annex C C-FIND (Study Root, SERIES and IMAGE levels)"
+        ),
+        "pacs_retrieve": "Results retrieved unchanged",
+        "pacs_retrieve_req": (
+            "DICOM PS3.4 B.4.1 Level 2 (Full) storage and Annex C C-GET: the PACS returns "
+            "the result objects as cds sent them"
+        ),
+        "pacs_iocm": "IOCM rejection hides the rejected result",
+        "pacs_iocm_req": (
+            "IHE IOCM (RAD TF-1 Ch. 30), as AIR uses it to withdraw results: after a Key "
+            "Object Selection 'Rejected for Quality Reasons' (113001), the PACS no longer "
+            "returns the rejected instance"
+        ),
+        "pacs_charset": "Accented text survives (UTF-8)",
+        "pacs_charset_req": (
+            "DICOM PS3.5 6.1 and PS3.3 C.12.1.1.2: Specific Character Set ISO_IR 192; French "
+            "text in StudyDescription and SeriesDescription comes back unchanged"
+        ),
+        "pacs_large": "Large study arrives complete",
+        "pacs_large_req": (
+            "DICOM PS3.4 Annex B: every instance of a large study (512 x 512 slices) is "
+            "stored and found by C-FIND; throughput measured"
+        ),
         "validate": "Package valid, golden cases reproduced",
         "validate_req": (
             "cds model validate: manifest, files, ONNX graph against the declared tensors, "

@@ -328,6 +328,60 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "status_fail": "échec",
         "status_not_applicable": "sans objet",
         "status_not_run": "non exécuté",
+        "status_warn": "non satisfait (avertissement)",
+        "pacs_title": "PACS {ae} sur {host}:{port}, avec le nœud cds {node}",
+        "pacs_echo_out": "C-ECHO de cds vers le PACS",
+        "pacs_echo_out_req": "DICOM PS3.4 annexe A : classe SOP Verification, cds en SCU",
+        "pacs_tls": "DICOM sur TLS",
+        "pacs_tls_req": (
+            "DICOM PS3.15 annexe B.9 (profil BCP 195 TLS Secure Transport Connection) : "
+            "l'association avec le PACS est chiffrée"
+        ),
+        "pacs_echo_in": "C-ECHO du PACS vers cds",
+        "pacs_echo_in_req": (
+            "DICOM PS3.4 annexe A : classe SOP Verification, le PACS en SCU et cds en SCP "
+            "(le PACS connaît le titre AE, l'hôte et le port de cds)"
+        ),
+        "pacs_store": "Étude de test enregistrée dans le PACS",
+        "pacs_store_req": (
+            "DICOM PS3.4 annexe B : classe SOP Storage (CT Image Storage), le PACS en SCP"
+        ),
+        "pacs_to_cds": "Le PACS envoie l'étude à cds",
+        "pacs_to_cds_req": (
+            "IHE AIR : l'évaluateur reçoit l'étude de l'Image Manager (DICOM PS3.4 annexe B "
+            "C-STORE, ou annexe C C-MOVE vers le titre AE de cds)"
+        ),
+        "pacs_results": "Résultats produits et livrés au PACS",
+        "pacs_results_req": (
+            "IHE AIR : l'évaluateur enregistre ses résultats (SR, SEG, GSPS, SC) dans l'Image "
+            "Manager, qui accepte leurs classes SOP (DICOM PS3.4 annexe B)"
+        ),
+        "pacs_query": "Résultats retrouvés dans la même étude",
+        "pacs_query_req": (
+            "IHE AIR : les résultats sont rangés dans l'étude de leur source ; DICOM PS3.4 "
+            "annexe C C-FIND (Study Root, niveaux SERIES et IMAGE)"
+        ),
+        "pacs_retrieve": "Résultats récupérés sans modification",
+        "pacs_retrieve_req": (
+            "DICOM PS3.4 B.4.1 stockage de niveau 2 (complet) et annexe C C-GET : le PACS "
+            "rend les objets résultats tels que cds les a envoyés"
+        ),
+        "pacs_iocm": "Le rejet IOCM masque le résultat rejeté",
+        "pacs_iocm_req": (
+            "IHE IOCM (RAD TF-1 ch. 30), utilisé par AIR pour retirer des résultats : après "
+            "un Key Object Selection « Rejected for Quality Reasons » (113001), le PACS ne "
+            "renvoie plus l'instance rejetée"
+        ),
+        "pacs_charset": "Le texte accentué est conservé (UTF-8)",
+        "pacs_charset_req": (
+            "DICOM PS3.5 6.1 et PS3.3 C.12.1.1.2 : Specific Character Set ISO_IR 192 ; le "
+            "texte français de StudyDescription et SeriesDescription revient inchangé"
+        ),
+        "pacs_large": "Une grande étude arrive complète",
+        "pacs_large_req": (
+            "DICOM PS3.4 annexe B : chaque instance d'une grande étude (coupes 512 x 512) est "
+            "enregistrée et retrouvée par C-FIND ; débit mesuré"
+        ),
         "validate": "Paquet valide, cas de référence reproduits",
         "validate_req": (
             "cds model validate : manifeste, fichiers, graphe ONNX comparé aux tenseurs "

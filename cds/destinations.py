@@ -168,8 +168,8 @@ class DimseArchive(_Strict):
 
 
 class DicomWebArchive(_Strict):
-    """An archive reached by QIDO-RS/WADO-RS at ``dicomweb_url`` (not built yet: the
-    routing file accepts it, ``cds backfill`` says it cannot use it)."""
+    """An archive reached by QIDO-RS/WADO-RS at ``dicomweb_url``
+    (``cds.ingest.archive_web``): ``auth`` and ``tls`` as a DICOMweb destination's."""
 
     dicomweb_url: str = Field(min_length=1, description="the service root (QIDO-RS, WADO-RS)")
     auth: WebAuth | None = None

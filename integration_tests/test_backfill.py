@@ -8,7 +8,11 @@ beside the node, as an admin runs it.
 - every study is fetched, routed and run once, and nothing is delivered without
   ``--deliver``; the retrievals start at the asked rate (within 5 %);
 - ``cds backfill`` killed with SIGKILL mid-way and given again: each study processed
-  once, and with ``--deliver`` the results reach the destination.
+  once, and with ``--deliver`` the results reach the destination;
+- ``retrieve: get``: the studies fetched by C-GET on the query side's own association;
+  and so over DICOM TLS, Orthanc requiring our client certificate.
+
+The same through Orthanc's DICOMweb (QIDO-RS/WADO-RS): test_backfill_web.py.
 """
 
 from __future__ import annotations
@@ -21,16 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pydicom
 import pytest
 import yaml
 
+from cds.audit import AuditEvent
 from cds.audit.trail import read_records
 from cds.config import load_settings
 from integration_tests.conftest import CdsNode, Orthanc, wait_for
-from integration_tests.support import write_bone_study
+from integration_tests.support import split_part10, spooled_file_for, write_bone_study
+from integration_tests.test_dicom_tls import pki
 
 pytestmark = pytest.mark.integration
+__all__ = ["pki"]  # test_dicom_tls's PKI fixture (openssl), used here
 
 REPO = Path(__file__).resolve().parent.parent
 SINCE, UNTIL = "2024-01-01", "2024-01-31"
@@ -51,21 +59,29 @@ def _studies(folder: Path, orthanc: Orthanc, n: int) -> list[str]:
     return uids
 
 
+#: an ``archives`` entry naming Orthanc: its DIMSE address (C-MOVE, the default)
+def dimse_archive(orthanc: Orthanc, **extra: Any) -> dict[str, Any]:
+    return {"ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port, **extra}
+
+
 def _node(
     tmp_path: Path,
     node_factory: Callable[..., CdsNode],
     orthanc_factory: Callable[..., Orthanc],
+    archive: Callable[[Orthanc], dict[str, Any]] = dimse_archive,
+    *,
+    dicomweb: bool = False,
 ) -> tuple[CdsNode, Orthanc]:
+    """A running node whose routing file names Orthanc as the archive ``orthanc`` (the
+    entry ``archive`` makes) and as the destination ``pacs``, and runs the bone model."""
     models = tmp_path / "models"
     models.mkdir()
     (models / "cds-ref-ct-bone").symlink_to(REPO / "models" / "cds-ref-ct-bone")
     node = node_factory(start=False)
-    orthanc = orthanc_factory(node)
+    orthanc = orthanc_factory(node, dicomweb=dicomweb)
     routing = {
-        "archives": {"orthanc": {"ae_title": "ORTHANC", "host": "127.0.0.1",
-                                 "port": orthanc.dicom_port}},
-        "destinations": {"pacs": {"ae_title": "ORTHANC", "host": "127.0.0.1",
-                                  "port": orthanc.dicom_port}},
+        "archives": {"orthanc": archive(orthanc)},
+        "destinations": {"pacs": dimse_archive(orthanc)},
         "pipelines": {"ct-bone": {"model": "cds-ref-ct-bone", "results": ["SR"],
                                   "destinations": ["pacs"]}},
         "rules": [{"name": "any CT", "match": [{"attribute": "Modality", "equals": "CT"}],
@@ -183,3 +199,101 @@ def test_a_backfill_killed_mid_way_resumes_and_runs_each_study_once(
     assert status["counts"]["retrieved"] == n
     assert status["processed"] == n
     assert not node.log_problems()
+
+
+def test_a_backfill_by_c_get_runs_each_study_once(
+    tmp_path: Path,
+    node_factory: Callable[..., CdsNode],
+    orthanc_factory: Callable[..., Orthanc],
+) -> None:
+    """issue 22 (C-GET where the archive prefers it): ``retrieve: get``; Orthanc sends
+    the instances on the C-GET's own association, which the node's receiver code stores
+    (the spool holds each data set as Orthanc has it); each study run once; the audit
+    names C-FIND and C-GET."""
+    node, orthanc = _node(
+        tmp_path, node_factory, orthanc_factory, lambda o: dimse_archive(o, retrieve="get")
+    )
+    n = 3
+    uids = _studies(tmp_path / "data", orthanc, n)
+    run = subprocess.run(_backfill(node, "--rate", "120/min"),
+                         capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"{n}/{n} retrieved, 0 failed" in run.stdout
+    _processed_once(node, uids)
+    assert len(node.studies()) == n
+    assert_spooled_as_held(node, orthanc)
+    retrieves = _retrieves(node)
+    assert [(d["protocol"], d["instances"], d["failed"]) for d in retrieves] == [
+        ("C-GET", 4, 0)
+    ] * n
+    assert _queries(node) == ["C-FIND"]
+    assert not node.log_problems()
+
+
+def _dicom_tls(orthanc: Orthanc, pki: Path) -> Orthanc:
+    """Orthanc restarted with DICOM TLS on its DICOM port, requiring a client
+    certificate of the test CA."""
+    orthanc.stop()
+    config = json.loads(orthanc.config_path.read_text(encoding="utf-8"))
+    config.update({"DicomTlsEnabled": True, "DicomTlsCertificate": str(pki / "server.crt"),
+                   "DicomTlsPrivateKey": str(pki / "server.key"),
+                   "DicomTlsTrustedCertificates": str(pki / "ca.crt"),
+                   "DicomTlsRemoteCertificateRequired": True})  # fmt: skip
+    orthanc.config_path.write_text(json.dumps(config), encoding="utf-8")
+    orthanc.http = httpx.Client(base_url=f"http://127.0.0.1:{orthanc.http_port}", timeout=60)
+    return orthanc.start()
+
+
+def test_a_backfill_by_c_get_over_dicom_tls(
+    tmp_path: Path,
+    node_factory: Callable[..., CdsNode],
+    orthanc_factory: Callable[..., Orthanc],
+    pki: Path,
+) -> None:
+    """issue 22 (TLS for the DIMSE archive association): Orthanc speaks only DICOM TLS and
+    wants our certificate; the archive entry's ``tls`` gives it, and C-FIND and C-GET go
+    over TLS. Without the CA that signs Orthanc's certificate the run stops, exit 1, with
+    a line naming the archive and its ``tls`` field, and no traceback."""
+    tls = {"enabled": True, "ca_file": str(pki / "ca.crt"),
+           "cert_file": str(pki / "client.crt"), "key_file": str(pki / "client.key")}  # fmt: skip
+    node, orthanc = _node(
+        tmp_path, node_factory, orthanc_factory,
+        lambda o: dimse_archive(o, retrieve="get", tls={"enabled": True}),
+    )  # fmt: skip
+    uids = _studies(tmp_path / "data", _dicom_tls(orthanc, pki), 2)
+    untrusted = subprocess.run(_backfill(node), capture_output=True, text=True, timeout=120,
+                               check=False)  # fmt: skip
+    assert untrusted.returncode == 1, (untrusted.stdout, untrusted.stderr)
+    assert "Traceback" not in untrusted.stderr, untrusted.stderr
+    assert "backfill orthanc: archive ORTHANC@127.0.0.1:" in untrusted.stderr, untrusted.stderr
+    assert "TLS handshake failed (check archives.orthanc.tls:" in untrusted.stderr
+
+    path = Path(node.config["routing"]["file"])
+    routing = yaml.safe_load(path.read_text(encoding="utf-8"))
+    routing["archives"]["orthanc"]["tls"] = tls
+    path.write_text(yaml.safe_dump(routing), encoding="utf-8")
+    run = subprocess.run(_backfill(node), capture_output=True, text=True, timeout=120,
+                         check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "2/2 retrieved, 0 failed" in run.stdout
+    _processed_once(node, uids)
+    assert [d["protocol"] for d in _retrieves(node)] == ["C-GET"] * 2
+    assert not node.log_problems()
+
+
+def _queries(node: CdsNode) -> list[str]:
+    path = load_settings(node.config_path, node.home).audit_path
+    return [str(r.detail["op"]) for r in read_records(path) if r.event == AuditEvent.QUERY]
+
+
+def assert_spooled_as_held(node: CdsNode, orthanc: Orthanc) -> None:
+    """Every instance Orthanc holds in January is in the node's spool, its data set
+    byte for byte as Orthanc has it."""
+    for study in orthanc.study_ids():
+        tags = orthanc.http.get(f"/studies/{study}").json()["MainDicomTags"]
+        if not tags["StudyDate"].startswith("202401"):
+            continue
+        for inst in orthanc.http.get(f"/studies/{study}/instances").json():
+            raw = orthanc.http.get(f"/instances/{inst['ID']}/file").content
+            uid = inst["MainDicomTags"]["SOPInstanceUID"]
+            assert spooled_file_for(node.home, uid, split_part10(raw)[1]) is not None, uid

@@ -6,10 +6,11 @@
 
 ARCHIVE names an entry of the routing file's ``archives``. The node must be running
 (with the same ``--config``/``--home``): the archive sends each study to the node's
-C-STORE receiver (C-MOVE to ``dicom.ae_title``), or, with ``retrieve: get``, this
-command stores what it gets through the node's receiver code into the same spool and
-store. The node then routes and runs each study after live ones, and delivers nothing
-unless ``--deliver``. Killed, the same command goes on where it stopped.
+C-STORE receiver (C-MOVE to ``dicom.ae_title``), or, with ``retrieve: get`` (C-GET) or
+from a DICOMweb archive (``dicomweb_url``: QIDO-RS, then WADO-RS), this command stores
+what it gets through the node's receiver code into the same spool and store. The node
+then routes and runs each study after live ones, and delivers nothing unless
+``--deliver``. Killed, the same command goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from cds.config import Settings, load_settings
 from cds.errors import ConfigError
 
 if TYPE_CHECKING:
-    from cds.destinations import DimseArchive
+    from collections.abc import Callable
+
+    from cds.destinations import SomeArchive
     from cds.ingest.archive import Retrieved
     from cds.store.backfill import BackfillStatus
 
@@ -141,7 +144,7 @@ def _run(  # noqa: PLR0917 (the command's options, checked here)
     # heavy imports only when a backfill runs
     from cds.audit import AuditTrail, cli_actor  # noqa: PLC0415
     from cds.errors import CdsError  # noqa: PLC0415
-    from cds.ingest.archive import ArchiveClient, ArchiveError, StudyQuery  # noqa: PLC0415
+    from cds.ingest.archive import ArchiveError, StudyQuery  # noqa: PLC0415
     from cds.ingest.backfill import Backfill, Ports, parse_rate  # noqa: PLC0415
     from cds.keyfile import load_or_create_key  # noqa: PLC0415
     from cds.logging import study_key  # noqa: PLC0415
@@ -161,30 +164,23 @@ def _run(  # noqa: PLR0917 (the command's options, checked here)
         raise fail(f"no node key in {settings.home}: has the node run with this --home?", REFUSED)
     store = open_state_store(settings)
     audit = AuditTrail(settings.audit_path)
-    client = ArchiveClient(target, settings.dicom.ae_title, settings.delivery.timeout_s)
-
-    def retrieve(study_uid: str) -> Retrieved:
-        if target.retrieve == "get":
-            sink = _receiver_sink(settings, store, secret, audit, target.ae_title)
-            return client.get_study(study_uid, sink)
-        return client.move_study(study_uid, settings.dicom.ae_title)
-
-    spec = BackfillSpec(
-        archive=name, since=start.isoformat(), until=end.isoformat(), modality=modality or "",
-        description=description or "", rate_per_min=per_min,
-        max_associations=max_associations, deliver=deliver,
-    )  # fmt: skip
-    ports = Ports(
-        ledger=BackfillLedger(store), archive=client, audit=audit,
-        study_key=lambda uid: study_key(secret, uid), retrieve=retrieve,
-        who=cli_actor(), where=f"{target.host}:{target.port}",
-    )  # fmt: skip
     try:
+        client, retrieve, ops = _client(settings, name, target, (store, secret, audit))
+        spec = BackfillSpec(
+            archive=name, since=start.isoformat(), until=end.isoformat(),
+            modality=modality or "", description=description or "", rate_per_min=per_min,
+            max_associations=max_associations, deliver=deliver,
+        )  # fmt: skip
+        ports = Ports(
+            ledger=BackfillLedger(store), archive=client, audit=audit,
+            study_key=lambda uid: study_key(secret, uid), retrieve=retrieve,
+            who=cli_actor(), where=_where(target), query_op=ops[0], retrieve_op=ops[1],
+        )  # fmt: skip
         final = Backfill(spec, query, ports, progress=_progress).run()
     except ArchiveError as exc:
-        raise fail(f"backfill {spec.name}: {exc}", REFUSED) from None
+        raise fail(f"backfill {name}: {exc}", REFUSED) from None
     except CdsError as exc:  # the store went away: the run resumes from where it stopped
-        raise fail(f"backfill {spec.name} stopped: {exc}", REFUSED) from None
+        raise fail(f"backfill {name} stopped: {exc}", REFUSED) from None
     finally:
         store.close()
         audit.close()
@@ -194,9 +190,39 @@ def _run(  # noqa: PLR0917 (the command's options, checked here)
     return PARTIAL if final.counts.get("failed", 0) else 0
 
 
-def _archive(settings: Settings, name: str) -> DimseArchive:
-    """The routing file's archive ``name``; USAGE/REFUSED naming the field otherwise."""
-    from cds.destinations import DimseArchive  # noqa: PLC0415
+def _client(
+    settings: Settings, name: str, target: SomeArchive, node: tuple[Any, bytes, Any]
+) -> tuple[Any, Callable[[str], Retrieved], tuple[str, str]]:
+    """(the archive's client, how one study is fetched, (query, retrieve) protocol)."""
+    from cds.destinations import DicomWebArchive  # noqa: PLC0415
+    from cds.ingest.archive import ArchiveClient  # noqa: PLC0415
+    from cds.ingest.archive_web import WADO_AE, WebArchiveClient  # noqa: PLC0415
+
+    timeout_s = settings.delivery.timeout_s
+    if isinstance(target, DicomWebArchive):
+        web = WebArchiveClient(name, target, timeout_s)
+        web_sink = _part_sink(_receiver_sink(settings, *node, WADO_AE))
+        return web, lambda uid: web.get_study(uid, web_sink), ("QIDO-RS", "WADO-RS")
+    dimse = ArchiveClient(target, settings.dicom.ae_title, timeout_s, name)
+    if target.retrieve == "get":
+        get_sink = _receiver_sink(settings, *node, target.ae_title)
+        return dimse, lambda uid: dimse.get_study(uid, get_sink), ("C-FIND", "C-GET")
+    own = settings.dicom.ae_title
+    return dimse, lambda uid: dimse.move_study(uid, own), ("C-FIND", "C-MOVE")
+
+
+def _where(target: SomeArchive) -> str:
+    """The archive's host:port, for the audit trail."""
+    from cds.destinations import DicomWebArchive  # noqa: PLC0415
+    from cds.ingest.archive_web import address  # noqa: PLC0415
+
+    if isinstance(target, DicomWebArchive):
+        return address(target.dicomweb_url)
+    return f"{target.host}:{target.port}"
+
+
+def _archive(settings: Settings, name: str) -> SomeArchive:
+    """The routing file's archive ``name``; USAGE naming the field otherwise."""
     from cds.routing.rules import RoutingFileError, load_routing  # noqa: PLC0415
 
     if settings.routing.file is None:
@@ -209,28 +235,26 @@ def _archive(settings: Settings, name: str) -> DimseArchive:
     if target is None:
         known = ", ".join(sorted(rf.archives)) or "none"
         raise fail(f"{settings.routing.file}: archives.{name}: no such archive ({known})", USAGE)
-    if not isinstance(target, DimseArchive):
-        raise fail(
-            f"archives.{name}: a DICOMweb archive (QIDO-RS/WADO-RS) cannot be backfilled "
-            "from yet; give ae_title, host and port",
-            REFUSED,
-        )
     return target
 
 
 def _receiver_sink(
     settings: Settings, store: Any, secret: bytes, audit: Any, calling_ae: str
-) -> Any:
-    """C-GET: each instance through the node's receiver code (checks, spool, store)."""
-    from cds.errors import IngestError  # noqa: PLC0415
-    from cds.ingest.receiver import Receiver  # noqa: PLC0415
+) -> Callable[[str, str, str, bytes], int]:
+    """C-GET and WADO-RS: each instance through the node's receiver code (the checks,
+    spool and store of a C-STORE or a STOW-RS part), recorded as from ``calling_ae``."""
+    from cds.errors import IngestError, StoreError  # noqa: PLC0415
+    from cds.ingest.instance import STATUS_PROCESSING_FAILURE  # noqa: PLC0415
+    from cds.ingest.receiver import Receiver, store_unavailable  # noqa: PLC0415
     from cds.ingest.spool import Spool  # noqa: PLC0415
+    from cds.logging import get_logger  # noqa: PLC0415
 
     # the node's spool, not opened: opening it drops the running node's partial writes
     spool = Spool(settings.spool_path, settings.spool.min_free_mb * 2**20)
     receiver = Receiver(settings, spool, store, secret, audit=audit)
 
     def sink(sop_class_uid: str, sop_uid: str, ts: str, dataset: bytes) -> int:
+        """The status a C-STORE of this instance would be answered with (as STOW-RS)."""
         try:
             receiver.receive(
                 sop_class_uid=sop_class_uid, sop_uid=sop_uid, transfer_syntax_uid=ts,
@@ -238,6 +262,30 @@ def _receiver_sink(
             )  # fmt: skip
         except IngestError as exc:
             return exc.status
+        except StoreError as exc:
+            return store_unavailable(exc).status
+        except Exception as exc:  # a bug fails this instance, not the run
+            get_logger("cds.backfill").error(
+                "ingest.handler_failed", error_type=type(exc).__name__, calling_ae=calling_ae
+            )
+            return STATUS_PROCESSING_FAILURE
         return 0x0000
 
     return sink
+
+
+def _part_sink(sink: Callable[[str, str, str, bytes], int]) -> Callable[[bytes], int]:
+    """WADO-RS: each PS3.10 part split as a STOW-RS part is (``read_part10``: the UIDs
+    of its File Meta, the data set after it), then to ``sink``."""
+    from cds.api.dicomweb import Part, read_part10  # noqa: PLC0415
+    from cds.delivery.dicomweb import DICOM  # noqa: PLC0415
+    from cds.errors import IngestError  # noqa: PLC0415
+
+    def part_sink(raw: bytes) -> int:
+        try:
+            p10 = read_part10(Part(DICOM, raw))
+        except IngestError as exc:
+            return exc.status
+        return sink(p10.sop_class_uid, p10.sop_uid, p10.transfer_syntax_uid, p10.dataset)
+
+    return part_sink

@@ -17,6 +17,7 @@ TLS when the archive says so. Nothing here raises for a network or peer problem 
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
 from collections.abc import Callable
@@ -45,6 +46,7 @@ _PENDING = {0xFF00, 0xFF01}
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 #: at most 128 presentation contexts: the Get model's and 127 storage ones
 _GET_STORAGE = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:127]]
+_TRANSPORT_LOG = logging.getLogger("pynetdicom.transport")
 
 
 class _Tls(Protocol):
@@ -139,13 +141,28 @@ def _tls(archive: DimseArchive) -> tuple[ssl.SSLContext, str] | None:
     return ctx, archive.host
 
 
-class ArchiveClient:
-    """The SCU side of one archive of the routing file, calling as ``calling_ae``."""
+def _one_line_tls_failure(record: logging.LogRecord) -> bool:
+    """pynetdicom logs a failed TLS handshake at ERROR with a traceback: keep the line
+    (the reason: an untrusted certificate, a refused one), not the traceback."""
+    exc = record.exc_info[1] if record.exc_info else None
+    if isinstance(exc, ssl.SSLError):
+        record.exc_info = None
+        record.exc_text = None
+    return True
 
-    def __init__(self, archive: DimseArchive, calling_ae: str, timeout_s: float = 30.0) -> None:
+
+class ArchiveClient:
+    """The SCU side of the routing file's archive ``name``, calling as ``calling_ae``."""
+
+    def __init__(
+        self, archive: DimseArchive, calling_ae: str, timeout_s: float = 30.0, name: str = ""
+    ) -> None:
         self.archive = archive
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
+        self.field = f"archives.{name}" if name else "the archive"
+        if archive.tls.enabled and _one_line_tls_failure not in _TRANSPORT_LOG.filters:
+            _TRANSPORT_LOG.addFilter(_one_line_tls_failure)
 
     def _associate(self, contexts: list[str], **extra: Any) -> Any:
         ae = PauseSafeAE(ae_title=self.calling_ae)
@@ -165,6 +182,11 @@ class ArchiveClient:
             raise ArchiveError(f"{self.archive.describe()}: {error_text(exc)}") from None
         if not assoc.is_established:
             why = "rejected the association" if assoc.is_rejected else "could not be reached"
+            if not assoc.is_rejected and self.archive.tls.enabled:
+                why += (
+                    f", or the TLS handshake failed (check {self.field}.tls: ca_file for its "
+                    "certificate, cert_file and key_file for ours)"
+                )
             raise ArchiveError(f"archive {self.archive.describe()} {why}")
         return assoc
 

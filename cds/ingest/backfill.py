@@ -67,17 +67,17 @@ class RateLimiter:
 
 
 class Archive(Protocol):
-    """What a run needs of an archive (``cds.ingest.archive.ArchiveClient``)."""
+    """What a run needs of an archive: its query (``cds.ingest.archive.ArchiveClient``,
+    C-FIND; ``cds.ingest.archive_web.WebArchiveClient``, QIDO-RS)."""
 
     def find_studies(self, query: StudyQuery) -> list[FoundStudy]: ...
-
-    def move_study(self, study_uid: str, move_destination: str) -> Retrieved: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Ports:
     """The run's narrow ports: the ledger, the archive, the audit trail, the study key
-    of a UID, and how one study is fetched (C-MOVE to our AE title, or C-GET)."""
+    of a UID, and how one study is fetched (C-MOVE to our AE title, C-GET or WADO-RS);
+    ``query_op`` and ``retrieve_op`` name the protocols in the audit trail."""
 
     ledger: BackfillStore
     archive: Archive
@@ -86,6 +86,8 @@ class Ports:
     retrieve: Callable[[str], Retrieved]
     who: str = "system"
     where: str | None = None
+    query_op: str = "C-FIND"
+    retrieve_op: str = "C-MOVE"
 
 
 def parse_rate(text: str) -> float:
@@ -146,8 +148,9 @@ class Backfill:
         return self._report()
 
     def _query(self) -> list[FoundStudy]:
-        detail = {"archive": self.spec.archive, "op": "C-FIND", "since": self.spec.since,
-                  "until": self.spec.until, "modality": self.spec.modality or "*"}  # fmt: skip
+        detail = {"archive": self.spec.archive, "op": self.ports.query_op,
+                  "since": self.spec.since, "until": self.spec.until,
+                  "modality": self.spec.modality or "*"}  # fmt: skip
         try:
             found = self.ports.archive.find_studies(self.query)
         except ArchiveError as exc:
@@ -182,6 +185,7 @@ class Backfill:
                 study_key=key,
                 outcome=AuditOutcome.SUCCESS if result.ok else AuditOutcome.MINOR_FAILURE,
                 detail={"archive": self.spec.archive, "op": "retrieve", "backfill": name,
+                        "protocol": self.ports.retrieve_op,
                         "started_at": round(started, 3), "instances": result.completed,
                         "failed": result.failed},
             )  # fmt: skip

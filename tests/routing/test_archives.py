@@ -36,6 +36,30 @@ def test_both_kinds_of_archive_parse() -> None:
     assert web.dicomweb_url == "https://archive.local/dicom-web"
 
 
+def test_a_dicomweb_archive_takes_the_stow_destinations_auth_and_tls() -> None:
+    """issue 22: ``{dicomweb_url, auth, tls}`` named as a DICOMweb destination's options."""
+    rf = parse_routing(
+        {
+            "archives": {
+                "web": {"dicomweb_url": "https://pacs:8443/dicom-web",
+                        "auth": {"username": "cds", "password_file": "/etc/cds/pacs.pw"},
+                        "tls": {"ca_file": "/etc/cds/ca.pem", "cert_file": "/etc/cds/me.pem",
+                                "key_file": "/etc/cds/me.key"}},
+                "lab": {"dicomweb_url": "https://lab/dw", "tls": {"verify": False}},
+            }
+        },
+        SRC,
+    )  # fmt: skip
+    web, lab = rf.archives["web"], rf.archives["lab"]
+    assert isinstance(web, DicomWebArchive)
+    assert web.auth is not None
+    assert (web.auth.username, web.auth.password_file) == ("cds", Path("/etc/cds/pacs.pw"))
+    assert (web.tls.verify, web.tls.ca_file) == (True, Path("/etc/cds/ca.pem"))
+    assert web.describe() == "DICOMweb https://pacs:8443/dicom-web"
+    assert isinstance(lab, DicomWebArchive)
+    assert lab.tls.verify is False
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
@@ -45,6 +69,22 @@ def test_both_kinds_of_archive_parse() -> None:
         ({"ae_title": "A", "host": "h", "port": 1, "aet": "B"}, "archives.x.aet: unknown field"),
         ({"dicomweb_url": "ftp://h"}, "archives.x.dicomweb_url: must be an http"),
         ({"dicomweb_url": "https://u:p@h"}, "archives.x.dicomweb_url: credentials"),
+        ({"dicomweb_url": "https://h", "retrieve": "get"}, "archives.x.retrieve: unknown field"),
+        ({"dicomweb_url": "https://h", "auth": {"username": "u"}}, "archives.x.auth: basic"),
+        (
+            {
+                "dicomweb_url": "https://h",
+                "auth": {"bearer_token_file": "/t", "username": "u", "password_file": "/p"},
+            },
+            "archives.x.auth: give either bearer_token_file, or username and password_file",
+        ),
+        ({"dicomweb_url": "https://h", "auth": {"token": "abc"}}, "archives.x.auth.token:"),
+        ({"dicomweb_url": "https://h", "tls": {"verify": "maybe"}}, "archives.x.tls.verify:"),
+        ({"dicomweb_url": "https://h", "tls": {"enabled": True}}, "archives.x.tls.enabled:"),
+        (
+            {"ae_title": "A", "host": "h", "port": 1, "tls": {"verify": False}},
+            "archives.x.tls.verify: unknown field",
+        ),
     ],
 )
 def test_a_bad_archive_is_refused_naming_its_field(entry: dict[str, object], message: str) -> None:

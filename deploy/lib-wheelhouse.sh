@@ -18,8 +18,12 @@ cds_fill_wheelhouse() {
     local build_py=$1 target_py=$2 wheelhouse=$3 wheel=$4 constraints
     local pip=("$build_py" -m pip --disable-pip-version-check --python "$target_py")
     mkdir -p "$wheelhouse"
+    # the wheelhouse holds the dependencies only: a cds wheel left there by an earlier
+    # build has the same name as this one, and pip would read its (older) requirements
+    rm -f "$wheelhouse"/cds-[0-9]*.whl
     if "${pip[@]}" wheel -q --no-index --find-links "$wheelhouse" -w "$wheelhouse" "$wheel" \
             >/dev/null 2>&1; then
+        rm -f "$wheelhouse"/cds-[0-9]*.whl
         return 0
     fi
     # the versions the tests ran with; not the GPU runtime (the CPU build, README)
@@ -28,5 +32,5 @@ cds_fill_wheelhouse() {
         | grep -v -i -E '^(cds|onnxruntime-gpu)[ =@]| @ ' >"$constraints" || true
     "${pip[@]}" wheel -q --find-links "$wheelhouse" -c "$constraints" -w "$wheelhouse" "$wheel" \
         || { rm -f "$constraints"; return 1; }
-    rm -f "$constraints"
+    rm -f "$constraints" "$wheelhouse"/cds-[0-9]*.whl
 }

@@ -16,6 +16,7 @@ import typer
 from cds import __version__
 from cds.cli import audit as cli_audit
 from cds.cli import backfill as cli_backfill
+from cds.cli import backup as cli_backup
 from cds.cli import certify as cli_certify
 from cds.cli import conformance as cli_conformance
 from cds.cli import demo as cli_demo
@@ -319,6 +320,7 @@ cli_backfill.register(app)
 cli_doctor.register(app)
 cli_conformance.register(app)
 cli_certify.register(app)
+cli_backup.register(app)
 
 
 def main() -> None:

@@ -220,7 +220,7 @@ _OWN_HEADERS = frozenset({"content-type", "content-length", "host"})
 ANY_FINDING = "any"
 
 
-class NotificationTarget(_Strict):
+class FhirTarget(_Strict):
     """Where an urgent finding is announced: an HTTP(S) endpoint receiving a FHIR R4
     DiagnosticReport by POST. Header values (tokens) are kept as secrets: they never
     show in a repr, a log line or a dump of the routing file."""
@@ -257,6 +257,54 @@ class NotificationTarget(_Strict):
             if any(c in value.get_secret_value() for c in "\r\n\0"):
                 raise ValueError(f"the value of {name} holds a line break or NUL")
         return v
+
+
+class Hl7v2Target(_Strict):
+    """A RIS receiving an HL7 v2.5.1 ORU^R01 over MLLP (``cds.delivery.hl7v2``): the
+    findings in OBX segments, the priority in OBR, an ACK required (AA: sent; AE, AR or
+    none before ``timeout_s``: tried again). ``tls`` as a DIMSE destination's. No patient
+    identifier is sent: the RIS maps the Study Instance UID (OBR-3, an OBX)."""
+
+    format: Literal["hl7v2"]
+    host: str = Field(min_length=1)
+    port: int = Field(ge=1, le=65535)
+    tls: Tls = Tls()
+    timeout_s: float = Field(10.0, gt=0, le=300, description="connect and ACK timeout")
+    receiving_application: str = Field("", max_length=227, description="MSH-5")
+    receiving_facility: str = Field("", max_length=227, description="MSH-6")
+    priority: Literal["stat", "asap"] = Field(
+        "stat", description="OBR-5 and OBR-27's priority: stat (S) or asap (A)"
+    )
+
+    @field_validator("receiving_application", "receiving_facility")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        if any(c in v for c in "|^~\\&\r\n"):
+            raise ValueError("holds an HL7 separator or a line break")
+        return v
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+#: the values of a notification target's ``format``; the first is the default
+NOTIFY_FORMATS = ("fhir-r4", "hl7v2")
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("format", NOTIFY_FORMATS[0]))
+    return str(getattr(value, "format", NOTIFY_FORMATS[0]))
+
+
+#: a ``notifications`` entry: FHIR R4 over HTTP(S) (the default) or HL7 v2 over MLLP
+NotificationTarget = Annotated[
+    Annotated[FhirTarget, Tag("fhir-r4")] | Annotated[Hl7v2Target, Tag("hl7v2")],
+    Discriminator(_format),
+]
+#: the same, for annotations outside pydantic
+SomeNotificationTarget = FhirTarget | Hl7v2Target
 
 
 class Notify(_Strict):

@@ -197,11 +197,13 @@ class ResultRef:
 
 class ResultState(enum.StrEnum):
     """A result object is ``current`` until a newer run on the same inputs replaces it
-    (``superseded``: withdrawn by a rejection note). A ``rejection`` is that note."""
+    (``superseded``: withdrawn by a rejection note), or an operator withdraws it
+    (``retracted``: ``cds results retract``). A ``rejection`` is that note."""
 
     CURRENT = "current"
     SUPERSEDED = "superseded"
     REJECTION = "rejection"
+    RETRACTED = "retracted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from cds.delivery.notify import Notifier
 from cds.delivery.worker import DeliveryWorker
 from cds.destinations import Notify
 from cds.domain import JobState, StudyState
-from cds.errors import CdsError, ConfigError, IngestError
+from cds.errors import CdsError, ConfigError, IngestError, StoreError
 from cds.executor import Executor, InProcessExecutor
 from cds.feedback.dicom import FEEDBACK_MODALITIES, read_feedback
 from cds.golden import run_golden_once
@@ -46,6 +46,7 @@ from cds.pipeline import RERUN_EVENTS, run_study, study_series
 from cds.retention import Retention
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
+from cds.workflow.performer import make_performer
 
 log = get_logger("cds.node")
 
@@ -123,8 +124,16 @@ class Node:
             lambda: self.routing.rules.notifications,
             notify_of=self._notify_of,
             language=settings.results.language,
+            max_attempts=settings.delivery.max_attempts,  # the outbox's tries and backoff
+            backoff_initial_s=settings.delivery.backoff_initial_s,
+            backoff_max_s=settings.delivery.backoff_max_s,
+            idle_s=settings.delivery.poll_interval_s,  # the outbox is looked at as often
         )
         self.retention = Retention(self.store, self.spool, settings.retention, self.audit)
+        self.workflow = make_performer(  # IHE AI Workflow (UPS-RS): None unless configured
+            settings.workflow, self.store, self.secret, lambda: self.routing.rules.destinations,
+            self.audit,
+        )  # fmt: skip
         self.audit_syslog: SyslogForwarder | None = None
         if settings.audit.syslog is not None:  # the trail is its spool: nothing is lost
             self.audit_syslog = SyslogForwarder(
@@ -222,6 +231,8 @@ class Node:
         self.delivery.start()  # what a stop left in the outbox goes out now
         self.notifier.start()
         self.retention.start()  # off unless retention.spool_days is set
+        if self.workflow is not None:
+            self.workflow.start()  # resumes the workitems it claimed before a stop
         self.started_at = time.time()
         log.info("node.started", version=__version__, home=str(self.settings.home))
         config_sha = record_config(self.audit, self.settings)  # config_changed, if it did
@@ -333,6 +344,8 @@ class Node:
         self.compute.shutdown()  # no job is left to use it
         self.delivery.stop()  # after the executor: the last results are queued
         self.notifier.stop()
+        if self.workflow is not None:
+            self.workflow.stop()
         self.store.close()
         self.audit.record(
             AuditEvent.APPLICATION_STOP, who="system", detail={"version": __version__}
@@ -393,6 +406,13 @@ class Node:
             self.spool.remove(rel)
 
     # --- status ----------------------------------------------------------
+    def _notify_pending(self) -> int | None:
+        """Notifications waiting in the outbox; None while the store cannot say (down)."""
+        try:
+            return self.notifier.pending
+        except StoreError:
+            return None
+
     def health(self) -> dict[str, Any]:
         space = self.spool.space()
         store_ok = self.store.ping()
@@ -424,7 +444,7 @@ class Node:
             "executor": self.compute.describe(),
             "assembly": {"running": self.assembler.running},
             "delivery": {"running": self.delivery.running},
-            "notify": {"running": self.notifier.running, "pending": self.notifier.pending},
+            "notify": {"running": self.notifier.running, "pending": self._notify_pending()},
             "models": [
                 {
                     "name": m.name,

@@ -20,10 +20,13 @@ from cds.api.routes import (
     health,
     login,
     metrics,
+    notifications,
     observatory,
+    results,
     review,
     routing,
     studies,
+    workitems,
 )
 from cds.config import Settings
 from cds.orchestrator import Node
@@ -89,6 +92,9 @@ def create_app(settings: Settings, node: Node | None = None) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(dicomweb.router)
     app.include_router(backfill.router)
+    app.include_router(workitems.router)
+    app.include_router(notifications.router)
+    app.include_router(results.router)
     check_routes(app)
     pages.install(app)
     hardening.install(app)

@@ -29,6 +29,7 @@ ACTIONS: dict[AuditEvent, str] = {
     AuditEvent.EXPORT: "R",
     AuditEvent.QUERY: "E",
     AuditEvent.FEEDBACK_GIVEN: "U",
+    AuditEvent.RESULTS_RETRACTED: "U",
     AuditEvent.PURGE: "D",
 }
 #: events where ``who`` sent to this node (it is the source, the node the destination)

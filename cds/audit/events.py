@@ -38,6 +38,7 @@ class AuditEvent(StrEnum):
     PURGE = "purge"
     QUERY = "query"
     SECURITY_ALERT = "security_alert"
+    RESULTS_RETRACTED = "results_retracted"
 
 
 #: (EventID code, meaning), (EventTypeCode code, meaning) or None
@@ -70,4 +71,6 @@ ATNA_CODES: dict[AuditEvent, tuple[tuple[str, str], tuple[str, str] | None]] = {
     AuditEvent.PURGE: (("110105", "DICOM Study Deleted"), None),
     AuditEvent.QUERY: (("110112", "Query"), None),
     AuditEvent.SECURITY_ALERT: (("110113", "Security Alert"), None),
+    # a result withdrawn by an operator: its objects rejected (IOCM), as a purge deletes
+    AuditEvent.RESULTS_RETRACTED: (("110103", "DICOM Instances Accessed"), None),
 }

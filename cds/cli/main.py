@@ -25,10 +25,13 @@ from cds.cli import export as cli_export
 from cds.cli import observatory as cli_observatory
 from cds.cli import process as cli_process
 from cds.cli import security as cli_security
+from cds.cli import workitems as cli_workitems
 from cds.cli.admin import jobs_app, queue_cmd, studies_app, workers_cmd
 from cds.cli.common import REFUSED, USAGE, ConfigOpt, HomeOpt, fail, open_state_store, when
 from cds.cli.deliveries import deliveries_app
 from cds.cli.model import model_app
+from cds.cli.notifications import notifications_app
+from cds.cli.results import results_app
 from cds.config import Settings, load_settings
 from cds.domain import StudyState
 from cds.errors import CdsError, ConfigError
@@ -251,6 +254,8 @@ app.add_typer(jobs_app, name="jobs")
 app.command("queue")(queue_cmd)
 app.command("workers")(workers_cmd)
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(notifications_app, name="notifications")
+app.add_typer(results_app, name="results")
 
 app.add_typer(model_app, name="model")  # cds/cli/model.py: validate, list, schema, run
 
@@ -317,10 +322,11 @@ cli_audit.register(app)
 cli_security.register(app)
 cli_export.register(app)
 cli_backfill.register(app)
+cli_backup.register(app)
 cli_doctor.register(app)
 cli_conformance.register(app)
 cli_certify.register(app)
-cli_backup.register(app)
+cli_workitems.register(app)
 
 
 def main() -> None:

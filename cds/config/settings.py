@@ -39,6 +39,7 @@ from cds.config.http import (
     weak_secret,
 )
 from cds.config.types import AETitle, Port, Seconds, _Section
+from cds.config.workflow import WorkflowSettings
 from cds.errors import ConfigError
 
 __all__ = [
@@ -200,7 +201,9 @@ class DeliverySettings(_Section):
     )
     backoff_initial_s: Seconds = Field(5.0, description="wait after the first failed try")
     backoff_max_s: Seconds = Field(600.0, description="longest wait between tries")
-    poll_interval_s: Seconds = Field(1.0, description="how often the outbox is looked at")
+    poll_interval_s: Seconds = Field(
+        1.0, description="how often the outboxes (deliveries, notifications) are looked at"
+    )
     timeout_s: Seconds = Field(
         30.0, description="connect, association and C-STORE response timeout"
     )
@@ -300,6 +303,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     observatory: ObservatorySettings = ObservatorySettings()
     log: LogSettings = LogSettings()
+    workflow: WorkflowSettings = WorkflowSettings()  # IHE AI Workflow (UPS-RS), off
 
     @classmethod
     def settings_customise_sources(

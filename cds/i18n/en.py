@@ -169,6 +169,21 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "found": "Suggested urgent finding(s): {items}.",
         "score": "score {score}",
     },
+    "retraction": {
+        "description": (
+            "These AI results are withdrawn: they were retracted by a user of the node "
+            "(model {name} version {version}). Do not use them."
+        ),
+        "series": "withdrawn, retracted ({name} {version})",
+        "button": "Retract",
+        "reason": "Why (kept with the retraction)",
+        "reason_missing": "Say why the result is retracted: the reason is kept with it.",
+        "state": "State",
+        "current": "current",
+        "done": "Result retracted: withdrawn from the PACS and the notified worklists.",
+        "retracted": "retracted",
+        "title": "Result retracted",
+    },
     "doctor": {
         "head_check": "CHECK",
         "head_result": "RESULT",

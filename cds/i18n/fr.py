@@ -168,6 +168,21 @@ TEXTS: Final[dict[str, dict[str, str]]] = {
         "found": "Résultat(s) urgent(s) suggéré(s) : {items}.",
         "score": "score {score}",
     },
+    "retraction": {
+        "description": (
+            "Ces résultats de l'IA sont retirés : un utilisateur du nœud les a rétractés "
+            "(modèle {name} version {version}). Ne pas les utiliser."
+        ),
+        "series": "retiré, rétracté ({name} {version})",
+        "button": "Retirer",
+        "reason": "Motif (conservé avec la rétractation)",
+        "reason_missing": "Indiquez pourquoi le résultat est retiré : le motif est conservé.",
+        "state": "État",
+        "current": "en vigueur",
+        "done": "Résultat rétracté : retiré du PACS et des listes de travail notifiées.",
+        "retracted": "rétracté",
+        "title": "Résultat rétracté",
+    },
     "doctor": {
         "head_check": "VÉRIFICATION",
         "head_result": "RÉSULTAT",

@@ -39,6 +39,7 @@ from cds import __version__
 from cds.domain import DeliveryState, JobState, StudyState
 from cds.observatory.drift import DriftSettings, ModelDrift, drift_report
 from cds.store.base import JobStore, ObservatoryStore, StudyStore
+from cds.store.retractions import RetractionLog
 
 #: histogram bucket upper bounds, seconds (the same for every stage)
 BUCKETS: tuple[float, ...] = (
@@ -184,6 +185,15 @@ class StoreCollector(Collector):
         for labels, n in sorted(snap.feedback.items()):
             feedback.add_metric(list(labels), n)
         yield feedback
+        retracted = CounterMetricFamily(
+            "cds_retractions",
+            "Results withdrawn everywhere by an operator (cds results retract), by model "
+            "and version",
+            labels=["model", "version"],
+        )
+        for (model, version), n in sorted(RetractionLog(self.store).counts().items()):
+            retracted.add_metric([model, version], n)
+        yield retracted
 
         for name, (doc, label_names) in HISTOGRAMS.items():
             hist = HistogramMetricFamily(name, doc, labels=list(label_names))

@@ -52,6 +52,7 @@ from cds.domain import (
     ResultState,
 )
 from cds.store.base import FeedbackStore, JobStore, Outbox, StudyStore
+from cds.store.retractions import Retraction, RetractionLog
 
 HISTOGRAM_BINS = 10
 _PAGE = 500
@@ -77,6 +78,7 @@ class Records:
     jobs: list[Job]
     findings: list[FindingRecord]
     feedback: list[Feedback]
+    retractions: list[Retraction] = field(default_factory=list)  # results withdrawn
 
 
 class RecordsStore(StudyStore, Outbox, JobStore, FeedbackStore, Protocol):
@@ -103,6 +105,7 @@ def load_records(store: RecordsStore) -> Records:
         jobs=store.list_jobs(limit=_ALL),
         findings=findings,
         feedback=store.list_feedback(limit=_ALL),
+        retractions=RetractionLog(store).all(),
     )
 
 
@@ -141,6 +144,7 @@ class ModelStats:
     time_to_result_s: Percentiles
     job_run_time_s: Percentiles
     score_histogram: tuple[int, ...]
+    retracted: int = 0  # results withdrawn everywhere by an operator (cds results retract)
 
     @property
     def positive_rate(self) -> float | None:
@@ -242,6 +246,7 @@ class _Acc:
     to_result: list[float] = field(default_factory=list)
     run_times: list[float] = field(default_factory=list)
     histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
+    retracted: int = 0
 
 
 def _bin(score: float) -> int:
@@ -337,6 +342,10 @@ def model_stats(
     _studies(records, g)
     _jobs(records, g)
     _findings(records, g)
+    for r in records.retractions:
+        acc = g.at(r.model, r.version, r.retracted_at)
+        if acc is not None:
+            acc.retracted += 1
     out = []
     for (model, version, label), a in g.rows.items():
         start, end = g.windows[label]
@@ -360,6 +369,7 @@ def model_stats(
                 time_to_result_s=Percentiles.of(a.to_result),
                 job_run_time_s=Percentiles.of(a.run_times),
                 score_histogram=tuple(a.histogram),
+                retracted=a.retracted,
             )
         )
     return sorted(out, key=lambda s: (s.model, s.version, s.start or 0.0, s.period))
@@ -395,6 +405,7 @@ def stats_dict(s: ModelStats) -> dict[str, object]:
         "time_to_result_s": pct(s.time_to_result_s),
         "job_run_time_s": pct(s.job_run_time_s),
         "score_histogram": list(s.score_histogram),
+        "retracted": s.retracted,
     }
 
 

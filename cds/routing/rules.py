@@ -55,6 +55,7 @@ from pydantic import (
 
 from cds.destinations import (
     KINDS,
+    NOTIFY_FORMATS,
     AnyArchive,
     AnyDestination,
     NotificationTarget,
@@ -238,12 +239,19 @@ def _format(exc: ValidationError, source: str) -> list[str]:
     out = []
     for err in exc.errors():
         parts = list(err["loc"])
-        if len(parts) > 2 and parts[0] in ("destinations", "archives") and parts[2] in KINDS:
+        tags = NOTIFY_FORMATS if parts[:1] == ["notifications"] else KINDS
+        if (
+            len(parts) > 2
+            and parts[0] in ("destinations", "archives", "notifications")
+            and (parts[2] in tags)
+        ):
             del parts[2]  # the kind pydantic chose the model by: not a key of the file
         loc = ".".join(_FIELD_NAMES.get(str(p), str(p)) for p in parts)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "union_tag_invalid" and tags is NOTIFY_FORMATS:
+            msg = f"format must be one of {', '.join(NOTIFY_FORMATS)}"
         elif err["type"] == "union_tag_invalid":
             msg = f"kind must be one of {', '.join(KINDS)}"
         out.append(f"{source}: {loc}: {msg}")

@@ -30,6 +30,7 @@ from cds.domain import (
     StudySummary,
 )
 from cds.store.backfill import BackfillMark, BackfillSpec, BackfillStatus
+from cds.store.workitems import ClaimedWorkitem
 
 
 class InstanceStore(Protocol):
@@ -368,3 +369,42 @@ class BackfillStore(Protocol):
         ...
 
     def status(self, names: Sequence[str] = ()) -> list[BackfillStatus]: ...
+
+
+class WorkitemStore(Protocol):
+    """The UPS workitems this node claimed as a Task Performer
+    (``cds.store.workitems.WorkitemLedger``, used by ``cds.workflow``)."""
+
+    def record_claim(
+        self,
+        workitem_uid: str,
+        *,
+        transaction_uid: str,
+        performer: str,
+        study_uid: str,
+        series_uids: tuple[str, ...],
+        study_key: str,
+        now: float | None = None,
+    ) -> ClaimedWorkitem:
+        """Record a claim, before it is asked of the task manager."""
+        ...
+
+    def forget(self, workitem_uid: str) -> None:
+        """A claim the task manager refused: no row is left."""
+        ...
+
+    def set_progress(self, workitem_uid: str, progress: float) -> None: ...
+
+    def finish(
+        self, workitem_uid: str, state: str, *, reason: str | None = None, outputs: int = 0
+    ) -> None:
+        """``completed``, ``canceled`` or ``lost``: no longer ours to change."""
+        ...
+
+    def get(self, workitem_uid: str) -> ClaimedWorkitem | None: ...
+
+    def open_claims(self, performer: str) -> list[ClaimedWorkitem]:
+        """What ``performer`` claimed and has not finished (resumed after a restart)."""
+        ...
+
+    def counts(self) -> dict[str, int]: ...

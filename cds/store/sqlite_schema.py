@@ -37,7 +37,7 @@ from pathlib import Path
 
 from cds.errors import StoreError
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 13
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -246,6 +246,55 @@ CREATE TABLE IF NOT EXISTS backfill_studies (
     PRIMARY KEY (backfill, study_uid)
 );
 CREATE INDEX IF NOT EXISTS backfill_studies_key ON backfill_studies (study_key);
+CREATE TABLE IF NOT EXISTS notifications (
+    notification_id TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    target TEXT NOT NULL,
+    format TEXT NOT NULL,
+    findings INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    sent_at REAL,
+    claimed_by TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS notifications_study ON notifications (study_key);
+CREATE TABLE IF NOT EXISTS retractions (
+    result_uid TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    job_kind TEXT NOT NULL,
+    model TEXT NOT NULL,
+    version TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    objects INTEGER NOT NULL,
+    kos_uid TEXT NOT NULL,
+    who TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    retracted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retractions_study ON retractions (study_key);
+CREATE TABLE IF NOT EXISTS workitems (
+    workitem_uid TEXT PRIMARY KEY,
+    transaction_uid TEXT NOT NULL,
+    performer TEXT NOT NULL,
+    state TEXT NOT NULL,
+    study_uid TEXT NOT NULL,
+    series_uids TEXT NOT NULL,
+    study_key TEXT NOT NULL,
+    progress REAL NOT NULL DEFAULT 0,
+    reason TEXT,
+    outputs INTEGER NOT NULL DEFAULT 0,
+    claimed_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS workitems_state ON workitems (state);
 """
 
 
@@ -317,6 +366,17 @@ MIGRATIONS = (
     # backfill: each run (its archive, dates, rate) and each study it fetches, with its
     # state, so that a run killed mid-way resumes without fetching a study twice
     Migration(10, "backfill from an archive (tables backfills, backfill_studies)"),
+    # urgent-finding notifications (FHIR, HL7 v2) written before they are sent, so that
+    # a stop or a kill -9 loses none (cds.store.notifications)
+    Migration(11, "the notification outbox (table notifications)"),
+    # IHE AI Workflow: the UPS workitems this node claimed as a Task Performer, with
+    # their Transaction UID, so that a restarted node finishes what it claimed
+    # (cds.store.workitems)
+    Migration(12, "claimed UPS workitems (table workitems)"),
+    # a result withdrawn everywhere by an operator (cds results retract): who, why and
+    # the rejection note that withdrew it; its objects' state becomes "retracted"
+    # (cds.store.retractions)
+    Migration(13, "retracted results (table retractions)"),
 )
 
 _SCHEMA_STATEMENTS = tuple(s.strip() for s in SCHEMA.split(";") if s.strip())

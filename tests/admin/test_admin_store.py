@@ -49,7 +49,7 @@ def test_schema_1_store_gains_job_timings_in_place(tmp_path: Path) -> None:
     assert running.started_at == 12.0
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
-    assert version == str(SCHEMA_VERSION) == "10"
+    assert version == str(SCHEMA_VERSION) == "13"
     again = SqliteStore(path)  # opening again changes nothing; schema 3 tables are there
     assert again.list_deliveries() == []
     assert again.list_results("k1") == []

@@ -44,11 +44,15 @@ ROLE_OF: dict[tuple[str, str], str] = {
     ("GET", "/api/studies/{study_key}/results"): "radiologist",
     ("GET", "/api/studies/{study_key}/findings"): "radiologist",
     ("POST", "/api/results/{sop_instance_uid}/findings/{tracking_uid}/feedback"): "radiologist",
+    # results with their state, and withdrawing one everywhere (issue 25)
+    ("GET", "/api/results"): "radiologist",
+    ("POST", "/api/results/{sop_instance_uid}/retract"): "radiologist",
     ("GET", "/api/feedback"): "radiologist",
     ("GET", "/review"): "radiologist",
     ("GET", "/review/{study_key}"): "radiologist",
     ("GET", "/review/{study_key}/findings/{tracking_uid}.png"): "radiologist",
     ("POST", "/review/{study_key}/findings/{tracking_uid}"): "radiologist",
+    ("POST", "/review/{study_key}/results/{sop_uid}/retract"): "radiologist",
     # steering the node: jobs, deliveries, purge, routing, the kill switch
     ("GET", "/api/jobs"): "admin",
     ("POST", "/api/jobs/{job_id}/retry"): "admin",
@@ -58,12 +62,17 @@ ROLE_OF: dict[tuple[str, str], str] = {
     ("GET", "/api/deliveries"): "admin",
     ("POST", "/api/deliveries/{delivery_id}/retry"): "admin",
     ("POST", "/api/deliveries/retry-dead"): "admin",
+    ("GET", "/api/notifications"): "admin",
+    ("POST", "/api/notifications/{notification_id}/retry"): "admin",
+    ("POST", "/api/notifications/retry-dead"): "admin",
     ("POST", "/api/route/explain"): "admin",
     ("GET", "/api/routing"): "admin",
     ("POST", "/api/models/{name}/disable"): "admin",
     ("POST", "/api/models/{name}/enable"): "admin",
     # STOW-RS in (issue 22): sending studies starts pipelines and deliveries
     ("GET", "/api/backfill"): "admin",
+    # IHE AI Workflow (issue 25): the UPS workitems claimed as Task Performer
+    ("GET", "/api/workitems"): "admin",
     ("POST", "/dicomweb/studies"): "admin",
     ("POST", "/dicomweb/studies/{study}"): "admin",
 }

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from cds.destinations import FhirTarget, Hl7v2Target
 from cds.routing.rules import RoutingFileError, load_routing, parse_routing
 
 SRC = "routing.yaml"
@@ -101,8 +102,8 @@ def test_unknown_target_is_reported_with_schema_errors() -> None:
             "value as 'http'",
         ),
         (
-            {"url": "https://ris.local/x", "format": "hl7v2"},
-            "notifications.worklist.format: Input should be 'fhir-r4'",
+            {"url": "https://ris.local/x", "format": "hl7v3"},
+            "notifications.worklist: format must be one of fhir-r4, hl7v2",
         ),
         (
             {"url": "https://ris.local/x", "timeout_s": 0},
@@ -183,8 +184,12 @@ def test_example_is_off_by_default_and_its_commented_example_validates() -> None
     assert rf.notifications == {}
     assert all(p.notify is None for p in rf.pipelines.values())
     enabled = parse_routing(yaml.safe_load(_uncomment(text)), "example, uncommented")
-    assert list(enabled.notifications) == ["worklist"]
-    assert enabled.notifications["worklist"].url.startswith("https://")
+    assert list(enabled.notifications) == ["worklist", "ris"]
+    worklist, ris = enabled.notifications["worklist"], enabled.notifications["ris"]
+    assert isinstance(worklist, FhirTarget)
+    assert worklist.url.startswith("https://")
+    assert isinstance(ris, Hl7v2Target)  # issue 25: HL7 v2 over MLLP
+    assert (ris.host, ris.port, ris.priority) == ("ris.local", 2575, "stat")
     notifying = {k: p.notify for k, p in enabled.pipelines.items() if p.notify is not None}
     assert list(notifying) == ["cxr-triage"]
     assert notifying["cxr-triage"].target == "worklist"

@@ -126,4 +126,4 @@ def test_a_schema_7_store_keeps_its_feedback_and_gains_corrected_box(tmp_path: P
     assert [f.corrected_box for f in store.list_feedback()] == [None, box]
     store.close()
     version = sqlite3.connect(path).execute("SELECT value FROM meta").fetchone()[0]
-    assert version == str(SCHEMA_VERSION) == "10"
+    assert version == str(SCHEMA_VERSION) == "13"

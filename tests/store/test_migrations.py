@@ -137,7 +137,7 @@ def test_a_schema_1_store_opens_with_every_column_and_its_data_kept(
 
     store = SqliteStore(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 10
+        assert store.schema_version == SCHEMA_VERSION == 13
         detail = store.get_study("k1")
         assert detail is not None
         s = detail.summary

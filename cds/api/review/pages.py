@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 from cds.api.review.basis import Basis
 from cds.api.review.texts import VERDICT_KEY, t
 from cds.domain import Feedback, FindingRecord
-from cds.i18n import Lang
+from cds.i18n import Lang, text
 
 # no inline style or script (the Content-Security-Policy allows neither: cds.api.hardening)
 _HEAD = '<link rel="stylesheet" href="/static/review.css"><script src="/static/review.js"></script>'
@@ -62,6 +62,7 @@ class ResultView:
     superseded: bool
     source_series_uid: str
     findings: Sequence[FindingView]
+    state: str = "current"  # a ResultState: current, superseded or retracted
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +105,9 @@ def _csrf(viewer: Viewer) -> str:
 def _signed_in(lang: Lang, viewer: Viewer | None) -> str:
     if viewer is None or viewer.name is None:
         return ""
-    text = t(lang, "signed_in_as", name=viewer.name, role=viewer.role or "")
+    said = t(lang, "signed_in_as", name=viewer.name, role=viewer.role or "")
     return (
-        f'<span class="user" id="signed-in">{escape(text)}</span>'
+        f'<span class="user" id="signed-in">{escape(said)}</span>'
         f'<form method="post" action="/logout" class="logout">{_csrf(viewer)}'
         f'<button type="submit">{escape(t(lang, "sign_out"))}</button></form>'
     )
@@ -287,14 +288,18 @@ def study_page(
     recorded_label: str,
     viewer: Viewer,
     jobs: Sequence[JobNote] = (),
+    retracted: bool = False,
 ) -> str:
     parts = [f'<p class="note">{escape(t(lang, "auth_note"))}</p>'] if viewer.name is None else []
     if jobs:
         parts.append(_job_notes(lang, jobs))
     if recorded is not None:
         action = t(lang, VERDICT_KEY[recorded.action.value])
-        text = t(lang, "recorded", action=action, label=recorded_label, who=recorded.who)
-        parts.append(f'<p class="ok" role="status" id="recorded">{escape(text)}</p>')
+        said = t(lang, "recorded", action=action, label=recorded_label, who=recorded.who)
+        parts.append(f'<p class="ok" role="status" id="recorded">{escape(said)}</p>')
+    if retracted:
+        said = text(lang, "retraction.done")
+        parts.append(f'<p class="ok" role="status" id="retracted">{escape(said)}</p>')
     for r in results:
         meta = (
             f'<dl><dt>{escape(t(lang, "model"))}</dt><dd class="model">{escape(r.model)}</dd>'
@@ -303,16 +308,19 @@ def study_page(
             f"</code></dd><dt>{escape(t(lang, 'pipeline'))}</dt><dd>{escape(r.pipeline)}</dd>"
             f"<dt>{escape(t(lang, 'made'))}</dt><dd>{escape(when(r.created_at))}</dd>"
             f"<dt>{escape(t(lang, 'result_uid'))}</dt><dd><code>{escape(r.sop_uid)}</code></dd>"
-            "</dl>"
+            f'<dt>{escape(text(lang, "retraction.state"))}</dt><dd class="result-state" '
+            f'data-state="{escape(r.state)}">{escape(_state(lang, r.state))}</dd></dl>'
         )
-        superseded = f" <small>({escape(t(lang, 'superseded'))})</small>" if r.superseded else ""
+        withdrawn = r.superseded or r.state == "retracted"
+        note = f" <small>({escape(_state(lang, r.state))})</small>" if withdrawn else ""
         findings = "".join(
             _finding(lang, study_key, r, v, who=who, viewer=viewer) for v in r.findings
         )
+        retract = _retract_form(lang, study_key, r, who, viewer) if r.state == "current" else ""
         parts.append(
-            f'<article class="result{" superseded" if r.superseded else ""}" '
+            f'<article class="result{" superseded" if withdrawn else ""}" '
             f'data-result-uid="{escape(r.sop_uid)}"><h2>{escape(t(lang, "result"))}{_colon(lang)} '
-            f"{escape(r.model)} {escape(r.version)}{superseded}</h2>{meta}{findings}</article>"
+            f"{escape(r.model)} {escape(r.version)}{note}</h2>{meta}{retract}{findings}</article>"
         )
     other: Lang = "fr" if lang == "en" else "en"
     return _page(
@@ -321,6 +329,31 @@ def study_page(
         "".join(parts),
         url(f"/review/{quote(study_key, safe='')}", other),
         viewer,
+    )
+
+
+def _state(lang: Lang, state: str) -> str:
+    if state == "superseded":
+        return t(lang, "superseded")
+    return text(lang, f"retraction.{'retracted' if state == 'retracted' else 'current'}")
+
+
+def _retract_form(lang: Lang, study_key: str, r: ResultView, who: str, viewer: Viewer) -> str:
+    """Withdraw the result everywhere (``cds.retraction``): a reason is required."""
+    action = url(
+        f"/review/{quote(study_key, safe='')}/results/{quote(r.sop_uid, safe='')}/retract", lang
+    )
+    name = (
+        f'<label>{escape(t(lang, "who"))} <input name="who" value="{escape(who)}" '
+        f'maxlength="64" autocomplete="username" required></label> '
+        if viewer.name is None  # signed in: who is the signed-in user, not a field
+        else ""
+    )
+    return (
+        f'<form method="post" action="{escape(action)}" class="retract">{_csrf(viewer)}{name}'
+        f'<label>{escape(text(lang, "retraction.reason"))}<br><textarea name="reason" rows="2" '
+        f'maxlength="2000" required></textarea></label><p><button type="submit" '
+        f'class="retract">{escape(text(lang, "retraction.button"))}</button></p></form>'
     )
 
 

@@ -43,6 +43,8 @@ def _detailed(request: Request) -> bool:
 def health(request: Request, node: Annotated[Node, Depends(get_node)]) -> JSONResponse:
     body: dict[str, Any] = node.health()
     body["store"]["where"] = _store_where(node.settings)
+    if node.workflow is not None:  # IHE AI Workflow: subscribed or polling, claimed count
+        body["workflow"] = node.workflow.describe()
     none_usable = no_usable_model(node)
     if none_usable is not None:
         body["problems"].append(none_usable)

@@ -4,7 +4,9 @@ overlay, model and basis, and accept / reject / correct on each (issue 6).
 Plain HTML forms posting to the node (no JavaScript needed), in French and
 English (``?lang=``, else ``Accept-Language``, else ``results.language``).
 Feedback goes through :func:`cds.feedback.service.give_feedback` with source
-``review``: appended, the result never changes.
+``review``: appended, the result never changes. Each current result also has a
+Retract form (a reason required): ``cds.retraction`` withdraws it everywhere, through
+the function ``POST /api/results/{uid}/retract`` calls.
 
 Radiologists and admins only (issue 7): a browser signs in at ``/login`` and
 keeps a signed session cookie; feedback is recorded as the signed-in user
@@ -18,11 +20,10 @@ shown: studies are named by their pseudonymous key and UIDs only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -39,9 +40,10 @@ from cds.api.auth import (
 from cds.api.deps import get_node
 from cds.api.refusals import http_status
 from cds.api.review import pages
-from cds.api.review.basis import Basis, ImageRef, Region, bases_of, read_basis
-from cds.api.review.render import Mask, NotRenderable, render_png, segment_frame
+from cds.api.review.basis import Basis, bases_of
+from cds.api.review.preview import NoPreview, preview_png
 from cds.api.review.texts import t
+from cds.api.routes.results import retract
 from cds.api.session import Session
 from cds.domain import (
     Feedback,
@@ -54,7 +56,7 @@ from cds.domain import (
 )
 from cds.errors import FeedbackError
 from cds.feedback.service import CorrectedLabel, give_feedback
-from cds.i18n import Lang, advisory, page_language
+from cds.i18n import Lang, advisory, page_language, text
 from cds.logging import get_logger
 from cds.orchestrator import Node
 from cds.results.text import label_statement
@@ -207,6 +209,7 @@ def review_study(
     user: PageUser,
     lang: LangQuery = None,
     recorded: Annotated[str | None, Query(description="id of the feedback just recorded")] = None,
+    retracted: Annotated[str | None, Query(description="the result just retracted")] = None,
 ) -> Response:
     page_lang = _lang(request, node, lang)
     if node.store.get_study(study_key) is None:
@@ -233,6 +236,7 @@ def review_study(
                 pipeline=first.job_kind.partition(":")[0],
                 created_at=obj.created_at if obj else first.created_at,
                 superseded=obj is not None and obj.state is ResultState.SUPERSEDED,
+                state=obj.state.value if obj is not None else ResultState.CURRENT.value,
                 source_series_uid=obj.source_series_uid if obj else "",
                 findings=[
                     _finding_view(node, f, feedback, bases.get(f.tracking_uid), page_lang)
@@ -240,7 +244,7 @@ def review_study(
                 ],
             )
         )
-    views.sort(key=lambda v: (v.superseded, -v.created_at))
+    views.sort(key=lambda v: (v.state != ResultState.CURRENT.value, -v.created_at))
     done: Feedback | None = next((fb for fb in feedback if fb.feedback_id == recorded), None)
     label = ""
     if done is not None:
@@ -256,6 +260,7 @@ def review_study(
         recorded_label=label,
         viewer=viewer,
         jobs=_not_made(node, study_key),
+        retracted=retracted is not None and retracted in objects,
     )
     return _html(request, html, new_session)
 
@@ -281,77 +286,6 @@ def _finding_in(node: Node, study_key: str, tracking_uid: str) -> FindingRecord 
     return f if f is not None and f.study_key == study_key else None
 
 
-class _NoPreview(Exception):
-    """Why a finding has no picture (answered as a 404 the page shows as "no preview")."""
-
-
-def _target(node: Node, f: FindingRecord) -> tuple[ImageRef, Mask | None, Basis]:
-    """The image to show for a finding, the segment's mask on it, and its basis."""
-    objects = {r.sop_uid: r for r in node.store.list_results(f.study_key)}
-    sr = objects.get(f.result_sop_uid)
-    if sr is None or sr.modality != "SR":
-        raise _NoPreview("this finding's result is not an SR: no image region to show")
-    try:
-        basis = read_basis(node.settings.results_path / sr.path, f.tracking_uid)
-    except (OSError, InvalidDicomError):
-        raise _NoPreview("the result's SR is no longer on this node") from None
-    if basis is None:
-        raise _NoPreview("the finding's measurement group is not in its SR")
-    # a segmentation's SR also outlines its key slice (for viewers that draw SR regions);
-    # the mask itself says more, so the segment comes first
-    if basis.segments:
-        ref = basis.segments[0]
-        seg = objects.get(ref.seg_sop_uid)
-        try:
-            if seg is None:
-                raise OSError(ref.seg_sop_uid)
-            found = segment_frame(dcmread(node.settings.results_path / seg.path), ref.segment)
-        except (OSError, InvalidDicomError):
-            raise _NoPreview("the segmentation of this finding is not on this node") from None
-        if found is None:
-            raise _NoPreview("the segment covers no image")
-        return ImageRef(found[0], found[1]), found[2], basis
-    if basis.regions:
-        return basis.regions[0].image, None, basis
-    if basis.images:
-        return basis.images[0], None, basis
-    raise _NoPreview("this finding has no image region")
-
-
-def _whole(region: Region, size: tuple[int, int]) -> bool:
-    """Whether ``region`` outlines the whole image (columns, rows), to within a pixel."""
-    xs = [x for x, _ in region.points]
-    ys = [y for _, y in region.points]
-    cols, rows = size
-    return (
-        bool(xs) and min(xs) <= 1 and min(ys) <= 1 and max(xs) >= cols - 1 and max(ys) >= rows - 1
-    )
-
-
-def _preview(node: Node, f: FindingRecord, banner: str) -> bytes:
-    """The PNG of one finding (_NoPreview says why there is none)."""
-    image, mask, basis = _target(node, f)
-    where = node.store.find_instance(image.sop_uid)
-    if where is None:
-        raise _NoPreview("the source image is no longer on this node (purged?)")
-    try:
-        source = dcmread(Path(node.spool.root) / where[1])
-        size = (int(source.get("Columns", 0)), int(source.get("Rows", 0)))
-        return render_png(
-            source,
-            image.frame,
-            # an image-level result's region is the whole image (so that viewers show
-            # the finding): drawing it would frame the picture and say nothing
-            regions=[r for r in basis.regions if r.image == image and not _whole(r, size)],
-            mask=mask,
-            banner=banner,
-        )
-    except (OSError, InvalidDicomError):
-        raise _NoPreview("the source image cannot be read") from None
-    except NotRenderable as exc:
-        raise _NoPreview(str(exc)) from None
-
-
 @router.get("/{study_key}/findings/{tracking_uid}.png", summary="A finding on its source image")
 def finding_image(
     study_key: str,
@@ -372,8 +306,8 @@ def finding_image(
             media_type="text/plain",
         )
     try:
-        png = _preview(node, f, advisory(page_lang).banner)
-    except _NoPreview as exc:
+        png = preview_png(node, f, advisory(page_lang).banner)
+    except NoPreview as exc:
         return Response(f"{t(page_lang, 'no_preview')}: {exc}", 404, media_type="text/plain")
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
@@ -478,3 +412,42 @@ async def post_review(
         samesite="lax",
     )
     return response
+
+
+def _retract(node: Node, study_key: str, sop_uid: str, form: dict[str, str], who: str) -> None:
+    """Withdraw a result of this study everywhere, as ``POST /api/results/{uid}/retract``
+    does (the same function: queued durably, the workers woken); _Refused otherwise."""
+    if not any(r.sop_uid == sop_uid for r in node.store.list_results(study_key)):
+        raise _Refused(404, f"no result {sop_uid} in study {study_key}")
+    try:
+        retract(node, sop_uid, form.get("reason", ""), who)
+    except HTTPException as exc:  # 404, 409 (not current), 422 (the reason)
+        raise _Refused(exc.status_code, str(exc.detail)) from None
+
+
+@router.post("/{study_key}/results/{sop_uid}/retract", summary="Retract a result everywhere")
+async def post_retract(
+    study_key: str,
+    sop_uid: str,
+    request: Request,
+    *,
+    node: NodeDep,
+    user: FormUser,
+    lang: LangQuery = None,
+) -> Response:
+    page_lang = _lang(request, node, lang)
+    back = _study_url(study_key, page_lang)
+    try:
+        form = await _form(request, page_lang)
+        if not csrf_ok(request, form.get("csrf")):  # before anything else is looked at
+            raise _Refused(403, t(page_lang, "csrf_refused"))
+        who = user.who if user.via != "none" else form.get("who", "").strip()
+        if not who:
+            raise _Refused(422, t(page_lang, "who_missing"))
+        if not form.get("reason", "").strip():
+            raise _Refused(422, text(page_lang, "retraction.reason_missing"))
+        await run_in_threadpool(_retract, node, study_key, sop_uid, form, who)
+    except _Refused as exc:
+        return _message(page_lang, exc.status, "refused", str(exc), back)
+    log.info("review.result_retracted", study_key=study_key)  # never the reason
+    return RedirectResponse(_study_url(study_key, page_lang, retracted=sop_uid), status_code=303)

@@ -1,0 +1,103 @@
+"""``workflow``: IHE AI Workflow (AIW-I), cds as a Task Performer of Unified Procedure
+Steps over UPS-RS (``cds.workflow``). Off unless ``ups_url`` is set: nothing is asked
+of, or sent to, a task manager the admin did not name.
+
+``auth`` and ``tls`` are named as a DICOMweb destination's (``cds.destinations``):
+a bearer token or a basic-auth password is read from its file at each request and
+never logged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator, model_validator
+
+from cds.config.types import AETitle, Seconds, _Section
+
+
+class WorkflowAuth(_Section):
+    """HTTP authentication to the task manager: a bearer token, or basic auth."""
+
+    bearer_token_file: Path | None = Field(None, description="file holding the bearer token")
+    username: str | None = Field(None, min_length=1, description="basic auth user")
+    password_file: Path | None = Field(None, description="file holding the basic auth password")
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> WorkflowAuth:
+        basic = self.username is not None or self.password_file is not None
+        if (self.bearer_token_file is not None) == basic:
+            raise ValueError("give either bearer_token_file, or username and password_file")
+        if basic and (self.username is None or self.password_file is None):
+            raise ValueError("basic auth needs both username and password_file")
+        if self.username is not None and ":" in self.username:
+            raise ValueError("a basic auth username cannot hold ':'")
+        return self
+
+
+class WorkflowTls(_Section):
+    """How the task manager's certificate is checked (https), and our client certificate."""
+
+    verify: bool = Field(True, description="false: accept any server certificate (testing)")
+    ca_file: Path | None = Field(None, description="CA bundle that signs the server certificate")
+    cert_file: Path | None = Field(None, description="client certificate (PEM), if required")
+    key_file: Path | None = None
+
+
+class WorkflowFilter(_Section):
+    """Which SCHEDULED workitems are ours (both, when both are given)."""
+
+    workitem_code: str | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="Scheduled Workitem Code Sequence's Code Value (e.g. an AI task code)",
+    )
+    station_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="Scheduled Station Name Code Sequence's Code Value",
+    )
+
+
+class WorkflowSettings(_Section):
+    ups_url: str | None = Field(
+        None,
+        description="the task manager's UPS-RS service root (…/workitems below it); "
+        "null: the performer is off",
+    )
+    performer_ae: AETitle = Field("CDS", description="our AE title as a subscriber")
+    subscribe: bool = Field(
+        True, description="subscribe to the worklist (global subscription); false: poll only"
+    )
+    poll_interval_s: Seconds = Field(5.0, description="how often the worklist is searched")
+    input_timeout_s: Seconds = Field(
+        1800.0,
+        description="a claimed workitem whose input study has not been received and run "
+        "within this many seconds is CANCELED",
+    )
+    timeout_s: Seconds = Field(30.0, description="connect and answer timeout of each request")
+    max_claims: int = Field(4, ge=1, le=100, description="workitems in progress at once")
+    auth: WorkflowAuth | None = None
+    tls: WorkflowTls = WorkflowTls()
+    filter: WorkflowFilter = WorkflowFilter()
+
+    @field_validator("ups_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        try:
+            parts = urlsplit(v)
+            _ = parts.port  # a port that is not a number raises here
+        except ValueError as exc:
+            raise ValueError(f"not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL: use workflow.auth")
+        if parts.query or parts.fragment:
+            raise ValueError("the service root takes no query or fragment")
+        return v.rstrip("/")

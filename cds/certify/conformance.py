@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import _config
+from pynetdicom import DEFAULT_TRANSFER_SYNTAXES, _config
 from pynetdicom.sop_class import _STORAGE_CLASSES
 
 from cds.certify.emit import golden_inputs, process, written_files
@@ -29,6 +29,7 @@ from cds.config.settings import DeliverySettings, HttpSettings
 from cds.delivery.scu import _contexts
 from cds.domain import ResultRef
 from cds.inference import manifest as mf
+from cds.ingest.archive import QUERY_RETRIEVE
 from cds.ingest.instance import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from cds.ingest.receiver import Receiver
 from cds.ingest.scp import DicomListener
@@ -93,6 +94,8 @@ class Facts:
     delivery: list[Setting] = field(default_factory=list)
     stow: list[Route] = field(default_factory=list)
     stow_settings: list[Setting] = field(default_factory=list)
+    query_retrieve: list[tuple[str, str]] = field(default_factory=list)  # (UID, use)
+    query_retrieve_syntaxes: tuple[str, ...] = ()
 
 
 def _show(value: Any) -> str:
@@ -218,6 +221,8 @@ def collect() -> Facts:
     facts.ciphers = BCP195_CIPHERS.split(":")
     facts.delivery = settings_of(DeliverySettings(), "delivery")
     facts.stow = _stow()
+    facts.query_retrieve = list(QUERY_RETRIEVE)
+    facts.query_retrieve_syntaxes = tuple(str(ts) for ts in DEFAULT_TRANSFER_SYNTAXES)
     http = HttpSettings()
     facts.stow_settings = [
         s for s in settings_of(http, "http") if s.key in {"http.max_stow_bytes", "http.port"}

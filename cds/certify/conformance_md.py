@@ -104,6 +104,16 @@ def _stow(f: Facts) -> list[str]:
     return [*out, "", *_settings(f.stow_settings)]
 
 
+def _query_retrieve(f: Facts) -> list[str]:
+    syntaxes = "<br>".join(_uid(ts) for ts in f.query_retrieve_syntaxes)
+    out = [
+        "| SOP Class | role | used for | transfer syntaxes proposed |",
+        "|---|---|---|---|",
+    ]
+    out += [f"| {_uid(uid)} | SCU | {use} | {syntaxes} |" for uid, use in f.query_retrieve]
+    return out
+
+
 def _tls(f: Facts) -> list[str]:
     return [
         *_settings(f.tls),
@@ -123,6 +133,7 @@ PARTS: dict[str, Callable[[Facts], list[str]]] = {
     "storage-classes": _storage_classes,
     "scu": _scu,
     "stow": _stow,
+    "query-retrieve": _query_retrieve,
     "tls": _tls,
 }
 

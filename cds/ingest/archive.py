@@ -46,6 +46,23 @@ _PENDING = {0xFF00, 0xFF01}
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
 #: at most 128 presentation contexts: the Get model's and 127 storage ones
 _GET_STORAGE = [str(cx.abstract_syntax) for cx in StoragePresentationContexts[:127]]
+#: the Query/Retrieve SOP Classes an archive is asked by (the conformance statement's
+#: table: ``cds conformance``), each with what it is used for
+QUERY_RETRIEVE: tuple[tuple[str, str], ...] = (
+    (
+        str(StudyRootQueryRetrieveInformationModelFind),
+        "C-FIND at STUDY level: study date range, modality, study description",
+    ),
+    (
+        str(StudyRootQueryRetrieveInformationModelMove),
+        "C-MOVE of one study to the node's own AE title (`retrieve: move`, the default)",
+    ),
+    (
+        str(StudyRootQueryRetrieveInformationModelGet),
+        f"C-GET of one study on the same association (`retrieve: get`); the first "
+        f"{len(_GET_STORAGE)} standard storage SOP Classes proposed with the SCP role",
+    ),
+)
 _TRANSPORT_LOG = logging.getLogger("pynetdicom.transport")
 
 

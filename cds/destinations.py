@@ -23,7 +23,9 @@ with the same fields: a DIMSE archive (``ae_title``, ``host``, ``port``, ``tls``
 
 from __future__ import annotations
 
+import base64
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -93,6 +95,17 @@ class WebAuth(_Strict):
             raise ValueError("a basic auth username cannot hold ':'")
         return self
 
+    def header(self) -> str:
+        """The Authorization header's value, its secret read from the file now (so that it
+        can be rotated); OSError when the file cannot be read."""
+        if self.bearer_token_file is not None:
+            return f"Bearer {self.bearer_token_file.read_text(encoding='utf-8').strip()}"
+        assert self.username is not None
+        assert self.password_file is not None
+        password = self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        pair = f"{self.username}:{password}".encode()
+        return f"Basic {base64.b64encode(pair).decode('ascii')}"
+
 
 class WebTls(_Strict):
     """How the server's certificate is checked (https URLs), and our client certificate."""
@@ -101,6 +114,19 @@ class WebTls(_Strict):
     ca_file: Path | None = Field(None, description="CA bundle that signs the server certificate")
     cert_file: Path | None = Field(None, description="client certificate (PEM), if required")
     key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext | bool:
+        """An HTTP client's ``verify``: False when not verifying, else a context trusting
+        ``ca_file`` (or the system's CAs) and presenting our certificate if given;
+        OSError or ssl.SSLError when a file cannot be read."""
+        if not self.verify:
+            return False
+        ctx = ssl.create_default_context(
+            ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_file) if self.ca_file else None
+        )
+        if self.cert_file is not None:
+            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        return ctx
 
 
 class DicomWebDestination(_Strict):

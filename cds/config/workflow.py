@@ -9,40 +9,12 @@ never logged.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from cds.config.types import AETitle, Seconds, _Section
-
-
-class WorkflowAuth(_Section):
-    """HTTP authentication to the task manager: a bearer token, or basic auth."""
-
-    bearer_token_file: Path | None = Field(None, description="file holding the bearer token")
-    username: str | None = Field(None, min_length=1, description="basic auth user")
-    password_file: Path | None = Field(None, description="file holding the basic auth password")
-
-    @model_validator(mode="after")
-    def _one_scheme(self) -> WorkflowAuth:
-        basic = self.username is not None or self.password_file is not None
-        if (self.bearer_token_file is not None) == basic:
-            raise ValueError("give either bearer_token_file, or username and password_file")
-        if basic and (self.username is None or self.password_file is None):
-            raise ValueError("basic auth needs both username and password_file")
-        if self.username is not None and ":" in self.username:
-            raise ValueError("a basic auth username cannot hold ':'")
-        return self
-
-
-class WorkflowTls(_Section):
-    """How the task manager's certificate is checked (https), and our client certificate."""
-
-    verify: bool = Field(True, description="false: accept any server certificate (testing)")
-    ca_file: Path | None = Field(None, description="CA bundle that signs the server certificate")
-    cert_file: Path | None = Field(None, description="client certificate (PEM), if required")
-    key_file: Path | None = None
+from cds.destinations import WebAuth, WebTls
 
 
 class WorkflowFilter(_Section):
@@ -80,8 +52,8 @@ class WorkflowSettings(_Section):
     )
     timeout_s: Seconds = Field(30.0, description="connect and answer timeout of each request")
     max_claims: int = Field(4, ge=1, le=100, description="workitems in progress at once")
-    auth: WorkflowAuth | None = None
-    tls: WorkflowTls = WorkflowTls()
+    auth: WebAuth | None = None
+    tls: WebTls = WebTls()
     filter: WorkflowFilter = WorkflowFilter()
 
     @field_validator("ups_url")

@@ -19,7 +19,6 @@ in the ``Authorization`` header: never in a log line, an outcome or the audit tr
 
 from __future__ import annotations
 
-import base64
 import secrets
 import ssl
 from collections.abc import Iterable, Mapping, Sequence
@@ -91,33 +90,6 @@ def _first(item: Mapping[str, Any], tag: str) -> object:
     return value[0] if isinstance(value, list) and value else None
 
 
-def _verify(dest: DicomWebDestination) -> ssl.SSLContext | bool:
-    tls = dest.tls
-    if not tls.verify:
-        return False
-    ctx = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
-    )
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
-
-
-def _authorization(dest: DicomWebDestination) -> str | None:
-    """The Authorization header's value; OSError names the file that cannot be read."""
-    auth = dest.auth
-    if auth is None:
-        return None
-    if auth.bearer_token_file is not None:
-        token = auth.bearer_token_file.read_text(encoding="utf-8").strip()
-        return f"Bearer {token}"
-    assert auth.username is not None
-    assert auth.password_file is not None
-    password = auth.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    pair = f"{auth.username}:{password}".encode()
-    return f"Basic {base64.b64encode(pair).decode('ascii')}"
-
-
 def _read(files: Sequence[Path], outcomes: list[Outcome | None]) -> list[tuple[int, str, bytes]]:
     """(index, SOP Instance UID, bytes) of each readable file; the others fail alone."""
     out = []
@@ -148,7 +120,7 @@ def _post(
 ) -> list[Outcome]:
     where = dest.describe()
     try:
-        authorization = _authorization(dest)
+        authorization = dest.auth.header() if dest.auth is not None else None
     except OSError as exc:
         return [Outcome(False, f"{where}: cannot read its credentials file ({exc.strerror})")]
     body, content_type = encode_multipart(raw for _, _, raw in parts)
@@ -160,7 +132,7 @@ def _post(
     if authorization is not None:
         headers["Authorization"] = authorization
     try:
-        with httpx.Client(verify=_verify(dest), timeout=timeout_s) as client:
+        with httpx.Client(verify=dest.tls.context(), timeout=timeout_s) as client:
             answer = client.post(f"{dest.url}/studies", content=body, headers=headers)
     except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
         why = f"{where}: no answer ({type(exc).__name__}: {describe_error(exc)})"

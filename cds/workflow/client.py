@@ -17,7 +17,6 @@ ever put in the ``Authorization`` header.
 
 from __future__ import annotations
 
-import base64
 import ssl
 from typing import Any
 from urllib.parse import quote
@@ -42,36 +41,16 @@ class WorkflowError(CdsError):
         self.status = status
 
 
-def _verify(settings: WorkflowSettings) -> ssl.SSLContext | bool:
-    tls = settings.tls
-    if not tls.verify:
-        return False
-    ctx = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
-    )
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
-
-
 def _authorization(settings: WorkflowSettings) -> str | None:
     """The Authorization header's value; WorkflowError names the file that cannot be read."""
-    auth = settings.auth
-    if auth is None:
+    if settings.auth is None:
         return None
     try:
-        if auth.bearer_token_file is not None:
-            token = auth.bearer_token_file.read_text(encoding="utf-8").strip()
-            return f"Bearer {token}"
-        assert auth.username is not None
-        assert auth.password_file is not None
-        password = auth.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return settings.auth.header()
     except OSError as exc:
         raise WorkflowError(
             f"workflow.auth: cannot read its credentials file ({exc.strerror})"
         ) from None
-    pair = f"{auth.username}:{password}".encode()
-    return f"Basic {base64.b64encode(pair).decode('ascii')}"
 
 
 class UpsClient:
@@ -83,7 +62,7 @@ class UpsClient:
         self.settings = settings
         self.root = settings.ups_url
         self._client = httpx.Client(
-            verify=_verify(settings),
+            verify=settings.tls.context(),
             timeout=settings.timeout_s,
             trust_env=False,  # no proxy or certificate bundle from the environment
             follow_redirects=False,  # nothing is sent anywhere the admin did not name

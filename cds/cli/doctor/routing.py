@@ -92,17 +92,15 @@ def _echo(r: Report, dest: SomeDestination) -> tuple[Status, str, str]:
 def _options(r: Report, dest: SomeDestination) -> tuple[Status, str, str]:
     import httpx  # noqa: PLC0415
 
-    from cds.delivery.dicomweb import _authorization, _verify  # noqa: PLC0415
-
     assert dest.kind == "dicomweb"
     try:
-        auth = _authorization(dest)
+        auth = dest.auth.header() if dest.auth is not None else None
     except OSError as exc:
         return "fail", r.t("web_auth_file", why=exc.strerror), r.t("fix_web_auth")
     headers = {"Authorization": auth} if auth else {}
     try:
         answer = httpx.options(
-            f"{dest.url}/studies", headers=headers, timeout=r.timeout_s, verify=_verify(dest)
+            f"{dest.url}/studies", headers=headers, timeout=r.timeout_s, verify=dest.tls.context()
         )
     except (httpx.HTTPError, OSError, ssl.SSLError) as exc:
         return (

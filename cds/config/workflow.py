@@ -9,12 +9,10 @@ never logged.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from pydantic import Field, field_validator
 
 from cds.config.types import AETitle, Seconds, _Section
-from cds.destinations import WebAuth, WebTls
+from cds.destinations import WebAuth, WebTls, check_service_url
 
 
 class WorkflowFilter(_Section):
@@ -59,17 +57,4 @@ class WorkflowSettings(_Section):
     @field_validator("ups_url")
     @classmethod
     def _http(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        try:
-            parts = urlsplit(v)
-            _ = parts.port  # a port that is not a number raises here
-        except ValueError as exc:
-            raise ValueError(f"not a valid URL: {exc}") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("credentials do not belong in the URL: use workflow.auth")
-        if parts.query or parts.fragment:
-            raise ValueError("the service root takes no query or fragment")
-        return v.rstrip("/")
+        return None if v is None else check_service_url(v)  # as a DICOMweb destination's

@@ -23,8 +23,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_role, evt
@@ -35,6 +34,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from cds.destinations import DimseArchive
 from cds.errors import CdsError, error_text
 from cds.requestor import PauseSafeAE
 
@@ -64,32 +64,6 @@ QUERY_RETRIEVE: tuple[tuple[str, str], ...] = (
     ),
 )
 _TRANSPORT_LOG = logging.getLogger("pynetdicom.transport")
-
-
-class _Tls(Protocol):
-    @property
-    def enabled(self) -> bool: ...
-    @property
-    def ca_file(self) -> Path | None: ...
-    @property
-    def cert_file(self) -> Path | None: ...
-    @property
-    def key_file(self) -> Path | None: ...
-
-
-class DimseArchive(Protocol):
-    """An archive's address (``cds.destinations.DimseArchive``, the routing
-    file's ``archives`` entry; not imported: routing reads ingest's instance checks)."""
-
-    @property
-    def ae_title(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def tls(self) -> _Tls: ...
-    def describe(self) -> str: ...
 
 
 class ArchiveError(CdsError):

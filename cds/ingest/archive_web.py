@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -38,6 +38,7 @@ from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from cds.destinations import DicomWebArchive
 from cds.errors import describe
 from cds.ingest.archive import ArchiveError, FoundStudy, Retrieved, StudyQuery
 
@@ -54,37 +55,6 @@ PAGE = 500
 _STUDY_UID, _STUDY_DATE, _INSTANCES = "0020000D", "00080020", "00201208"
 #: what reading a part that is not a PS3.10 file (or is cut short) raises in pydicom
 _UNREADABLE = (InvalidDicomError, EOFError, ValueError, TypeError, AttributeError, KeyError)
-
-
-class _WebAuth(Protocol):
-    @property
-    def bearer_token_file(self) -> Path | None: ...
-    @property
-    def username(self) -> str | None: ...
-    @property
-    def password_file(self) -> Path | None: ...
-
-
-class _WebTls(Protocol):
-    @property
-    def verify(self) -> bool: ...
-    @property
-    def ca_file(self) -> Path | None: ...
-    @property
-    def cert_file(self) -> Path | None: ...
-    @property
-    def key_file(self) -> Path | None: ...
-
-
-class WebArchive(Protocol):
-    """A DICOMweb archive's address (``cds.destinations.DicomWebArchive``)."""
-
-    @property
-    def dicomweb_url(self) -> str: ...
-    @property
-    def auth(self) -> _WebAuth | None: ...
-    @property
-    def tls(self) -> _WebTls: ...
 
 
 class _Redirected(requests.RequestException):
@@ -107,7 +77,7 @@ def address(url: str) -> str:
 class WebArchiveClient:
     """The QIDO-RS/WADO-RS client of the routing file's archive ``name``."""
 
-    def __init__(self, name: str, archive: WebArchive, timeout_s: float = 30.0) -> None:
+    def __init__(self, name: str, archive: DicomWebArchive, timeout_s: float = 30.0) -> None:
         self.name = name
         self.archive = archive
         self.field = f"archives.{name}"

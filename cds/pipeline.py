@@ -33,12 +33,12 @@ from cds.observatory.drift import record_run
 from cds.results.encode import write_results
 from cds.results.kos import build_rejection_kos
 from cds.results.text import job_summary
+from cds.routing.headers import spool_headers
 from cds.routing.router import (
     PipelinePlan,
     RuleVerdict,
     SeriesHeader,
     evaluate,
-    read_headers,
     route,
 )
 from cds.routing.rules import Rule
@@ -100,7 +100,7 @@ _SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture (and its multi-fram
 def study_series(node: Node, study_key: str) -> list[SeriesHeader]:
     """The series of a spooled study, with the newest version of each instance."""
     folder = node.spool.root / "studies" / study_key
-    studies, _ = read_headers([folder]) if folder.is_dir() else ({}, [])
+    studies = spool_headers(folder) if folder.is_dir() else {}
     detail = node.store.get_study(study_key)
     calling = detail.summary.calling_ae if detail else ""
     series = [s for group in studies.values() for s in group]

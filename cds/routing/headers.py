@@ -8,9 +8,10 @@ did not come through the node's ingest, and only regular files are opened.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from io import BytesIO
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -162,6 +163,80 @@ def read_headers(
             )
         )
     return dict(studies), skipped
+
+
+class FolderHeaders:
+    """``read_headers`` of the node's own spool folders, kept while their files are
+    unchanged: the stages that look at a completed study (its pipelines, the PACS's
+    feedback) run at once and would each parse every instance's header again. A
+    folder's files are listed and stat'ed on each call (path, inode, size, mtime: the
+    spool replaces a file by a rename, never in place); any change reads it again.
+    Concurrent calls for one folder wait for the first; each caller gets its own copy."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._busy: dict[Path, tuple[threading.Lock, int]] = {}  # folder -> (lock, users)
+        self._read: OrderedDict[Path, tuple[tuple[Any, ...], dict[str, list[SeriesHeader]]]]
+        self._read = OrderedDict()
+
+    def __call__(self, folder: Path) -> dict[str, list[SeriesHeader]]:
+        with self._lock:
+            lock, users = self._busy.get(folder, (threading.Lock(), 0))
+            self._busy[folder] = (lock, users + 1)
+        try:
+            with lock:
+                return _copied(self._get(folder))
+        finally:
+            with self._lock:
+                lock, users = self._busy[folder]
+                if users > 1:
+                    self._busy[folder] = (lock, users - 1)
+                else:
+                    del self._busy[folder]
+
+    def _get(self, folder: Path) -> dict[str, list[SeriesHeader]]:
+        files, _ = ReadBudget().list_files([folder])
+        seen = tuple(_identity(f) for f in files)
+        with self._lock:
+            hit = self._read.get(folder)
+        if hit is not None and hit[0] == seen:
+            return hit[1]
+        studies, _ = read_headers(files)
+        with self._lock:
+            self._read[folder] = (seen, studies)
+            self._read.move_to_end(folder)
+            while len(self._read) > self._keep:
+                self._read.popitem(last=False)
+        return studies
+
+
+#: the node's spool folders (``cds.pipeline.study_series``)
+spool_headers = FolderHeaders()
+
+
+def _copied(studies: dict[str, list[SeriesHeader]]) -> dict[str, list[SeriesHeader]]:
+    """A copy a caller may change (its series' files sorted, their calling AE set)."""
+    return {
+        study: [
+            replace(
+                s,
+                attrs={k: list(v) if isinstance(v, list) else v for k, v in s.attrs.items()},
+                files=list(s.files),
+                sop_uids=list(s.sop_uids),
+            )
+            for s in group
+        ]
+        for study, group in studies.items()
+    }
+
+
+def _identity(f: Path) -> tuple[Any, ...]:
+    try:
+        st = f.stat()
+    except OSError:
+        return (f,)
+    return (f, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read_header(f: Path, limits: IngestLimits | None, budget: ReadBudget) -> tuple[Dataset, float]:

@@ -14,11 +14,12 @@ What it does, in one run, on a local Ray started here:
 3. **SIMULATED accelerator**: each actor does the real work once, then answers every
    work by holding for the device time measured in step 2 (the median time of one work
    on one actor) and returning that result: the node's dispatch, Ray's transport of
-   the work and of the result (the SEG and SR data sets) are real; the accelerator is
-   not. For 1, 2 and 4 actors.
+   the work and of the result (the SEG and SR as their PS3.10 files, encoded once in
+   the actor, and the inference) are real; the accelerator is not. For 1, 2 and 4 actors.
 
 Prints studies per minute and ``scaling efficiency 1->N`` (throughput with N actors
-divided by N times that with 1), the device time used, the machine and the command.
+divided by N times that with 1), the device time used, the machine, the command and the
+load average before and after (other work on the machine shows there).
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def _one_work_seconds(compute: RayCompute, work: SeriesWork, n: int = 5) -> floa
     return statistics.median(times)
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", default="1,2,4", help="actor counts to measure")
@@ -115,6 +121,7 @@ def main() -> int:
                 f"{os.cpu_count()} CPU cores, Ray {ray.__version__}, a local Ray of {cpus} "
                 f"CPUs; work: {args.slices} x {args.size}^2 CT, cds-ref-ct-bone, SEG + SR"
             )
+            print(f"# load average before: {_load()}")
             real: dict[int, float] = {}
             device_s = 0.0
             for n in [c for c in counts if c <= 2]:
@@ -144,6 +151,7 @@ def main() -> int:
                 if n > 1 and 1 in sim:
                     line += f"   scaling efficiency 1->{n}: {sim[n] / (n * sim[1]):.2f}"
                 print(line)
+            print(f"# load average after: {_load()}")
         finally:
             ray.shutdown()
     return 0

@@ -6,7 +6,9 @@ kinds (and the pipeline's fallbacks), the language, the predecessors and the UID
 ``process_series`` runs it: decode, preprocess, onnxruntime, postprocess, then encode
 each result object on its own, and the fallback of one that could not be made. It
 returns a ``SeriesOutcome`` (the inference and the encoded objects): values again,
-which the orchestrator's side records, writes and queues.
+which the orchestrator's side records, writes and queues. Out of a worker process or a
+Ray actor, each object crosses as its PS3.10 file, encoded once there, which the node
+writes as it is (``cds.results.ps310``).
 
 ``Compute`` runs the work where ``executor.kind`` says:
 
@@ -56,6 +58,7 @@ from cds.inference.validate import validate_package
 from cds.logging import configure_logging, get_logger
 from cds.memory import trim_heap
 from cds.results.encode import Encoded, encode_each
+from cds.results.ps310 import from_file_bytes, sealed
 
 log = get_logger("cds.compute")
 
@@ -175,6 +178,16 @@ class SeriesOutcome:
     outcomes: list[ObjectOutcome] = field(default_factory=list)
     #: the source attributes not copied as they were (``cds.results.copied``)
     copied: list[str] = field(default_factory=list)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Out of the process that made it (a worker, an actor), each object travels as
+        its PS3.10 file, encoded once there (``cds.results.ps310``): the node writes
+        those bytes as they are, and unpickles no highdicom object."""
+        return {**self.__dict__, "objects": [sealed(ds) for ds in self.objects]}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        objects = [from_file_bytes(data) for data in state["objects"]]
+        self.__dict__.update({**state, "objects": objects})
 
 
 def inputs_seed(files: Sequence[Path]) -> str:
@@ -346,7 +359,10 @@ def run_in_worker(work: SeriesWork) -> SeriesOutcome:
     """The process kind's entry point, in a worker process."""
     try:
         failpoint("compute.worker")
-        return run_work(work, ModelRunner(_worker_model(work), _WORKER_SLOTS))
+        out = run_work(work, ModelRunner(_worker_model(work), _WORKER_SLOTS))
+        for ds in out.objects:  # each encoded here, once: the node writes these bytes
+            sealed(ds)
+        return out
     finally:
         trim_heap()
 

@@ -14,11 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom import dcmread
 
-from cds.compute import Compute, PrioritySlots, SeriesWork, inputs_seed
+from cds.compute import Compute, PrioritySlots, SeriesWork, inputs_seed, run_work
 from cds.domain import StudyState
 from cds.errors import CdsError
 from cds.inference.registry import ModelRegistry
+from cds.inference.runner import ModelRunner
 from cds.orchestrator import Node
+from cds.results.encode import write_results
+from cds.results.ps310 import file_bytes
 
 from .admin.helpers import admin_app
 from .test_pipeline import REPO, send_files, settings_with_routing, wait_state
@@ -110,6 +113,28 @@ def _work(files: list[Path], sha256: str) -> SeriesWork:
 def test_a_work_is_a_value_that_crosses_processes(ct_series: list[Path]) -> None:
     work = _work(ct_series, "0" * 64)
     assert pickle.loads(pickle.dumps(work)) == work  # noqa: S301 (our own bytes)
+
+
+def test_an_outcome_from_another_process_is_written_byte_for_byte_as_in_the_node(
+    tmp_path: Path, ct_series: list[Path]
+) -> None:
+    """issue 20: out of a worker or an actor each object travels as its PS3.10 file, made
+    once there; the node writes those bytes as they are (no highdicom object unpickled,
+    nothing encoded again), the same files as the thread kind writes for those objects."""
+    registry = ModelRegistry([BONE], "cpu", warm=False)
+    (model,) = registry.load()
+    out = run_work(_work(ct_series, model.sha256 or ""), ModelRunner(model, registry.slots))
+    in_node = {ds.SOPInstanceUID: file_bytes(ds) for ds in out.objects}  # thread kind's
+    wire = pickle.dumps(out)
+    for module in (b"highdicom.seg", b"highdicom.sr", b"pydicom.dataset"):
+        assert module not in wire  # no data set object to unpickle on the node: bytes
+    moved = pickle.loads(wire)  # noqa: S301 (our own bytes)
+    assert [type(ds).__name__ for ds in moved.objects] == ["FileDataset", "FileDataset"]
+    assert [str(ds.Modality) for ds in moved.objects] == ["SEG", "SR"]
+    assert (moved.skipped, moved.outcomes, moved.copied) == (out.skipped, out.outcomes, out.copied)
+    assert moved.result.record == out.result.record
+    written = write_results(tmp_path, "study", moved.objects)
+    assert {dcmread(p).SOPInstanceUID: p.read_bytes() for p in written} == in_node
 
 
 def test_a_dead_worker_fails_its_job_clearly_and_the_next_job_gets_a_new_worker(

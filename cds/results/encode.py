@@ -16,7 +16,6 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from cds.logging import get_logger
 from cds.results.common import content_seed, series_number
 from cds.results.copied import copy_for_encoding
 from cds.results.gsps import build_gsps
+from cds.results.ps310 import file_bytes
 from cds.results.sc import build_sc
 from cds.results.seg import build_seg
 from cds.results.sr import build_sr
@@ -298,13 +298,10 @@ def write_results(root: Path, study_key: str, objects: Sequence[Dataset]) -> lis
         folder = root / study_key / str(ds.Modality)
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / f"{ds.SOPInstanceUID}.dcm"
-        buf = BytesIO()
-        ds.preamble = b"\x00" * 128  # never a polyglot preamble (CVE-2019-11687)
-        ds.save_as(buf, enforce_file_format=True)
         tmp = final.with_suffix(".part")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
         try:
-            view = memoryview(buf.getvalue())
+            view = memoryview(file_bytes(ds))  # as made in a worker, or encoded now
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)

@@ -35,7 +35,7 @@ import itertools
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -50,7 +50,8 @@ from cds.domain import ObjectOutcome, ResultRef
 from cds.errors import CdsError, ModelError
 from cds.faults import failpoint
 from cds.findings import InferenceResult
-from cds.inference.images import decode
+from cds.inference.images import Decoded, decode
+from cds.inference.preread import PreRead
 from cds.inference.registry import LoadedModel, ModelRegistry
 from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, ProviderChoice, device_name
@@ -143,6 +144,8 @@ class Runner(Protocol):
 
     @property
     def workers(self) -> int: ...
+    @property
+    def preread(self) -> PreRead | None: ...
     def run(self, work: SeriesWork) -> SeriesOutcome: ...
     def describe(self) -> dict[str, object]: ...
     def workers_info(self) -> list[dict[str, object]]: ...
@@ -214,6 +217,7 @@ def process_series(
     predecessors: Sequence[ResultRef] = (),
     seed: str | None = None,
     fallback: Sequence[tuple[str, str]] = (),
+    take: Callable[[Path], Decoded | None] | None = None,
 ) -> SeriesOutcome:
     """Run the model on one series and encode the result objects of ``kinds``; for a
     kind that could not be made (its encoder failed), the kind ``fallback`` names
@@ -223,9 +227,13 @@ def process_series(
     the only difference between them is where the files come from and where the
     objects go.
     """
-    # each file is read once: decoded for the model, then encoded from
-    sources = [_read(f) for f in files]
-    result = runner.run(decode(sources, transient=True))  # its pixels go once used
+    # each file is read once: decoded for the model, then encoded from; a file read
+    # ahead during the study's quiet time (``take``, cds.inference.preread) is not read
+    ahead = [take(f) if take is not None else None for f in files]
+    items = [a if a is not None else _read(f) for a, f in zip(ahead, files, strict=True)]
+    sources = [a.ds if isinstance(a, Decoded) else a for a in items]
+    result = runner.run(decode(items, transient=True))  # its pixels go once used
+    del ahead, items
     if not kinds:
         return SeriesOutcome(result, [], [])
     base = seed_of(str(ds.SOPInstanceUID) for ds in sources) if seed is None else seed
@@ -277,7 +285,9 @@ def _read(path: Path) -> Dataset:
     return ds
 
 
-def run_work(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:
+def run_work(
+    work: SeriesWork, runner: ModelRunner, take: Callable[[Path], Decoded | None] | None = None
+) -> SeriesOutcome:
     return process_series(
         runner,
         work.files,
@@ -286,6 +296,7 @@ def run_work(work: SeriesWork, runner: ModelRunner) -> SeriesOutcome:
         predecessors=work.predecessors,
         seed=work.seed,
         fallback=work.fallback,
+        take=take,
     )
 
 
@@ -382,8 +393,11 @@ class Compute:
         log_format: str = "json",
         log_level: str = "info",
         gpus: Sequence[int] = (),
+        preread_mb: int = 0,
     ) -> None:
         self.kind: ExecutorKind = kind
+        #: thread: a study's series read during its quiet time (a worker reads its own)
+        self.preread = PreRead(_read, preread_mb * 2**20) if kind == "thread" else None
         self.workers = workers if kind == "process" else 0
         self.gpus = tuple(gpus)  # the process kind's workers take these GPU ids in turn
         self._models = models
@@ -433,7 +447,8 @@ class Compute:
             model = self._models.get(work.model)
             if model is None or model.status != "ready":
                 raise CdsError(f"model {work.model} is not loaded")
-            return run_work(work, ModelRunner(model, self._models.slots))
+            take = self.preread.take if self.preread is not None else None
+            return run_work(work, ModelRunner(model, self._models.slots), take)
         assert self._slots is not None
         self._slots.acquire(work.priority)  # STAT before routine when the workers are busy
         try:
@@ -475,6 +490,8 @@ class Compute:
 
     def shutdown(self) -> None:
         """Wait for running work, then stop the workers."""
+        if self.preread is not None:
+            self.preread.close()
         with self._lock:
             self._closed = True
             pool, self._pool = self._pool, None

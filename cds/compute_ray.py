@@ -55,6 +55,7 @@ from cds.compute import (
 )
 from cds.errors import CdsError, ModelError
 from cds.inference.manifest import Resources, load_manifest
+from cds.inference.preread import PreRead
 from cds.inference.registry import ModelRegistry
 from cds.inference.session import visible_gpus
 from cds.logging import get_logger
@@ -194,6 +195,7 @@ class RayCompute:
     """Runs ``SeriesWork`` on Ray actors (see the module)."""
 
     kind = "ray"
+    preread: PreRead | None = None  # an actor reads its own files
 
     def __init__(
         self,
@@ -393,6 +395,7 @@ def make_compute(
     log_format: str = "json",
     log_level: str = "info",
     gpus: Sequence[int] = (),
+    preread_mb: int = 0,
 ) -> Runner:
     """The executor of ``kind``; Ray is imported only for ``ray`` (whose actors get their
     GPUs from Ray). ``gpus``: the GPU ids the process kind's workers take in turn."""
@@ -405,4 +408,12 @@ def make_compute(
             log_format=log_format,
             log_level=log_level,
         )
-    return Compute(models, kind, workers, log_format=log_format, log_level=log_level, gpus=gpus)
+    return Compute(
+        models,
+        kind,
+        workers,
+        log_format=log_format,
+        log_level=log_level,
+        gpus=gpus,
+        preread_mb=preread_mb,
+    )

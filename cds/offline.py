@@ -46,6 +46,7 @@ from cds.config import IngestLimits
 from cds.errors import CdsError, ModelError, RoutingError, error_text
 from cds.inference import manifest as mf
 from cds.inference.constraints import status_of
+from cds.inference.preread import PreRead
 from cds.inference.registry import LoadedModel, ModelRegistry, declared_use_of, find_packages
 from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots, ProviderChoice
@@ -334,6 +335,7 @@ class _Compute:
     the time it took (decode, inference, encoding) for process.json."""
 
     workers = 0
+    preread: PreRead | None = None  # one series, read by its job
 
     def __init__(self, models: dict[str, LoadedModel], slots: DeviceSlots) -> None:
         self._models = models

@@ -43,6 +43,7 @@ from cds.keyfile import load_or_create_key
 from cds.logging import get_logger
 from cds.memory import trim_heap
 from cds.pipeline import RERUN_EVENTS, run_study, study_series
+from cds.read_ahead import read_ahead
 from cds.retention import Retention
 from cds.routing.manager import RoutingManager
 from cds.store import StateStore, open_store
@@ -103,6 +104,7 @@ class Node:
             log_format=settings.log.format,
             log_level=settings.log.level,
             gpus=self.models.slots.gpus,
+            preread_mb=inf.preread_mb,
         )
         self.routing = RoutingManager(
             settings.routing.file,
@@ -155,6 +157,8 @@ class Node:
         try:
             run_study(self, study_key)
         finally:
+            if self.compute.preread is not None:  # what its jobs did not take
+                self.compute.preread.forget(study_key)
             trim_heap()  # the study's arrays are freed: give the memory back
 
     def _read_feedback(self, study_key: str) -> None:
@@ -178,8 +182,10 @@ class Node:
             )
 
     def _association_ended(self, study_keys: list[str]) -> None:
-        """A sender finished a batch: rules whose required series are now all present
-        may start before the study's quiet time (routing ``completeness``)."""
+        """A sender finished a batch: the studies' series are read ahead during their quiet
+        time (``cds.read_ahead``); rules whose required series are now all present may
+        start before it (routing ``completeness``)."""
+        read_ahead(self, study_keys)
         rules = self.routing.rules.rules
         if not any(r.completeness and r.completeness.required_series for r in rules):
             return

@@ -71,6 +71,14 @@ class InferenceSettings(_Section):
     )
     max_sessions_cpu: int = Field(1, ge=1, le=64)
     warm_up: bool = True
+    preread_mb: int = Field(
+        1024,
+        ge=0,
+        le=1_048_576,
+        description="memory for reading and decoding a study's series during its quiet "
+        "time, before its model runs (executor.kind thread); a file over it is read by "
+        "its job; 0: every job reads its files",
+    )
 
     @field_validator("model_dirs", mode="before")
     @classmethod

@@ -119,9 +119,46 @@ def _name(item: Dataset | Path | str, ds: Dataset | None) -> str:
         return "instance (unreadable SOP Instance UID)"
 
 
-def decode(datasets: Sequence[Dataset | Path | str], *, transient: bool = False) -> ImageStack:
+@dataclass(slots=True)
+class Decoded:
+    """One instance read and decoded ahead of its model run (``cds.inference.preread``):
+    its data set (the encoders copy from it) and its frames, which ``decode`` takes into
+    the series' stack and lets go (``px`` is then None)."""
+
+    ds: Dataset
+    px: np.ndarray | None
+    metas: list[ImageMeta]
+    series_uid: str
+    modality: str
+
+    @property
+    def nbytes(self) -> int:
+        """About what it holds: the frames and the data set's Pixel Data."""
+        stored = self.ds.get("PixelData")
+        held = len(stored) if isinstance(stored, bytes | bytearray) else 0
+        return held + (self.px.nbytes if self.px is not None else 0)
+
+
+def decode_instance(item: Dataset | Path | str) -> Decoded:
+    """Read (a path) and decode one instance; the errors of ``decode``."""
+    ds: Dataset | None = None
+    try:
+        ds = item if isinstance(item, Dataset) else dcmread(item)
+        return Decoded(ds, *_decode_one(ds, _name(item, ds)))
+    except ModelError:
+        raise
+    except Exception as exc:  # malformed elements surface here in many types
+        raise ModelError(
+            f"{_name(item, ds)}: cannot read the data set ({type(exc).__name__})"
+        ) from exc
+
+
+def decode(
+    datasets: Sequence[Dataset | Path | str | Decoded], *, transient: bool = False
+) -> ImageStack:
     """Decode instances of one series (in the given order) into an ImageStack;
     ``transient``: for one model run, which frees its pixels once used (``ImageStack``).
+    A ``Decoded`` item (read ahead, during the quiet time) gives its frames up.
 
     Raises ModelError naming the instance (file or SOP Instance UID) and the
     attribute for anything it cannot use; a data set that does not even read
@@ -131,22 +168,17 @@ def decode(datasets: Sequence[Dataset | Path | str], *, transient: bool = False)
     metas: list[ImageMeta] = []
     series_uid = modality = body_part = ""
     for item in datasets:
-        ds: Dataset | None = None
-        try:
-            ds = item if isinstance(item, Dataset) else dcmread(item)
-            px, frame_metas, series, mod = _decode_one(ds, _name(item, ds))
-        except ModelError:
-            raise
-        except Exception as exc:  # malformed elements surface here in many types
-            raise ModelError(
-                f"{_name(item, ds)}: cannot read the data set ({type(exc).__name__})"
-            ) from exc
-        series_uid = series_uid or series
-        modality = modality or mod
-        if ds is not None and not body_part:
-            body_part = str(ds.get("BodyPartExamined", "") or "")
-        metas.extend(frame_metas)
+        one = item if isinstance(item, Decoded) else decode_instance(item)
+        px, one.px = one.px, None  # the stack holds the frames from here on
+        if px is None:
+            raise ModelError(f"{_name(one.ds, one.ds)}: decoded twice")
+        series_uid = series_uid or one.series_uid
+        modality = modality or one.modality
+        if not body_part:
+            body_part = str(one.ds.get("BodyPartExamined", "") or "")
+        metas.extend(one.metas)
         frames.add(px)
+        del px
     stack = ImageStack(series_uid, modality, frames.array(), metas)
     stack.order = list(range(len(metas)))
     stack.flips = [(False, False)] * len(metas)

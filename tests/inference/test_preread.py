@@ -1,0 +1,197 @@
+"""issue 19, item 2: a study's series is read and decoded during its quiet time, and its
+job takes what was read instead of reading it again, with the same result."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from cds.compute import _read, process_series
+from cds.domain import StudyState
+from cds.inference.images import decode
+from cds.inference.preread import PreRead
+from cds.inference.registry import ModelRegistry
+from cds.inference.runner import ModelRunner
+from cds.inference.session import DeviceSlots
+from cds.orchestrator import Node
+from cds.results.ps310 import file_bytes
+from tests.test_pipeline import send_files, settings_with_routing
+
+REPO = Path(__file__).resolve().parents[2]
+SERIES = REPO.parent / "shared" / "dicom" / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series"
+#: the attributes an encoder sets to the time it runs
+NOW = {"InstanceCreationTime", "ContentTime", "ContributionDateTime", "InstanceCreationDate"}
+ROUTING = """
+pipelines:
+  bone: {model: cds-ref-ct-bone, results: [SEG, SR]}
+rules:
+  - name: head CT
+    match: [{attribute: Modality, equals: CT}]
+    pipelines: [bone]
+"""
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> list[Path]:
+    if not SERIES.is_dir():
+        pytest.skip(f"shared DICOM corpus not found at {SERIES}")
+    out = tmp_path / "series"
+    out.mkdir()
+    for f in sorted(SERIES.iterdir())[:5]:
+        shutil.copy(f, out / f.name)
+    return sorted(out.iterdir())
+
+
+def _until(done: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def _read_all(pre: PreRead, files: list[Path]) -> None:
+    pre.submit("S", lambda: files)
+    _until(lambda: pre.stats.read + pre.stats.failed + pre.stats.over_budget == len(files))
+
+
+def test_a_file_read_ahead_is_handed_over_once_and_decodes_as_read(files: list[Path]) -> None:
+    pre = PreRead(_read, 2**30)
+    _read_all(pre, files)
+    assert (pre.stats.read, pre.stats.entries) == (len(files), len(files))
+    assert pre.stats.held_bytes > len(files) * 512 * 512 * 2  # Pixel Data and the frames
+    taken = [pre.take(f) for f in files]
+    assert all(t is not None for t in taken)
+    assert [pre.take(f) for f in files] == [None] * len(files)  # once only
+    assert (pre.stats.taken, pre.stats.entries, pre.stats.held_bytes) == (len(files), 0, 0)
+    ahead, read = decode(taken, transient=True), decode(files)  # type: ignore[arg-type]
+    assert np.array_equal(ahead.pixels, read.pixels)
+    assert ahead.pixels.dtype == read.pixels.dtype
+    assert ahead.meta == read.meta
+    assert (ahead.series_uid, ahead.modality, ahead.body_part) == (
+        read.series_uid,
+        read.modality,
+        read.body_part,
+    )
+    assert all(t is not None and t.px is None for t in taken)  # the stack holds the frames
+    pre.close()
+
+
+def test_a_file_replaced_since_it_was_read_is_not_handed_over(files: list[Path]) -> None:
+    pre = PreRead(_read, 2**30)
+    _read_all(pre, files)
+    ds = pydicom.dcmread(files[0])
+    tmp = files[0].with_suffix(".tmp")
+    ds.save_as(tmp)
+    tmp.replace(files[0])  # as the spool replaces a resent instance: a new inode
+    assert pre.take(files[0]) is None
+    assert pre.take(files[1]) is not None
+    pre.close()
+
+
+def test_the_budget_bounds_what_is_held(files: list[Path]) -> None:
+    one = PreRead(_read, 2**30)
+    _read_all(one, files[:1])
+    size = one.stats.held_bytes
+    pre = PreRead(_read, 2 * size + size // 2)  # room for two files
+    _read_all(pre, files)
+    assert (pre.stats.read, pre.stats.over_budget) == (2, len(files) - 2)
+    assert pre.stats.held_bytes <= pre.budget_bytes
+    assert [pre.take(f) is not None for f in files] == [True, True] + [False] * (len(files) - 2)
+    nothing = PreRead(_read, 0)  # 0: nothing is read ahead
+    nothing.submit("S", lambda: files)
+    assert nothing._thread is None  # nothing queued, no thread
+    assert nothing.take(files[0]) is None
+
+
+def test_an_unreadable_file_is_left_to_its_job_and_the_rest_are_read(
+    files: list[Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")
+    pre = PreRead(_read, 2**30)
+    _read_all(pre, [bad, *files])
+    assert (pre.stats.failed, pre.stats.read) == (1, len(files))
+    assert pre.take(bad) is None
+    assert all(pre.take(f) is not None for f in files)
+
+
+def test_forget_drops_a_study_and_a_file_taken_while_queued_is_not_read(
+    files: list[Path],
+) -> None:
+    gate = threading.Event()
+
+    def slow_read(path: Path) -> Dataset:
+        if path == files[0]:
+            gate.wait(10)
+        return _read(path)
+
+    pre = PreRead(slow_read, 2**30)
+    pre.submit("S", lambda: files)
+    _until(lambda: pre._busy == files[0])  # the rest wait in the queue
+    assert pre.take(files[2]) is None  # its job reads it: the read-ahead must not
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(pre.take(files[0])))
+    waiter.start()  # waits for the file being read
+    time.sleep(0.1)
+    assert got == []
+    gate.set()
+    waiter.join(10)
+    assert got
+    assert got[0] is not None
+    _until(lambda: pre.stats.read == len(files) - 1)  # files[2] comes before the last two
+    assert files[2] not in pre._entries
+    assert not pre._queue
+    pre.forget("S")
+    assert (pre.stats.entries, pre.stats.held_bytes) == (0, 0)
+    assert pre.take(files[1]) is None
+
+
+def test_a_job_given_files_read_ahead_encodes_the_same_bytes(files: list[Path]) -> None:
+    (model,) = ModelRegistry(
+        [REPO / "models" / "cds-ref-ct-bone"], "cpu", DeviceSlots(1, 1), warm=False
+    ).load()
+    runner = ModelRunner(model, DeviceSlots(1, 1))
+    plain = process_series(runner, files, ["SEG", "SR"], "en")
+    pre = PreRead(_read, 2**30)
+    _read_all(pre, files)
+    ahead = process_series(runner, files, ["SEG", "SR"], "en", take=pre.take)
+    assert pre.stats.taken == len(files)
+    assert len(plain.objects) == len(ahead.objects) == 2
+    assert [_timeless(ds) for ds in plain.objects] == [_timeless(ds) for ds in ahead.objects]
+
+
+def _timeless(ds: Dataset) -> bytes:
+    """The object's file, the times it was made at (now) set aside."""
+    for e in ds.iterall():
+        if e.keyword in NOW:
+            e.value = "1"
+    return file_bytes(ds)
+
+
+def test_the_node_reads_a_study_during_its_quiet_time(tmp_path: Path, files: list[Path]) -> None:
+    base = settings_with_routing(tmp_path, ROUTING)
+    settings = base.model_copy(
+        update={"assembly": base.assembly.model_copy(update={"quiet_time_s": 3.0})}
+    )
+    node = Node(settings)
+    node.start()
+    try:
+        pre = node.compute.preread
+        assert pre is not None
+        send_files(node, files)
+        # read before the study is complete: the quiet time is still running
+        _until(lambda: pre.stats.read == len(files), timeout=2.5)
+        assert node.store.list_studies()[0].state is StudyState.RECEIVING
+        _until(lambda: node.store.list_studies()[0].state is StudyState.DONE, timeout=60)
+        assert pre.stats.taken == len(files)  # the job read none of them again
+        assert (pre.stats.entries, pre.stats.held_bytes) == (0, 0)
+    finally:
+        node.stop()

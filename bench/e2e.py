@@ -83,8 +83,14 @@ def ts(value: Any) -> float:
     )
 
 
-def start_node(run: Path, routing: Path, quiet: float, providers: str) -> tuple[int, str, Path]:
+def start_node(
+    run: Path, routing: Path, quiet: float, providers: str, preread_mb: int | None = None
+) -> tuple[int, str, Path]:
+    """The node; ``preread_mb``: ``inference.preread_mb`` (None: the node's default)."""
     port, http = free_port(), free_port()
+    inference: dict[str, Any] = {"model_dirs": [str(run / "models")], "providers": providers}
+    if preread_mb is not None:
+        inference["preread_mb"] = preread_mb
     cfg = run / "cds.yaml"
     cfg.write_text(
         yaml.safe_dump(
@@ -100,7 +106,7 @@ def start_node(run: Path, routing: Path, quiet: float, providers: str) -> tuple[
                 "spool": {"min_free_mb": 100},
                 "assembly": {"quiet_time_s": quiet, "check_interval_s": 0.1},
                 "routing": {"file": str(routing)},
-                "inference": {"model_dirs": [str(run / "models")], "providers": providers},
+                "inference": inference,
                 "delivery": {"poll_interval_s": 0.1},
                 "log": {"format": "json", "level": "info"},
             }
@@ -236,7 +242,7 @@ def prepare() -> Path | None:
     return orthanc_bin
 
 
-def main() -> int:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=MODEL, help="model package folder")
     ap.add_argument("--slices", type=int, default=300)
@@ -245,7 +251,17 @@ def main() -> int:
     ap.add_argument("--providers", default="auto", choices=["auto", "tensorrt", "cuda", "cpu"])
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--raw-rounds", type=int, default=3, help="raw onnxruntime: median of")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--preread-mb",
+        type=int,
+        default=None,
+        help="inference.preread_mb of the node (0: no reading during the quiet time)",
+    )
+    return ap.parse_args()
+
+
+def main() -> int:
+    args = _args()
     if not (args.model / "manifest.yaml").is_file():
         print(f"{args.model}: not a model package (no manifest.yaml)")
         return 2
@@ -263,7 +279,9 @@ def main() -> int:
             f"{time.perf_counter() - t0:.1f} s"
         )
         pacs = start_pacs(orthanc_bin, run, args.model)
-        port, url, log = start_node(run, run / "routing.yaml", args.quiet, args.providers)
+        port, url, log = start_node(
+            run, run / "routing.yaml", args.quiet, args.providers, args.preread_mb
+        )
         send(run / "ct", port)
         detail, rows = wait_done(url, study.study_uid, args.timeout)
         _kill_children()  # the node: the raw run below gets the machine to itself
@@ -308,6 +326,7 @@ def main() -> int:
         f"command: python bench/e2e.py --model {args.model} --slices {args.slices} "
         f"--size {args.size} --quiet {args.quiet} --providers {args.providers} "
         f"--raw-rounds {args.raw_rounds}"
+        + (f" --preread-mb {args.preread_mb}" if args.preread_mb is not None else "")
     )
     return 0
 

@@ -410,8 +410,9 @@ class Compute:
         self._slots = PrioritySlots(self.workers) if kind == "process" else None
 
     def describe(self) -> dict[str, object]:
-        """For ``/health``: the kind, and the worker processes (0 for thread)."""
-        return {"kind": self.kind, "workers": self.workers}
+        """For ``/health``: the kind, the worker processes (0 for thread), the read-ahead."""
+        pre = {"preread": self.preread.describe()} if self.preread is not None else {}
+        return {"kind": self.kind, "workers": self.workers, **pre}
 
     def workers_info(self) -> list[dict[str, object]]:
         """For ``cds workers``: the node's threads, or the process pool, as one worker;

@@ -85,7 +85,12 @@ def test_the_process_kind_makes_the_same_objects_as_the_thread_kind(
     in_workers, health_p = _run_node(tmp_path / "p", ct_series, kind="process", workers=2)
     assert len(in_threads) == 2  # SEG and SR
     assert in_workers == in_threads  # same UIDs (content-derived), same pixels and content
-    assert health_t["executor"] == {"kind": "thread", "workers": 0}
+    assert health_t["executor"]["preread"]["budget_mb"] == 1024  # the thread kind reads ahead
+    assert health_t["executor"] == {
+        "kind": "thread",
+        "workers": 0,
+        "preread": health_t["executor"]["preread"],
+    }
     assert health_p["executor"] == {"kind": "process", "workers": 2}
     for health, name in ((health_t, "node threads"), (health_p, "process pool (2 processes)")):
         (w,) = health["workers"]

@@ -27,6 +27,7 @@ Resize formulas, for an axis of n_in pixels resized to n_out (output -> input):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -118,14 +119,42 @@ def _taps(axis: Axis, n_in: int, n_out: int, method: Interpolation) -> tuple[np.
     return idx, w.astype(np.float32)
 
 
-def _apply(stack: np.ndarray, taps: tuple[np.ndarray, ...], axis: int) -> np.ndarray:
+#: float32 elements of the source resampled at a time (one 512 x 512 image): a chunk's
+#: buffers are made once and stay in the processor's cache, never the size of a series
+_CHUNK = 1 << 18
+#: float32 elements of the one temporary of ``Geometry.mask`` (64 rows of 512): fresh
+#: image-sized temporaries per slice cost more in page faults than their arithmetic
+_BLOCK = 1 << 15
+
+
+def _per_tap(taps: tuple[np.ndarray, ...], axis: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``_taps`` as (indices, weights) of each tap, contiguous, the weights shaped to
+    multiply along ``axis`` of a [N, H, W] stack."""
     idx, w = taps
-    out = np.zeros((*stack.shape[:axis], idx.shape[0], *stack.shape[axis + 1 :]), dtype=np.float32)
-    shape = [1] * stack.ndim
+    shape = [1, 1, 1]
     shape[axis] = idx.shape[0]
-    for t in range(idx.shape[1]):
-        out += np.take(stack, idx[:, t], axis=axis) * w[:, t].reshape(shape)
-    return out
+    return [
+        (np.ascontiguousarray(idx[:, t]), np.ascontiguousarray(w[:, t]).reshape(shape))
+        for t in range(idx.shape[1])
+    ]
+
+
+def _apply(
+    stack: np.ndarray,
+    taps: list[tuple[np.ndarray, np.ndarray]],
+    axis: int,
+    out: np.ndarray,
+    part: np.ndarray,
+) -> None:
+    """``out`` = ``stack`` resampled along ``axis``: per output pixel 0, plus each tap's
+    product in turn, in float32; ``part``: a temporary of ``out``'s shape."""
+    (index, weight), *rest = taps
+    np.take(stack, index, axis=axis, out=out, mode="clip")  # indices are in range
+    out *= weight
+    out += np.float32(0.0)  # 0 + the first product, -0 included
+    for index, weight in rest:
+        np.take(stack, index, axis=axis, out=part, mode="clip")
+        out += np.multiply(part, weight, out=part)
 
 
 def resample(
@@ -142,8 +171,23 @@ def resample(
         return stack.astype(np.float32, copy=False)
     corners = align_corners and method != "area"
     ay, ax = resize_axis(h, rows, corners), resize_axis(w, columns, corners)
-    out = _apply(stack.astype(np.float32, copy=False), _taps(ay, h, rows, method), stack.ndim - 2)
-    return _apply(out, _taps(ax, w, columns, method), stack.ndim - 1)
+    ty, tx = _per_tap(_taps(ay, h, rows, method), 1), _per_tap(_taps(ax, w, columns, method), 2)
+    images = stack.reshape(-1, h, w)  # a view of a contiguous stack
+    out = np.empty((images.shape[0], rows, columns), dtype=np.float32)
+    step = max(1, min(_CHUNK // max(1, h * w), images.shape[0]))
+    # a chunk's buffers, made once: resized along the rows, temporaries, in float32
+    mid = np.empty((step, rows, w), dtype=np.float32)
+    part_mid, part_out = np.empty_like(mid), np.empty((step, rows, columns), dtype=np.float32)
+    src = images if images.dtype == np.float32 else np.empty((step, h, w), dtype=np.float32)
+    for i in range(0, images.shape[0], step):
+        n = min(step, images.shape[0] - i)
+        chunk = images[i : i + n]
+        if src is not images:
+            np.copyto(src[:n], chunk, casting="unsafe")  # astype's conversion
+            chunk = src[:n]
+        _apply(chunk, ty, 1, mid[:n], part_mid[:n])  # along the rows, then the columns
+        _apply(mid[:n], tx, 2, out[i : i + n], part_out[:n])
+    return out.reshape(*stack.shape[:-2], rows, columns)
 
 
 def place(
@@ -203,18 +247,7 @@ class Geometry:
         self, axis: Axis, n_src: int, n_map: int, n_model: int, method: str
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per source pixel on one axis: the map pixels to sample and their weights."""
-        centre = np.arange(n_src, dtype=np.float64) + 0.5
-        p = np.asarray(axis.inverse(centre)) * (n_map / n_model)  # in map pixel coordinates
-        inside = (p >= 0) & (p < n_map)
-        if method == "nearest":
-            idx = np.clip(np.floor(p), 0, n_map - 1).astype(np.intp)[:, None]
-            return idx, inside.astype(np.float32)[:, None]
-        u = np.clip(p - 0.5, 0.0, n_map - 1.0)
-        lo = np.floor(u).astype(np.intp)
-        hi = np.minimum(lo + 1, n_map - 1)
-        w = (u - lo)[:, None]
-        weights = np.concatenate([1 - w, w], axis=1) * inside[:, None]
-        return np.stack([lo, hi], axis=1), weights.astype(np.float32)
+        return _back_taps(axis, n_src, n_map, n_model, method)
 
     def mask(self, values: np.ndarray, method: Literal["nearest", "bilinear"]) -> np.ndarray:
         """A map over the model input ([h, w], any resolution covering it) sampled at every
@@ -222,13 +255,94 @@ class Geometry:
         ``bilinear`` interpolates (probabilities). Source pixels the model never saw
         (cropped away) get 0."""
         h, w = values.shape
-        ry, wy = self._back_taps(self.y, self.rows, h, self.model_rows, method)
-        rx, wx = self._back_taps(self.x, self.columns, w, self.model_columns, method)
         if method == "nearest":
-            out = values[ry[:, 0][:, None], rx[:, 0][None, :]]
-            keep = (wy[:, 0][:, None] * wx[:, 0][None, :]) > 0
-            return np.where(keep, out, np.zeros((), dtype=values.dtype))
+            ry, outside_y = _nearest_taps(self.y, self.rows, h, self.model_rows)
+            rx, outside_x = _nearest_taps(self.x, self.columns, w, self.model_columns)
+            out = values.take(rx, axis=1).take(ry, axis=0)
+            for run in outside_y:  # the source rows, then columns, the model never saw
+                out[run] = 0
+            for run in outside_x:
+                out[:, run] = 0
+            return out
+        ty = _bilinear_taps(self.y, self.rows, h, self.model_rows)
+        tx = _bilinear_taps(self.x, self.columns, w, self.model_columns)
         v = values.astype(np.float32, copy=False)
-        cols = (v[:, rx] * wx[None, :, :]).sum(axis=2)  # [h, columns]
-        out = (cols[ry] * wy[:, :, None]).sum(axis=1)  # [rows, columns]
-        return np.ascontiguousarray(out, dtype=np.float32)
+        cols = np.empty((h, self.columns), dtype=np.float32)
+        out = np.empty((self.rows, self.columns), dtype=np.float32)
+        step = max(1, _BLOCK // max(1, self.columns))
+        part = np.empty((step, self.columns), dtype=np.float32)
+        for r in range(0, h, step):  # along each row of the map, then down each column
+            _lerp(v[r : r + step], tx, slice(None), axis=1, out=cols[r : r + step], part=part)
+        for r in range(0, self.rows, step):
+            _lerp(cols, ty, slice(r, r + step), axis=0, out=out[r : r + step], part=part)
+        return out
+
+
+def _lerp(
+    v: np.ndarray,
+    taps: tuple[np.ndarray, ...],
+    at: slice,
+    *,
+    axis: int,
+    out: np.ndarray,
+    part: np.ndarray,
+) -> None:
+    """out = (0 + v[lo] * w_lo) + v[hi] * w_hi along ``axis`` for the source pixels ``at``
+    (float32, in that order: what ``.sum`` of the two products makes, -0 + -0 included),
+    with ``part`` as the temporary."""
+    lo, hi, w_lo, w_hi = (a[at] for a in taps)
+    if axis == 0:
+        w_lo, w_hi = w_lo[:, None], w_hi[:, None]
+    p = part[: out.shape[0]]
+    np.take(v, lo, axis=axis, out=out, mode="clip")  # indices are in range
+    out *= w_lo
+    out += np.float32(0.0)
+    np.take(v, hi, axis=axis, out=p, mode="clip")
+    out += np.multiply(p, w_hi, out=p)
+
+
+def _back_taps(
+    axis: Axis, n_src: int, n_map: int, n_model: int, method: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per source pixel on one axis: the map pixels to sample and their weights."""
+    centre = np.arange(n_src, dtype=np.float64) + 0.5
+    p = np.asarray(axis.inverse(centre)) * (n_map / n_model)  # in map pixel coordinates
+    inside = (p >= 0) & (p < n_map)
+    if method == "nearest":
+        idx = np.clip(np.floor(p), 0, n_map - 1).astype(np.intp)[:, None]
+        return idx, inside.astype(np.float32)[:, None]
+    u = np.clip(p - 0.5, 0.0, n_map - 1.0)
+    lo = np.floor(u).astype(np.intp)
+    hi = np.minimum(lo + 1, n_map - 1)
+    w = (u - lo)[:, None]
+    weights = np.concatenate([1 - w, w], axis=1) * inside[:, None]
+    return np.stack([lo, hi], axis=1), weights.astype(np.float32)
+
+
+@lru_cache(maxsize=64)
+def _nearest_taps(
+    axis: Axis, n_src: int, n_map: int, n_model: int
+) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """``_back_taps`` of nearest, made once per axis map and map size (every image of a
+    series shares them): the map pixel of each source pixel (read-only), and the runs of
+    source pixels outside the model input."""
+    idx, w = _back_taps(axis, n_src, n_map, n_model, "nearest")
+    index = np.ascontiguousarray(idx[:, 0])
+    index.flags.writeable = False
+    outside = np.concatenate([[False], w[:, 0] == 0, [False]])
+    edges = np.flatnonzero(outside[1:] != outside[:-1])  # where each run starts, then stops
+    runs = zip(edges[::2], edges[1::2], strict=True)
+    return index, tuple(slice(int(start), int(stop)) for start, stop in runs)
+
+
+@lru_cache(maxsize=64)
+def _bilinear_taps(
+    axis: Axis, n_src: int, n_map: int, n_model: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``_back_taps`` of bilinear per tap, made once per axis map and map size, read-only:
+    the low and high map pixels of each source pixel, their weights."""
+    idx, w = _back_taps(axis, n_src, n_map, n_model, "bilinear")
+    lo, hi, w_lo, w_hi = (np.ascontiguousarray(a) for a in (idx[:, 0], idx[:, 1], w[:, 0], w[:, 1]))
+    for a in (lo, hi, w_lo, w_hi):
+        a.flags.writeable = False
+    return lo, hi, w_lo, w_hi

@@ -319,7 +319,8 @@ class _Refused(Exception):
 
 
 async def _form(request: Request, lang: Lang) -> dict[str, str]:
-    """The posted HTML form's fields (first value of each)."""
+    """The posted HTML form's fields (first value of each), once its CSRF token is found
+    good: before anything else of it is looked at."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != _FORM:
         raise _Refused(415, f"content type must be {_FORM} (an HTML form)")
     body = await request.body()  # bounded by http.max_form_bytes (cds.api.hardening)
@@ -329,7 +330,10 @@ async def _form(request: Request, lang: Lang) -> dict[str, str]:
         form = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
     except (UnicodeDecodeError, ValueError):
         raise _Refused(422, t(lang, "bad_action")) from None
-    return {name: values[0] for name, values in form.items()}
+    fields = {name: values[0] for name, values in form.items()}
+    if not csrf_ok(request, fields.get("csrf")):
+        raise _Refused(403, t(lang, "csrf_refused"))
+    return fields
 
 
 def _record(
@@ -382,9 +386,7 @@ async def post_review(
     page_lang = _lang(request, node, lang)
     back = _study_url(study_key, page_lang)
     try:
-        form = await _form(request, page_lang)
-        if not csrf_ok(request, form.get("csrf")):  # before anything else is looked at
-            raise _Refused(403, t(page_lang, "csrf_refused"))
+        form = await _form(request, page_lang)  # its CSRF token checked
     except _Refused as exc:
         return _message(page_lang, exc.status, "refused", str(exc), back)
     f = await run_in_threadpool(_finding_in, node, study_key, tracking_uid)
@@ -438,9 +440,7 @@ async def post_retract(
     page_lang = _lang(request, node, lang)
     back = _study_url(study_key, page_lang)
     try:
-        form = await _form(request, page_lang)
-        if not csrf_ok(request, form.get("csrf")):  # before anything else is looked at
-            raise _Refused(403, t(page_lang, "csrf_refused"))
+        form = await _form(request, page_lang)  # its CSRF token checked
         who = user.who if user.via != "none" else form.get("who", "").strip()
         if not who:
             raise _Refused(422, t(page_lang, "who_missing"))

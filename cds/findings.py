@@ -8,6 +8,7 @@ label's coded concept (``Code``) and its texts (``Text``) are the manifest's
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,109 @@ class ImageRef:
     frame: int
 
 
+@dataclass(frozen=True, slots=True)
+class PackedMask:
+    """A boolean mask of ``shape`` as its bits: the C-order pixels packed eight to a byte,
+    first pixel in the lowest bit (``np.packbits(..., bitorder="little")``: the bit order
+    of a SEG's Pixel Data, PS3.5 8.1.1, so that a frame of whole bytes is these bytes),
+    the last byte's unused bits zero; ``count``: how many pixels are set."""
+
+    bits: bytes
+    shape: tuple[int, ...]
+    count: int
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> PackedMask:
+        """``mask`` packed; a non-boolean one is true where it is not zero."""
+        binary = np.asarray(mask).astype(bool, copy=False)
+        bits = np.packbits(binary, axis=None, bitorder="little").tobytes()
+        return cls(bits, binary.shape, int(np.count_nonzero(binary)))
+
+    def unpack(self) -> np.ndarray:
+        """The mask, a new boolean array of ``shape``."""
+        size = int(np.prod(self.shape, dtype=np.int64))
+        flat = np.unpackbits(
+            np.frombuffer(self.bits, dtype=np.uint8), count=size, bitorder="little"
+        )
+        return flat.view(bool).reshape(self.shape)
+
+    def overlaps(self, other: PackedMask) -> bool:
+        """Whether a pixel is set in both (masks of one shape)."""
+        a = np.frombuffer(self.bits, dtype=np.uint8)
+        return bool(np.bitwise_and(a, np.frombuffer(other.bits, dtype=np.uint8)).any())
+
+
+class Masks(MutableMapping[ImageRef, np.ndarray]):
+    """A segmentation finding's masks per image, held bit-packed (``PackedMask``: an
+    eighth of a boolean array, issue 19): each read gives a new boolean array, so that
+    only the masks in use are ever whole. ``packed`` and ``counts`` read them without
+    unpacking them. Images keep the order in which they were set."""
+
+    __slots__ = ("_packed",)
+
+    def __init__(self, masks: Mapping[ImageRef, np.ndarray] | None = None) -> None:
+        self._packed: dict[ImageRef, PackedMask] = {}
+        if masks is not None:
+            self.join(masks)
+
+    def __getitem__(self, ref: ImageRef) -> np.ndarray:
+        return self._packed[ref].unpack()
+
+    def __setitem__(self, ref: ImageRef, mask: np.ndarray) -> None:
+        self._packed[ref] = PackedMask.of(mask)
+
+    def __delitem__(self, ref: ImageRef) -> None:
+        del self._packed[ref]
+
+    def __contains__(self, ref: object) -> bool:
+        return ref in self._packed  # Mapping's would unpack the mask
+
+    def __iter__(self) -> Iterator[ImageRef]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Masks):
+            return self._packed == other._packed
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dict
+
+    def __repr__(self) -> str:
+        return f"Masks({len(self)} images)"
+
+    def packed(self, ref: ImageRef) -> PackedMask:
+        return self._packed[ref]
+
+    def packed_items(self) -> Iterator[tuple[ImageRef, PackedMask]]:
+        return iter(self._packed.items())
+
+    def join(self, masks: Mapping[ImageRef, np.ndarray]) -> None:
+        """Set the masks of ``masks`` (another ``Masks``' without unpacking them)."""
+        if isinstance(masks, Masks):
+            self._packed.update(masks._packed)
+        else:
+            for ref, mask in masks.items():
+                self[ref] = mask
+
+
+def mask_counts(per_image: Mapping[ImageRef, Any]) -> dict[ImageRef, int]:
+    """Per image that holds a mask, how many of its pixels are set (in image order);
+    a ``Masks``' without unpacking them."""
+    if isinstance(per_image, Masks):
+        return {ref: p.count for ref, p in per_image.packed_items()}
+    return {
+        ref: int(np.count_nonzero(m)) for ref, m in per_image.items() if isinstance(m, np.ndarray)
+    }
+
+
+def has_positive_mask(per_image: Mapping[ImageRef, Any]) -> bool:
+    """Whether a mask of ``per_image`` has a pixel set."""
+    return any(n > 0 for n in mask_counts(per_image).values())
+
+
 @dataclass
 class Finding:
     """One label's result on a series: score, presence, and where (per image)."""
@@ -77,10 +181,11 @@ class Finding:
     label: Label
     score: float  # highest score over the series
     present: bool
-    #: per image: score (classification), boolean mask on the source grid (segmentation),
-    #: [((row0, col0, row1, col1), score), ...] in source pixels (detection; row1 and col1
-    #: are the bottom and right edges - 1: see ``cds.inference.boxes``), value (measurement)
-    per_image: dict[ImageRef, Any] = field(default_factory=dict)
+    #: per image: score (classification), boolean mask on the source grid (segmentation:
+    #: ``Masks``, held bit-packed, each read a new array), [((row0, col0, row1, col1),
+    #: score), ...] in source pixels (detection; row1 and col1 are the bottom and right
+    #: edges - 1: see ``cds.inference.boxes``), value (measurement)
+    per_image: MutableMapping[ImageRef, Any] = field(default_factory=dict)
     measurement: float | None = None  # segmentation: area in mm2 summed over images
     volume_mm3: float | None = None  # segmentation of a volume: area x slice spacing
 

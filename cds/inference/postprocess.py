@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cds.findings import Finding, ImageRef, Label
+from cds.findings import Finding, ImageRef, Label, Masks
 from cds.inference import manifest as mf
 from cds.inference.boxes import finding_box, nms, to_edges
 from cds.inference.geometry import Geometry
@@ -82,12 +82,13 @@ def _classification(ctx: Ctx) -> list[Finding]:
     return findings
 
 
-def _areas(ctx: Ctx, per: dict[ImageRef, Any], index: dict[ImageRef, int]) -> float | None:
+def _areas(ctx: Ctx, per: Masks, index: dict[ImageRef, int]) -> float | None:
+    """The masks' area in mm2, summed in image order (from their counts: none unpacked)."""
     total, known = 0.0, False
-    for ref, binary in per.items():
+    for ref, packed in per.packed_items():
         sp = ctx.stack.meta[index[ref]].pixel_spacing
         if sp is not None:
-            total += float(binary.sum()) * sp[0] * sp[1]
+            total += float(packed.count) * sp[0] * sp[1]
             known = True
     return total if known else None
 
@@ -100,7 +101,7 @@ def _segmentation(ctx: Ctx) -> list[Finding]:
     samplers: dict[tuple[Geometry, int, int], _Bilinear] = {}
     findings = []
     for lb in ctx.out.labels:
-        per: dict[ImageRef, Any] = {}
+        per = Masks()  # bit-packed as each is made: the series' masks stay an eighth
         best = 0.0
         for i, ref in enumerate(ctx.images):
             if labelmap:

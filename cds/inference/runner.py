@@ -31,7 +31,7 @@ from pydicom.dataset import Dataset
 
 from cds import __version__
 from cds.errors import ModelError
-from cds.findings import Finding, ImageRef, InferenceRecord, InferenceResult
+from cds.findings import Finding, ImageRef, InferenceRecord, InferenceResult, Masks
 from cds.inference import layouts
 from cds.inference import manifest as mf
 from cds.inference.constraints import OutsideDeclaredUse, stack_violations
@@ -83,14 +83,14 @@ def _join_segmentation(parts: list[list[Finding]], stack: ImageStack) -> list[Fi
     where = {ImageRef(mt.sop_uid, mt.frame): mt.pixel_spacing for mt in stack.meta}
     joined = []
     for same in zip(*parts, strict=True):
-        per: dict[ImageRef, Any] = {}
+        per = Masks()
         for f in same:
-            per.update(f.per_image)
+            per.join(f.per_image)  # still packed
         total, known = 0.0, False
-        for ref, binary in per.items():
+        for ref, packed in per.packed_items():
             sp = where[ref]
             if sp is not None:
-                total += float(binary.sum()) * sp[0] * sp[1]
+                total += float(packed.count) * sp[0] * sp[1]
                 known = True
         area = total if per and known else None
         score = max(f.score for f in same)
@@ -101,10 +101,12 @@ def _join_segmentation(parts: list[list[Finding]], stack: ImageStack) -> list[Fi
 
 class _Background:
     """Calls made one after another on a worker thread; ``results`` waits for them all
-    and raises the first exception any raised."""
+    and raises the first exception any raised. At most ``pending`` calls wait: ``submit``
+    waits for room, so that what they hold (a batch's float outputs) never piles up
+    when the calls are slower than whoever submits them (a fast device, a slow CPU)."""
 
-    def __init__(self, name: str) -> None:
-        self._q: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+    def __init__(self, name: str, pending: int = 2) -> None:
+        self._q: queue.Queue[Callable[[], Any] | None] = queue.Queue(maxsize=pending)
         self._out: list[Any] = []
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
@@ -117,6 +119,7 @@ class _Background:
                     self._out.append(call())
                 except BaseException as exc:  # handed to results()
                     self._error = exc
+            del call  # its outputs go now, not when the next call comes
 
     def submit(self, call: Callable[[], Any]) -> None:
         self._q.put(call)

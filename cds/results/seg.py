@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -57,7 +57,15 @@ from pydicom.sr.codedict import codes
 from pydicom.valuerep import format_number_as_ds
 
 from cds.errors import EncodingError
-from cds.findings import Code, Finding, ImageRef, InferenceResult
+from cds.findings import (
+    Code,
+    Finding,
+    ImageRef,
+    InferenceResult,
+    Masks,
+    PackedMask,
+    has_positive_mask,
+)
 from cds.i18n import advisory
 from cds.inference import manifest as mf
 from cds.results import common
@@ -70,7 +78,14 @@ from cds.results.common import (
     tolerant,
 )
 from cds.results.inherited import ORIENTATION_UNKNOWN, patient_orientation, set_lossy_compression
-from cds.results.seg_frames import frames, in_one_pass, in_patient_space, new_item, pixel_array
+from cds.results.seg_frames import (
+    Planes,
+    frames,
+    in_one_pass,
+    in_patient_space,
+    new_item,
+    pixel_array,
+)
 
 RESULT_KIND = "SEG"
 #: the shared UID derivation, with this builder's kind by default
@@ -123,7 +138,17 @@ def segment_category(code: Code) -> hd.sr.CodedConcept:
 
 
 def _has_mask(finding: Finding) -> bool:
-    return any(isinstance(m, np.ndarray) and m.any() for m in finding.per_image.values())
+    return has_positive_mask(finding.per_image)
+
+
+def _packed_masks(finding: Finding) -> Iterator[tuple[ImageRef, PackedMask]]:
+    """The finding's masks, bit-packed: a ``Masks``' as they are, others packed here."""
+    per = finding.per_image
+    if isinstance(per, Masks):
+        yield from per.packed_items()
+    else:
+        for ref, mask in per.items():
+            yield ref, PackedMask.of(np.asarray(mask))
 
 
 def _frame_index(sources: Sequence[Dataset]) -> dict[ImageRef, int]:
@@ -141,7 +166,7 @@ def _frame_index(sources: Sequence[Dataset]) -> dict[ImageRef, int]:
 
 def _planes(
     sources: Sequence[Dataset], findings: Sequence[Finding]
-) -> tuple[list[Dataset], list[list[np.ndarray | None]]]:
+) -> tuple[list[Dataset], Planes]:
     """The source images to reference and, per image (or frame), the mask of each
     segment on it (None where the finding has none there).
 
@@ -152,15 +177,15 @@ def _planes(
     index = _frame_index(sources)
     multiframe = len(sources) == 1 and len(index) > 1
     rows, columns = int(sources[0].Rows), int(sources[0].Columns)
-    masks: dict[int, list[np.ndarray | None]] = {}
+    masks: dict[int, list[PackedMask | None]] = {}
     for s, f in enumerate(findings):
-        for ref, mask in f.per_image.items():
+        for ref, mask in _packed_masks(f):
             if ref not in index:
                 raise EncodingError(
                     f"SEG: the mask of {f.label.code.meaning!r} is on image "
                     f"{ref.sop_uid} frame {ref.frame}, which is not among the source images"
                 )
-            if not (multiframe or mask.any()):
+            if not (multiframe or mask.count):
                 continue
             if mask.shape != (rows, columns):
                 raise EncodingError(

@@ -2,7 +2,8 @@
 one-pass build of the SEG of single-frame images in a patient Frame of Reference (a CT
 or MR series), made as highdicom makes it (tests/results/test_encode_speed_shape.py
 compares the two element by element) without its look-ups in the standard's tables per
-image nor an array of every frame.
+image nor an array of every frame. The masks come bit-packed (``PackedMask``): a frame
+of whole bytes is its mask's bits as they are, none is unpacked for it.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.valuerep import format_number_as_ds
 
+from cds.findings import PackedMask
 
-def pixel_array(
-    planes: Sequence[Sequence[np.ndarray | None]], shape: tuple[int, int]
-) -> np.ndarray:
+#: per referenced image (or frame), the mask of each segment on it (None: none there)
+Planes = Sequence[Sequence[PackedMask | None]]
+
+
+def pixel_array(planes: Planes, shape: tuple[int, int]) -> np.ndarray:
     """The [frames, rows, columns, segments] mask array highdicom takes."""
     array = np.zeros((len(planes), *shape, len(planes[0]) if planes else 0), dtype=bool)
     for row, masks in enumerate(planes):
         for s, mask in enumerate(masks):
             if mask is not None:
-                array[row, :, :, s] = mask
+                array[row, :, :, s] = mask.unpack()
     return array
 
 
@@ -68,9 +72,7 @@ def _one_series(sources: Sequence[Dataset]) -> None:
 
 
 def in_one_pass(
-    make: Callable[..., hd.seg.Segmentation],
-    referenced: Sequence[Dataset],
-    planes: Sequence[Sequence[np.ndarray | None]],
+    make: Callable[..., hd.seg.Segmentation], referenced: Sequence[Dataset], planes: Planes
 ) -> hd.seg.Segmentation:
     """The SEG of single-frame images in a patient Frame of Reference, built as
     highdicom builds it (tests/results/test_encode_speed_shape.py compares the two),
@@ -139,7 +141,7 @@ def _place_planes(
 def _add_frames(
     seg: Dataset,
     referenced: Sequence[Dataset],
-    planes: Sequence[Sequence[np.ndarray | None]],
+    planes: Planes,
     positions: Sequence[hd.PlanePositionSequence],
     order: np.ndarray,
 ) -> None:
@@ -167,7 +169,7 @@ def _add_frames(
     if several:  # highdicom's first plane alone said it
         seg.SegmentsOverlap = "YES" if any(_overlap(masks) for masks in planes) else "NO"
     frames: list[Dataset] = []
-    pixels: list[np.ndarray] = []
+    pixels: list[PackedMask] = []
     for s in range(len(planes[0])):
         for place, plane in enumerate(order, start=1):
             mask = planes[plane][s]
@@ -189,18 +191,23 @@ def _add_frames(
     seg.PixelData = packed + b"\x00" * (len(packed) % 2)
 
 
-def _overlap(masks: Sequence[np.ndarray | None]) -> bool:
+def _overlap(masks: Sequence[PackedMask | None]) -> bool:
     """Whether a pixel of one plane lies in two segments."""
     present = [m for m in masks if m is not None]
-    return len(present) > 1 and bool((np.sum(present, axis=0) > 1).any())
+    return any(a.overlaps(b) for i, a in enumerate(present) for b in present[i + 1 :])
 
 
-def _packed(masks: Sequence[np.ndarray]) -> bytes:
-    """The frames' bits, one after the other with no gap (PS3.5 8.1.1), in one pass:
-    frame by frame when each fills whole bytes, else all at once."""
-    if masks[0].size % 8 == 0:
-        return b"".join(np.packbits(m, axis=None, bitorder="little").tobytes() for m in masks)
-    return np.packbits(np.stack(masks), axis=None, bitorder="little").tobytes()
+def _packed(masks: Sequence[PackedMask]) -> bytes:
+    """The frames' bits, one after the other with no gap (PS3.5 8.1.1): when each frame
+    fills whole bytes, its mask's bits as they are; else the frames unpacked into one
+    run of pixels, packed at once."""
+    pixels = int(np.prod(masks[0].shape, dtype=np.int64))
+    if pixels % 8 == 0:
+        return b"".join(m.bits for m in masks)
+    run = np.empty(pixels * len(masks), dtype=bool)
+    for i, m in enumerate(masks):
+        run[i * pixels : (i + 1) * pixels] = m.unpack().reshape(-1)
+    return np.packbits(run, bitorder="little").tobytes()
 
 
 def _element_item(*elements: tuple[int, str, object]) -> Dataset:

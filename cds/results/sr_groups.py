@@ -80,7 +80,15 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from cds.errors import EncodingError
-from cds.findings import Code, Finding, ImageRef, InferenceResult, Label
+from cds.findings import (
+    Code,
+    Finding,
+    ImageRef,
+    InferenceResult,
+    Label,
+    Masks,
+    mask_counts,
+)
 from cds.i18n import AdvisoryTexts
 from cds.inference import manifest as mf
 from cds.results.common import rectangle, result_uids
@@ -119,14 +127,24 @@ def _on(value: object) -> bool:
     return value is not None
 
 
+def _on_images(finding: Finding) -> list[ImageRef]:
+    """The images where a per-image value shows the finding (``_on``); a ``Masks``'
+    from their counts, none unpacked."""
+    per = finding.per_image
+    if isinstance(per, Masks):
+        return [ref for ref, n in mask_counts(per).items() if n]
+    return [ref for ref, v in per.items() if _on(v)]
+
+
 def _images(finding: Finding, result: InferenceResult) -> list[ImageRef]:
     """The images the finding is on; every analysed image when it is on none."""
-    on = [ref for ref, v in finding.per_image.items() if _on(v)]
-    return on or list(result.images)
+    return _on_images(finding) or list(result.images)
 
 
 def _boxes(finding: Finding) -> list[tuple[ImageRef, Box, float]]:
     """A detection finding's boxes: (image, (row0, col0, row1, col1), score), image order."""
+    if isinstance(finding.per_image, Masks):  # a segmentation's: none (its masks stay packed)
+        return []
     return [
         (ref, (float(b[0]), float(b[1]), float(b[2]), float(b[3])), float(score))
         for ref, where in finding.per_image.items()
@@ -138,13 +156,11 @@ def _boxes(finding: Finding) -> list[tuple[ImageRef, Box, float]]:
 def _largest_mask(finding: Finding) -> tuple[ImageRef, Box] | None:
     """The image where the finding's mask has the most pixels (the first of equals), and
     the mask's bounding box on it; None when the finding has no positive mask."""
-    masks = [
-        (ref, m) for ref, m in finding.per_image.items() if isinstance(m, np.ndarray) and m.any()
-    ]
-    if not masks:
+    counts = [(ref, n) for ref, n in mask_counts(finding.per_image).items() if n]
+    if not counts:
         return None
-    ref, mask = max(masks, key=lambda item: int(np.count_nonzero(item[1])))
-    rows, cols = np.nonzero(mask)
+    ref, _ = max(counts, key=lambda item: item[1])  # only that mask is unpacked
+    rows, cols = np.nonzero(finding.per_image[ref])
     return ref, (float(rows.min()), float(cols.min()), float(rows.max()), float(cols.max()))
 
 
@@ -215,7 +231,7 @@ def segment_numbers(findings: Sequence[Finding], seg: Dataset | None) -> dict[in
         return {}
     numbers: dict[int, int] = {}
     segments = list(seg.get("SegmentSequence", []))
-    with_mask = [i for i, f in enumerate(findings) if any(_on(m) for m in f.per_image.values())]
+    with_mask = [i for i, f in enumerate(findings) if _on_images(f)]
     if len(with_mask) != len(segments):
         raise EncodingError(
             f"SR: the SEG has {len(segments)} segments, the result {len(with_mask)} "

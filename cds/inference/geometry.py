@@ -243,12 +243,6 @@ class Geometry:
         ys = sorted((min(max(b, 0.0), self.rows), min(max(d, 0.0), self.rows)))
         return xs[0], ys[0], xs[1], ys[1]
 
-    def _back_taps(
-        self, axis: Axis, n_src: int, n_map: int, n_model: int, method: str
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per source pixel on one axis: the map pixels to sample and their weights."""
-        return _back_taps(axis, n_src, n_map, n_model, method)
-
     def mask(self, values: np.ndarray, method: Literal["nearest", "bilinear"]) -> np.ndarray:
         """A map over the model input ([h, w], any resolution covering it) sampled at every
         source pixel centre: [rows, columns]. ``nearest`` keeps values (label maps);

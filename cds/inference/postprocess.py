@@ -98,7 +98,6 @@ def _segmentation(ctx: Ctx) -> list[Finding]:
     mask = ctx.outputs.by_role["mask"]  # [S, C, h, w]
     labelmap = t.encoding == "labelmap"
     index = {ref: i for i, ref in enumerate(ctx.images)}
-    samplers: dict[tuple[Geometry, int, int], _Bilinear] = {}
     findings = []
     for lb in ctx.out.labels:
         per = Masks()  # bit-packed as each is made: the series' masks stay an eighth
@@ -111,7 +110,7 @@ def _segmentation(ctx: Ctx) -> list[Finding]:
             else:
                 prob = _probabilities(mask, i, lb.index, t.activation)
                 best = max(best, float(prob.max()))
-                binary = _above(prob, ctx.geometry[i], _threshold(lb), samplers)
+                binary = _above(prob, ctx.geometry[i], _threshold(lb))
             if binary is not None and binary.any():
                 per[ref] = binary
         area = _areas(ctx, per, index) if per else None
@@ -132,42 +131,14 @@ def _probabilities(mask: np.ndarray, i: int, label: int, activation: str) -> np.
     return np.asarray(activate(mask[i, channel], activation, 0), dtype=np.float32)
 
 
-class _Bilinear:
-    """``Geometry.mask(values, "bilinear")`` for every image of one geometry and map size:
-    the taps made once, each axis as two products and a sum (the same float32 operations
-    in the same order, so the same values), without its [h, columns, 2] temporaries."""
-
-    def __init__(self, g: Geometry, h: int, w: int) -> None:
-        # the taps of Geometry.mask itself: one definition of where a source pixel samples
-        ry, wy = g._back_taps(g.y, g.rows, h, g.model_rows, "bilinear")
-        rx, wx = g._back_taps(g.x, g.columns, w, g.model_columns, "bilinear")
-        self.y = (ry[:, 0], ry[:, 1], wy[:, 0:1], wy[:, 1:2])
-        self.x = (rx[:, 0], rx[:, 1], wx[:, 0], wx[:, 1])
-
-    def __call__(self, values: np.ndarray) -> np.ndarray:
-        v = values.astype(np.float32, copy=False)
-        lo, hi, w0, w1 = self.x
-        cols = v[:, lo] * w0
-        cols += v[:, hi] * w1  # [h, columns]
-        lo, hi, w0, w1 = self.y
-        out: np.ndarray = cols[lo] * w0
-        out += cols[hi] * w1  # [rows, columns]
-        return out
-
-
-def _above(prob: np.ndarray, g: Geometry, threshold: float,
-           samplers: dict[tuple[Geometry, int, int], _Bilinear]) -> np.ndarray | None:  # fmt: skip
+def _above(prob: np.ndarray, g: Geometry, threshold: float) -> np.ndarray | None:
     """The source pixels where the probability map, sampled bilinearly at their centres, is
     at least ``threshold``; None when none can be: a bilinear sample (weights >= 0, at most
     1 in all) never exceeds the map's highest value, so a map clearly below a positive
     threshold is not sampled at all."""
     if threshold > 0 and float(prob.max()) < threshold * (1 - 1e-5):
         return None
-    key = (g, *prob.shape)
-    sampler = samplers.get(key)
-    if sampler is None:
-        sampler = samplers[key] = _Bilinear(g, *prob.shape)
-    return sampler(prob) >= threshold
+    return g.mask(prob, "bilinear") >= threshold  # its taps are made once per geometry
 
 
 def _detection(ctx: Ctx) -> list[Finding]:

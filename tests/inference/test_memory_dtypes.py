@@ -209,11 +209,10 @@ def test_masks_mapped_back_are_geometry_masks_exactly(geometry: Geometry) -> Non
     for shape in [(geometry.model_rows, geometry.model_columns), (32, 48)]:
         prob = rng.random(shape, dtype=np.float32)
         prob[:4] = 0.5  # exactly the threshold
-        samplers: dict = {}
         for t in (0.5, 0.9, 0.0):
-            got = _above(prob, geometry, t, samplers)
+            got = _above(prob, geometry, t)
             assert got is not None
             np.testing.assert_array_equal(got, geometry.mask(prob, "bilinear") >= t)
         low = prob * np.float32(0.4)
-        assert _above(low, geometry, 0.5, samplers) is None
+        assert _above(low, geometry, 0.5) is None
         assert not (geometry.mask(low, "bilinear") >= 0.5).any()

@@ -35,7 +35,7 @@ import itertools
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -44,13 +44,13 @@ from typing import Any, Literal, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cds.domain import ObjectOutcome, ResultRef
-from cds.errors import CdsError, ModelError
+from cds.errors import CdsError
 from cds.faults import failpoint
 from cds.findings import InferenceResult
 from cds.inference.images import Decoded, decode
+from cds.inference.images import read_source as _read
 from cds.inference.preread import PreRead
 from cds.inference.registry import LoadedModel, ModelRegistry
 from cds.inference.runner import ModelRunner
@@ -227,13 +227,24 @@ def process_series(
     the only difference between them is where the files come from and where the
     objects go.
     """
-    # each file is read once: decoded for the model, then encoded from; a file read
-    # ahead during the study's quiet time (``take``, cds.inference.preread) is not read
-    ahead = [take(f) if take is not None else None for f in files]
-    items = [a if a is not None else _read(f) for a, f in zip(ahead, files, strict=True)]
-    sources = [a.ds if isinstance(a, Decoded) else a for a in items]
-    result = runner.run(decode(items, transient=True))  # its pixels go once used
-    del ahead, items
+    # each file is read once, as decode comes to it: decoded for the model, then encoded
+    # from; one read during the study's quiet time (``take``, cds.inference.preread) is
+    # not read again. Only the Secondary Capture reads the sources' Pixel Data: without
+    # it each is let go once in the stack, and a file read ahead (frames only) is enough
+    pixels = "SC" in kinds or any(instead == "SC" for _, instead in fallback)
+    sources: list[Dataset] = []
+
+    def each() -> Iterator[Dataset | Decoded]:
+        for f in files:
+            ahead = take(f) if take is not None else None
+            item = ahead if ahead is not None else _read(f)
+            ds = item.ds if isinstance(item, Decoded) else item
+            sources.append(_read(f) if pixels and "PixelData" not in ds else ds)
+            yield item
+
+    stack = decode(each(), count=len(files), transient=True, drop_pixel_data=not pixels)
+    result = runner.run(stack)  # its pixels go once used
+    del stack
     if not kinds:
         return SeriesOutcome(result, [], [])
     base = seed_of(str(ds.SOPInstanceUID) for ds in sources) if seed is None else seed
@@ -263,26 +274,6 @@ def _stand_in(done: Encoded, kind: str, instead: str, more: Encoded) -> None:
         else o
         for o in done.outcomes
     ] + [replace(o, reason="; ".join(filter(None, [note, o.reason]))) for o in more.outcomes]
-
-
-def _read(path: Path) -> Dataset:
-    """A file routing already read as DICOM; one without the 128-byte preamble and
-    'DICM' prefix (an old or hand-made file) is read all the same, its transfer syntax
-    the encoding it was read in."""
-    try:
-        ds = dcmread(path, force=True)
-    except Exception as exc:  # malformed elements surface in many types
-        raise ModelError(f"{path}: cannot read the data set ({type(exc).__name__})") from exc
-    if "TransferSyntaxUID" not in ds.file_meta:
-        implicit, little = ds.original_encoding
-        ds.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian
-            if implicit
-            else ExplicitVRLittleEndian
-            if little
-            else ExplicitVRBigEndian
-        )
-    return ds
 
 
 def run_work(

@@ -10,14 +10,16 @@ pylibjpeg/openjpeg plugins, so every common transfer syntax decodes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.pixels.utils import pixel_array
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from cds.errors import ModelError
 
@@ -119,6 +121,26 @@ def _name(item: Dataset | Path | str, ds: Dataset | None) -> str:
         return "instance (unreadable SOP Instance UID)"
 
 
+def read_source(path: Path) -> Dataset:
+    """A file routing already read as DICOM; one without the 128-byte preamble and
+    'DICM' prefix (an old or hand-made file) is read all the same, its transfer syntax
+    the encoding it was read in."""
+    try:
+        ds = dcmread(path, force=True)
+    except Exception as exc:  # malformed elements surface in many types
+        raise ModelError(f"{path}: cannot read the data set ({type(exc).__name__})") from exc
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
+        )
+    return ds
+
+
 @dataclass(slots=True)
 class Decoded:
     """One instance read and decoded ahead of its model run (``cds.inference.preread``):
@@ -154,17 +176,24 @@ def decode_instance(item: Dataset | Path | str) -> Decoded:
 
 
 def decode(
-    datasets: Sequence[Dataset | Path | str | Decoded], *, transient: bool = False
+    datasets: Iterable[Dataset | Path | str | Decoded],
+    *,
+    count: int | None = None,
+    transient: bool = False,
+    drop_pixel_data: bool = False,
 ) -> ImageStack:
     """Decode instances of one series (in the given order) into an ImageStack;
     ``transient``: for one model run, which frees its pixels once used (``ImageStack``).
     A ``Decoded`` item (read ahead, during the quiet time) gives its frames up.
+    ``datasets`` may be an iterator (each file read as its turn comes) of ``count`` items.
+    ``drop_pixel_data``: each data set's Pixel Data is deleted once its frames are in the
+    stack (no encoder will read it): the series is not held twice.
 
     Raises ModelError naming the instance (file or SOP Instance UID) and the
     attribute for anything it cannot use; a data set that does not even read
     (malformed elements) is a ModelError too, never another exception.
     """
-    frames = _Frames(len(datasets))
+    frames = _Frames(count if count is not None else len(cast(Sequence[object], datasets)))
     metas: list[ImageMeta] = []
     series_uid = modality = body_part = ""
     for item in datasets:
@@ -179,6 +208,8 @@ def decode(
         metas.extend(one.metas)
         frames.add(px)
         del px
+        if drop_pixel_data and "PixelData" in one.ds:
+            del one.ds.PixelData
     stack = ImageStack(series_uid, modality, frames.array(), metas)
     stack.order = list(range(len(metas)))
     stack.flips = [(False, False)] * len(metas)

@@ -3,7 +3,8 @@
 A study is complete only once no instance arrived for its quiet time (10 s by default);
 until then the machine waits. ``PreRead`` uses that wait: when a sender's association
 ends, the node names the files its routing rules would give to a model, and one
-background thread reads each file whole and decodes its Pixel Data (``Decoded``). When
+background thread reads each file whole and decodes its Pixel Data (``Decoded``: the
+data set without its Pixel Data, and the frames, so a file is held once). When
 the model runs, ``take`` hands each file's ``Decoded`` over instead of reading it again,
 so the job starts with its series already in memory.
 
@@ -194,6 +195,8 @@ class PreRead:
         try:
             ident = _ident(path)
             decoded = decode_instance(self._read(path)) if ident is not None else None
+            if decoded is not None and "PixelData" in decoded.ds:  # the frames are enough
+                del decoded.ds.PixelData  # (a job that makes a capture reads the file again)
         except Exception:  # the job reads it and reports the error in its words
             decoded = None
         finally:

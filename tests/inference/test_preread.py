@@ -28,7 +28,14 @@ from tests.test_pipeline import send_files, settings_with_routing
 REPO = Path(__file__).resolve().parents[2]
 SERIES = REPO.parent / "shared" / "dicom" / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series"
 #: the attributes an encoder sets to the time it runs
-NOW = {"InstanceCreationTime", "ContentTime", "ContributionDateTime", "InstanceCreationDate"}
+NOW = {
+    "InstanceCreationDate",
+    "InstanceCreationTime",
+    "ContentTime",
+    "ContributionDateTime",
+    "DateOfSecondaryCapture",
+    "TimeOfSecondaryCapture",
+}
 ROUTING = """
 pipelines:
   bone: {model: cds-ref-ct-bone, results: [SEG, SR]}
@@ -66,10 +73,13 @@ def test_a_file_read_ahead_is_handed_over_once_and_decodes_as_read(files: list[P
     pre = PreRead(_read, 2**30)
     _read_all(pre, files)
     assert (pre.stats.read, pre.stats.entries) == (len(files), len(files))
-    assert pre.stats.held_bytes > len(files) * 512 * 512 * 2  # Pixel Data and the frames
     taken = [pre.take(f) for f in files]
     assert all(t is not None for t in taken)
+    # a file is held once: its frames, its data set without the Pixel Data
+    assert all(t is not None and "PixelData" not in t.ds for t in taken)
     assert [pre.take(f) for f in files] == [None] * len(files)  # once only
+    held = sum(t.px.nbytes for t in taken if t is not None and t.px is not None)
+    assert held == len(files) * 512 * 512 * 2  # the CT's int16 frames
     assert (pre.stats.taken, pre.stats.entries, pre.stats.held_bytes) == (len(files), 0, 0)
     ahead, read = decode(taken, transient=True), decode(files)  # type: ignore[arg-type]
     assert np.array_equal(ahead.pixels, read.pixels)
@@ -154,17 +164,24 @@ def test_forget_drops_a_study_and_a_file_taken_while_queued_is_not_read(
     assert pre.take(files[1]) is None
 
 
-def test_a_job_given_files_read_ahead_encodes_the_same_bytes(files: list[Path]) -> None:
+@pytest.mark.parametrize("kinds", [["SEG", "SR"], ["SEG", "SC"]])
+def test_a_job_given_files_read_ahead_encodes_the_same_bytes(
+    files: list[Path], kinds: list[str]
+) -> None:
+    """The capture draws the sources' pixels: read again for it (the read-ahead keeps the
+    frames only); SEG and SR need none, and each source's Pixel Data goes once decoded."""
     (model,) = ModelRegistry(
         [REPO / "models" / "cds-ref-ct-bone"], "cpu", DeviceSlots(1, 1), warm=False
     ).load()
     runner = ModelRunner(model, DeviceSlots(1, 1))
-    plain = process_series(runner, files, ["SEG", "SR"], "en")
+    plain = process_series(runner, files, kinds, "en")
     pre = PreRead(_read, 2**30)
     _read_all(pre, files)
-    ahead = process_series(runner, files, ["SEG", "SR"], "en", take=pre.take)
+    ahead = process_series(runner, files, kinds, "en", take=pre.take)
     assert pre.stats.taken == len(files)
-    assert len(plain.objects) == len(ahead.objects) == 2
+    assert {ds.Modality for ds in plain.objects} == {
+        {"SEG": "SEG", "SR": "SR", "SC": "OT"}[k] for k in kinds
+    }
     assert [_timeless(ds) for ds in plain.objects] == [_timeless(ds) for ds in ahead.objects]
 
 

@@ -472,7 +472,8 @@ def run_job(
     uids = [str(run.sources[f].SOPInstanceUID) for f in run.job.series.files]
     with (
         mock.patch.object(compute, "_read", sources.__getitem__),
-        mock.patch.object(compute, "decode", return_value=None),  # the model does not run
+        # the model does not run; decode reads each source as it comes to it (the reads)
+        mock.patch.object(compute, "decode", side_effect=lambda items, **_: list(items) and None),
         mock.patch.object(offline, "ModelRunner", return_value=Given()),
         mock.patch.object(offline, "_sop_uids", return_value=uids),
         warnings.catch_warnings(),

@@ -40,7 +40,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -58,6 +58,7 @@ from cds.inference.session import DeviceSlots, ProviderChoice, device_name
 from cds.inference.validate import validate_package
 from cds.logging import configure_logging, get_logger
 from cds.memory import trim_heap
+from cds.results.copied import Copied, copy_ahead
 from cds.results.encode import Encoded, encode_each
 from cds.results.ps310 import from_file_bytes, sealed
 
@@ -233,13 +234,16 @@ def process_series(
     # it each is let go once in the stack, and a file read ahead (frames only) is enough
     pixels = "SC" in kinds or any(instead == "SC" for _, instead in fallback)
     sources: list[Dataset] = []
+    ready: list[Copied | None] = []  # the encoders' copies made ahead, used once
 
     def each() -> Iterator[Dataset | Decoded]:
         for f in files:
-            ahead = take(f) if take is not None else None
-            item = ahead if ahead is not None else _read(f)
+            item = (take(f) if take is not None else None) or _read(f)
             ds = item.ds if isinstance(item, Decoded) else item
-            sources.append(_read(f) if pixels and "PixelData" not in ds else ds)
+            again = pixels and "PixelData" not in ds
+            sources.append(_read(f) if again else ds)
+            done = item.ready if isinstance(item, Decoded) and not again else None
+            ready.append(cast(Copied | None, done))
             yield item
 
     stack = decode(each(), count=len(files), transient=True, drop_pixel_data=not pixels)
@@ -250,9 +254,11 @@ def process_series(
     base = seed_of(str(ds.SOPInstanceUID) for ds in sources) if seed is None else seed
 
     def encode(asked: Sequence[str]) -> Encoded:
+        once, ready[:] = list(ready), []
         return encode_each(
-            sources, result, runner.manifest, asked, lang, seed=base, predecessors=predecessors
-        )
+            sources, result, runner.manifest, asked, lang, seed=base,
+            predecessors=predecessors, ready=once or None,
+        )  # fmt: skip
 
     done = encode(kinds)
     for kind, instead in fallback:
@@ -388,7 +394,9 @@ class Compute:
     ) -> None:
         self.kind: ExecutorKind = kind
         #: thread: a study's series read during its quiet time (a worker reads its own)
-        self.preread = PreRead(_read, preread_mb * 2**20) if kind == "thread" else None
+        self.preread = (
+            PreRead(_read, preread_mb * 2**20, prepare=copy_ahead) if kind == "thread" else None
+        )
         self.workers = workers if kind == "process" else 0
         self.gpus = tuple(gpus)  # the process kind's workers take these GPU ids in turn
         self._models = models

@@ -152,6 +152,8 @@ class Decoded:
     metas: list[ImageMeta]
     series_uid: str
     modality: str
+    #: what else was made of the data set ahead, for its encoding (opaque here)
+    ready: object = None
 
     @property
     def nbytes(self) -> int:

@@ -6,7 +6,8 @@ ends, the node names the files its routing rules would give to a model, and one
 background thread reads each file whole and decodes its Pixel Data (``Decoded``: the
 data set without its Pixel Data, and the frames, so a file is held once). When
 the model runs, ``take`` hands each file's ``Decoded`` over instead of reading it again,
-so the job starts with its series already in memory.
+so the job starts with its series already in memory (and, with ``prepare``, what else
+the node makes of each data set before encoding: the encoders' checked copy).
 
 What it holds is bounded: ``budget_bytes`` in all (the data sets' Pixel Data and the
 decoded frames); a file that would go over it is left for the job to read. A file is
@@ -74,10 +75,12 @@ class PreRead:
         read: Callable[[Path], Dataset],
         budget_bytes: int,
         *,
+        prepare: Callable[[Dataset], object] | None = None,
         ttl_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read = read
+        self._prepare = prepare  # more made of each data set ahead (``Decoded.ready``)
         self.budget_bytes = budget_bytes
         self._ttl_s = ttl_s
         self._clock = clock
@@ -197,6 +200,8 @@ class PreRead:
             decoded = decode_instance(self._read(path)) if ident is not None else None
             if decoded is not None and "PixelData" in decoded.ds:  # the frames are enough
                 del decoded.ds.PixelData  # (a job that makes a capture reads the file again)
+            if decoded is not None and self._prepare is not None:
+                decoded.ready = self._prepare(decoded.ds)
         except Exception:  # the job reads it and reports the error in its words
             decoded = None
         finally:

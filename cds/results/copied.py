@@ -72,7 +72,15 @@ from cds.results.copied_attributes import (
     TRIAL_SUBJECT,
 )
 
-__all__ = ["COPIED", "ENUMERATED", "IMAGE", "UNKNOWN_CHARACTER_SET", "copy_for_encoding"]
+__all__ = [
+    "COPIED",
+    "ENUMERATED",
+    "IMAGE",
+    "UNKNOWN_CHARACTER_SET",
+    "Copied",
+    "copy_ahead",
+    "copy_for_encoding",
+]
 
 _PN_COMPONENTS = 5
 _ACR_NEMA_DATE = 10  # "YYYY.MM.DD"
@@ -87,22 +95,36 @@ _CHARSET = 0x00080005
 _Memo = dict[tuple[str, str, object], tuple[object | None, str | None]]
 
 
-def copy_for_encoding(sources: Sequence[Dataset]) -> tuple[list[Dataset], list[str]]:
+#: one source's copy and what was said of it (``copy_ahead``)
+Copied = tuple[Dataset, dict[str, str]]
+
+
+def copy_for_encoding(
+    sources: Sequence[Dataset], ready: Sequence[Copied | None] | None = None
+) -> tuple[list[Dataset], list[str]]:
     """A copy of each source for the encoders (see the module), and the notes of what was
     dropped or repaired, each attribute once ("PatientBirthDate not copied: not a valid
-    DA"), never a value."""
+    DA"), never a value. ``ready``: per source, its ``copy_ahead`` (made while the study
+    was quiet) or None; a copy is used once (the encoders may complete it)."""
     notes: dict[str, str] = {}
     copies = []
     memo: _Memo = {}
-    for ds in sources:
-        fixed, said = _copy(ds, memo)
+    for i, ds in enumerate(sources):
+        done = ready[i] if ready is not None else None
+        fixed, said = done if done is not None else _copy(ds, memo)
         copies.append(fixed)
         for kw, why in said.items():
             notes.setdefault(kw, why)
     return copies, [f"{kw} {why}" for kw, why in notes.items()]
 
 
-def _copy(ds: Dataset, memo: _Memo) -> tuple[Dataset, dict[str, str]]:
+def copy_ahead(ds: Dataset) -> Copied:
+    """``copy_for_encoding`` of one source, made ahead (``cds.inference.preread``): the
+    same copy and notes (the verdicts depend on the value only)."""
+    return _copy(ds, {})
+
+
+def _copy(ds: Dataset, memo: _Memo) -> Copied:
     said: dict[str, str] = {}
     elements: dict[BaseTag, DataElement | RawDataElement] = {}
     failed: dict[str, str] = {}

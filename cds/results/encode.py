@@ -31,7 +31,7 @@ from cds.findings import InferenceResult
 from cds.inference import manifest as mf
 from cds.logging import get_logger
 from cds.results.common import content_seed, series_number
-from cds.results.copied import copy_for_encoding
+from cds.results.copied import Copied, copy_for_encoding
 from cds.results.gsps import build_gsps
 from cds.results.ps310 import file_bytes
 from cds.results.sc import build_sc
@@ -135,6 +135,7 @@ def encode_each(
     *,
     seed: str = "",
     predecessors: Sequence[ResultRef] = (),
+    ready: Sequence[Copied | None] | None = None,
 ) -> Encoded:
     """The objects of ``kinds`` (SEG, SR, GSPS, SC), each made or not on its own.
 
@@ -147,7 +148,7 @@ def encode_each(
     was dropped or repaired is said in ``copied`` and in each object's outcome.
     """
     seed = content_seed(seed, sources, manifest, result.record.sha256, lang)
-    sources, copied = copy_for_encoding(sources)
+    sources, copied = copy_for_encoding(sources, ready)  # ``ready``: copies made ahead
     out = Encoded(copied=copied)
     seg: Dataset | None = None
     if "SEG" in kinds:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pydicom
@@ -22,6 +23,8 @@ from cds.inference.registry import ModelRegistry
 from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.orchestrator import Node
+from cds.results import copied
+from cds.results.copied import copy_ahead
 from cds.results.ps310 import file_bytes
 from tests.test_pipeline import send_files, settings_with_routing
 
@@ -164,20 +167,25 @@ def test_forget_drops_a_study_and_a_file_taken_while_queued_is_not_read(
     assert pre.take(files[1]) is None
 
 
+@pytest.mark.parametrize("prepare", [None, copy_ahead])
 @pytest.mark.parametrize("kinds", [["SEG", "SR"], ["SEG", "SC"]])
 def test_a_job_given_files_read_ahead_encodes_the_same_bytes(
-    files: list[Path], kinds: list[str]
+    files: list[Path], kinds: list[str], prepare: Callable[[Dataset], object] | None
 ) -> None:
     """The capture draws the sources' pixels: read again for it (the read-ahead keeps the
-    frames only); SEG and SR need none, and each source's Pixel Data goes once decoded."""
+    frames only); SEG and SR need none, and each source's Pixel Data goes once decoded.
+    ``prepare``: the encoders' copies made ahead too (as the node does)."""
     (model,) = ModelRegistry(
         [REPO / "models" / "cds-ref-ct-bone"], "cpu", DeviceSlots(1, 1), warm=False
     ).load()
     runner = ModelRunner(model, DeviceSlots(1, 1))
     plain = process_series(runner, files, kinds, "en")
-    pre = PreRead(_read, 2**30)
+    pre = PreRead(_read, 2**30, prepare=prepare)
     _read_all(pre, files)
-    ahead = process_series(runner, files, kinds, "en", take=pre.take)
+    with mock.patch.object(copied, "_copy", wraps=copied._copy) as copies:
+        ahead = process_series(runner, files, kinds, "en", take=pre.take)
+    # the copies made ahead are used (not for a capture's: its sources are read again)
+    assert copies.call_count == (0 if prepare and "SC" not in kinds else len(files))
     assert pre.stats.taken == len(files)
     assert {ds.Modality for ds in plain.objects} == {
         {"SEG": "SEG", "SR": "SR", "SC": "OT"}[k] for k in kinds

@@ -31,7 +31,7 @@ from cds.inference.runner import ModelRunner
 from cds.inference.session import DeviceSlots
 from cds.pipeline import SeriesOutcome, process_series
 from cds.results.common import complete
-from cds.results.copied import COPIED, UNKNOWN_CHARACTER_SET, copy_for_encoding
+from cds.results.copied import COPIED, UNKNOWN_CHARACTER_SET, copy_ahead, copy_for_encoding
 from cds.results.encode import write_results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -311,8 +311,14 @@ def test_each_invalid_copied_attribute_still_makes_every_object_of_a_dx(
 
 # --- the policy beyond the first table: sequences, conditions, modules, enumerations ----
 def _copied(ds: Dataset, tmp_path: Path) -> tuple[Dataset, list[str]]:
-    """``ds`` as a scanner wrote it, read back, through ``copy_for_encoding``."""
-    (fixed,), notes = copy_for_encoding([pydicom.dcmread(save(ds, tmp_path / "src.dcm"))])
+    """``ds`` as a scanner wrote it, read back, through ``copy_for_encoding``; the copy
+    made ahead (``copy_ahead``, during a study's quiet time) is the same copy, said alike."""
+    path = save(ds, tmp_path / "src.dcm")
+    (fixed,), notes = copy_for_encoding([pydicom.dcmread(path)])
+    again = pydicom.dcmread(path)
+    (ahead,), notes_ahead = copy_for_encoding([again], [copy_ahead(again)])
+    assert notes_ahead == notes
+    assert ahead == fixed
     return fixed, notes
 
 

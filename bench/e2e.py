@@ -18,7 +18,9 @@ What it does, in one run:
 4. Measures from the node's own records: ``completed_at`` (the quiet time elapsed) to the
    last ``delivered_at`` (Orthanc answered the C-STORE) -- the end-to-end time, quiet
    time excluded; and from the study history a breakdown (routing, model run with decode,
-   encoding + durable write, delivery), with the runtime's own split from the node log.
+   encoding + durable write, delivery), with the runtime's own split from the node log,
+   and how many files the node read and decoded during the quiet time (``/health``;
+   ``--preread-mb 0`` turns that off, for an A/B in one session).
 5. Then, with the node stopped, loads the package's ``model.onnx`` in a plain
    onnxruntime session (same providers, onnxruntime's default threads) and times
    ``session.run`` over the same slices, already preprocessed, in the manifest's batches
@@ -284,6 +286,7 @@ def main() -> int:
         )
         send(run / "ct", port)
         detail, rows = wait_done(url, study.study_uid, args.timeout)
+        ahead = get(f"{url}/health")["executor"].get("preread", {})
         _kill_children()  # the node: the raw run below gets the machine to itself
         bad = [r for r in rows if r["state"] != "delivered"]
         if detail["state"] != "done" or bad:
@@ -307,13 +310,21 @@ def main() -> int:
     print(f"{'end to end: complete -> all results acknowledged':<56} {e2e:8.3f} s")
     for label, secs in stages:
         print(f"  {label:<54} {secs:8.3f} s")
+    taken = int(ahead.get("files_taken", 0))
+    print(
+        f"  read and decoded during the quiet time: {ahead.get('files_read', 0)} files, "
+        f"taken by the job: {taken} (inference.preread_mb {ahead.get('budget_mb', 0)})"
+    )
     print(f"  {'  pydicom decode of the series (timed here again)':<54} {decode_s:8.3f} s")
     split = dict(stages)
     model = split.get("model run + SEG/SR built (decode, runtime, highdicom)")
     runtime = split.get("  of which the cds runtime (inference.run)")
-    if model is not None and runtime is not None:
+    if model is not None and runtime is not None and not taken:
         rest = model - runtime - decode_s
-        print(f"  {'  rest: sources re-read, highdicom SEG + SR':<54} {rest:8.3f} s")
+        print(f"  {'  rest: sources read, highdicom SEG + SR':<54} {rest:8.3f} s")
+    elif model is not None and runtime is not None:  # the sources were read ahead
+        rest = model - runtime
+        print(f"  {'  rest: stack built, highdicom SEG + SR':<54} {rest:8.3f} s")
     print(
         f"{'raw onnxruntime on the same slices (' + provider + ')':<56} {raw_s:8.3f} s"
         f"   tensor {shape}"

@@ -18,8 +18,8 @@ from cds.pipeline import Node, study_series
 from cds.routing.router import route
 
 
-def files_to_read(node: Node, study_key: str) -> list[Path]:
-    """The files of the study's series a pipeline would run a model on now, in order."""
+def files_to_read(node: Node, study_key: str) -> list[list[Path]]:
+    """The series (each its files, in order) a pipeline would run a model on now."""
     if node.routing.path is None:
         return []
     series = study_series(node, study_key)
@@ -35,7 +35,7 @@ def files_to_read(node: Node, study_key: str) -> list[Path]:
     for verdict, p in plan.runs:
         if p.status == "run":
             wanted.update(u for u in verdict.selected if u not in p.outside)
-    return [f for s in series if s.series_uid in wanted for f in s.files]
+    return [list(s.files) for s in series if s.series_uid in wanted]
 
 
 def read_ahead(node: Node, study_keys: list[str]) -> None:

@@ -220,6 +220,16 @@ def decode(
     return stack
 
 
+def _next_of(px: np.ndarray, base: object, n: int) -> bool:
+    """Whether ``px`` is frames ``n``... of ``base`` (a view of that array, in place)."""
+    if not isinstance(base, np.ndarray) or px.base is not base or base.ndim != 3:
+        return False
+    if px.dtype != base.dtype or px.shape[1:] != base.shape[1:] or not base.flags.c_contiguous:
+        return False
+    at = px.__array_interface__["data"][0] - base.__array_interface__["data"][0]
+    return bool(at == n * base.strides[0] and px.strides == base.strides)
+
+
 class _Frames:
     """The decoded frames of a series, copied into one array as they come: no list of
     per-instance arrays joined at the end (which held the series twice)."""
@@ -228,8 +238,24 @@ class _Frames:
         self._instances = max(1, instances)
         self._buf: np.ndarray | None = None
         self._n = 0
+        #: ``_buf`` is the series' frames read ahead (``cds.inference.preread``), taken as
+        #: they are while each instance's frames are the next of it: never written to
+        self._adopted = False
 
     def add(self, px: np.ndarray) -> None:
+        if self._adopted:
+            if _next_of(px, self._buf, self._n):
+                self._n += len(px)
+                return
+            assert self._buf is not None
+            own = np.empty_like(self._buf)  # not in its order: copied from here on
+            own[: self._n] = self._buf[: self._n]
+            self._buf, self._adopted = own, False
+        elif self._buf is None and _next_of(px, base := px.base, 0):
+            assert isinstance(base, np.ndarray)
+            if len(base) == self._instances:  # a frame per instance, all read ahead
+                self._buf, self._n, self._adopted = base, len(px), True
+                return
         buf = self._buf
         if buf is None:  # room for one frame per instance, as the first instance has
             shape = (self._instances * px.shape[0], *px.shape[1:])

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from cds.inference.images import Decoded, decode_instance
@@ -55,6 +56,42 @@ class _Entry:
     decoded: Decoded
     nbytes: int
     at: float
+
+
+class _Series:
+    """The frames of one series, read ahead into one array in the order of its files, so
+    that the job's stack is that array (``images.decode`` adopts it) and no copy is made.
+    Its pages are touched only as files are read (what is held is what was read)."""
+
+    def __init__(self, files: int) -> None:
+        self.files = files
+        self.frames: np.ndarray | None = None
+        self.off = False  # a file of another shape or dtype, or of several frames
+
+    def place(self, decoded: Decoded, index: int) -> None:
+        px = decoded.px
+        if self.off or px is None or px.shape[0] != 1:
+            self.off = True
+            return
+        if self.frames is None:
+            self.frames = np.empty((self.files, *px.shape[1:]), px.dtype.newbyteorder("="))
+        if px.shape[1:] != self.frames.shape[1:] or px.dtype != self.frames.dtype:
+            self.off = True
+            return
+        self.frames[index] = px[0]
+        decoded.px = self.frames[index : index + 1]  # a view: the file's own array goes
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """One file to read ahead: its path, its series and its place in it."""
+
+    path: Path
+    series: _Series
+    index: int
+
+    def place(self, decoded: Decoded) -> None:
+        self.series.place(decoded, self.index)
 
 
 @dataclass(slots=True)
@@ -85,7 +122,7 @@ class PreRead:
         self._ttl_s = ttl_s
         self._clock = clock
         self._entries: dict[Path, _Entry] = {}
-        self._queue: deque[tuple[str, Callable[[], Sequence[Path]] | Path]] = deque()
+        self._queue: deque[tuple[str, Callable[[], Sequence[Sequence[Path]]] | _Slot]] = deque()
         self._queued: set[Path] = set()  # files waiting: one taken meanwhile is not read
         self._busy: Path | None = None  # the file being read now
         self._cond = threading.Condition()
@@ -94,8 +131,9 @@ class PreRead:
         self.stats = PreReadStats()
 
     # --- the node's side -------------------------------------------------
-    def submit(self, study_key: str, plan: Callable[[], Sequence[Path]]) -> None:
-        """Read ahead the files ``plan()`` names (called on the read-ahead thread)."""
+    def submit(self, study_key: str, plan: Callable[[], Sequence[Sequence[Path]]]) -> None:
+        """Read ahead the series (each its files, in order) ``plan()`` names (called on
+        the read-ahead thread)."""
         with self._cond:
             if self._closed or self.budget_bytes <= 0:
                 return
@@ -126,7 +164,7 @@ class PreRead:
         """Drop what is held or queued for ``study_key`` (its pipelines ran)."""
         with self._cond:
             self._queue = deque(q for q in self._queue if q[0] != study_key)
-            self._queued = {p for _, p in self._queue if isinstance(p, Path)}
+            self._queued = {q.path for _, q in self._queue if isinstance(q, _Slot)}
             for path in [p for p, e in self._entries.items() if e.study_key == study_key]:
                 self._drop(path)
 
@@ -172,19 +210,28 @@ class PreRead:
                 study_key, item = self._queue.popleft()
                 self._expire(self._clock())
             try:
-                if isinstance(item, Path):
+                if isinstance(item, _Slot):
                     self._read_one(study_key, item)
                 else:  # a study's plan: its files go to the back of the queue, in order
-                    files = list(item())
+                    slots = [
+                        _Slot(f, series, i)
+                        for files in item()
+                        for series in [_Series(len(files))]
+                        for i, f in enumerate(files)
+                    ]
                     with self._cond:
-                        self._queue.extend((study_key, f) for f in files)
-                        self._queued.update(files)
+                        self._queue.extend((study_key, q) for q in slots)
+                        self._queued.update(q.path for q in slots)
+                    del slots
             except Exception as exc:  # never stops the thread; the job reads for itself
                 with self._cond:
                     self.stats.failed += 1
                 log.warning("preread.failed", study_key=study_key, error_type=type(exc).__name__)
+            # this frame lives as long as the node: nothing read stays held by it
+            del item
 
-    def _read_one(self, study_key: str, path: Path) -> None:
+    def _read_one(self, study_key: str, slot: _Slot) -> None:
+        path = slot.path
         with self._cond:
             if path not in self._queued or path in self._entries:
                 return  # taken by its job meanwhile, or held already
@@ -202,6 +249,8 @@ class PreRead:
                 del decoded.ds.PixelData  # (a job that makes a capture reads the file again)
             if decoded is not None and self._prepare is not None:
                 decoded.ready = self._prepare(decoded.ds)
+            if decoded is not None:
+                slot.place(decoded)
         except Exception:  # the job reads it and reports the error in its words
             decoded = None
         finally:

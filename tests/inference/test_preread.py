@@ -3,9 +3,11 @@ job takes what was read instead of reading it again, with the same result."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
@@ -68,7 +70,7 @@ def _until(done: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def _read_all(pre: PreRead, files: list[Path]) -> None:
-    pre.submit("S", lambda: files)
+    pre.submit("S", lambda: [files])
     _until(lambda: pre.stats.read + pre.stats.failed + pre.stats.over_budget == len(files))
 
 
@@ -84,7 +86,10 @@ def test_a_file_read_ahead_is_handed_over_once_and_decodes_as_read(files: list[P
     held = sum(t.px.nbytes for t in taken if t is not None and t.px is not None)
     assert held == len(files) * 512 * 512 * 2  # the CT's int16 frames
     assert (pre.stats.taken, pre.stats.entries, pre.stats.held_bytes) == (len(files), 0, 0)
+    frames = taken[0].px.base if taken[0] is not None and taken[0].px is not None else None
+    assert isinstance(frames, np.ndarray)  # the series, read into one array
     ahead, read = decode(taken, transient=True), decode(files)  # type: ignore[arg-type]
+    assert ahead.pixels is frames  # taken as it is: no copy
     assert np.array_equal(ahead.pixels, read.pixels)
     assert ahead.pixels.dtype == read.pixels.dtype
     assert ahead.meta == read.meta
@@ -95,6 +100,22 @@ def test_a_file_read_ahead_is_handed_over_once_and_decodes_as_read(files: list[P
     )
     assert all(t is not None and t.px is None for t in taken)  # the stack holds the frames
     pre.close()
+
+
+@pytest.mark.parametrize("how", ["reversed", "one read by the job", "one more file"])
+def test_the_stack_is_right_whatever_the_job_was_not_given(files: list[Path], how: str) -> None:
+    """The series' array read ahead is the stack only when the job's files are exactly its
+    files in its order; otherwise the frames are copied, never written over."""
+    pre = PreRead(_read, 2**30)
+    _read_all(pre, files[:-1] if how == "one more file" else files)
+    order = files[::-1] if how == "reversed" else files
+    items = [pre.take(f) or _read(f) for f in order]
+    if how == "one read by the job":
+        items[2] = _read(files[2])
+    frames = decode(items)  # type: ignore[arg-type]
+    expected = decode(order)
+    assert np.array_equal(frames.pixels, expected.pixels)
+    assert frames.meta == expected.meta
 
 
 def test_a_file_replaced_since_it_was_read_is_not_handed_over(files: list[Path]) -> None:
@@ -119,7 +140,7 @@ def test_the_budget_bounds_what_is_held(files: list[Path]) -> None:
     assert pre.stats.held_bytes <= pre.budget_bytes
     assert [pre.take(f) is not None for f in files] == [True, True] + [False] * (len(files) - 2)
     nothing = PreRead(_read, 0)  # 0: nothing is read ahead
-    nothing.submit("S", lambda: files)
+    nothing.submit("S", lambda: [files])
     assert nothing._thread is None  # nothing queued, no thread
     assert nothing.take(files[0]) is None
 
@@ -147,7 +168,7 @@ def test_forget_drops_a_study_and_a_file_taken_while_queued_is_not_read(
         return _read(path)
 
     pre = PreRead(slow_read, 2**30)
-    pre.submit("S", lambda: files)
+    pre.submit("S", lambda: [files])
     _until(lambda: pre._busy == files[0])  # the rest wait in the queue
     assert pre.take(files[2]) is None  # its job reads it: the read-ahead must not
     got: list[object] = []
@@ -220,3 +241,20 @@ def test_the_node_reads_a_study_during_its_quiet_time(tmp_path: Path, files: lis
         assert (pre.stats.entries, pre.stats.held_bytes) == (0, 0)
     finally:
         node.stop()
+
+
+def test_nothing_read_ahead_stays_held_once_taken(files: list[Path]) -> None:
+    """The read-ahead thread lives as long as the node: the series' array goes with the
+    job's stack, not when the next study comes."""
+    pre = PreRead(_read, 2**30)
+    _read_all(pre, files)
+    first = pre.take(files[0])
+    assert first is not None
+    assert first.px is not None
+    frames = weakref.ref(first.px.base)
+    stack = decode([first, *(pre.take(f) for f in files[1:])], transient=True)  # type: ignore[list-item]
+    assert stack.pixels is frames()
+    del stack, first
+    gc.collect()
+    assert frames() is None
+    pre.close()

@@ -37,7 +37,13 @@ from cds.store.sqlite_feedback import FeedbackMixin
 from cds.store.sqlite_jobs import JobsMixin
 from cds.store.sqlite_observatory import ObservatoryMixin
 from cds.store.sqlite_outbox import OutboxMixin
-from cds.store.sqlite_schema import SCHEMA_VERSION, migrate, recorded_version, refuse_newer
+from cds.store.sqlite_schema import (
+    SCHEMA_VERSION,
+    into_wal,
+    migrate,
+    recorded_version,
+    refuse_newer,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -74,7 +80,7 @@ class SqliteStore(ClaimsMixin, JobsMixin, OutboxMixin, FeedbackMixin, Observator
                 path, check_same_thread=False, isolation_level=None, timeout=30
             )
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
+            into_wal(self._db, timeout_s=30)  # the connection's own busy timeout
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:

@@ -32,6 +32,7 @@ number means the same tables in both: a change to the schema is made here, once.
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -380,6 +381,23 @@ MIGRATIONS = (
 )
 
 _SCHEMA_STATEMENTS = tuple(s.strip() for s in SCHEMA.split(";") if s.strip())
+
+
+def into_wal(db: sqlite3.Connection, timeout_s: float) -> None:
+    """``PRAGMA journal_mode=WAL`` on an opened file. Two connections switching a file's
+    journal at once (the node and a CLI opening an old file): SQLite answers one of them
+    SQLITE_BUSY at once, not after its busy timeout (each holds the shared lock the
+    other's exclusive one waits for), so the switch is asked again until ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorname", "") == "SQLITE_BUSY"
+            if not busy or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
 
 
 def recorded_version(db: sqlite3.Connection) -> int | None:

@@ -14,7 +14,7 @@ from cds.domain import JobState, StoreOutcome, StudyState
 from cds.errors import StoreError
 from cds.store import sqlite_schema
 from cds.store.sqlite import SCHEMA_VERSION, SqliteStore
-from cds.store.sqlite_schema import MIGRATIONS, AddColumn, Migration
+from cds.store.sqlite_schema import MIGRATIONS, AddColumn, Migration, into_wal
 
 from .test_sqlite import rec
 
@@ -229,3 +229,34 @@ def test_a_failed_step_leaves_the_old_file_as_it_was(
         SqliteStore(path)
     assert _shape(path) == before
     assert _recorded(path) == "1"
+
+
+class _Racing:
+    """A connection whose journal switch is answered SQLITE_BUSY ``busy`` times (another
+    connection switching the same file at that moment), then done."""
+
+    def __init__(self, busy: int, name: str = "SQLITE_BUSY") -> None:
+        self.busy, self.name, self.asked = busy, name, 0
+
+    def execute(self, sql: str) -> None:
+        assert sql == "PRAGMA journal_mode=WAL"
+        self.asked += 1
+        if self.asked <= self.busy:
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorname = self.name  # type: ignore[attr-defined]
+            raise exc
+
+
+def test_a_journal_switch_answered_busy_at_once_is_asked_again_until_the_timeout() -> None:
+    """SQLite answers one of two connections switching an old file to WAL at once
+    SQLITE_BUSY without waiting its busy timeout: the store asks again (the test above
+    failed about 1 time in 15 before)."""
+    racing = _Racing(busy=3)
+    into_wal(racing, timeout_s=5)  # type: ignore[arg-type]
+    assert racing.asked == 4
+    with pytest.raises(sqlite3.OperationalError):  # not forever
+        into_wal(_Racing(busy=10**9), timeout_s=0.05)  # type: ignore[arg-type]
+    other = _Racing(busy=1, name="SQLITE_IOERR")  # any other error: at once
+    with pytest.raises(sqlite3.OperationalError):
+        into_wal(other, timeout_s=5)  # type: ignore[arg-type]
+    assert other.asked == 1

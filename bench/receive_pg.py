@@ -4,7 +4,7 @@ and on SQLite, each against storescp in the same rounds.
 Run from the repository root (needs DCMTK, PostgreSQL's server binaries, as Debian's
 package ``postgresql`` installs them, and psycopg, ``pip install '.[postgres]'``)::
 
-    python bench/receive_pg.py --rounds 3
+    python bench/receive_pg.py --rounds 3 [--one-port]
 
 What it does, with the series, the UID rewriting and the helpers of ``bench/receive.py``
 (300 CT slices of 512 x 512, about 525 KB each, fresh UIDs every round):
@@ -20,7 +20,13 @@ What it does, with the series, the UID rewriting and the helpers of ``bench/rece
    - ``sqlite x1``: the same into the SQLite node;
    - ``pg x1``: the same into node-a;
    - ``pg x2``: half of the files to node-a and half to node-b at once (two storescu,
-     one association each), wall time from the start of both to the end of both.
+     one association each), wall time from the start of both to the end of both;
+   - with ``--one-port``, ``pg x2 1port``: two more nodes of the cluster (``node-c``,
+     ``node-d``, the same spool and key) listen on ONE port (``dicom.reuse_port``,
+     SO_REUSEPORT), and half of the files go to that port from each of two storescu at
+     once. Each storescu is one association and the kernel gives each connection to one
+     of the nodes, so both may land on one node: each round prints which node stored
+     how many (from the store's ``received_by``).
 3. Checks that every file was stored (spool files, then instances in the store), and
    prints median/min times, instances/s, MB/s, and the ratios to storescp and to each
    other.
@@ -119,6 +125,14 @@ class Cluster:
             row = db.execute("SELECT COUNT(*) FROM instances").fetchone()
         return int(row[0]) if row else 0
 
+    def count_by_node(self) -> dict[str, int]:
+        """Instances recorded so far, by the node that received them."""
+        import psycopg  # noqa: PLC0415 (the optional extra)
+
+        sql = "SELECT received_by, COUNT(*) FROM instances GROUP BY received_by"
+        with psycopg.connect(self.url) as db:
+            return {str(node): int(n) for node, n in db.execute(sql).fetchall()}
+
 
 # --- receivers ----------------------------------------------------------------
 @dataclass
@@ -129,14 +143,20 @@ class Setup:
     targets: list[tuple[str, int]]  # (called AE title, port) of each receiver
     spool: Path  # where the files land (counted to check nothing is missing)
     times: list[float] = field(default_factory=list)
+    nodes: tuple[str, ...] = ()  # one port shared: the nodes behind it (node.name)
+    split: list[dict[str, int]] = field(default_factory=list)  # per round: node -> stored
 
     def stored(self) -> int:
         return sum(1 for p in self.spool.rglob("*") if p.is_file() and p.suffix != ".part")
 
 
-def start_node(run: Path, name: str, store: str, spool: Path, key: Path | None) -> tuple[int, Path]:
-    """``python -m cds serve`` with its own home; ``key``: copy it there first."""
-    port, http = free_port(), free_port()
+def start_node(
+    run: Path, name: str, store: str, spool: Path, key: Path | None, *, port: int | None = None
+) -> tuple[int, Path]:
+    """``python -m cds serve`` with its own home; ``key``: copy it there first; ``port``:
+    a DICOM port shared with other nodes (``dicom.reuse_port``)."""
+    shared = port is not None
+    port, http = port or free_port(), free_port()
     home = run / f"home-{name}"
     home.mkdir()
     if key is not None:
@@ -144,7 +164,8 @@ def start_node(run: Path, name: str, store: str, spool: Path, key: Path | None) 
     cfg = run / f"{name}.yaml"
     cfg.write_text(
         f"node: {{name: {name}}}\n"
-        f"dicom: {{ae_title: CDS, host: 127.0.0.1, port: {port}}}\n"
+        f"dicom: {{ae_title: CDS, host: 127.0.0.1, port: {port}, "
+        f"reuse_port: {'true' if shared else 'false'}}}\n"
         f"http: {{host: 127.0.0.1, port: {http}}}\n"
         f"store: {store}\n"
         f"spool: {{path: {spool}, min_free_mb: 100}}\n"
@@ -185,8 +206,9 @@ def send(setup: Setup, files: list[Path]) -> float:
     return elapsed
 
 
-def start_receivers(run: Path, cluster: Cluster) -> list[Setup]:
-    """storescp, the SQLite node, and the two PostgreSQL nodes (one spool, one key)."""
+def start_receivers(run: Path, cluster: Cluster, one_port: bool) -> list[Setup]:
+    """storescp, the SQLite node, and the two PostgreSQL nodes (one spool, one key);
+    ``one_port``: two more on one port (SO_REUSEPORT)."""
     scp_dir = run / "storescp"
     scp_dir.mkdir()
     scp_port = free_port()
@@ -198,16 +220,36 @@ def start_receivers(run: Path, cluster: Cluster) -> list[Setup]:
     pg_store = f"{{backend: postgresql, url: '{cluster.url}'}}"
     a_port, a_home = start_node(run, "node-a", pg_store, pg_spool, None)
     b_port, _ = start_node(run, "node-b", pg_store, pg_spool, a_home / "node.key")
-    return [
+    setups = [
         Setup("storescp", [("STORESCP", scp_port)], scp_dir),
         Setup("sqlite x1", [("CDS", sq_port)], sqlite_spool),
         Setup("pg x1", [("CDS", a_port)], pg_spool),
         Setup("pg x2", [("CDS", a_port), ("CDS", b_port)], pg_spool),
     ]
+    if one_port:
+        port, key = free_port(), a_home / "node.key"
+        for name in ("node-c", "node-d"):
+            start_node(run, name, pg_store, pg_spool, key, port=port)
+        setups.append(
+            Setup("pg x2 1port", [("CDS", port)] * 2, pg_spool, nodes=("node-c", "node-d"))
+        )
+    return setups
+
+
+def _split(cluster: Cluster, setup: Setup, before: dict[str, int]) -> str:
+    """Which node of the shared port stored how many in this round (kept in ``setup``)."""
+    after = cluster.count_by_node()
+    got = {n: after.get(n, 0) - before.get(n, 0) for n in setup.nodes}
+    setup.split.append(got)
+    return " (" + ", ".join(f"{n} {k}" for n, k in got.items()) + ")"
 
 
 def time_rounds(
-    setups: list[Setup], files: list[Path], rewriter: UidRewriter, args: argparse.Namespace
+    setups: list[Setup],
+    files: list[Path],
+    rewriter: UidRewriter,
+    args: argparse.Namespace,
+    cluster: Cluster,
 ) -> int:
     """Every round, each setup in a rotated order; returns how many files went to the
     PostgreSQL nodes."""
@@ -215,12 +257,15 @@ def time_rounds(
     for r in range(args.warmup + args.rounds):
         order = setups[r % len(setups) :] + setups[: r % len(setups)]
         seen: dict[str, float] = {}
+        split = ""
         for setup in order:
             rewriter.fresh()  # fresh UIDs: every receiver stores, none dedups
-            before = setup.stored()
+            before, by_node = setup.stored(), cluster.count_by_node() if setup.nodes else {}
             seen[setup.name] = send(setup, files)
             if (got := setup.stored() - before) != len(files):
                 raise SystemExit(f"{setup.name}: stored {got} of {len(files)} files")
+            if setup.nodes:
+                split = _split(cluster, setup, by_node)
             sent_to_pg += len(files) if setup.name.startswith("pg") else 0
             if setup.name == "storescp":  # keep the disk from filling
                 for p in setup.spool.iterdir():
@@ -229,8 +274,8 @@ def time_rounds(
             if r >= args.warmup:
                 setup.times.append(seen[setup.name])
         label = "warm-up" if r < args.warmup else f"round {r - args.warmup + 1}"
-        print(f"{label:>8}: " + "  ".join(f"{s.name} {seen[s.name]:.3f} s" for s in setups),
-              flush=True)  # fmt: skip
+        print(f"{label:>8}: " + "  ".join(f"{s.name} {seen[s.name]:.3f} s" for s in setups)
+              + split, flush=True)  # fmt: skip
     return sent_to_pg
 
 
@@ -247,6 +292,11 @@ def parse_args() -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="a PostgreSQL server setting (repeatable), e.g. synchronous_commit=off to see "
         "what the commit's WAL flush costs",
+    )
+    parser.add_argument(
+        "--one-port",
+        action="store_true",
+        help="also time two nodes on one port (dicom.reuse_port): 'pg x2 1port'",
     )
     return parser.parse_args()
 
@@ -269,8 +319,8 @@ def main() -> int:
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="cds-bench-pg-")), free_port(), args.pg_conf)
     try:
         cluster.start()
-        setups = start_receivers(run, cluster)
-        sent_to_pg = time_rounds(setups, files, rewriter, args)
+        setups = start_receivers(run, cluster, args.one_port)
+        sent_to_pg = time_rounds(setups, files, rewriter, args, cluster)
         recorded = cluster.count_instances()
         if recorded != sent_to_pg:
             raise SystemExit(f"PostgreSQL store: {recorded} instances recorded of {sent_to_pg}")
@@ -305,6 +355,16 @@ def report(
                  ("pg x1", "sqlite x1"), ("pg x2", "pg x1")):  # fmt: skip
         print(f"  {a} / {b}: {med[a] / med[b]:.2f}x")
     print(f"throughput pg x2 / pg x1: {med['pg x1'] / med['pg x2']:.2f}x")
+    for s in setups:
+        if s.nodes:
+            print(f"throughput {s.name} / pg x1: {med['pg x1'] / med[s.name]:.2f}x")
+            rounds = "; ".join(", ".join(f"{n} {k}" for n, k in got.items()) for got in s.split)
+            print(
+                f"{s.name}: two storescu (one association each) to one port shared by "
+                f"{' and '.join(s.nodes)}; the kernel picks a node per connection, so both "
+                f"may land on one. Instances stored per node, each round (warm-up first): "
+                f"{rounds}"
+            )
     print()
     print(f"command: python bench/receive_pg.py {shlex.join(sys.argv[1:])}")
     print(

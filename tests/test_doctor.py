@@ -10,10 +10,12 @@ needs a known answer (systemd is not PID 1 here)."""
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from typer.testing import CliRunner
 
 from cds.cli import app
+from cds.cli.doctor.host import _bind
 from cds.config.bundled import BUNDLED_MODELS
 
 from .conftest import free_port
@@ -302,3 +305,17 @@ def test_i23_doctor_speaks_french_and_prints_a_table(
     assert lines[-1] == "échec de 1 vérification(s) sur 11 : voir chaque correction"
     bad = CliRunner().invoke(app, ["doctor", "--config", str(_config(tmp_path)), "--lang", "de"])
     assert bad.exit_code == 2
+
+
+def test_doctor_finds_a_shared_dicom_port_free_to_join() -> None:
+    """With dicom.reuse_port, another node of the store listening on the port does not
+    make it taken (this node would listen alongside it); without, it does."""
+    port = free_port()
+    with socket.socket() as sibling:
+        sibling.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sibling.bind(("127.0.0.1", port))
+        sibling.listen()
+        assert _bind("127.0.0.1", port, reuse_port=True) is None
+        taken = _bind("127.0.0.1", port)
+        assert taken is not None
+        assert taken.errno == errno.EADDRINUSE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -140,6 +141,14 @@ class DicomSettings(_Section):
     ae_title: AETitle = "CDS"
     host: str = "0.0.0.0"
     port: Port = 11112
+    reuse_port: bool = Field(
+        False,
+        description="let several nodes of one PostgreSQL store listen on the same port (and "
+        "TLS port) at once (SO_REUSEPORT): the kernel gives each connection (one "
+        "association) to one of them, and one node can be restarted while the others answer. "
+        "Every node sharing the port sets it and runs as the same user; needs "
+        "store.backend postgresql",
+    )
     max_pdu_bytes: int = Field(262_144, ge=0, description="largest PDU we accept; 0 = unlimited")
     max_associations: int = Field(16, ge=1, le=1000)
     acse_timeout_s: Seconds = 30.0
@@ -167,3 +176,10 @@ class DicomSettings(_Section):
     )
     tls: DicomTlsSettings = DicomTlsSettings()
     limits: IngestLimits = IngestLimits()
+
+    @field_validator("reuse_port")
+    @classmethod
+    def _check_reuse_port(cls, value: bool) -> bool:
+        if value and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("this platform has no SO_REUSEPORT: give each node its own port")
+        return value

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cds.config.compute import ExecutorSettings, InferenceSettings
@@ -372,11 +373,31 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _reuse_port_with_postgresql(self) -> Settings:
+        """Nodes sharing one port each receive part of what senders send: only a
+        PostgreSQL store makes them one node (one study, claimed and routed once)."""
+        if self.dicom.reuse_port and self.store.backend != "postgresql":
+            raise _error_at(
+                "dicom.reuse_port",
+                "requires store.backend postgresql: nodes on SQLite do not coordinate "
+                "between processes, so each would route the part of a study it received "
+                "as a study of its own",
+            )
+        return self
+
+
+def _error_at(path: str, message: str) -> PydanticCustomError:
+    """An error of a check across sections, reported under ``path`` (not the top level)."""
+    return PydanticCustomError("cross_section", message, {"path": path})
+
 
 def _format_errors(exc: ValidationError) -> list[str]:
     out = []
     for err in exc.errors():
         path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "cross_section":
+            path = str(err.get("ctx", {}).get("path", path))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown setting"

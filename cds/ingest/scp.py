@@ -42,7 +42,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cds.audit import AuditEvent, AuditOutcome, AuditTrail, NullAuditTrail
 from cds.config import Settings
-from cds.errors import ConfigError, IngestError, StoreError, safe_message
+from cds.errors import IngestError, StoreError, safe_message
 from cds.ingest import fastpath
 from cds.ingest.admission import AddressCap
 from cds.ingest.assoc import AssocStats, StudyCounts, called_ae_title, peer_of, status_dataset
@@ -54,6 +54,7 @@ from cds.ingest.server import (
     NodeAE,
     NodeRequestHandler,
     TlsServer,
+    listen_error,
 )
 from cds.ingest.sources import GatedACSE, SourcePolicy, reject_words
 from cds.ingest.tls import HandshakeError, server_context
@@ -147,17 +148,17 @@ class DicomListener:
 
     def start(self) -> None:
         cfg = self._settings.dicom
-        self._server = self._serve(HardenedServer, cfg.port, "cds-dicom-accept")
+        self._server = self._listen(HardenedServer, "dicom.port", cfg.port, "cds-dicom-accept")
         host, port = self.address
-        log.info("ingest.listener_started", ae_title=cfg.ae_title, host=host, port=port)
+        log.info(
+            "ingest.listener_started",
+            ae_title=cfg.ae_title,
+            host=host,
+            port=port,
+            reuse_port=cfg.reuse_port,
+        )
         if self._tls_context is not None:
-            try:
-                tls = self._serve(TlsServer, cfg.tls.port, "cds-dicom-tls-accept")
-            except OSError as exc:
-                self.stop()
-                raise ConfigError(
-                    [f"dicom.tls.port: cannot listen on {host}:{cfg.tls.port} ({exc.strerror})"]
-                ) from exc
+            tls = self._listen(TlsServer, "dicom.tls.port", cfg.tls.port, "cds-dicom-tls-accept")
             assert isinstance(tls, TlsServer)
             self._tls_server = tls
             log.info(
@@ -167,6 +168,18 @@ class DicomListener:
                 port=tls.server_address[1],
                 client_certs=cfg.tls.client_certs,
             )
+
+    def _listen(
+        self, server_class: type[HardenedServer], field: str, port: int, name: str
+    ) -> HardenedServer:
+        """``_serve``; a port it cannot listen on is a ConfigError naming ``field``."""
+        cfg = self._settings.dicom
+        try:
+            return self._serve(server_class, port, name)
+        except OSError as exc:
+            if self._server is not None:  # the TLS port failed: the plain one stops too
+                self.stop()
+            raise listen_error(field, (cfg.host, port), exc, cfg.reuse_port) from exc
 
     def _serve(self, server_class: type[HardenedServer], port: int, name: str) -> HardenedServer:
         cfg = self._settings.dicom
@@ -183,6 +196,7 @@ class DicomListener:
             evt_handlers=handlers,
             server_class=server_class,
             request_handler=NodeRequestHandler,
+            reuse_port=cfg.reuse_port,  # SO_REUSEPORT before bind (HardenedServer)
         )
         assert isinstance(server, HardenedServer)
         server.configure(

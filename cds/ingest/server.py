@@ -17,11 +17,12 @@ pynetdicom's threaded server, with, for every accepted connection:
 
 from __future__ import annotations
 
+import errno
 import socket
 import ssl
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom._handlers import (
@@ -33,6 +34,7 @@ from pynetdicom._handlers import (
 from pynetdicom.association import Association
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
+from cds.errors import ConfigError
 from cds.ingest import fastpath
 from cds.ingest.admission import AddressCap, Slot, Verdict
 from cds.ingest.sources import GatedACSE, Peer, SourcePolicy
@@ -73,13 +75,32 @@ class NodeAE(AE):
 
 
 class HardenedServer(ThreadedAssociationServer):
-    """The plain port. ``configure`` must be called before it serves."""
+    """The plain port. ``configure`` must be called before it serves.
+
+    ``reuse_port`` (``dicom.reuse_port``, passed through ``AE.make_server``) sets
+    SO_REUSEPORT on the listening socket before it is bound: several nodes of one
+    PostgreSQL store then listen on one port and the kernel gives each connection to
+    one of them. Without it a port already listened on cannot be bound (pynetdicom's
+    SO_REUSEADDR does not allow that on Linux).
+    """
 
     daemon_threads = True
     tls = False
     sources: SourcePolicy
     associations: AddressCap
     on_dropped: OnDropped
+
+    def __init__(self, *args: Any, reuse_port: bool = False, **kwargs: Any) -> None:
+        self.reuse_port = reuse_port
+        super().__init__(*args, **kwargs)  # binds (server_bind) and listens
+
+    def server_bind(self) -> None:
+        # pynetdicom's server_bind sets SO_REUSEADDR only (not socketserver's
+        # allow_reuse_port); dicom.reuse_port is refused where SO_REUSEPORT is missing
+        if self.reuse_port:  # the socket exists: socketserver made it before binding
+            sock = cast(socket.socket, self.socket)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
     def configure(
         self, *, sources: SourcePolicy, associations: AddressCap, on_dropped: OnDropped
@@ -156,6 +177,22 @@ class HardenedServer(ThreadedAssociationServer):
             fastpath.bound_stock_dul(assoc.dul)
         for event, handler in STANDARD_LOG_HANDLERS:  # they print requests at DEBUG
             assoc.unbind(event, handler)
+
+
+def listen_error(
+    field: str, address: tuple[str, int], exc: OSError, reuse_port: bool
+) -> ConfigError:
+    """A port the node cannot listen on, named by its setting; when it is in use, what
+    may hold it and how several nodes share one."""
+    host, port = address
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE and reuse_port:
+        why += "; a process that did not set SO_REUSEPORT, or another user's, holds it"
+    elif exc.errno == errno.EADDRINUSE:
+        why += (
+            "; nodes of one PostgreSQL store may share one port, each with dicom.reuse_port: true"
+        )
+    return ConfigError([f"{field}: cannot listen on {host}:{port} ({why})"])
 
 
 def _release_when_done(assoc: Association, slot: Slot) -> None:

@@ -31,7 +31,8 @@ def ports(r: Report) -> None:
     if s.dicom.tls.enabled:
         ports.append(("dicom_tls", "dicom.tls.port", s.dicom.host, s.dicom.tls.port))
     ports.append(("http", "http.port", s.http.host, s.http.port))
-    errors = [_bind(host, port) for _, _, host, port in ports]
+    shared = s.dicom.reuse_port  # the DICOM ports, shared with the store's other nodes
+    errors = [_bind(host, port, shared and key != "http") for key, _, host, port in ports]
     busy = any(e is not None and e.errno == errno.EADDRINUSE for e in errors)
     health = _health(r) if busy else None
     for (key, field, host, port), err in zip(ports, errors, strict=True):
@@ -84,11 +85,14 @@ def _health(r: Report) -> tuple[int, dict[str, Any]] | None:
     return (answer.status_code, body) if isinstance(body, dict) and "status" in body else None
 
 
-def _bind(host: str, port: int) -> OSError | None:
-    """None when ``host:port`` can be bound (as the node's listeners bind it), else why not."""
+def _bind(host: str, port: int, reuse_port: bool = False) -> OSError | None:
+    """None when ``host:port`` can be bound (as the node's listeners bind it: with
+    ``dicom.reuse_port``, alongside the other nodes sharing it), else why not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             s.bind((host, port))
             s.listen(1)

@@ -35,7 +35,7 @@ import itertools
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -218,7 +218,7 @@ def process_series(
     predecessors: Sequence[ResultRef] = (),
     seed: str | None = None,
     fallback: Sequence[tuple[str, str]] = (),
-    take: Callable[[Path], Decoded | None] | None = None,
+    ahead: PreRead | None = None,
 ) -> SeriesOutcome:
     """Run the model on one series and encode the result objects of ``kinds``; for a
     kind that could not be made (its encoder failed), the kind ``fallback`` names
@@ -229,16 +229,17 @@ def process_series(
     objects go.
     """
     # each file is read once, as decode comes to it: decoded for the model, then encoded
-    # from; one read during the study's quiet time (``take``, cds.inference.preread) is
-    # not read again. Only the Secondary Capture reads the sources' Pixel Data: without
-    # it each is let go once in the stack, and a file read ahead (frames only) is enough
+    # from; one read during the study's quiet time (``ahead``, cds.inference.preread) is
+    # not read again, nor its model's batches made again. Only the Secondary Capture
+    # reads the sources' Pixel Data: without it each is let go once in the stack, and a
+    # file read ahead (frames only) is enough
     pixels = "SC" in kinds or any(instead == "SC" for _, instead in fallback)
     sources: list[Dataset] = []
     ready: list[Copied | None] = []  # the encoders' copies made ahead, used once
 
     def each() -> Iterator[Dataset | Decoded]:
         for f in files:
-            item = (take(f) if take is not None else None) or _read(f)
+            item = (ahead.take(f) if ahead is not None else None) or _read(f)
             ds = item.ds if isinstance(item, Decoded) else item
             again = pixels and "PixelData" not in ds
             sources.append(_read(f) if again else ds)
@@ -247,7 +248,8 @@ def process_series(
             yield item
 
     stack = decode(each(), count=len(files), transient=True, drop_pixel_data=not pixels)
-    result = runner.run(stack)  # its pixels go once used
+    batches = ahead.prepared(stack.pixels) if ahead is not None else None
+    result = runner.run(stack, ready=batches)  # its pixels go once used
     del stack
     if not kinds:
         return SeriesOutcome(result, [], [])
@@ -282,9 +284,7 @@ def _stand_in(done: Encoded, kind: str, instead: str, more: Encoded) -> None:
     ] + [replace(o, reason="; ".join(filter(None, [note, o.reason]))) for o in more.outcomes]
 
 
-def run_work(
-    work: SeriesWork, runner: ModelRunner, take: Callable[[Path], Decoded | None] | None = None
-) -> SeriesOutcome:
+def run_work(work: SeriesWork, runner: ModelRunner, ahead: PreRead | None = None) -> SeriesOutcome:
     return process_series(
         runner,
         work.files,
@@ -293,7 +293,7 @@ def run_work(
         predecessors=work.predecessors,
         seed=work.seed,
         fallback=work.fallback,
-        take=take,
+        ahead=ahead,
     )
 
 
@@ -447,8 +447,7 @@ class Compute:
             model = self._models.get(work.model)
             if model is None or model.status != "ready":
                 raise CdsError(f"model {work.model} is not loaded")
-            take = self.preread.take if self.preread is not None else None
-            return run_work(work, ModelRunner(model, self._models.slots), take)
+            return run_work(work, ModelRunner(model, self._models.slots), self.preread)
         assert self._slots is not None
         self._slots.acquire(work.priority)  # STAT before routine when the workers are busy
         try:

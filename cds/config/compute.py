@@ -76,8 +76,8 @@ class InferenceSettings(_Section):
         ge=0,
         le=1_048_576,
         description="memory for reading and decoding a study's series during its quiet "
-        "time, before its model runs (executor.kind thread); a file over it is read by "
-        "its job; 0: every job reads its files",
+        "time, and making its model's input batches, before the model runs (executor.kind "
+        "thread); a file over it is read by its job; 0: every job reads its files",
     )
 
     @field_validator("model_dirs", mode="before")

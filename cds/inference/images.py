@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from pydicom import dcmread
@@ -62,6 +62,22 @@ class ImageStack:
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
+
+
+def subset(stack: ImageStack, idx: slice, *, pixels: bool = True) -> ImageStack:
+    """The images ``idx`` of ``stack``; without ``pixels`` (postprocessing needs only
+    their attributes) it holds no view of the series' pixels, which can then be freed."""
+    px = stack.pixels[idx] if pixels else no_pixels(len(stack.meta[idx]), stack.pixels.dtype)
+    sub = ImageStack(stack.series_uid, stack.modality, px, stack.meta[idx], stack.lut_applied)
+    sub.flips = stack.flips[idx]
+    sub.order = stack.order[idx]
+    sub.body_part = stack.body_part
+    return sub
+
+
+def no_pixels(images: int, dtype: np.dtype[Any]) -> np.ndarray:
+    """[images, 0, 0]: a stack's length without its pixels."""
+    return np.empty((images, 0, 0), dtype=dtype)
 
 
 def _floats(ds: Dataset, keyword: str, n: int) -> tuple[float, ...] | None:

@@ -25,7 +25,7 @@ so findings land back on the source pixels they came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -33,9 +33,9 @@ from cds.errors import ModelError
 from cds.inference import geometry as geo
 from cds.inference import manifest as mf
 from cds.inference.geometry import Axis, Geometry
-from cds.inference.images import ImageStack
+from cds.inference.images import ImageStack, subset
 
-__all__ = ["Geometry", "preprocess", "resize_bilinear", "sort_slices"]
+__all__ = ["Geometry", "in_batches", "preprocess", "resize_bilinear", "sort_slices"]
 
 
 def resize_bilinear(stack: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -279,6 +279,23 @@ def preprocess(
         for m, x, y in zip(stack.meta, run.x, run.y, strict=True)
     ]
     return _cast(tensor, spec.tensor.dtype), geometry
+
+
+#: a model's input, batch by batch (``in_batches``)
+Batches = list[tuple[np.ndarray, list[Geometry]]]
+#: the batches made ahead of a job for each model (by its manifest's digest), and the
+#: seconds that took
+Prepared = dict[str, tuple[Batches, float]]
+
+
+def in_batches(
+    stack: ImageStack, spec: mf.InputSpec
+) -> Iterator[tuple[np.ndarray, list[Geometry]]]:
+    """A model of slices' input, ``spec.batch_size`` images at a time, in order: the
+    runner's batches, and the same ones made during the quiet time (cds.inference.preread)."""
+    steps = list(spec.preprocessing)
+    for i in range(0, len(stack), spec.batch_size):
+        yield preprocess(subset(stack, slice(i, i + spec.batch_size)), steps, spec)
 
 
 def _arrange(px: np.ndarray, layout: str) -> np.ndarray:

@@ -37,8 +37,17 @@ from cds.inference import manifest as mf
 from cds.inference.constraints import OutsideDeclaredUse, stack_violations
 from cds.inference.geometry import Geometry
 from cds.inference.images import ImageStack, decode
+from cds.inference.images import no_pixels as _no_pixels
+from cds.inference.images import subset as _subset
 from cds.inference.postprocess import Outputs, postprocess
-from cds.inference.preprocess import preprocess, slice_positions, sort_slices
+from cds.inference.preprocess import (
+    Batches,
+    Prepared,
+    in_batches,
+    preprocess,
+    slice_positions,
+    sort_slices,
+)
 from cds.inference.registry import LoadedModel
 from cds.inference.session import DeviceSlots
 from cds.logging import get_logger
@@ -51,20 +60,12 @@ _PER_IMAGE = ("boxes", "box_scores", "box_labels")
 _PER_CLASS = ("scores", "value", "box_scores")
 
 
-def _subset(stack: ImageStack, idx: slice, *, pixels: bool = True) -> ImageStack:
-    """The images ``idx`` of ``stack``; without ``pixels`` (postprocessing needs only
-    their attributes) it holds no view of the series' pixels, which can then be freed."""
-    px = stack.pixels[idx] if pixels else _no_pixels(len(stack.meta[idx]), stack.pixels.dtype)
-    sub = ImageStack(stack.series_uid, stack.modality, px, stack.meta[idx], stack.lut_applied)
-    sub.flips = stack.flips[idx]
-    sub.order = stack.order[idx]
-    sub.body_part = stack.body_part
-    return sub
-
-
-def _no_pixels(images: int, dtype: np.dtype[Any]) -> np.ndarray:
-    """[images, 0, 0]: a stack's length without its pixels."""
-    return np.empty((images, 0, 0), dtype=dtype)
+def _made_ahead(ready: Prepared | None, digest: str, images: int) -> tuple[Batches, float] | None:
+    """This manifest's batches made ahead, when they are one per image of the stack."""
+    made = ready.pop(digest, None) if ready else None
+    if made is None or sum(len(geoms) for _, geoms in made[0]) != images:
+        return None
+    return made
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
@@ -149,13 +150,12 @@ class ModelRunner:
 
     # --- batches -----------------------------------------------------------
     def _batches(
-        self, stack: ImageStack, timings: dict[str, float]
+        self, stack: ImageStack, timings: dict[str, float], ready: Prepared | None
     ) -> Iterator[tuple[np.ndarray, list[Geometry]]]:
         """The model's input tensors, batch by batch; a ``transient`` stack's decoded
         pixels are dropped once the last batch is made (only the tensors in flight and
-        the outputs remain)."""
+        the outputs remain). ``ready``: batches made ahead from this stack's pixels."""
         spec = self.manifest.input
-        steps = list(spec.preprocessing)
 
         def done() -> None:
             if stack.transient:
@@ -163,22 +163,27 @@ class ModelRunner:
 
         if spec.kind == "volume":
             t0 = time.perf_counter()
-            batch = preprocess(stack, steps, spec)
+            batch = preprocess(stack, list(spec.preprocessing), spec)
             timings["preprocess"] += time.perf_counter() - t0
             done()
             yield batch
             return
-        size = spec.batch_size
-        chunks = [slice(i, i + size) for i in range(0, len(stack), size)]
+        made = _made_ahead(ready, self._digest, len(stack.meta))
+        if made is not None:  # made during the quiet time, from these very pixels
+            done()
+            batches, timings["preprocess_ahead"] = made
+            while batches:
+                yield batches.pop(0)  # each goes once used
+            return
         q: queue.Queue[Any] = queue.Queue(maxsize=2)
 
         def produce() -> None:
             try:
-                for c in chunks:
-                    t = time.perf_counter()
-                    item = preprocess(_subset(stack, c), steps, spec)
+                t = time.perf_counter()
+                for item in in_batches(stack, spec):
                     timings["preprocess"] += time.perf_counter() - t
                     q.put(item)
+                    t = time.perf_counter()
                 done()
                 q.put(None)
             except BaseException as exc:  # handed to the consumer
@@ -283,9 +288,13 @@ class ModelRunner:
             raise OutsideDeclaredUse(f"{m.name} {m.version}", reasons)
         return positions
 
-    def run(self, stack: ImageStack, *, keep_raw: bool = False) -> InferenceResult:
+    def run(
+        self, stack: ImageStack, *, keep_raw: bool = False, ready: Prepared | None = None
+    ) -> InferenceResult:
         """``timings``: preprocess and postprocess are the time of that work, on worker
         threads where it overlaps inference; inference is onnxruntime's.
+        ``ready``: the model's batches made during the quiet time from ``stack.pixels``
+        (cds.inference.preread), used instead of preprocessing them again.
         ``keep_raw``: the result keeps the model's outputs over the whole series
         (``InferenceResult.raw``, for tests and tools); the node does not: a
         segmentation's float masks would double its memory until encoding.
@@ -320,7 +329,7 @@ class ModelRunner:
         if m.output.kind == "segmentation" and not volume:
             background = _Background("cds-postprocess")
         try:
-            for tensor, geoms in self._batches(stack, timings):
+            for tensor, geoms in self._batches(stack, timings, ready):
                 t0 = time.perf_counter()
                 got = self._infer(tensor, names)
                 timings["inference"] += time.perf_counter() - t0

@@ -4,7 +4,6 @@ job takes what was read instead of reading it again, with the same result."""
 from __future__ import annotations
 
 import gc
-import shutil
 import threading
 import time
 import weakref
@@ -31,7 +30,6 @@ from cds.results.ps310 import file_bytes
 from tests.test_pipeline import send_files, settings_with_routing
 
 REPO = Path(__file__).resolve().parents[2]
-SERIES = REPO.parent / "shared" / "dicom" / "ct" / "dcm_qa_ct_GE_HiSpeedDual_series"
 #: the attributes an encoder sets to the time it runs
 NOW = {
     "InstanceCreationDate",
@@ -49,17 +47,6 @@ rules:
     match: [{attribute: Modality, equals: CT}]
     pipelines: [bone]
 """
-
-
-@pytest.fixture
-def files(tmp_path: Path) -> list[Path]:
-    if not SERIES.is_dir():
-        pytest.skip(f"shared DICOM corpus not found at {SERIES}")
-    out = tmp_path / "series"
-    out.mkdir()
-    for f in sorted(SERIES.iterdir())[:5]:
-        shutil.copy(f, out / f.name)
-    return sorted(out.iterdir())
 
 
 def _until(done: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -204,7 +191,7 @@ def test_a_job_given_files_read_ahead_encodes_the_same_bytes(
     pre = PreRead(_read, 2**30, prepare=prepare)
     _read_all(pre, files)
     with mock.patch.object(copied, "_copy", wraps=copied._copy) as copies:
-        ahead = process_series(runner, files, kinds, "en", take=pre.take)
+        ahead = process_series(runner, files, kinds, "en", ahead=pre)
     # the copies made ahead are used (not for a capture's: its sources are read again)
     assert copies.call_count == (0 if prepare and "SC" not in kinds else len(files))
     assert pre.stats.taken == len(files)
@@ -238,6 +225,9 @@ def test_the_node_reads_a_study_during_its_quiet_time(tmp_path: Path, files: lis
         assert node.store.list_studies()[0].state is StudyState.RECEIVING
         _until(lambda: node.store.list_studies()[0].state is StudyState.DONE, timeout=60)
         assert pre.stats.taken == len(files)  # the job read none of them again
+        # and its model's batches were made ahead and used (tests/inference/
+        # test_preprocess_ahead.py: the same batches)
+        assert (pre.stats.series_made, pre.stats.series_taken) == (1, 1)
         assert (pre.stats.entries, pre.stats.held_bytes) == (0, 0)
     finally:
         node.stop()

@@ -464,7 +464,7 @@ def run_job(
         def __init__(self) -> None:
             self.manifest = manifest
 
-        def run(self, _stack: object) -> InferenceResult:
+        def run(self, _stack: object, **_: object) -> InferenceResult:
             return result
 
     record = offline.Outcome()

@@ -406,16 +406,27 @@ def storescu_argv(rx: Receiver, series: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def send(rx: Receiver, series: Path) -> float:
-    argv = storescu_argv(rx, series)
+def send(rx: Receiver, series: Path, senders: int = 1) -> float:
+    """Wall seconds for storescu to send the series: one association, or ``senders``
+    storescu at once, each sending its share of the files (every ``senders``-th)."""
+    if senders == 1:
+        argvs = [storescu_argv(rx, series)]
+    else:
+        files = sorted(str(p) for p in series.glob("*.dcm"))
+        argvs = [storescu_argv(rx, series)[:-2] + files[i::senders] for i in range(senders)]
     t0 = time.perf_counter()
-    res = subprocess.run(argv, env=dcmtk_env(), capture_output=True, timeout=300, check=False)
+    procs = [
+        subprocess.Popen(a, env=dcmtk_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for a in argvs
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
     elapsed = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(
-            f"storescu -> {rx.name} failed ({res.returncode}):\n"
-            f"{res.stdout.decode(errors='replace')[-2000:]}{res.stderr.decode(errors='replace')}"
-        )
+    for p, out in zip(procs, outs, strict=True):
+        if p.returncode != 0:
+            raise SystemExit(
+                f"storescu -> {rx.name} failed ({p.returncode}):\n"
+                f"{out.decode(errors='replace')[-2000:]}"
+            )
     return elapsed
 
 
@@ -448,11 +459,31 @@ def durable_writes(folder: Path, n: int, size: int) -> float:
 
 
 # --- main -------------------------------------------------------------------
+def start_receivers(run: Path, args: argparse.Namespace) -> list[Receiver]:
+    receivers: list[Receiver] = []
+    if args.only != "node":
+        fork = ["--fork"] if args.senders > 1 else []
+        receivers.append(start_storescp(run, "storescp-default", fork))
+        receivers.append(start_storescp(run, "storescp-fast", ["+B", "-pdu", "131072", *fork]))
+    if args.only != "storescp":
+        if args.baseline is not None:
+            receivers.append(start_node(run, args.baseline))
+        receivers.append(start_node(run))
+    return receivers
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--files", type=int, default=300, help="slices in the series (300)")
+    parser.add_argument(
+        "--senders",
+        type=int,
+        default=1,
+        help="storescu sending at once, each its share of the files (default 1: one "
+        "association); storescp then runs with --fork (a process per association)",
+    )
     parser.add_argument(
         "--only", choices=["node", "storescp"], help="time only these receivers (for profiling)"
     )
@@ -490,14 +521,7 @@ def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     run = Path(tempfile.mkdtemp(prefix="run-", dir=OUT))  # same disk as a real spool
     try:
-        receivers: list[Receiver] = []
-        if args.only != "node":
-            receivers.append(start_storescp(run, "storescp-default", []))
-            receivers.append(start_storescp(run, "storescp-fast", ["+B", "-pdu", "131072"]))
-        if args.only != "storescp":
-            if args.baseline is not None:
-                receivers.append(start_node(run, args.baseline))
-            receivers.append(start_node(run))
+        receivers = start_receivers(run, args)
 
         floor: list[float] = []
         for r in range(args.warmup + args.rounds):
@@ -508,7 +532,7 @@ def main() -> int:
             seen: dict[str, float] = {}
             for rx in order:
                 before, cpu_before = rx.stored(), rx.cpu_seconds()
-                seen[rx.name] = send(rx, series)
+                seen[rx.name] = send(rx, series, args.senders)
                 cpu = rx.cpu_seconds() - cpu_before
                 got = rx.stored() - before
                 if got != len(files):
@@ -542,7 +566,8 @@ def report(  # noqa: PLR0917 (the figures of one run)
 ) -> None:
     print()
     print(
-        f"{n} files, {total_bytes / 1e6:.1f} MB ({total_bytes // n} B each), one association, "
+        f"{n} files, {total_bytes / 1e6:.1f} MB ({total_bytes // n} B each), "
+        f"{'one association' if args.senders == 1 else f'{args.senders} associations at once'}, "
         f"{args.rounds} rounds after {args.warmup} warm-up, order rotated per round"
     )
     print(
@@ -555,7 +580,10 @@ def report(  # noqa: PLR0917 (the figures of one run)
             f"{rx.name:<30} {med:>9.3f} {min(rx.times):>7.3f} {n / med:>7.0f} "
             f"{total_bytes / 1e6 / med:>7.1f} {statistics.median(rx.cpu):>6.2f}  {rx.fsync}"
         )
-    print("(CPU s: the receiver process's median user + system CPU per round, all threads)")
+    print(
+        "(CPU s: the receiver process's median user + system CPU per round, all threads"
+        + ("; storescp --fork: the parent's only)" if args.senders > 1 else ")")
+    )
     print(
         f"durable writes alone: median {statistics.median(floor):.3f} s, min {min(floor):.3f} s "
         f"({n} x write + fsync file + rename + fsync folder, no network, "

@@ -4,7 +4,7 @@ and on SQLite, each against storescp in the same rounds.
 Run from the repository root (needs DCMTK, PostgreSQL's server binaries, as Debian's
 package ``postgresql`` installs them, and psycopg, ``pip install '.[postgres]'``)::
 
-    python bench/receive_pg.py --rounds 3 [--one-port]
+    python bench/receive_pg.py --rounds 3 [--one-port] [--senders 4]
 
 What it does, with the series, the UID rewriting and the helpers of ``bench/receive.py``
 (300 CT slices of 512 x 512, about 525 KB each, fresh UIDs every round):
@@ -26,7 +26,11 @@ What it does, with the series, the UID rewriting and the helpers of ``bench/rece
      SO_REUSEPORT), and half of the files go to that port from each of two storescu at
      once. Each storescu is one association and the kernel gives each connection to one
      of the nodes, so both may land on one node: each round prints which node stored
-     how many (from the store's ``received_by``).
+     how many (from the store's ``received_by``);
+   - with ``--senders N``, ``pg x1 N senders``: one more node of the cluster
+     (``node-e``) which N storescu send to at once, each its share of the files; the
+     report says how many rows that node committed per transaction (its ``/health``:
+     ``store.instance_rows``; concurrent associations' rows are group-committed).
 3. Checks that every file was stored (spool files, then instances in the store), and
    prints median/min times, instances/s, MB/s, and the ratios to storescp and to each
    other.
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import os
 import platform
 import shlex
@@ -49,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from glob import glob
@@ -145,9 +151,14 @@ class Setup:
     times: list[float] = field(default_factory=list)
     nodes: tuple[str, ...] = ()  # one port shared: the nodes behind it (node.name)
     split: list[dict[str, int]] = field(default_factory=list)  # per round: node -> stored
+    health: str = ""  # the /health of its node, for its group commits (--senders)
 
     def stored(self) -> int:
         return sum(1 for p in self.spool.rglob("*") if p.is_file() and p.suffix != ".part")
+
+
+#: node.name -> its /health URL
+NODE_HTTP: dict[str, str] = {}
 
 
 def start_node(
@@ -175,7 +186,8 @@ def start_node(
     log = run / f"{name}.log"
     argv = [sys.executable, "-m", "cds", "serve", "--config", str(cfg), "--home", str(home)]
     proc = spawn(argv, log)
-    wait_healthy(f"http://127.0.0.1:{http}/health", proc, log, 90)
+    NODE_HTTP[name] = f"http://127.0.0.1:{http}/health"
+    wait_healthy(NODE_HTTP[name], proc, log, 90)
     return port, home
 
 
@@ -206,9 +218,10 @@ def send(setup: Setup, files: list[Path]) -> float:
     return elapsed
 
 
-def start_receivers(run: Path, cluster: Cluster, one_port: bool) -> list[Setup]:
+def start_receivers(run: Path, cluster: Cluster, one_port: bool, senders: int = 0) -> list[Setup]:
     """storescp, the SQLite node, and the two PostgreSQL nodes (one spool, one key);
-    ``one_port``: two more on one port (SO_REUSEPORT)."""
+    ``one_port``: two more on one port (SO_REUSEPORT); ``senders``: one more, which
+    that many storescu send to at once."""
     scp_dir = run / "storescp"
     scp_dir.mkdir()
     scp_port = free_port()
@@ -226,6 +239,10 @@ def start_receivers(run: Path, cluster: Cluster, one_port: bool) -> list[Setup]:
         Setup("pg x1", [("CDS", a_port)], pg_spool),
         Setup("pg x2", [("CDS", a_port), ("CDS", b_port)], pg_spool),
     ]
+    if senders > 1:
+        e_port, _ = start_node(run, "node-e", pg_store, pg_spool, a_home / "node.key")
+        setups.append(Setup(f"pg x1 {senders} senders", [("CDS", e_port)] * senders, pg_spool))
+        setups[-1].health = NODE_HTTP["node-e"]
     if one_port:
         port, key = free_port(), a_home / "node.key"
         for name in ("node-c", "node-d"):
@@ -294,6 +311,14 @@ def parse_args() -> argparse.Namespace:
         "what the commit's WAL flush costs",
     )
     parser.add_argument(
+        "--senders",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also time N storescu at once to one PostgreSQL node of its own ('pg x1 N "
+        "senders'), and report how many rows it committed per transaction (group commit)",
+    )
+    parser.add_argument(
         "--one-port",
         action="store_true",
         help="also time two nodes on one port (dicom.reuse_port): 'pg x2 1port'",
@@ -319,7 +344,7 @@ def main() -> int:
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="cds-bench-pg-")), free_port(), args.pg_conf)
     try:
         cluster.start()
-        setups = start_receivers(run, cluster, args.one_port)
+        setups = start_receivers(run, cluster, args.one_port, args.senders)
         sent_to_pg = time_rounds(setups, files, rewriter, args, cluster)
         recorded = cluster.count_instances()
         if recorded != sent_to_pg:
@@ -364,6 +389,16 @@ def report(
                 f"{' and '.join(s.nodes)}; the kernel picks a node per connection, so both "
                 f"may land on one. Instances stored per node, each round (warm-up first): "
                 f"{rounds}"
+            )
+    for s in setups:
+        if s.health:
+            with urllib.request.urlopen(s.health, timeout=10) as answer:
+                rows = json.load(answer)["store"]["instance_rows"]
+            print(
+                f"throughput {s.name} / pg x1: {med['pg x1'] / med[s.name]:.2f}x; its node "
+                f"committed {rows['rows']} rows in {rows['commits']} transactions "
+                f"({rows['rows'] / max(1, rows['commits']):.2f} a transaction, at most "
+                f"{rows['largest']})"
             )
     print()
     print(f"command: python bench/receive_pg.py {shlex.join(sys.argv[1:])}")

@@ -440,7 +440,11 @@ class Node:
             "problems": [asdict(p) for p in problems],
             "version": __version__,
             "dicom": dicom,
-            "store": {"backend": self.settings.store.backend, "reachable": store_ok},
+            "store": {
+                "backend": self.settings.store.backend,
+                "reachable": store_ok,
+                "instance_rows": asdict(self.receiver.rows.stats),  # group commits
+            },
             "spool": {
                 "free_bytes": space.free_bytes,
                 "total_bytes": space.total_bytes,

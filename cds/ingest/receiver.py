@@ -2,7 +2,8 @@
 
 The C-STORE handler (``scp.py``) and start-up reconciliation both go through
 ``Receiver``; what it returns is only ever produced after the instance is
-fsync'd on disk and recorded in the state store.
+fsync'd on disk and recorded in the state store (its row committed with those of
+concurrent associations: cds.store.group).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from cds.ingest.instance import (
 from cds.ingest.spool import STATUS_OUT_OF_RESOURCES, PendingFile, Spool
 from cds.logging import get_logger, study_key
 from cds.store.base import InstanceStore
+from cds.store.group import GroupCommit
 
 log = get_logger("cds.ingest")
 
@@ -59,6 +61,7 @@ class Receiver:
         self._settings = settings
         self._spool = spool
         self._store = store
+        self.rows = GroupCommit(store)  # instance rows, group-committed
         self._secret = secret
         self._listeners = listeners or []
         self._audit = audit if audit is not None else NullAuditTrail()
@@ -145,7 +148,7 @@ class Receiver:
             quiet_time_s=self._settings.quiet_time_for(calling_ae),
         )
         try:
-            result = self._store.record_instance(rec)
+            result = self.rows.record(rec)  # with the rows of concurrent associations
         except StoreError as exc:
             # Not a Success: the sender sends it again. The file stays: complete and
             # durable, and perhaps recorded after all (a commit whose answer was lost);

@@ -8,7 +8,7 @@ once, for the orchestrator, the admin operations and the API.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
 from cds.domain import (
@@ -29,6 +29,7 @@ from cds.domain import (
     StudyState,
     StudySummary,
 )
+from cds.errors import StoreError
 from cds.store.backfill import BackfillMark, BackfillSpec, BackfillStatus
 from cds.store.workitems import ClaimedWorkitem
 
@@ -53,6 +54,12 @@ class InstanceStore(Protocol):
         """
         ...
 
+    def record_instances(self, recs: Sequence[InstanceRecord]) -> list[RecordResult | StoreError]:
+        """``record_instance`` of each, in order, in one transaction (a group commit:
+        cds.store.group); per instance its result, or the StoreError it would raise
+        (should the one transaction fail, each is recorded in its own)."""
+        ...
+
     def known_paths(self) -> set[str]:
         """Spool paths of every recorded version (current and superseded)."""
         ...
@@ -60,6 +67,24 @@ class InstanceStore(Protocol):
     def instance_paths(self, study_key: str) -> list[str]:
         """Spool paths of one study's instances: current and superseded versions."""
         ...
+
+
+def one_by_one(
+    record: Callable[[InstanceRecord], RecordResult],
+    recs: Sequence[InstanceRecord],
+    failed: StoreError,
+) -> list[RecordResult | StoreError]:
+    """After the one transaction of ``recs`` ``failed``: ``record`` each in its own, so
+    that one that fails does not fail the others (a lone row's error is its own)."""
+    if len(recs) == 1:
+        return [failed]
+    out: list[RecordResult | StoreError] = []
+    for rec in recs:
+        try:
+            out.append(record(rec))
+        except StoreError as exc:
+            out.append(exc)
+    return out
 
 
 class StudyHistory(Protocol):

@@ -12,8 +12,9 @@ counts them one after the other. A purge takes the study's lock too.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from cds.domain import (
     InstanceRecord,
@@ -25,6 +26,8 @@ from cds.domain import (
     StudyState,
     StudySummary,
 )
+from cds.errors import StoreError
+from cds.store.base import one_by_one
 from cds.store.postgres_host import Db, Row, as_row, one
 from cds.store.postgres_host import PostgresHost as _Host
 from cds.store.sqlite import SqliteStore
@@ -55,8 +58,94 @@ def _lock(db: Db, *names: str) -> None:
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
 
 
+def _names(rec: InstanceRecord) -> tuple[str, str]:
+    """The advisory locks recording ``rec`` takes: "sop:" sorts before "study:"."""
+    return f"sop:{rec.sop_uid}", f"study:{rec.study_key}"
+
+
 def _summary(row: Row) -> StudySummary:
     return SqliteStore._summary(as_row(row))  # the one row reader of both stores
+
+
+def _record(self: _Host, db: Db, rec: InstanceRecord) -> RecordResult:
+    """Record ``rec`` in the transaction ``db``, which holds its locks (``_names``)."""
+    row = one(
+        db,
+        "SELECT sha256, version, path, size, received_at FROM instances WHERE sop_uid = %s",
+        (rec.sop_uid,),
+    )
+    if row is not None and row["sha256"] == rec.sha256:
+        db.execute(
+            "UPDATE instances SET duplicates_received = duplicates_received + 1 WHERE sop_uid = %s",
+            (rec.sop_uid,),
+        )
+        return RecordResult(StoreOutcome.DUPLICATE, rec.study_key, False, int(row["version"]))
+    reopened = _touch_study(db, rec)
+    _touch_series(db, rec)
+    if row is None:
+        outcome, version = StoreOutcome.NEW, 1
+        db.execute(
+            "INSERT INTO instances (sop_uid, study_key, series_uid, sop_class_uid, "
+            "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at, "
+            "received_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                rec.sop_uid,
+                rec.study_key,
+                rec.series_uid,
+                rec.sop_class_uid,
+                rec.transfer_syntax_uid,
+                rec.path,
+                rec.size,
+                rec.sha256,
+                1,
+                rec.calling_ae,
+                rec.received_at,
+                self.node,
+            ),
+        )
+    else:
+        outcome, version = StoreOutcome.REPLACED, int(row["version"]) + 1
+        db.execute(
+            "INSERT INTO instance_versions (sop_uid, version, path, sha256, size, "
+            "received_at, superseded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            (
+                rec.sop_uid,
+                row["version"],
+                row["path"],
+                row["sha256"],
+                row["size"],
+                row["received_at"],
+                rec.received_at,
+            ),
+        )
+        db.execute(
+            "UPDATE instances SET study_key = %s, series_uid = %s, sop_class_uid = %s, "
+            "transfer_syntax_uid = %s, path = %s, size = %s, sha256 = %s, version = %s, "
+            "calling_ae = %s, received_at = %s, received_by = %s WHERE sop_uid = %s",
+            (
+                rec.study_key,
+                rec.series_uid,
+                rec.sop_class_uid,
+                rec.transfer_syntax_uid,
+                rec.path,
+                rec.size,
+                rec.sha256,
+                version,
+                rec.calling_ae,
+                rec.received_at,
+                self.node,
+                rec.sop_uid,
+            ),
+        )
+        self._event(
+            db,
+            rec.study_key,
+            rec.received_at,
+            "instance_replaced",
+            f"SOP Instance {rec.sop_uid} version {version} (newest wins, "
+            f"version {row['version']} kept)",
+        )
+    return RecordResult(outcome, rec.study_key, reopened, version)
 
 
 class StudiesMixin:
@@ -89,87 +178,22 @@ class StudiesMixin:
 
     def record_instance(self: _Host, rec: InstanceRecord) -> RecordResult:
         with self._tx() as db:
-            _lock(db, f"sop:{rec.sop_uid}", f"study:{rec.study_key}")
-            row = one(
-                db,
-                "SELECT sha256, version, path, size, received_at FROM instances WHERE sop_uid = %s",
-                (rec.sop_uid,),
-            )
-            if row is not None and row["sha256"] == rec.sha256:
-                db.execute(
-                    "UPDATE instances SET duplicates_received = duplicates_received + 1 "
-                    "WHERE sop_uid = %s",
-                    (rec.sop_uid,),
-                )
-                return RecordResult(
-                    StoreOutcome.DUPLICATE, rec.study_key, False, int(row["version"])
-                )
-            reopened = _touch_study(db, rec)
-            _touch_series(db, rec)
-            if row is None:
-                outcome, version = StoreOutcome.NEW, 1
-                db.execute(
-                    "INSERT INTO instances (sop_uid, study_key, series_uid, sop_class_uid, "
-                    "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at, "
-                    "received_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        rec.sop_uid,
-                        rec.study_key,
-                        rec.series_uid,
-                        rec.sop_class_uid,
-                        rec.transfer_syntax_uid,
-                        rec.path,
-                        rec.size,
-                        rec.sha256,
-                        1,
-                        rec.calling_ae,
-                        rec.received_at,
-                        self.node,
-                    ),
-                )
-            else:
-                outcome, version = StoreOutcome.REPLACED, int(row["version"]) + 1
-                db.execute(
-                    "INSERT INTO instance_versions (sop_uid, version, path, sha256, size, "
-                    "received_at, superseded_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        rec.sop_uid,
-                        row["version"],
-                        row["path"],
-                        row["sha256"],
-                        row["size"],
-                        row["received_at"],
-                        rec.received_at,
-                    ),
-                )
-                db.execute(
-                    "UPDATE instances SET study_key = %s, series_uid = %s, sop_class_uid = %s, "
-                    "transfer_syntax_uid = %s, path = %s, size = %s, sha256 = %s, version = %s, "
-                    "calling_ae = %s, received_at = %s, received_by = %s WHERE sop_uid = %s",
-                    (
-                        rec.study_key,
-                        rec.series_uid,
-                        rec.sop_class_uid,
-                        rec.transfer_syntax_uid,
-                        rec.path,
-                        rec.size,
-                        rec.sha256,
-                        version,
-                        rec.calling_ae,
-                        rec.received_at,
-                        self.node,
-                        rec.sop_uid,
-                    ),
-                )
-                self._event(
-                    db,
-                    rec.study_key,
-                    rec.received_at,
-                    "instance_replaced",
-                    f"SOP Instance {rec.sop_uid} version {version} (newest wins, "
-                    f"version {row['version']} kept)",
-                )
-            return RecordResult(outcome, rec.study_key, reopened, version)
+            _lock(db, *_names(rec))
+            return _record(self, db, rec)
+
+    def record_instances(
+        self: _Host, recs: Sequence[InstanceRecord]
+    ) -> list[RecordResult | StoreError]:
+        """One transaction; its locks taken first, in one order for every transaction
+        (each name sorted: one instance's own two are in that order too), so that two
+        nodes' batches wait for each other rather than deadlock. Should it fail: one
+        transaction each (``base.one_by_one``)."""
+        try:
+            with self._tx() as db:
+                _lock(db, *sorted({n for rec in recs for n in _names(rec)}))
+                return [_record(self, db, rec) for rec in recs]
+        except StoreError as exc:
+            return one_by_one(functools.partial(StudiesMixin.record_instance, self), recs, exc)
 
     # --- studies ---------------------------------------------------------
     def list_studies(

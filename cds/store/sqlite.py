@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from cds.domain import (
     StudySummary,
 )
 from cds.errors import StoreError
+from cds.store.base import one_by_one
 from cds.store.claims import LEASE_S, ClaimsMixin, default_node
 from cds.store.sqlite_feedback import FeedbackMixin
 from cds.store.sqlite_jobs import JobsMixin
@@ -150,86 +151,94 @@ class SqliteStore(ClaimsMixin, JobsMixin, OutboxMixin, FeedbackMixin, Observator
 
     def record_instance(self, rec: InstanceRecord) -> RecordResult:
         with self._tx() as db:
-            row = db.execute(
-                "SELECT sha256, version, path, size, received_at FROM instances WHERE sop_uid = ?",
-                (rec.sop_uid,),
-            ).fetchone()
-            if row is not None and row["sha256"] == rec.sha256:
-                db.execute(
-                    "UPDATE instances SET duplicates_received = duplicates_received + 1 "
-                    "WHERE sop_uid = ?",
-                    (rec.sop_uid,),
-                )
-                return RecordResult(
-                    StoreOutcome.DUPLICATE, rec.study_key, False, int(row["version"])
-                )
+            return self._record(db, rec)
 
-            reopened = self._touch_study(db, rec)
-            self._touch_series(db, rec)
-            if row is None:
-                outcome, version = StoreOutcome.NEW, 1
-                db.execute(
-                    "INSERT INTO instances (sop_uid, study_key, series_uid, sop_class_uid, "
-                    "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at, "
-                    "received_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.sop_uid,
-                        rec.study_key,
-                        rec.series_uid,
-                        rec.sop_class_uid,
-                        rec.transfer_syntax_uid,
-                        rec.path,
-                        rec.size,
-                        rec.sha256,
-                        1,
-                        rec.calling_ae,
-                        rec.received_at,
-                        self.node,
-                    ),
-                )
-            else:
-                outcome, version = StoreOutcome.REPLACED, int(row["version"]) + 1
-                db.execute(
-                    "INSERT INTO instance_versions (sop_uid, version, path, sha256, size, "
-                    "received_at, superseded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.sop_uid,
-                        row["version"],
-                        row["path"],
-                        row["sha256"],
-                        row["size"],
-                        row["received_at"],
-                        rec.received_at,
-                    ),
-                )
-                db.execute(
-                    "UPDATE instances SET study_key = ?, series_uid = ?, sop_class_uid = ?, "
-                    "transfer_syntax_uid = ?, path = ?, size = ?, sha256 = ?, version = ?, "
-                    "calling_ae = ?, received_at = ?, received_by = ? WHERE sop_uid = ?",
-                    (
-                        rec.study_key,
-                        rec.series_uid,
-                        rec.sop_class_uid,
-                        rec.transfer_syntax_uid,
-                        rec.path,
-                        rec.size,
-                        rec.sha256,
-                        version,
-                        rec.calling_ae,
-                        rec.received_at,
-                        self.node,
-                        rec.sop_uid,
-                    ),
-                )
-                self._event(
-                    db,
+    def record_instances(self, recs: Sequence[InstanceRecord]) -> list[RecordResult | StoreError]:
+        try:  # one transaction; should it fail, one each (base.one_by_one)
+            with self._tx() as db:
+                return [self._record(db, rec) for rec in recs]
+        except StoreError as exc:
+            return one_by_one(self.record_instance, recs, exc)
+
+    def _record(self, db: sqlite3.Connection, rec: InstanceRecord) -> RecordResult:
+        row = db.execute(
+            "SELECT sha256, version, path, size, received_at FROM instances WHERE sop_uid = ?",
+            (rec.sop_uid,),
+        ).fetchone()
+        if row is not None and row["sha256"] == rec.sha256:
+            db.execute(
+                "UPDATE instances SET duplicates_received = duplicates_received + 1 "
+                "WHERE sop_uid = ?",
+                (rec.sop_uid,),
+            )
+            return RecordResult(StoreOutcome.DUPLICATE, rec.study_key, False, int(row["version"]))
+
+        reopened = self._touch_study(db, rec)
+        self._touch_series(db, rec)
+        if row is None:
+            outcome, version = StoreOutcome.NEW, 1
+            db.execute(
+                "INSERT INTO instances (sop_uid, study_key, series_uid, sop_class_uid, "
+                "transfer_syntax_uid, path, size, sha256, version, calling_ae, received_at, "
+                "received_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.sop_uid,
                     rec.study_key,
+                    rec.series_uid,
+                    rec.sop_class_uid,
+                    rec.transfer_syntax_uid,
+                    rec.path,
+                    rec.size,
+                    rec.sha256,
+                    1,
+                    rec.calling_ae,
                     rec.received_at,
-                    "instance_replaced",
-                    f"SOP Instance {rec.sop_uid} version {version} (newest wins, "
-                    f"version {row['version']} kept)",
-                )
-            return RecordResult(outcome, rec.study_key, reopened, version)
+                    self.node,
+                ),
+            )
+        else:
+            outcome, version = StoreOutcome.REPLACED, int(row["version"]) + 1
+            db.execute(
+                "INSERT INTO instance_versions (sop_uid, version, path, sha256, size, "
+                "received_at, superseded_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    rec.sop_uid,
+                    row["version"],
+                    row["path"],
+                    row["sha256"],
+                    row["size"],
+                    row["received_at"],
+                    rec.received_at,
+                ),
+            )
+            db.execute(
+                "UPDATE instances SET study_key = ?, series_uid = ?, sop_class_uid = ?, "
+                "transfer_syntax_uid = ?, path = ?, size = ?, sha256 = ?, version = ?, "
+                "calling_ae = ?, received_at = ?, received_by = ? WHERE sop_uid = ?",
+                (
+                    rec.study_key,
+                    rec.series_uid,
+                    rec.sop_class_uid,
+                    rec.transfer_syntax_uid,
+                    rec.path,
+                    rec.size,
+                    rec.sha256,
+                    version,
+                    rec.calling_ae,
+                    rec.received_at,
+                    self.node,
+                    rec.sop_uid,
+                ),
+            )
+            self._event(
+                db,
+                rec.study_key,
+                rec.received_at,
+                "instance_replaced",
+                f"SOP Instance {rec.sop_uid} version {version} (newest wins, "
+                f"version {row['version']} kept)",
+            )
+        return RecordResult(outcome, rec.study_key, reopened, version)
 
     def _touch_study(self, db: sqlite3.Connection, rec: InstanceRecord) -> bool:
         due = rec.received_at + rec.quiet_time_s

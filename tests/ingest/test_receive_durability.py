@@ -74,7 +74,7 @@ def test_the_row_and_the_answer_come_after_file_rename_and_folder_are_durable(
 ) -> None:
     calls: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
-    real_record = SqliteStore.record_instance
+    real_record = SqliteStore.record_instances
 
     def fsync(fd: int) -> None:
         target = os.readlink(f"/proc/self/fd/{fd}")
@@ -85,13 +85,13 @@ def test_the_row_and_the_answer_come_after_file_rename_and_folder_are_durable(
         real_replace(src, dst)
         calls.append(f"replace {dst}")
 
-    def record(self: SqliteStore, rec: Any) -> Any:
+    def record(self: SqliteStore, recs: Any) -> Any:  # the rows, group-committed
         calls.append("row")
-        return real_record(self, rec)
+        return real_record(self, recs)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(SqliteStore, "record_instance", record)
+    monkeypatch.setattr(SqliteStore, "record_instances", record)
     sop_uid, data = _data_set()
     result = _receive(receiver, sop_uid, data)
     calls.append("answer")

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from integration_tests.support import free_port, tool_env
+from tests.store.pgcluster import PgCluster
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 
@@ -404,3 +405,12 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
     yield make
     for o in started:
         o.stop()
+
+
+@pytest.fixture
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for one test (integration_tests/pgnodes.py)."""
+    from integration_tests.pgnodes import throwaway_cluster  # it imports this module
+
+    with throwaway_cluster() as cluster:
+        yield cluster

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,18 +29,11 @@ from integration_tests.pgnodes import (
     rows,
     second_node,
     study_done,
-    throwaway_cluster,
 )
 from integration_tests.support import dcmsend, write_bone_study
 from tests.store.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pg_cluster() -> Iterator[PgCluster]:
-    with throwaway_cluster() as cluster:
-        yield cluster
 
 
 LEASE = {"node": {"lease_s": 3.0}}

@@ -11,7 +11,7 @@ accepted and stored by the other, which routes that study alone.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,18 +25,11 @@ from integration_tests.pgnodes import (
     rows,
     second_node,
     study_done,
-    throwaway_cluster,
 )
 from integration_tests.support import free_port, require_dcmtk, run_tool, write_bone_study
 from tests.store.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pg_cluster() -> Iterator[PgCluster]:
-    with throwaway_cluster() as cluster:
-        yield cluster
 
 
 def storescu(port: int, called_ae: str, file: Path) -> int:

@@ -13,7 +13,7 @@ destination once, and no patient data is in the node's log.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
@@ -26,7 +26,6 @@ from integration_tests.pgnodes import (
     node_config,
     rows,
     study_done,
-    throwaway_cluster,
 )
 from integration_tests.support import dcmsend, require_dcmtk, run_tool, write_bone_study
 from tests.store.pgcluster import PgCluster
@@ -36,12 +35,6 @@ pytestmark = pytest.mark.integration
 #: longer than the outage (stop, a refused send, start: a few seconds), so that the
 #: study completes once, after every instance arrived
 QUIET = {"assembly": {"quiet_time_s": 12.0}}
-
-
-@pytest.fixture
-def pg_cluster() -> Iterator[PgCluster]:
-    with throwaway_cluster() as cluster:
-        yield cluster
 
 
 def _storescu(node: CdsNode, files: list[Path]) -> str:

@@ -12,7 +12,7 @@ absence loses nothing the live node acknowledged.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,18 +25,11 @@ from integration_tests.pgnodes import (
     rows,
     second_node,
     study_done,
-    throwaway_cluster,
 )
 from integration_tests.support import dcmsend, write_bone_study
 from tests.store.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pg_cluster() -> Iterator[PgCluster]:
-    with throwaway_cluster() as cluster:
-        yield cluster
 
 
 def test_i21_two_receivers_split_one_study_and_run_it_once(

@@ -101,10 +101,7 @@ def _args() -> argparse.Namespace:
 
 def main() -> int:
     args = _args()
-    if not (args.model / "manifest.yaml").is_file():
-        print(f"{args.model}: not a model package (no manifest.yaml)")
-        return 2
-    orthanc_bin = prepare()
+    orthanc_bin = prepare(args.model)
     if orthanc_bin is None:
         return 2
     with tempfile.TemporaryDirectory(prefix="cds-bench-burst-") as tmp:

@@ -235,9 +235,13 @@ def send(folder: Path, port: int) -> None:
     print(f"sent with storescu (one association) in {time.perf_counter() - t:.2f} s")
 
 
-def prepare() -> Path | None:
-    """What a benchmark with a node and an Orthanc needs first: quiet logs, the peers
-    found (None, after saying which is missing), every child killed on exit or SIGTERM."""
+def prepare(model: Path | None = None) -> Path | None:
+    """What a benchmark with a node and an Orthanc needs first: ``model`` a package, quiet
+    logs, the peers found (None, after saying what is missing), every child killed on
+    exit or SIGTERM."""
+    if model is not None and not (model / "manifest.yaml").is_file():
+        print(f"{model}: not a model package (no manifest.yaml)")
+        return None
     configure_logging("console", "warning")
     orthanc_bin = find_orthanc()
     if orthanc_bin is None or not Path(STORESCU).exists():
@@ -268,10 +272,7 @@ def _args() -> argparse.Namespace:
 
 def main() -> int:
     args = _args()
-    if not (args.model / "manifest.yaml").is_file():
-        print(f"{args.model}: not a model package (no manifest.yaml)")
-        return 2
-    orthanc_bin = prepare()
+    orthanc_bin = prepare(args.model)
     if orthanc_bin is None:
         return 2
 

@@ -141,7 +141,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "out" / "growth.json")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()
-    orthanc_bin = prepare()
+    orthanc_bin = prepare(args.model)
     if orthanc_bin is None:
         return 2
     sizes = [int(x) for x in args.sizes.split(",") if x]
